@@ -1,0 +1,357 @@
+"""The paramiko layer against a real OpenSSH sshd, directly and through a cuttable relay."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from orchestrator.errors import LostError, PrecheckError, TransientError
+from orchestrator.platforms.ssh_transport import (
+    Backoff,
+    Link,
+    connect,
+    file_sha256,
+    fingerprint,
+    pin_host_key,
+    scan_host_key,
+    sh,
+)
+from tests.emulators.sshd import generate_ed25519
+
+
+def _blob(path: Path, size: int) -> tuple[Path, str]:
+    path.write_bytes(os.urandom(size))
+    return path, file_sha256(path)
+
+
+def _wait(predicate, timeout: float = 5.0, step: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- host keys
+
+
+def test_pinned_host_key_connects_and_runs_a_command(endpoint):
+    conn = connect(endpoint())
+    try:
+        result = conn.run("echo hello; echo oops >&2; exit 3")
+    finally:
+        conn.close()
+    assert (result.rc, result.out, result.err) == (3, "hello\n", "oops\n")
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(endpoint, sshd, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(PrecheckError) as caught:
+        connect(endpoint(known_hosts=empty))
+    expected = fingerprint(paramiko.PKey.from_path(sshd.host_key.private))
+    message = str(caught.value)
+    assert expected in message and "orch ssh trust lab" in message and "\n" not in message
+
+
+def test_changed_host_key_is_refused_showing_both_fingerprints(endpoint, sshd, tmp_path):
+    impostor = generate_ed25519(tmp_path / "impostor")
+    known = tmp_path / "known_hosts_changed"
+    known.write_text(f"{sshd.host_key_name} {impostor.key_type} {impostor.base64}\n")
+    with pytest.raises(PrecheckError) as caught:
+        connect(endpoint(known_hosts=known))
+    real = paramiko.PKey.from_path(sshd.host_key.private).fingerprint
+    pinned = paramiko.PKey.from_path(impostor.private).fingerprint
+    assert "CHANGED" in str(caught.value) and real in str(caught.value) and pinned in str(caught.value)
+
+
+def test_scanned_key_pinned_into_known_hosts_then_connects_and_keeps_other_lines(endpoint, sshd, tmp_path):
+    known = tmp_path / "known_hosts_user"
+    other = "# my hosts\ngithub.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    stale = generate_ed25519(tmp_path / "stale")
+    known.write_text(other + f"{sshd.host_key_name} {stale.key_type} {stale.base64}\n")
+    ep = endpoint(known_hosts=known)
+
+    key = scan_host_key(ep)
+    assert key.fingerprint == paramiko.PKey.from_path(sshd.host_key.private).fingerprint
+    pin_host_key(known, ep.key_name, key)
+
+    text = known.read_text()
+    assert text.startswith(other) and stale.base64 not in text and oct(known.stat().st_mode & 0o777) == "0o600"
+    conn = connect(ep)
+    conn.close()
+
+
+def test_refused_login_key_is_a_precheck_error(endpoint, tmp_path):
+    stranger = generate_ed25519(tmp_path / "stranger")
+    with pytest.raises(PrecheckError, match="authentication"):
+        connect(endpoint(key=stranger.private))
+
+
+def test_rsa_key_is_refused_before_connecting(endpoint, tmp_path):
+    rsa = tmp_path / "id_rsa"
+    paramiko.RSAKey.generate(2048).write_private_key_file(str(rsa))
+    with pytest.raises(PrecheckError, match="Ed25519 or ECDSA"):
+        connect(endpoint(key=rsa))
+
+
+def test_missing_key_file_names_the_fix(endpoint, tmp_path):
+    with pytest.raises(PrecheckError, match="ssh-keygen -t ed25519"):
+        connect(endpoint(key=tmp_path / "nope"))
+
+
+# --------------------------------------------------------------------------- dead and stalled tunnels
+
+
+def test_dead_relay_ends_the_connection_without_spinning(via_relay, relay):
+    conn = connect(via_relay())
+    try:
+        assert conn.run("true").rc == 0
+        cpu = time.process_time()
+        relay.cut()
+        assert _wait(lambda: not conn.alive, timeout=3.0), "transport still active after the proxy died"
+        time.sleep(1.0)
+        # paramiko 5.1's own ProxyCommand burns a whole core here (~1 s per second).
+        assert time.process_time() - cpu < 0.3
+        with pytest.raises(TransientError):
+            conn.run("true")
+    finally:
+        conn.close()
+    assert relay.pids() == []
+
+
+def test_relay_that_exits_at_once_reports_what_it_said(via_relay, relay):
+    relay.down("exit")
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="tunnel is down"):
+        connect(via_relay())
+    assert time.monotonic() - started < 3
+
+
+def test_relay_that_never_answers_times_out_at_the_banner(via_relay, relay):
+    relay.down("hang")
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        connect(via_relay())
+    assert time.monotonic() - started < 6  # banner timeout 2 s, watchdog at most 8 s
+    assert _wait(lambda: relay.pids() == [], timeout=3.0), "the hung proxy was not killed"
+
+
+def test_frozen_relay_times_out_channel_open_and_sftp(via_relay, relay):
+    conn = connect(via_relay())
+    try:
+        conn.sftp()
+        relay.freeze()
+        started = time.monotonic()
+        with pytest.raises(TransientError):
+            conn.run("true")
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        with pytest.raises(TransientError):
+            conn.stat("/")
+        assert time.monotonic() - started < 5
+    finally:
+        relay.thaw()
+        conn.close()
+
+
+def test_command_longer_than_its_timeout_is_cut(endpoint):
+    conn = connect(endpoint())
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="timed out"):
+            conn.run("sleep 3", timeout=0.5)
+        assert time.monotonic() - started < 2.5
+    finally:
+        conn.close()
+
+
+def test_link_reconnects_after_the_relay_is_cut(via_relay, relay):
+    with Link(via_relay(), backoff=Backoff(tries=3, first=0.05)) as link:
+        assert link.call(lambda c: c.run("echo one").out) == "one\n"
+        relay.cut()
+        assert link.call(lambda c: c.run("echo two").out) == "two\n"
+        assert link.connects == 2
+
+
+def test_link_gives_up_after_its_backoff_while_the_relay_is_down(via_relay, relay):
+    relay.down("exit")
+    sleeps: list[float] = []
+    link = Link(via_relay(), backoff=Backoff(tries=3, first=0.1, factor=2), sleep=sleeps.append)
+    with pytest.raises(TransientError):
+        link.connection()
+    assert sleeps == [0.1, 0.2] and relay.started() == 3
+
+
+# --------------------------------------------------------------------------- transfers
+
+
+def test_upload_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_path):
+    src, digest = _blob(tmp_path / "data.bin", 3_000_000)
+    remote = str(tmp_path / "remote" / "data.bin")
+    (tmp_path / "remote").mkdir()
+    relay.cut_after("up", 1_500_000)
+    with Link(via_relay(), backoff=Backoff(tries=3, first=0.05)) as link:
+        with pytest.raises(TransientError):
+            link.connection().put(src, remote, digest)
+        partial = Path(remote + ".part").stat().st_size
+        assert 0 < partial < 3_000_000 and not Path(remote).exists()
+        sent = link.call(lambda c: c.put(src, remote, digest))
+    assert sent == 3_000_000 - partial
+    assert file_sha256(Path(remote)) == digest and not Path(remote + ".part").exists()
+
+
+def test_download_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_path):
+    remote, digest = _blob(tmp_path / "result.bin", 3_000_000)
+    local = tmp_path / "local.bin"
+    relay.cut_after("down", 1_500_000)
+    with Link(via_relay(), backoff=Backoff(tries=3, first=0.05)) as link:
+        with pytest.raises(TransientError):
+            link.connection().get(str(remote), local, sha256=digest)
+        partial = Path(str(local) + ".part").stat().st_size
+        assert 0 < partial < 3_000_000
+        received = link.call(lambda c: c.get(str(remote), local))
+    assert received == 3_000_000 - partial and file_sha256(local) == digest
+
+
+def test_corrupt_partial_upload_is_discarded_then_sent_whole(endpoint, tmp_path):
+    src, digest = _blob(tmp_path / "data.bin", 200_000)
+    remote = str(tmp_path / "copy.bin")
+    Path(remote + ".part").write_bytes(b"garbage" * 100)
+    conn = connect(endpoint())
+    try:
+        with pytest.raises(TransientError, match="corrupted"):
+            conn.put(src, remote, digest)
+        assert not Path(remote + ".part").exists() and not Path(remote).exists()
+        assert conn.put(src, remote, digest) == 200_000
+    finally:
+        conn.close()
+    assert file_sha256(Path(remote)) == digest
+
+
+def test_download_of_a_missing_file_is_lost(endpoint, tmp_path):
+    conn = connect(endpoint())
+    try:
+        with pytest.raises(LostError):
+            conn.get(str(tmp_path / "absent"), tmp_path / "x")
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- quoting
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["with space", "it's", 'say "hi"', "$(touch PWNED)", "`touch PWNED`", "a;touch PWNED", "x\ny", "-rf"],
+)
+def test_metacharacters_in_names_reach_the_remote_side_as_plain_text(endpoint, tmp_path, name):
+    conn = connect(endpoint())
+    try:
+        target = tmp_path / "jobs" / name
+        conn.makedirs(str(target))
+        result = conn.run(sh('cd -- "$1" && printf %s "$2" > name.txt && pwd', str(target), name))
+    finally:
+        conn.close()
+    assert result.rc == 0 and (target / "name.txt").read_text() == name
+    assert not list(tmp_path.rglob("PWNED")) and not Path.home().joinpath("PWNED").exists()
+
+
+# --------------------------------------------------------------------------- detached runs
+
+
+def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(via_relay, relay, tmp_path):
+    workdir = tmp_path / "attempt"
+    script = "sleep 0.6; echo done; exit 7"
+    conn = connect(via_relay())
+    pid = conn.start_detached(str(workdir), ["sh", "-c", script])
+    relay.cut()  # the tunnel dies while the run goes on
+    conn.close()
+    assert pid > 0 and not (workdir / "rc").exists()
+    assert _wait(lambda: (workdir / "rc").exists(), timeout=5)
+    assert (workdir / "rc").read_text() == "7\n" and not (workdir / "rc.tmp").exists()
+    conn = connect(via_relay())
+    try:
+        status = conn.detached_status(str(workdir), ["runner.out", "missing.json"])
+    finally:
+        conn.close()
+    assert (status.exists, status.pid, status.rc, status.alive) == (True, pid, 7, False)
+    assert "runner.out" in status.files and "missing.json" not in status.files
+    assert status.age("runner.out") is not None and status.age("runner.out") < 5
+
+
+def test_detached_start_is_idempotent_on_its_directory(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    conn = connect(endpoint())
+    try:
+        first = conn.start_detached(str(workdir), ["sh", "-c", "echo x >> count; sleep 1"])
+        second = conn.start_detached(str(workdir), ["sh", "-c", "echo x >> count; sleep 1"])
+        conn.kill_detached(str(workdir), grace_s=0)
+    finally:
+        conn.close()
+    assert first == second and (workdir / "count").read_text() == "x\n"
+
+
+def test_detached_stdin_reaches_the_run_but_never_the_disk(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    secret = b"s3cr3t-" + os.urandom(8).hex().encode()
+    conn = connect(endpoint())
+    try:
+        conn.start_detached(str(workdir), ["python3", "-c",
+                            "import sys,hashlib;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"],
+                            stdin=secret)
+        assert _wait(lambda: (workdir / "rc").exists())
+    finally:
+        conn.close()
+    assert (workdir / "runner.out").read_text().strip() == hashlib.sha256(secret).hexdigest()
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes()
+
+
+def test_missing_directory_reads_as_not_existing(endpoint, tmp_path):
+    conn = connect(endpoint())
+    try:
+        assert conn.detached_status(str(tmp_path / "never")).exists is False
+    finally:
+        conn.close()
+
+
+def test_kill_detached_stops_the_whole_process_group(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    conn = connect(endpoint())
+    try:
+        conn.start_detached(str(workdir), ["sh", "-c", "sleep 30 & echo $! > child; trap '' TERM; sleep 30"])
+        assert _wait(lambda: (workdir / "child").exists())
+        child = int((workdir / "child").read_text())
+        conn.kill_detached(str(workdir), grace_s=0.5)
+        status = conn.detached_status(str(workdir))
+    finally:
+        conn.close()
+    assert status.alive is False
+    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{child}").exists() else "gone"
+    assert state in ("Z", "gone")
+
+
+def test_concurrent_links_do_not_share_a_connection(endpoint):
+    """Each Link owns its connection; two threads each with a Link run side by side."""
+    results: list[str] = []
+
+    def worker(tag: str) -> None:
+        with Link(endpoint()) as link:
+            results.append(link.call(lambda c: c.run(f"echo {tag}").out.strip()))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == ["a", "b"]
