@@ -37,7 +37,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest, build_http
 
-from ..errors import CapacityError, LostError, PlatformError, PrecheckError, TransientError
+from ..errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
 
 #: Full Drive scope: the agent in Colab writes through Colab's own OAuth client, and
 #: files another client created are invisible under the narrower ``drive.file``.
@@ -230,3 +230,43 @@ def drive_errors(what: str, platform: str | None = None) -> Iterator[None]:
         raise
     except (HttpError, google.auth.exceptions.GoogleAuthError, *_NETWORK_ERRORS) as exc:
         raise classify(exc, what, platform) from exc
+
+
+# --------------------------------------------------------------------------- consent
+
+def run_consent_flow(client_secrets: Path, token_path: Path, platform: str, *, open_browser: bool = True,
+                     browser: str | None = None, timeout: float | None = 300) -> Credentials:
+    """Ask the user for Drive access (installed-app OAuth) and save the token (0600).
+
+    A loopback server on 127.0.0.1 receives Google's redirect; ``prompt=consent`` and
+    offline access make Google return a refresh token every time.
+
+    Raises:
+        ConfigError: the client file is missing or is not a Desktop OAuth client.
+        PrecheckError: the user declined, or the flow timed out.
+    """
+    from google_auth_oauthlib.flow import InstalledAppFlow  # noqa: PLC0415 - only `orch auth drive` needs it
+
+    where = f"platforms.{platform}.credentials"
+    if not client_secrets.is_file():
+        raise ConfigError(f"{where}: {client_secrets} does not exist; create a Desktop OAuth client in Google "
+                          f"Cloud console and download its JSON (see docs/platforms/colab-drive.md)")
+    try:
+        flow = InstalledAppFlow.from_client_secrets_file(str(client_secrets), scopes=list(DRIVE_SCOPES))
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{where}: {client_secrets} is not an OAuth client file ({exc}); "
+                          f"download the Desktop app client JSON") from exc
+    try:
+        creds = flow.run_local_server(
+            host="127.0.0.1", port=0, open_browser=open_browser, browser=browser, timeout_seconds=timeout,
+            authorization_prompt_message="Open this URL in a browser and allow access to Google Drive:\n{url}",
+            success_message="orch can now use Google Drive; you may close this tab.",
+            prompt="consent", access_type="offline",
+        )
+    except Exception as exc:  # oauthlib raises a zoo of classes; all mean "no token"
+        raise PrecheckError(f"Google sign-in for platform '{platform}' failed: {exc}", platform) from exc
+    if creds is None or not creds.refresh_token:
+        raise PrecheckError(f"Google returned no refresh token for platform '{platform}'; run the command again",
+                            platform)
+    save_credentials(creds, token_path)
+    return creds

@@ -139,12 +139,18 @@ class Transfers:
             PlatformError: the mapped error once retries are spent, or at once when the
                 error is not retryable (401, 403 permission, 404, 400).
         """
+        return self.retrying(what, lambda: make().execute(num_retries=0))
+
+    def retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried on what :func:`is_retryable` allows, errors mapped once."""
         failures = 0
         while True:
             try:
-                return make().execute(num_retries=0)
-            except PlatformError:
-                raise
+                return fn()
+            except PlatformError as exc:
+                if not isinstance(exc, TransientError):
+                    raise
+                failures = self._absorb(exc, what, failures)
             except Exception as exc:  # noqa: BLE001 - classified right here
                 failures = self._absorb(exc, what, failures)
 
@@ -303,6 +309,22 @@ class Transfers:
                            sha256=sha256), True
 
     # ---- downloads
+    def _get_range(self, req: Any, start: int, end: int) -> tuple[int, bytes]:
+        """One ``GET alt=media`` for bytes ``[start, end)``: (HTTP status, body)."""
+        headers = {**req.headers, "range": f"bytes={start}-{end - 1}"}
+        resp, content = req.http.request(req.uri, "GET", headers=headers)
+        if resp.status not in (200, 206):
+            raise HttpError(resp, content, uri=req.uri)
+        if not content and end > start:
+            raise TransientError(f"empty reply for bytes {start}-{end - 1}", self.platform)
+        return resp.status, content
+
+    def read_range(self, file_id: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a file (``orch logs`` reads the log this way)."""
+        req = self.service.files().get_media(fileId=file_id)
+        status, content = self.retrying(f"read {file_id}", lambda: self._get_range(req, start, end))
+        return content[start:end] if status == 200 else content
+
     def download(self, file_id: str, dest: Path, *, size: int | None = None, sha256: str | None = None) -> Path:
         """Download a file to ``dest`` via ``dest.part``, continuing a partial one.
 
@@ -324,18 +346,12 @@ class Transfers:
                 out.truncate(0)
                 offset = 0
             while offset < size:
-                headers = {**req.headers, "range": f"bytes={offset}-{min(size, offset + self.chunk_size) - 1}"}
                 try:
-                    resp, content = req.http.request(req.uri, "GET", headers=headers)
-                    if resp.status not in (200, 206):
-                        raise HttpError(resp, content, uri=req.uri)
+                    status, content = self._get_range(req, offset, min(size, offset + self.chunk_size))
                 except Exception as exc:  # noqa: BLE001 - classified in _absorb
                     failures = self._absorb(exc, what, failures)
                     continue
-                if not content:
-                    failures = self._absorb(TransientError(f"{what}: empty reply at byte {offset}"), what, failures)
-                    continue
-                if resp.status == 200:  # the server ignored Range: this is the whole file
+                if status == 200:  # the server ignored Range: this is the whole file
                     out.truncate(0)
                     out.seek(0)
                     offset = 0

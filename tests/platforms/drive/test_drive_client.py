@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
+import urllib.request
+import webbrowser
 from datetime import datetime, timedelta
 
 import pytest
 from google.oauth2.credentials import Credentials
 
-from orchestrator.errors import CapacityError, LostError, PrecheckError, TransientError
+from orchestrator.errors import CapacityError, ConfigError, LostError, PrecheckError, TransientError
 from orchestrator.platforms.drive_client import (
-    DRIVE_SCOPES, build_drive, drive_errors, load_credentials, save_credentials,
+    DRIVE_SCOPES, build_drive, drive_errors, load_credentials, run_consent_flow, save_credentials,
 )
 from orchestrator.platforms.drive_transfer import Backoff, Transfers, UploadJournal
 
@@ -111,3 +114,40 @@ def test_a_dropped_connection_is_transient(service, drive):
     with pytest.raises(TransientError, match="list"):
         with drive_errors("list", "gdrive"):
             service.files().list().execute()
+
+
+class _Browser:
+    """A web browser for the consent flow: follows the consent page's redirect in a thread."""
+
+    def __init__(self):
+        self.threads: list[threading.Thread] = []
+
+    def open(self, url, new=0, autoraise=True):
+        t = threading.Thread(target=lambda: urllib.request.urlopen(url, timeout=10).read(), daemon=True)
+        t.start()
+        self.threads.append(t)
+        return True
+
+
+def test_the_consent_flow_saves_a_refreshable_token_with_mode_0600(drive, tmp_path, monkeypatch):
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake token endpoint is plain http
+    secrets = tmp_path / "client_secret.json"
+    secrets.write_text(json.dumps({"installed": {
+        "client_id": "orch-test-client", "client_secret": "s3cret", "auth_uri": drive.auth_uri,
+        "token_uri": drive.token_uri, "redirect_uris": ["http://localhost"]}}))
+    browser = _Browser()
+    webbrowser.register("orch-test-browser", None, browser)
+    token = tmp_path / "home" / "token.json"
+
+    creds = run_consent_flow(secrets, token, "gdrive", browser="orch-test-browser", timeout=10)
+
+    for t in browser.threads:
+        t.join(timeout=5)
+    assert creds.refresh_token.startswith("rt-") and stat.S_IMODE(token.stat().st_mode) == 0o600
+    reloaded = load_credentials(token, "gdrive", drive.token_uri)
+    assert _transfers(reloaded, drive, tmp_path).list("trashed = false") == []
+
+
+def test_a_missing_client_file_names_the_config_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"platforms.gdrive.credentials: .*does not exist"):
+        run_consent_flow(tmp_path / "nope.json", tmp_path / "t.json", "gdrive", open_browser=False)
