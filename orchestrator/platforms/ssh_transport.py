@@ -471,7 +471,7 @@ class DetachedStatus:
 
 
 _START_DETACHED = r"""
-d=$1; n=$2; shift 2
+d=$1; n=$2; out=$3; shift 3
 mkdir -p -- "$d" && cd -- "$d" || { echo "cannot create $d" >&2; exit 97; }
 if ! mkdir .started 2>/dev/null; then
   i=0; while [ ! -f pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
@@ -479,7 +479,7 @@ if ! mkdir .started 2>/dev/null; then
 fi
 # An asynchronous command's stdin is /dev/null unless redirected explicitly, hence fd 3.
 head -c "$n" | ( exec 3<&0; setsid nohup /bin/sh -c 'trap : TERM INT; "$@"; echo $? > rc.tmp && mv -f rc.tmp rc' \
-    orch-run "$@" <&3 3<&- > runner.out 2>&1 & echo $! > pid.tmp && mv -f pid.tmp pid )
+    orch-run "$@" <&3 3<&- > "$out" 2>> runner.out & echo $! > pid.tmp && mv -f pid.tmp pid )
 cat pid
 """
 
@@ -782,15 +782,18 @@ class Connection:
 
     # -- detached runs
 
-    def start_detached(self, workdir: str, argv: Sequence[str], *, stdin: bytes = b"") -> int:
+    def start_detached(self, workdir: str, argv: Sequence[str], *, stdin: bytes = b"",
+                       discard_stdout: bool = False) -> int:
         """Start ``argv`` in ``workdir``, detached from this connection; returns its pid.
 
         The run survives disconnects and the controller's exit (``setsid nohup``); its
-        stdout/stderr go to ``runner.out``; when it ends its exit code is written to
-        ``rc`` atomically (``mv``). ``stdin`` reaches it through a pipe, never a file.
-        Idempotent on ``workdir``: a second call returns the first run's pid.
+        stderr (and stdout, unless ``discard_stdout``) goes to ``runner.out``; when it
+        ends its exit code is written to ``rc`` atomically (``mv``). ``stdin`` reaches
+        it through a pipe, never a file or a command line. Idempotent on ``workdir``:
+        a second call returns the first run's pid and starts nothing.
         """
-        result = self.run(sh(_START_DETACHED, workdir, len(stdin), *argv), stdin=stdin, what="starting the run")
+        out = "/dev/null" if discard_stdout else "runner.out"
+        result = self.run(sh(_START_DETACHED, workdir, len(stdin), out, *argv), stdin=stdin, what="starting the run")
         try:
             return int(result.out.split()[-1])
         except (IndexError, ValueError):

@@ -205,7 +205,9 @@ def test_upload_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_path
         partial = Path(remote + ".part").stat().st_size
         assert 0 < partial < 3_000_000 and not Path(remote).exists()
         sent = link.call(lambda c: c.put(src, remote, digest))
-    assert sent == 3_000_000 - partial
+    # The cut sshd may still write requests it had buffered, so the host can hold more
+    # than `partial` by the time the upload resumes; it must not start over, though.
+    assert 0 < sent <= 3_000_000 - partial
     assert file_sha256(Path(remote)) == digest and not Path(remote + ".part").exists()
 
 
