@@ -400,7 +400,17 @@ class Agent:
         return not (self.args.max_jobs and self.jobs_done >= self.args.max_jobs)
 
     def run_files(self, ticket):
-        return {f["name"]: f for f in self.drive.children(ticket["run_folder"])}
+        """The run folder's files by name, or None when the controller deleted the folder
+        (it gave up on the run): listing a deleted folder is not an error, so ask for it."""
+        files = {f["name"]: f for f in self.drive.children(ticket["run_folder"])}
+        if not files:
+            try:
+                self.drive.call(lambda: self.drive.service.files().get(fileId=ticket["run_folder"], fields="id,trashed"))
+            except HttpError as exc:
+                if exc.resp.status == 404:
+                    return None
+                raise
+        return files
 
     def write_status(self, ticket, doc, status_id=None):
         doc = dict(doc, key=ticket["key"], agent=self.id, updated_at=time.time())
@@ -422,12 +432,7 @@ class Agent:
     def take(self, ticket_file):
         ticket = json.loads(self.drive.read(ticket_file["id"]))
         key = ticket["key"]
-        try:
-            existing = self.run_files(ticket)
-        except HttpError as exc:
-            if exc.resp.status != 404:
-                raise
-            existing = None
+        existing = self.run_files(ticket)
         if existing is None or "cancel.json" in existing or "status.json" in existing:
             log("dropping ticket %s: the run was cancelled or already taken" % key)
             self.drive.delete(ticket_file["id"])
@@ -439,19 +444,22 @@ class Agent:
         # Heartbeat first, then status, then drop the ticket: the controller always sees
         # this job either in the inbox or as the agent's current job.
         self.job = key
-        self.beat(force=True)
-        status_id = self.write_status(ticket, {"state": "running", "started_at": time.time(), "message": "preparing"})
-        self.drive.delete(ticket_file["id"])
-        log("running %s (%s, attempt %s)" % (key, ticket.get("job_name"), ticket.get("attempt")))
         try:
-            doc = self.execute(ticket, status_id)
-        except Exception as exc:  # noqa: BLE001 - the controller must hear about any failure
-            log("job %s failed in the agent: %s: %s" % (key, type(exc).__name__, exc))
-            doc = {"state": "exited", "exit_code": None, "message": "agent error: %s: %s" % (type(exc).__name__, exc),
-                   "artefacts": {}}
-        self.write_status(ticket, doc, status_id)
-        self.job = None
-        self.jobs_done += 1
+            self.beat(force=True)
+            status_id = self.write_status(ticket, {"state": "running", "started_at": time.time(),
+                                                   "message": "preparing"})
+            self.drive.delete(ticket_file["id"])
+            log("running %s (%s, attempt %s)" % (key, ticket.get("job_name"), ticket.get("attempt")))
+            try:
+                doc = self.execute(ticket, status_id)
+            except Exception as exc:  # noqa: BLE001 - the controller must hear about any failure
+                log("job %s failed in the agent: %s: %s" % (key, type(exc).__name__, exc))
+                doc = {"state": "exited", "exit_code": None, "artefacts": {},
+                       "message": "agent error: %s: %s" % (type(exc).__name__, exc)}
+            self.write_status(ticket, doc, status_id)
+            self.jobs_done += 1
+        finally:
+            self.job = None
         self.beat(force=True)
 
     # ---- one job
@@ -520,8 +528,8 @@ class Agent:
             except (HttpError, OSError, http.client.HTTPException, httplib2.HttpLib2Error) as exc:
                 log("Drive unreachable while running (%s); the job goes on" % type(exc).__name__)
                 continue
-            if "cancel.json" in files and not stopped:
-                log("cancel requested for %s: stopping the runner" % ticket["key"])
+            if (files is None or "cancel.json" in files) and not stopped:
+                log("%s was cancelled or abandoned by the controller: stopping the runner" % ticket["key"])
                 os.killpg(proc.pid, signal.SIGTERM)
                 stopped = True
             telemetry = {}
@@ -530,6 +538,8 @@ class Agent:
                     telemetry = json.load(fh)
             except (OSError, ValueError):
                 pass
+            if files is None:
+                continue  # nobody will read the status of a deleted run
             self.write_status(ticket, {"state": "running", "message": "running", "telemetry": telemetry}, status_id)
             path = os.path.join(attempt_dir, "job.log")
             if os.path.isfile(path) and os.path.getsize(path) != log_size and time.time() - last_log >= self.args.log_interval:
@@ -539,6 +549,8 @@ class Agent:
     def upload_results(self, ticket, attempt_dir, returncode):
         artefacts = {}
         existing = self.run_files(ticket)
+        if existing is None:
+            return {"state": "exited", "exit_code": returncode, "message": "run folder deleted", "artefacts": {}}
         for name in ARTEFACTS:
             path = os.path.join(attempt_dir, name)
             if not os.path.isfile(path):
