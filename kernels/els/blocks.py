@@ -23,11 +23,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.els.thomas import Factored, factor, inverse
+from kernels.els.thomas import Factored
 
 __all__ = ["BlockSolver"]
 
 BLOCK_ROWS = 28
+
+
+def _dense(f: Factored, a: int, b: int) -> np.ndarray:
+    """Rows/columns ``a:b`` of the tridiagonal matrix as a dense block."""
+    m = np.diag(f.diag[a:b])
+    idx = np.arange(b - a - 1)
+    m[idx + 1, idx] = f.lower[a + 1 : b]
+    m[idx, idx + 1] = f.upper[a : b - 1]
+    return m
 
 
 def _extrapolated(rows: np.ndarray, head: bool, tail: bool) -> np.ndarray:
@@ -52,7 +61,7 @@ class BlockSolver:
         p = max(1, min(n // 2, int(round(n / block_rows))))
         edges = np.linspace(0, n, p + 1).round().astype(int)
         self.blocks = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-        inv = [inverse(factor(f.lower[a:b], f.diag[a:b], f.upper[a:b])) for a, b in self.blocks]
+        inv = [np.linalg.inv(_dense(f, a, b)) for a, b in self.blocks]
         last = len(self.blocks) - 1
         # Output rows of block k: its own rows shifted by one, plus an extrapolated end row.
         self.out_blocks = [(0 if k == 0 else a + 1, n + 2 if k == last else b + 1) for k, (a, b) in enumerate(self.blocks)]

@@ -114,9 +114,7 @@ def mc_price_els(
     dummy = p.face * (1.0 + p.dummy_coupon) * disc_T
 
     fill = _normals(xp, seed)
-    total = 0.0
-    total_sq = 0.0
-    done = 0
+    mean_all, m2_all, done = 0.0, 0.0, 0  # running mean and sum of squared deviations (Chan et al.)
     while done < pairs:
         n = min(chunk, pairs - done)
         z = xp.empty((2, n))
@@ -158,12 +156,15 @@ def mc_price_els(
                     safe = lows[side] >= log_ki
                     value = xp.where(up, redeem[i], xp.where(safe, dummy, p.face * disc_T * xp.exp(w)))
                     pay[side] += live * value
-        mean = 0.5 * (pay[0] + pay[1])
-        total += float(mean.sum())
-        total_sq += float((mean * mean).sum())
+        pair_mean = 0.5 * (pay[0] + pay[1])
+        mean_c = float(pair_mean.mean())
+        m2_c = float(((pair_mean - mean_c) ** 2).sum())
+        delta = mean_c - mean_all
+        m2_all += m2_c + delta * delta * done * n / (done + n)
+        mean_all += delta * n / (done + n)
         done += n
-    price = total / pairs
-    var = max(0.0, (total_sq - pairs * price * price) / max(1, pairs - 1))
+    price = mean_all
+    var = m2_all / max(1, pairs - 1)
     return MCResult(
         price=price,
         stderr=math.sqrt(var / pairs),

@@ -12,12 +12,9 @@ with ``inv_i = 1 / (b_i - a_i * cp_{i-1})`` and ``cp_i = c_i * inv_i``. The CUDA
 is its vectorised CPU twin (one numpy operation per row, all lines at once) and serves as the
 reference the GPU path is checked against.
 
-Design choice: on the CPU the fast path does *not* run this recurrence per step. A recurrence of
-length n costs ~4n numpy calls per sweep (about 0.8 ms at n = 200), while multiplying by the
-explicit inverse ``G = M^{-1}`` (built once from the same factors, :func:`inverse`) is one BLAS-3
-call over all lines of both value grids. At these sizes BLAS runs at 50–90 GFLOP/s on two cores,
-which makes the O(n^3) product faster than the O(n^2) recurrence driven from Python. ``M`` is
-strictly diagonally dominant, so ``G`` is well conditioned and both paths agree to ~1e-14.
+On the CPU the time loop does not run this recurrence (it would cost ~4n numpy calls per
+sweep); it applies block inverses built from these same factors with BLAS, see
+:mod:`kernels.els.blocks`. Both agree to ~1e-14.
 """
 
 from __future__ import annotations
