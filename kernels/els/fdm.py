@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from kernels.els.blocks import BLOCK_ROWS, BlockSolver
 from kernels.els.product import ELSProduct
 from kernels.els.scheme import KI, NK, Scheme, build_scheme, read_out
-from kernels.els.blocks import BLOCK_ROWS, BlockSolver
 from kernels.els.thomas import solve_lines
 from kernels.xp import device_label, resolve_device
 
