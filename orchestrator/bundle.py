@@ -1,13 +1,44 @@
 """Deterministic, content-addressed bundles of a job's code and datasets.
 
-(The builder lands with the core commit; the data classes below are the contract
-platform backends rely on.)
+The same content always gives the same bytes (sorted entries, zeroed mtimes and
+owners, normalised modes, gzip header without time or name), so a digest names the
+content and nothing else. Datasets are archived separately, once per content, into
+the blob cache; a stat index like git's lets an unchanged dataset be recognised
+without reading its bytes again.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import os
+import stat
+import tarfile
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
+
+import pathspec
+
+from .errors import BundleError
+
+#: Never bundled: VCS data, virtualenvs, caches, previous results.
+DEFAULT_IGNORES = (
+    ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".venv/", "venv/", ".mypy_cache/",
+    ".pytest_cache/", ".ipynb_checkpoints/", ".DS_Store", "results/", ".orch/", "*.egg-info/",
+)
+
+#: File names that usually hold credentials; refused unless explicitly allowed.
+CREDENTIAL_PATTERNS = (
+    "kaggle.json", ".env", ".env.*", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem",
+    "credentials.json", "token.json", ".netrc", ".pgpass", "client_secret*.json", "access_token",
+)
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]  # called with bytes processed
 
 
 @dataclass(frozen=True)
@@ -21,6 +52,7 @@ class DatasetBlob:
         archive: the archive on local disk (uncompressed tar).
         sha256: sha256 of the archive bytes.
         size: archive size in bytes.
+        files: {relative path: sha256} of every file inside.
     """
 
     name: str
@@ -28,6 +60,7 @@ class DatasetBlob:
     archive: Path
     sha256: str
     size: int
+    files: dict
 
     @property
     def filename(self) -> str:
@@ -49,7 +82,321 @@ class Bundle:
     code_archive: Path
     code_sha256: str
     datasets: tuple[DatasetBlob, ...]
+    code_files: tuple[tuple[str, int], ...] = ()  # (path, size) for --dry-run
 
     @property
     def manifest_path(self) -> Path:
         return self.directory / "manifest.json"
+
+    @property
+    def size(self) -> int:
+        return self.code_archive.stat().st_size + sum(d.size for d in self.datasets)
+
+
+# ---------------------------------------------------------------------------- hashing
+
+
+def sha256_file(path: Path, progress: Progress | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+            if progress:
+                progress(len(block))
+    return h.hexdigest()
+
+
+def tree_digest(files: dict[str, str]) -> str:
+    """Content digest of a file tree: names and file hashes, nothing else."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{files[rel]}  {rel}\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def _ignore_spec(root: Path) -> pathspec.PathSpec:
+    lines = list(DEFAULT_IGNORES)
+    ignore_file = root / ".orchignore"
+    if ignore_file.is_file():
+        lines += ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def list_code_files(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Files to bundle under ``root`` honouring ``.orchignore``; returns (files, skipped
+    symlinks that point outside ``root``)."""
+    spec = _ignore_spec(root)
+    root_real = root.resolve()
+    files: list[tuple[str, Path]] = []
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(d for d in dirnames if not spec.match_file(rel_dir + d + "/"))
+        for name in sorted(filenames):
+            rel = rel_dir + name
+            if spec.match_file(rel):
+                continue
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_file() or not (target == root_real or root_real in target.parents):
+                    skipped.append(rel)
+                    continue
+            elif not path.is_file():
+                continue
+            files.append((rel, path))
+    return files, skipped
+
+
+def check_credentials(paths: Iterable[str], allowed: Iterable[str] = ()) -> None:
+    """Refuse files whose names look like credentials, naming each one and the opt-outs."""
+    creds = pathspec.GitIgnoreSpec.from_lines(CREDENTIAL_PATTERNS)
+    allow = set(allowed)
+    hits = [p for p in paths if creds.match_file(p) and p not in allow and os.path.basename(p) not in allow]
+    if hits:
+        shown = ", ".join(hits[:10]) + (f" and {len(hits) - 10} more" if len(hits) > 10 else "")
+        raise BundleError(
+            f"refusing to bundle file(s) that look like credentials: {shown}. "
+            "Leave them out with a line in .orchignore, pass secrets with `secrets:` instead, "
+            "or, if a file holds no secret, allow it with --allow-file NAME"
+        )
+
+
+# ---------------------------------------------------------------------------- archives
+
+
+def _tarinfo(rel: str, size: int, executable: bool) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(rel)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o755 if executable else 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+class _HashingReader:
+    """Reads a file into the tar while hashing it, so each byte is read once."""
+
+    def __init__(self, f, progress: Progress | None):
+        self.f, self.h, self.progress = f, hashlib.sha256(), progress
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.f.read(n)
+        self.h.update(block)
+        if self.progress and block:
+            self.progress(len(block))
+        return block
+
+
+def write_archive(dest, entries: list[tuple[str, Path]], compress: bool,
+                  progress: Progress | None = None) -> dict[str, str]:
+    """Write a deterministic tar (gzip when ``compress``) of ``entries`` to the open
+    binary file ``dest``; returns {relative path: sha256}."""
+    hashes: dict[str, str] = {}
+    gz = gzip.GzipFile(fileobj=dest, mode="wb", mtime=0, filename="", compresslevel=6) if compress else None
+    with tarfile.open(fileobj=gz or dest, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel, path in sorted(entries):
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                reader = _HashingReader(f, progress)
+                tar.addfile(_tarinfo(rel, st.st_size, bool(st.st_mode & stat.S_IXUSR)), reader)
+            hashes[rel] = reader.h.hexdigest()
+    if gz:
+        gz.close()
+    return hashes
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+class DatasetCache:
+    """Dataset archives by content digest, plus a stat index per source path.
+
+    Re-submitting an unchanged dataset costs one ``stat`` per file: when every
+    (size, mtime_ns, inode) matches the index, the recorded digest is reused and no
+    byte is read. A file modified within two seconds of the index being written is
+    re-hashed ("racily clean", as git calls it).
+    """
+
+    def __init__(self, blobs: Path, index_dir: Path):
+        self.blobs = blobs
+        self.index_dir = index_dir
+        blobs.mkdir(parents=True, exist_ok=True)
+        index_dir.mkdir(parents=True, exist_ok=True)
+
+    def _index_path(self, source: Path) -> Path:
+        return self.index_dir / (hashlib.sha256(str(source).encode()).hexdigest()[:32] + ".json")
+
+    @staticmethod
+    def _scan(source: Path) -> dict[str, tuple[Path, os.stat_result]]:
+        if source.is_file():
+            return {source.name: (source, source.stat())}
+        out: dict[str, tuple[Path, os.stat_result]] = {}
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
+            dirnames.sort()
+            base = os.path.relpath(dirpath, source)
+            for name in filenames:
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # dangling symlink
+                if stat.S_ISREG(st.st_mode):
+                    rel = name if base == "." else f"{base}/{name}"
+                    out[rel] = (path, st)
+        return out
+
+    def add(self, name: str, source: Path, progress: Progress | None = None,
+            total: Callable[[int], None] | None = None,
+            check: Callable[[list[str]], None] | None = None) -> DatasetBlob:
+        """Archive ``source`` (file or directory) unless its content is already cached.
+
+        ``check`` sees every relative file name before anything is archived (the
+        credential guard)."""
+        source = source.resolve()
+        scan = self._scan(source)
+        if check:
+            check(list(scan))
+        index_path = self._index_path(source)
+        index = _read_json(index_path)
+        known = index.get("files", {}) if index.get("root") == str(source) else {}
+        written_ns = index.get("written_ns", 0)
+        clean = len(known) == len(scan) and all(
+            rel in known
+            and known[rel][:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
+            and st.st_mtime_ns < written_ns - 2_000_000_000
+            for rel, (_, st) in scan.items()
+        )
+        digest = index.get("digest")
+        if clean and digest:
+            archive = self.blobs / f"data-{digest}.tar"
+            if archive.is_file() and archive.stat().st_size == index.get("archive_size"):
+                return DatasetBlob(name, digest, archive, index["archive_sha256"], index["archive_size"],
+                                   {rel: v[3] for rel, v in known.items()})
+        if total:
+            total(sum(st.st_size for _, st in scan.values()))
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.blobs)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                hashes = write_archive(out, [(rel, p) for rel, (p, _) in scan.items()], compress=False, progress=progress)
+            digest = tree_digest(hashes)
+            archive = self.blobs / f"data-{digest}.tar"
+            archive_sha = sha256_file(Path(tmp))
+            if archive.is_file():
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, archive)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        size = archive.stat().st_size
+        _write_json(index_path, {
+            "root": str(source),
+            "digest": digest,
+            "archive_sha256": archive_sha,
+            "archive_size": size,
+            "written_ns": time.time_ns(),
+            "files": {rel: [st.st_size, st.st_mtime_ns, st.st_ino, hashes[rel]] for rel, (_, st) in scan.items()},
+        })
+        return DatasetBlob(name, digest, archive, archive_sha, size, hashes)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- bundles
+
+
+def run_section(spec) -> dict:
+    """The part of the spec the runner needs; part of the bundle digest."""
+    return {
+        "run": spec.run,
+        "env": dict(sorted(spec.env.items())),
+        "setup": {"requirements": list(spec.setup.requirements), "file": spec.setup.file},
+        "outputs": list(spec.outputs),
+        "checkpoint": spec.checkpoint,
+    }
+
+
+def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = (),
+          progress: Progress | None = None, total: Callable[[int], None] | None = None) -> Bundle:
+    """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``.
+
+    Raises:
+        BundleError: a credential-looking file, or an unreadable path.
+    """
+    code_root = Path(spec.code)
+    try:
+        files, _skipped = list_code_files(code_root)
+        allowed = tuple(allow_files)
+        check_credentials([rel for rel, _ in files], allowed)
+        datasets = tuple(
+            cache.add(ds.name, Path(ds.path), progress, total, check=lambda names: check_credentials(names, allowed))
+            for ds in spec.datasets
+        )
+        bundles_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".code-", dir=bundles_dir)
+        with os.fdopen(fd, "wb") as out:
+            code_hashes = write_archive(out, files, compress=True)
+    except OSError as exc:
+        raise BundleError(f"cannot package {exc.filename or code_root}: {exc.strerror or exc}") from exc
+    code_sha = sha256_file(Path(tmp))
+    code_name = f"code-{code_sha[:16]}.tar.gz"
+    manifest = {
+        "format": 1,
+        "job": run_section(spec),
+        "code": {"archive": code_name, "sha256": code_sha, "files": code_hashes},
+        "datasets": [
+            {"name": d.name, "digest": d.digest, "sha256": d.sha256, "size": d.size, "files": d.files}
+            for d in datasets
+        ],
+    }
+    data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    directory = bundles_dir / digest
+    if not (directory / "manifest.json").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=bundles_dir))
+        os.replace(tmp, staging / code_name)
+        (staging / "manifest.json").write_bytes(data)
+        try:
+            os.rename(staging, directory)
+        except OSError:  # another submit built the same bundle first
+            _rmtree(staging)
+    else:
+        os.unlink(tmp)
+    sizes = tuple((rel, p.stat().st_size) for rel, p in sorted(files))
+    return Bundle(digest, directory, directory / code_name, code_sha, datasets, sizes)
+
+
+def load_bundle(directory: Path, blobs: Path) -> Bundle:
+    """Reopen a bundle written by :func:`build` (the controller stores only its digest)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    datasets = tuple(
+        DatasetBlob(d["name"], d["digest"], blobs / f"data-{d['digest']}.tar", d["sha256"], d["size"], d["files"])
+        for d in manifest["datasets"]
+    )
+    code = manifest["code"]
+    return Bundle(directory.name, directory, directory / code["archive"], code["sha256"], datasets)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,729 @@
+#!/usr/bin/env python3
+"""orch runner: runs one attempt of a job, identically on every platform.
+
+Stdlib only, Python >= 3.9, one file: the local platform executes this file as it
+is, SSH hosts receive a copy, the Kaggle kernel script embeds its source and the
+Colab agent calls it. It
+
+1. takes ``runner.lock`` in the attempt dir (a second runner for the same attempt
+   exits with code 75 instead of running the job twice);
+2. verifies the bundle against ``manifest.json`` (sha256 of every archive and file)
+   and unpacks code and datasets, caching verified datasets by digest;
+3. restores a checkpoint, installs the job's requirements (``pip --target`` into a
+   cache keyed by their hash, so the host's Python is never modified);
+4. runs the job's command in its own process group under a deadline (SIGTERM,
+   grace, SIGKILL), teeing output to ``job.log`` with secret values masked, and
+   refreshing ``heartbeat.json`` with GPU telemetry from ``nvidia-smi``;
+5. packs outputs and the checkpoint, and writes ``result.json`` last, atomically.
+
+Usage: see ``python3 runner.py --help``. Exit code: the job's exit code in the
+foreground; 75 when another runner already owns (or finished) the attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import glob
+import hashlib
+import gzip
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+RUNNER_VERSION = 1
+EXIT_BUSY = 75
+HEARTBEAT_SECONDS = float(os.environ.get("ORCH_HEARTBEAT_SECONDS", "5"))
+CHUNK = 1 << 20
+
+
+class BundleInvalid(Exception):
+    """The bundle does not match its manifest (corrupt or tampered upload)."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str, doc: dict) -> None:
+    """Write ``doc`` so that readers see either the old file or the whole new one."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def safe_member_name(name: str) -> str:
+    """A relative archive path with no ``..``, no absolute part; raises otherwise."""
+    norm = os.path.normpath(name)
+    if name.startswith("/") or norm.startswith("..") or norm == "." or "\x00" in name:
+        raise BundleInvalid("unsafe path in archive: %r" % name)
+    return norm
+
+
+def extract_verified(archive: str, dest: str, expected: dict) -> None:
+    """Extract regular files of ``archive`` into ``dest``, checking each against
+    ``expected`` ({relative path: sha256}); every expected file must be present."""
+    seen = set()
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            if member.isdir():
+                continue
+            if not member.isfile():
+                raise BundleInvalid("archive %s holds a non-file entry %r" % (os.path.basename(archive), member.name))
+            rel = safe_member_name(member.name)
+            if rel not in expected:
+                raise BundleInvalid("archive %s holds %r, which the manifest does not list" % (os.path.basename(archive), rel))
+            target = os.path.join(dest, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            h = hashlib.sha256()
+            src = tar.extractfile(member)
+            with open(target, "wb") as out:
+                for block in iter(lambda: src.read(CHUNK), b""):
+                    h.update(block)
+                    out.write(block)
+            os.chmod(target, 0o755 if member.mode & 0o100 else 0o644)
+            if h.hexdigest() != expected[rel]:
+                raise BundleInvalid("file %r does not match its sha256 in the manifest" % rel)
+            seen.add(rel)
+    missing = set(expected) - seen
+    if missing:
+        raise BundleInvalid("archive %s lacks %d file(s) listed in the manifest, e.g. %r"
+                            % (os.path.basename(archive), len(missing), sorted(missing)[0]))
+
+
+def verify_tree(root: str, expected: dict) -> None:
+    """Check an already-extracted dataset directory against the manifest."""
+    for rel, digest in expected.items():
+        path = os.path.join(root, safe_member_name(rel))
+        if not os.path.isfile(path) or sha256_file(path) != digest:
+            raise BundleInvalid("dataset file %r is missing or differs from the manifest" % rel)
+
+
+def find_named(roots: list, name: str, want_dir: bool) -> str | None:
+    """Search ``roots`` recursively for an entry called ``name`` (platforms mount inputs
+    in different layouts, e.g. /kaggle/input/<slug>/ or /kaggle/input/datasets/<o>/<s>/)."""
+    for root in roots:
+        if not root or not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            pool = dirnames if want_dir else filenames
+            if name in pool:
+                return os.path.join(dirpath, name)
+    return None
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def acquire_lock(attempt_dir: str):
+    """Hold ``runner.lock`` for this process's lifetime; None when another runner has it."""
+    fd = os.open(os.path.join(attempt_dir, "runner.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+class GpuSampler:
+    """Samples nvidia-smi (when present) for identity, peak memory and utilisation."""
+
+    QUERY = "name,memory.total,memory.used,utilization.gpu,driver_version"
+
+    def __init__(self) -> None:
+        self.gpus: list = []
+        self.peak_memory_mb = 0.0
+        self.max_util = 0.0
+        self.available = self._which("nvidia-smi") is not None
+
+    @staticmethod
+    def _which(cmd: str) -> str | None:
+        for d in os.environ.get("PATH", "").split(os.pathsep):
+            p = os.path.join(d, cmd)
+            if os.path.isfile(p) and os.access(p, os.X_OK):
+                return p
+        return None
+
+    def sample(self) -> list:
+        if not self.available:
+            return []
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=" + self.QUERY, "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        rows = []
+        for line in out.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) < 5:
+                continue
+            try:
+                row = {"name": parts[0], "memory_total_mb": float(parts[1]), "memory_used_mb": float(parts[2]),
+                       "utilization_pct": float(parts[3]), "driver": parts[4]}
+            except ValueError:
+                continue
+            rows.append(row)
+        if rows:
+            if not self.gpus:
+                self.gpus = [{"name": r["name"], "memory_total_mb": r["memory_total_mb"], "driver": r["driver"]}
+                             for r in rows]
+            self.peak_memory_mb = max(self.peak_memory_mb, sum(r["memory_used_mb"] for r in rows))
+            self.max_util = max([self.max_util] + [r["utilization_pct"] for r in rows])
+        return rows
+
+
+# --------------------------------------------------------------------------- log tee
+
+
+class MaskingTee:
+    """Copies the job's output to job.log (and our stdout), replacing secret values
+    with ``***``. A tail shorter than the longest secret is held back between chunks
+    so a secret split across two reads is still masked."""
+
+    def __init__(self, log, echo, secrets: list) -> None:
+        self.log = log
+        self.echo = echo
+        self.secrets = sorted({s.encode() for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        self.keep = max([len(s) for s in self.secrets] + [1]) - 1
+        self.carry = b""
+
+    def _mask(self, data: bytes) -> bytes:
+        for s in self.secrets:
+            data = data.replace(s, b"***")
+        return data
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self.log.write(data)
+        self.log.flush()
+        if self.echo is not None:
+            try:
+                self.echo.write(data)
+                self.echo.flush()
+            except (OSError, ValueError):
+                self.echo = None
+
+    def write(self, chunk: bytes) -> None:
+        data = self._mask(self.carry + chunk)
+        if self.keep and len(data) > self.keep:
+            self.carry, data = data[-self.keep:], data[:-self.keep]
+        elif self.keep:
+            self.carry, data = data, b""
+        self._emit(data)
+
+    def close(self) -> None:
+        self._emit(self._mask(self.carry))
+        self.carry = b""
+
+    def note(self, text: str) -> None:
+        """A runner message in the log (never contains secrets)."""
+        self.close()
+        self._emit(("[orch] %s\n" % text).encode())
+
+
+# --------------------------------------------------------------------------- deadline
+
+
+def run_under_deadline(proc, stop_at: float, grace: float, cancelled: threading.Event):
+    """Wait for ``proc``; at ``stop_at`` (or on cancel) SIGTERM its process group, then
+    SIGKILL it ``grace`` seconds later if it is still alive.
+
+    Returns (exit_code, reason) with reason None when the job ended on its own,
+    else "deadline" or "cancelled".
+
+    The job runs in its own process group (start_new_session) so that the signal
+    reaches everything it spawned, and not this runner.
+    """
+    reason = None
+    term_sent_at = None
+    while True:
+        try:
+            return proc.wait(timeout=0.2), reason
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.time()
+        if term_sent_at is None and (now >= stop_at or cancelled.is_set()):
+            reason = "cancelled" if cancelled.is_set() else "deadline"
+            _signal_group(proc.pid, signal.SIGTERM)
+            term_sent_at = now
+        elif term_sent_at is not None and now - term_sent_at >= grace:
+            _signal_group(proc.pid, signal.SIGKILL)
+            return proc.wait(), reason
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class Runner:
+    def __init__(self, args, extra: dict) -> None:
+        self.args = args
+        self.attempt_dir = os.path.abspath(args.attempt_dir)
+        self.work_dir = os.path.abspath(args.work_dir or os.path.join(self.attempt_dir, "work"))
+        self.cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else None
+        self.extra_env = {str(k): str(v) for k, v in (extra.get("env") or {}).items()}
+        self.secrets = {str(k): str(v) for k, v in (extra.get("secrets") or {}).items()}
+        self.started = time.time()
+        self.phase = "starting"
+        self.gpu = GpuSampler()
+        self.cancelled = threading.Event()
+        self.stop_heartbeat = threading.Event()
+        self.result: dict = {
+            "format": 1,
+            "runner_version": RUNNER_VERSION,
+            "job_id": args.job_id,
+            "job_name": args.job_name,
+            "attempt": args.attempt,
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "started_at": self.started,
+        }
+        session_stop = (self.started + args.session_seconds - args.grace) if args.session_seconds else None
+        job_stop = self.started + args.max_runtime
+        self.stop_at = min(job_stop, session_stop) if session_stop else job_stop
+        self.stop_is_session = session_stop is not None and session_stop < job_stop
+
+    # -- paths
+    def path(self, name: str) -> str:
+        return os.path.join(self.attempt_dir, name)
+
+    # -- heartbeat
+    def heartbeat_loop(self) -> None:
+        while True:
+            rows = self.gpu.sample()
+            try:
+                write_json_atomic(self.path("heartbeat.json"),
+                                  {"time": time.time(), "pid": os.getpid(), "phase": self.phase, "gpus": rows})
+            except OSError:
+                pass
+            if self.stop_heartbeat.wait(HEARTBEAT_SECONDS):
+                return
+
+    # -- bundle
+    def unpack(self, tee: MaskingTee) -> dict:
+        bundle_dir = os.path.abspath(self.args.bundle)
+        with open(os.path.join(bundle_dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        code = manifest["code"]
+        archive = os.path.join(bundle_dir, code["archive"])
+        if not os.path.isfile(archive):
+            archive = find_named([bundle_dir] + list(self.args.data_path or []), code["archive"], want_dir=False) or archive
+        if sha256_file(archive) != code["sha256"]:
+            raise BundleInvalid("code archive %s does not match the manifest" % code["archive"])
+        self.code_dir = os.path.join(self.work_dir, "code")
+        if os.path.isdir(self.code_dir):
+            shutil.rmtree(self.code_dir)
+        os.makedirs(self.code_dir)
+        extract_verified(archive, self.code_dir, code["files"])
+        self.data_dir = os.path.join(self.work_dir, "data")
+        os.makedirs(self.data_dir, exist_ok=True)
+        for ds in manifest.get("datasets", []):
+            self.place_dataset(ds, tee)
+        return manifest
+
+    def place_dataset(self, ds: dict, tee: MaskingTee) -> None:
+        """Make dataset ``ds`` visible at $ORCH_DATA/<name>, verified, extracting at most
+        once per host when a cache dir is given."""
+        digest, name = ds["digest"], ds["name"]
+        link = os.path.join(self.data_dir, safe_member_name(name))
+        cached = os.path.join(self.cache_dir, "data", digest) if self.cache_dir else None
+        if cached and os.path.isfile(cached + ".verified"):
+            target = cached
+        else:
+            roots = list(self.args.data_path or []) + [os.path.abspath(self.args.bundle)]
+            if self.cache_dir:
+                roots.append(os.path.join(self.cache_dir, "blobs"))
+            archive = find_named(roots, "data-%s.tar" % digest, want_dir=False)
+            if archive:
+                if sha256_file(archive) != ds["sha256"]:
+                    raise BundleInvalid("dataset %r archive does not match the manifest" % name)
+                target = cached or link
+                tmp = target + ".partial"
+                if os.path.isdir(tmp):
+                            shutil.rmtree(tmp)
+                os.makedirs(tmp)
+                extract_verified(archive, tmp, ds["files"])
+                if os.path.isdir(target):
+                            shutil.rmtree(target)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.rename(tmp, target)
+            else:
+                # Some platforms unpack uploaded archives themselves (Kaggle datasets).
+                unpacked = find_named(roots, "data-%s" % digest, want_dir=True)
+                if not unpacked:
+                    raise BundleInvalid("dataset %r (data-%s.tar) was not found under %s"
+                                        % (name, digest[:12], ", ".join(roots)))
+                verify_tree(unpacked, ds["files"])
+                target = unpacked
+            if cached and target == cached:
+                open(cached + ".verified", "w").close()
+        if target != link:
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(target, link)
+        tee.note("dataset %s ready (%d files)" % (name, len(ds["files"])))
+
+    # -- setup
+    def install_requirements(self, job: dict, env: dict, tee: MaskingTee) -> str | None:
+        """pip-install the job's requirements into a directory keyed by their hash."""
+        setup = job.get("setup") or {}
+        reqs = list(setup.get("requirements") or [])
+        req_file = setup.get("file")
+        if not reqs and not req_file:
+            return None
+        key_src = json.dumps(reqs)
+        if req_file:
+            req_path = os.path.join(self.code_dir, safe_member_name(req_file))
+            with open(req_path, "rb") as f:
+                key_src += hashlib.sha256(f.read()).hexdigest()
+        key = hashlib.sha256((key_src + sys.version).encode()).hexdigest()[:16]
+        base = os.path.join(self.cache_dir, "pydeps") if self.cache_dir else os.path.join(self.work_dir, "pydeps")
+        target = os.path.join(base, key)
+        if os.path.isfile(os.path.join(target, ".orch-complete")):
+            tee.note("requirements already installed (%s)" % key)
+            return target
+        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+               "--target", target + ".partial"]
+        cmd += reqs
+        if req_file:
+            cmd += ["-r", os.path.join(self.code_dir, req_file)]
+        tee.note("installing requirements: %s" % " ".join(cmd[4:]))
+        proc = subprocess.Popen(cmd, cwd=self.code_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for block in iter(lambda: proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096), b""):
+            tee.write(block)
+        if proc.wait() != 0:
+            raise SetupFailed("pip install exited with %d" % proc.returncode)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.rename(target + ".partial", target)
+        open(os.path.join(target, ".orch-complete"), "w").close()
+        return target
+
+    # -- outputs
+    def pack_outputs(self, job: dict, out_dir: str) -> tuple:
+        """Pack regular files from $ORCH_OUTPUT_DIR and the job's output globs.
+        Symlinks, devices and FIFOs are skipped (and listed), never followed."""
+        added, skipped = {}, []
+
+        def consider(path: str, arcname: str) -> None:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return
+            if stat.S_ISDIR(st.st_mode):
+                return
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(arcname)
+                return
+            added.setdefault(arcname, path)
+
+        for dirpath, dirnames, filenames in os.walk(out_dir):
+            dirnames.sort()
+            for fn in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                full = os.path.join(dirpath, fn)
+                consider(full, os.path.relpath(full, out_dir))
+        code_real = os.path.realpath(self.code_dir)
+        for pattern in job.get("outputs") or []:
+            for full in sorted(glob.glob(os.path.join(glob.escape(self.code_dir), pattern), recursive=True)):
+                rel = os.path.relpath(full, self.code_dir)
+                parent = os.path.realpath(os.path.dirname(full))
+                if rel.startswith("..") or not (parent == code_real or parent.startswith(code_real + os.sep)):
+                    skipped.append(rel)
+                    continue
+                if os.path.isdir(full) and not os.path.islink(full):
+                    for dp, dns, fns in os.walk(full):
+                        for fn in fns:
+                            p = os.path.join(dp, fn)
+                            consider(p, os.path.relpath(p, self.code_dir))
+                else:
+                    consider(full, rel)
+        write_tar(self.path("outputs.tar.gz"), sorted(added.items()))
+        return sorted(added), sorted(set(skipped))
+
+    def pack_checkpoint(self, ckpt_dir: str) -> bool:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(ckpt_dir):
+            for fn in filenames:
+                full = os.path.join(dirpath, fn)
+                if stat.S_ISREG(os.lstat(full).st_mode):
+                    files.append((os.path.relpath(full, ckpt_dir), full))
+        if not files:
+            return False
+        write_tar(self.path("checkpoint.tar.gz"), sorted(files))
+        return True
+
+    # -- main
+    def run(self) -> int:
+        log = open(self.path("job.log"), "ab")
+        echo = None if self.args.detach else getattr(sys.stdout, "buffer", None)
+        tee = MaskingTee(log, echo, list(self.secrets.values()))
+        beat = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        signal.signal(signal.SIGTERM, lambda *_: self.cancelled.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        exit_code, status, failure, message = 1, "failed", "runner", ""
+        proc = None
+        job: dict = {}
+        try:
+            self.phase = "unpacking"
+            manifest = self.unpack(tee)
+            job = manifest["job"]
+            out_dir = os.path.join(self.work_dir, "out")
+            os.makedirs(out_dir, exist_ok=True)
+            ckpt_rel = job.get("checkpoint")
+            ckpt_dir = os.path.join(self.code_dir, safe_member_name(ckpt_rel)) if ckpt_rel else os.path.join(self.work_dir, "checkpoint")
+            os.makedirs(ckpt_dir, exist_ok=True)
+            if self.args.checkpoint:
+                extract_checkpoint(self.args.checkpoint, ckpt_dir)
+                tee.note("checkpoint restored into %s" % (ckpt_rel or "$ORCH_CHECKPOINT_DIR"))
+            env = dict(os.environ)
+            env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+            env.update(self.extra_env)
+            env.update(self.secrets)
+            env.update({
+                "ORCH_JOB_ID": self.args.job_id,
+                "ORCH_JOB_NAME": self.args.job_name,
+                "ORCH_ATTEMPT": str(self.args.attempt),
+                "ORCH_OUTPUT_DIR": out_dir,
+                "ORCH_CHECKPOINT_DIR": ckpt_dir,
+                "ORCH_DATA": self.data_dir,
+                "ORCH_DEADLINE": str(int(self.stop_at)),
+                "ORCH_CODE_DIR": self.code_dir,
+                "PYTHONUNBUFFERED": "1",
+            })
+            python_bin = os.path.dirname(sys.executable)
+            env["PATH"] = python_bin + os.pathsep + env.get("PATH", "")
+            self.phase = "setup"
+            setup_started = time.time()
+            pydeps = self.install_requirements(job, env, tee)
+            paths = [self.code_dir] + ([pydeps] if pydeps else []) + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+            self.result["setup_s"] = round(time.time() - setup_started, 3)
+            if self.cancelled.is_set():
+                raise Cancelled()
+            self.phase = "running"
+            tee.note("running: %s" % job["run"])
+            run_started = time.time()
+            self.result["run_started_at"] = run_started
+            proc = subprocess.Popen(["/bin/bash", "-c", job["run"]] if os.path.exists("/bin/bash") else ["/bin/sh", "-c", job["run"]],
+                                    cwd=self.code_dir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            pump = threading.Thread(target=_pump, args=(proc.stdout, tee), name="log", daemon=True)
+            pump.start()
+            exit_code, reason = run_under_deadline(proc, self.stop_at, self.args.grace, self.cancelled)
+            pump.join(timeout=10)
+            self.result["runtime_s"] = round(time.time() - run_started, 3)
+            self.phase = "packing"
+            outputs, skipped = self.pack_outputs(job, out_dir)
+            self.result["outputs"] = outputs
+            if skipped:
+                self.result["skipped_outputs"] = skipped
+                tee.note("skipped %d output entries that are not regular files: %s" % (len(skipped), ", ".join(skipped[:5])))
+            has_ckpt = bool(ckpt_rel) and self.pack_checkpoint(ckpt_dir)
+            self.result["checkpoint"] = has_ckpt
+            if reason == "cancelled":
+                status, failure, message = "cancelled", "cancelled", "cancelled"
+            elif reason == "deadline" and self.stop_is_session and has_ckpt:
+                status, failure, message = "checkpointed", None, "stopped before the session end; checkpoint saved"
+            elif reason == "deadline":
+                status, failure = "failed", "timeout"
+                message = "stopped at max_runtime (%gs)" % self.args.max_runtime if not self.stop_is_session else "stopped at the session end with no checkpoint"
+            elif exit_code == 0:
+                status, failure, message = "succeeded", None, ""
+            else:
+                status, failure, message = "failed", "user", "job exited with code %d" % exit_code
+        except Cancelled:
+            status, failure, message, exit_code = "cancelled", "cancelled", "cancelled before the job started", 143
+        except SetupFailed as exc:
+            status, failure, message, exit_code = "failed", "setup", str(exc), 1
+        except BundleInvalid as exc:
+            status, failure, message, exit_code = "failed", "bundle", str(exc), 1
+        except Exception as exc:  # the runner must always leave a result.json
+            status, failure, message, exit_code = "failed", "runner", "%s: %s" % (type(exc).__name__, exc), 1
+        finally:
+            if proc is not None and proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGKILL)
+            self.stop_heartbeat.set()
+            beat.join(timeout=15)
+            if message and failure:
+                tee.note(message)
+            tee.close()
+            log.close()
+        ended = time.time()
+        gpus = self.gpu.gpus
+        self.result.update({
+            "status": status,
+            "exit_code": exit_code,
+            "failure_class": failure,
+            "message": message,
+            "ended_at": ended,
+            "wall_s": round(ended - self.started, 3),
+            "gpu": {"name": gpus[0]["name"], "count": len(gpus), "memory_total_mb": gpus[0]["memory_total_mb"],
+                    "driver": gpus[0]["driver"]} if gpus else None,
+            "peak_gpu_memory_mb": self.gpu.peak_memory_mb if gpus else None,
+            "max_gpu_utilization_pct": self.gpu.max_util if gpus else None,
+        })
+        self.phase = "done"
+        write_json_atomic(self.path("heartbeat.json"), {"time": ended, "pid": os.getpid(), "phase": "done", "gpus": []})
+        write_json_atomic(self.path("result.json"), self.result)
+        return exit_code
+
+
+class SetupFailed(Exception):
+    """Installing the job's requirements failed."""
+
+
+class Cancelled(Exception):
+    """SIGTERM arrived before the job started."""
+
+
+def _pump(stream, tee: MaskingTee) -> None:
+    read = getattr(stream, "read1", None) or stream.read
+    for block in iter(lambda: read(65536), b""):
+        tee.write(block)
+
+
+def write_tar(dest: str, files: list) -> None:
+    """A gzip tar of (arcname, path) pairs with normalised metadata, written atomically."""
+    tmp = dest + ".partial"
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for arcname, path in files:
+                    info = tar.gettarinfo(path, arcname=arcname)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+    os.replace(tmp, dest)
+
+
+def extract_checkpoint(archive: str, dest: str) -> None:
+    """Restore a checkpoint archive (written by this runner) into ``dest``, files only."""
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            rel = safe_member_name(member.name)
+            target = os.path.join(dest, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as out:
+                src = tar.extractfile(member)
+                for block in iter(lambda: src.read(CHUNK), b""):
+                    out.write(block)
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="runner.py", description="Run one attempt of an orch job.")
+    p.add_argument("--attempt-dir", required=True, help="where result.json, job.log, outputs land")
+    p.add_argument("--bundle", required=True, help="directory holding manifest.json and the code archive")
+    p.add_argument("--work-dir", help="where code is unpacked and run (default: ATTEMPT_DIR/work)")
+    p.add_argument("--data-path", action="append", default=[], help="root searched for dataset archives")
+    p.add_argument("--cache-dir", help="per-host cache of verified datasets and installed requirements")
+    p.add_argument("--checkpoint", help="checkpoint archive to restore before the job starts")
+    p.add_argument("--job-id", required=True)
+    p.add_argument("--job-name", default="job")
+    p.add_argument("--attempt", type=int, default=1)
+    p.add_argument("--max-runtime", type=float, required=True, help="seconds")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--session-seconds", type=float, help="session length; the job is stopped GRACE before it ends")
+    p.add_argument("--env-stdin", action="store_true", help='read {"env": {}, "secrets": {}} JSON from stdin')
+    p.add_argument("--detach", action="store_true", help="run in the background, in a new session")
+    return p.parse_args(argv)
+
+
+def detach(attempt_dir: str) -> int | None:
+    """Double-fork into a new session. Returns None in the detached grandchild (which
+    then holds ``runner.lock``), or the exit code for the original process, which
+    waits until the grandchild has the lock so that "submitted" means "running"."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            word = pipe.read()
+        os.waitpid(pid, 0)
+        if word.startswith(b"ok "):
+            print(json.dumps({"pid": int(word.split()[1])}))
+            return 0
+        print(json.dumps({"error": "another runner holds this attempt"}))
+        return EXIT_BUSY
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    lock = acquire_lock(attempt_dir)
+    if lock is None or os.path.exists(os.path.join(attempt_dir, "result.json")):
+        os.write(w, b"busy")
+        os._exit(EXIT_BUSY)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    err = os.open(os.path.join(attempt_dir, "runner.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(devnull, 0)
+    os.dup2(err, 1)
+    os.dup2(err, 2)
+    write_json_atomic(os.path.join(attempt_dir, "runner.pid.json"), {"pid": os.getpid(), "started": time.time()})
+    os.write(w, b"ok %d" % os.getpid())
+    os.close(w)
+    _HELD_LOCKS.append(lock)
+    return None
+
+
+_HELD_LOCKS: list = []
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    extra = json.load(sys.stdin) if args.env_stdin else {}
+    attempt_dir = os.path.abspath(args.attempt_dir)
+    os.makedirs(attempt_dir, exist_ok=True)
+    if args.detach:
+        code = detach(attempt_dir)
+        if code is not None:
+            return code
+    else:
+        lock = acquire_lock(attempt_dir)
+        if lock is None or os.path.exists(os.path.join(attempt_dir, "result.json")):
+            sys.stderr.write("orch runner: attempt %s is already running or finished\n" % attempt_dir)
+            return EXIT_BUSY
+        _HELD_LOCKS.append(lock)
+        write_json_atomic(os.path.join(attempt_dir, "runner.pid.json"), {"pid": os.getpid(), "started": time.time()})
+    return Runner(args, extra).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""One command's context: the home, the config, the store and the platforms.
+
+Opened once per CLI invocation (like rq's ``CliConfig``); platforms are created on
+first use so that a command touching only the local platform never imports the
+kaggle client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import config as config_mod
+from .config import Config, Home
+from .errors import NotFoundError
+from .platforms.base import Platform, platform_class
+from .store import Store
+
+
+@dataclass
+class App:
+    home: Home
+    config: Config
+    store: Store
+    _platforms: dict[str, Platform] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, home: Home | None = None) -> "App":
+        home = home or Home.discover()
+        home.ensure()
+        cfg = config_mod.load(home)
+        return cls(home=home, config=cfg, store=Store(cfg.state_url))
+
+    def platform(self, name: str) -> Platform:
+        """The configured platform ``name``; NotFoundError lists the configured ones."""
+        if name not in self._platforms:
+            settings = self.config.platforms.get(name)
+            if settings is None:
+                raise NotFoundError(
+                    f"no platform named '{name}'; configured: {', '.join(self.config.names)} "
+                    f"(edit {self.home.config_path})"
+                )
+            cls = platform_class(settings.type)
+            self._platforms[name] = cls(name, settings, self.home)
+        return self._platforms[name]
+
+    def close(self) -> None:
+        self.store.close()

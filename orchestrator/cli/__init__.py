@@ -1,0 +1,95 @@
+"""The ``orch`` command line: thin click commands over the library.
+
+Errors are shown once, here: an ``OrchError`` becomes ``Error: <message>`` on stderr
+and its exit code (2 for bad input, 1 otherwise); ``ORCH_DEBUG=1`` shows the
+traceback instead. Platform-specific commands live in sibling modules
+(``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``), each with a
+``register(main)`` function, and import their optional dependencies lazily.
+
+Exit codes: 0 success; 1 failure (including a job that ended FAILED/LOST/CANCELLED
+under ``--wait``); 2 bad input (job.yaml, config, usage); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from ..errors import OrchError
+from .common import console, err_console
+
+PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands")
+
+
+class OrchGroup(click.Group):
+    """A click group that turns library errors into one clean line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OrchError as exc:
+            if os.environ.get("ORCH_DEBUG"):
+                raise
+            err_console.print(f"[bold red]Error:[/] {click.style('', reset=False)}{_escape(str(exc))}", highlight=False)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: still no traceback unless asked for
+            if os.environ.get("ORCH_DEBUG"):
+                raise
+            err_console.print(
+                f"[bold red]Error:[/] internal error: {type(exc).__name__}: {_escape(str(exc))} "
+                "(run again with ORCH_DEBUG=1 for the traceback, and please report it)", highlight=False)
+            ctx.exit(1)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="orch", prog_name="orch")
+def main() -> None:
+    """orch: run GPU jobs on Kaggle, Colab, SSH hosts or this machine from one queue.
+
+    \b
+    Typical use:
+      orch submit jobs/els-pricer/job.yaml --wait
+      orch status
+      orch logs JOB -f
+      orch fetch JOB
+    Run `orch cron --install` once so that `orch tick` keeps the queue moving.
+    """
+
+
+@main.group()
+def colab() -> None:
+    """Google Colab helpers (runtimes over SSH, the Drive agent notebook)."""
+
+
+from . import commands  # noqa: E402  (registers the core commands on `main`)
+
+for _name in PLUGIN_MODULES:
+    try:
+        _mod = importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"{__name__}.{_name}":
+            raise
+        continue
+    _mod.register(main)
+
+
+def run() -> None:  # pragma: no cover - console-script shim
+    main(prog_name="orch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Fetched results on local disk: safe unpacking of what platforms send back.
+
+Everything that comes from a platform is hostile until proven otherwise: an outputs
+archive may hold ``../`` names, absolute names, symlinks, hard links or device
+nodes, and an attempt directory may hold symlinks in place of ``result.json``.
+Only regular files are ever written, only inside the destination, and never
+through a link.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+CHUNK = 1 << 20
+#: Refuse archives that expand beyond this (decompression bombs).
+MAX_EXTRACT_BYTES = int(os.environ.get("ORCH_MAX_RESULT_BYTES", str(50 * 1024**3)))
+
+
+@dataclass
+class ExtractReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "name (why)"
+
+
+def safe_name(name: str) -> str | None:
+    """``name`` as a safe relative POSIX path, or None when it must be refused."""
+    if not name or "\x00" in name or name.startswith(("/", "\\")) or ":" in PurePosixPath(name).parts[0]:
+        return None
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def write_file_safely(dest_root: Path, rel: str, src) -> bool:
+    """Copy stream ``src`` to ``dest_root/rel`` creating real directories only; refuses to
+    follow a symlink anywhere on the way. Returns False when refused."""
+    target = dest_root
+    for part in rel.split("/")[:-1]:
+        target = target / part
+        try:
+            st = os.lstat(target)
+            if not stat.S_ISDIR(st.st_mode):
+                return False
+        except FileNotFoundError:
+            os.mkdir(target)
+    path = target / rel.split("/")[-1]
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode) or not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(src, out, CHUNK)
+    return True
+
+
+def extract_archive(archive: Path, dest: Path) -> ExtractReport:
+    """Extract regular files from ``archive`` into ``dest``; everything else is skipped
+    and reported. ``dest`` is created if missing."""
+    report = ExtractReport()
+    dest.mkdir(parents=True, exist_ok=True)
+    total = 0
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        report.skipped.append(f"{archive.name} (not a readable archive: {exc})")
+        return report
+    with tar:
+        try:
+            for member in tar:
+                if member.isdir():
+                    continue
+                rel = safe_name(member.name)
+                if rel is None:
+                    report.skipped.append(f"{member.name} (unsafe path)")
+                    continue
+                if not member.isfile():
+                    kind = "symlink" if member.issym() else "hard link" if member.islnk() else "special file"
+                    report.skipped.append(f"{rel} ({kind})")
+                    continue
+                total += member.size
+                if total > MAX_EXTRACT_BYTES:
+                    report.skipped.append(f"{rel} (archive expands beyond {MAX_EXTRACT_BYTES} bytes)")
+                    break
+                src = tar.extractfile(member)
+                if src is None or not write_file_safely(dest, rel, src):
+                    report.skipped.append(f"{rel} (would write through a link)")
+                    continue
+                report.written.append(rel)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            report.skipped.append(f"{archive.name} (truncated or corrupt: {exc})")
+    return report
+
+
+def copy_regular(src: Path, dest: Path) -> bool:
+    """Copy ``src`` only if it is a regular file (not a link, FIFO or device)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        os.set_blocking(f.fileno(), True)
+        tmp = dest.with_name(dest.name + ".partial")
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, CHUNK)
+        os.replace(tmp, dest)
+    return True
+
+
+def read_result(path: Path) -> dict | None:
+    """result.json as a dict, or None when missing or not valid JSON."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def install_attempt(staging: Path, dest: Path) -> ExtractReport:
+    """Turn fetched artefacts in ``staging`` into ``dest`` (``result.json``, ``job.log``,
+    ``outputs/``), atomically: a crash leaves either nothing or the whole directory."""
+    if dest.is_dir():
+        return ExtractReport()
+    partial = dest.with_name(dest.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    report = ExtractReport()
+    for name in ("result.json", "job.log"):
+        if (staging / name).is_file() and not (staging / name).is_symlink():
+            shutil.copyfile(staging / name, partial / name)
+    outputs = staging / "outputs.tar.gz"
+    if outputs.is_file():
+        report = extract_archive(outputs, partial / "outputs")
+    else:
+        (partial / "outputs").mkdir()
+    if report.skipped:
+        (partial / "skipped.txt").write_text("".join(f"{s}\n" for s in report.skipped))
+    os.replace(partial, dest)
+    return report
+
+
+def copy_tree(src: Path, dest: Path) -> int:
+    """Copy regular files of ``src`` into ``dest`` (no links followed or created)."""
+    count = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = os.path.relpath(dirpath, src)
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            with open(path, "rb") as f:
+                if write_file_safely(dest, rel, f):
+                    count += 1
+    return count

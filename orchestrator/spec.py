@@ -1,0 +1,307 @@
+"""job.yaml -> a validated JobSpec, with errors that name ``file:line``, the field and the fix.
+
+Validation is pydantic v2 (``extra="forbid"`` everywhere); line numbers come from
+PyYAML's node tree, so every error can point at the line to edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .durations import parse_duration
+from .errors import SpecError
+from .yamlfile import first_error, parse_yaml, where
+
+#: GPU types a job may ask for, slowest first.
+GPU_TYPES = ("T4", "P100", "V100", "L4", "A100", "H100")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DOCS = "docs/job-spec.md"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Model):
+    """What the job needs from a platform."""
+
+    #: () = no GPU; ("any",) = any GPU; otherwise GPU types in order of preference.
+    gpu: tuple[str, ...] = ()
+    gpu_count: int = Field(default=1, ge=0, le=16)
+    min_gpu_memory_gb: float | None = Field(default=None, gt=0)
+    #: seconds; written as "2h30m" in job.yaml.
+    max_runtime: float = 3600.0
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, value: Any) -> tuple[str, ...]:
+        if value is None or value is False or value == [] or value == ():
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError("expected none, any, a GPU type or a list of GPU types")
+        out: list[str] = []
+        for item in items:
+            if not isinstance(item, str):
+                raise ValueError(f"{item!r} is not a GPU type; expected one of none, any, {', '.join(GPU_TYPES)}")
+            word = item.strip()
+            if word.lower() in ("none", "cpu"):
+                if len(items) > 1:
+                    raise ValueError("'none' cannot be part of a preference list")
+                return ()
+            if word.lower() == "any":
+                out.append("any")
+                continue
+            canonical = {t.lower(): t for t in GPU_TYPES}.get(word.lower())
+            if canonical is None:
+                hint = difflib.get_close_matches(word.upper(), GPU_TYPES, n=1, cutoff=0.5)
+                did = f" — did you mean '{hint[0]}'?" if hint else ""
+                raise ValueError(
+                    f"unknown GPU type '{word}'{did} (expected one of none, any, {', '.join(GPU_TYPES)})"
+                )
+            out.append(canonical)
+        return tuple(out)
+
+    @field_validator("max_runtime", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _count(self) -> "Resources":
+        if not self.gpu and "gpu_count" in self.model_fields_set and self.gpu_count:
+            raise ValueError("gpu_count is set but gpu is none; set gpu: any (or a type)")
+        return self
+
+    @property
+    def wants_gpu(self) -> bool:
+        return bool(self.gpu)
+
+    @property
+    def gpus_needed(self) -> int:
+        return self.gpu_count if self.gpu else 0
+
+
+class Dataset(_Model):
+    """A local file or directory the job sees at ``$ORCH_DATA/<name>``."""
+
+    path: str
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _default_name(self) -> "Dataset":
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.path.rstrip("/")).name or "data")
+        if not _NAME.match(self.name):
+            raise ValueError(f"name '{self.name}' must be letters, digits, '.', '_' or '-'")
+        return self
+
+
+class Setup(_Model):
+    """pip requirements: a list, or a requirements file inside the code directory."""
+
+    requirements: tuple[str, ...] = ()
+    file: str | None = None
+
+
+class JobSpec(_Model):
+    """A validated job.yaml. Paths (``code``, dataset paths) are absolute after loading."""
+
+    name: str = ""
+    code: str = "."
+    run: str
+    setup: Setup = Setup()
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    datasets: tuple[Dataset, ...] = ()
+    outputs: tuple[str, ...] = ()
+    resources: Resources = Resources()
+    platforms: tuple[str, ...] = ()
+    retries: int = Field(default=2, ge=0, le=100)
+    retries_on_error: int = Field(default=0, ge=0, le=100)
+    priority: int = 0
+    checkpoint: str | None = None
+    internet: bool = True
+
+    _source: Path | None = PrivateAttr(default=None)
+    _lines: dict = PrivateAttr(default_factory=dict)
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; give the shell command that runs the job")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not _NAME.match(value):
+            raise ValueError(f"'{value}' must start with a letter or digit and use only letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("setup", mode="before")
+    @classmethod
+    def _setup(cls, value: Any) -> Any:
+        if value is None:
+            return Setup()
+        if isinstance(value, str):
+            return Setup(file=value)
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if not isinstance(item, str) or not item.strip():
+                    raise ValueError(f"{item!r} is not a pip requirement string")
+            return Setup(requirements=tuple(value))
+        if isinstance(value, dict):
+            return value
+        raise ValueError("expected a list of pip requirements or the path of a requirements file")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping of NAME: value")
+        out = {}
+        for key, val in value.items():
+            if not isinstance(key, str) or not _ENV_NAME.match(key):
+                raise ValueError(f"'{key}' is not a valid environment variable name")
+            if isinstance(val, (dict, list)) or val is None:
+                raise ValueError(f"{key}: value must be a string, number or boolean")
+            out[key] = str(val).lower() if isinstance(val, bool) else str(val)
+        return out
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, dict):
+            raise ValueError("list only the NAMES of local environment variables (values are never written in job.yaml)")
+        if isinstance(value, str):
+            value = [value]
+        for item in value:
+            if not isinstance(item, str) or not _ENV_NAME.match(item):
+                raise ValueError(f"{item!r} is not an environment variable name")
+        return tuple(value)
+
+    @field_validator("outputs", "platforms", mode="before")
+    @classmethod
+    def _str_list(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        p = Path(value)
+        if p.is_absolute() or ".." in p.parts or not value.strip():
+            raise ValueError(f"'{value}' must be a relative directory inside the code directory")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _unique_datasets(self) -> "JobSpec":
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"datasets: two datasets are named '{dupes[0]}'; give each a distinct name")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def source(self) -> Path | None:
+        """The job.yaml this spec came from."""
+        return self._source
+
+    def where(self, *path: Any) -> str:
+        """``file:line`` of a field, for messages raised after loading."""
+        return where(self._source, self._lines, tuple(path))
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec as stored in the DB: secret NAMES only (values are never in the spec)."""
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path) -> JobSpec:
+    """Read and validate a job.yaml.
+
+    Raises:
+        SpecError: one line, ``file:line: field: what is wrong`` plus the fix.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such file; give the path of a job.yaml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{source}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    return loads(text, source)
+
+
+def loads(text: str, source: Path) -> JobSpec:
+    """Validate job.yaml ``text``; ``source`` names it in errors and anchors relative paths."""
+    data, lines = parse_yaml(text, source, SpecError, what="a job needs at least `run: <command>`")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(first_error(exc, JobSpec, source, lines, DOCS)) from None
+    spec._source = source
+    spec._lines = lines
+    return _resolve_paths(spec, source)
+
+
+def _resolve_paths(spec: JobSpec, source: Path) -> JobSpec:
+    """Make paths absolute (relative to the yaml's directory) and check they exist."""
+    base = source.resolve().parent
+    code = (base / spec.code).resolve()
+    if not code.is_dir():
+        raise SpecError(f"{spec.where('code')}: code: directory '{spec.code}' does not exist (relative to {base})")
+    datasets = []
+    for i, ds in enumerate(spec.datasets):
+        p = (base / ds.path).expanduser().resolve()
+        if not p.exists():
+            raise SpecError(f"{spec.where('datasets', i, 'path')}: datasets[{i}].path: '{ds.path}' does not exist (relative to {base})")
+        datasets.append(ds.model_copy(update={"path": str(p)}))
+    if spec.setup.file:
+        req = (code / spec.setup.file).resolve()
+        if not req.is_file() or not str(req).startswith(str(code) + "/"):
+            raise SpecError(
+                f"{spec.where('setup')}: setup: requirements file '{spec.setup.file}' not found inside the code directory {code}"
+            )
+    name = spec.name or _default_name(code if spec.code != "." else base)
+    resolved = spec.model_copy(update={"code": str(code), "datasets": tuple(datasets), "name": name})
+    resolved._source = spec._source
+    resolved._lines = spec._lines
+    return resolved
+
+
+def _default_name(directory: Path) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", directory.name).strip("-._") or "job"
+    return cleaned[:64]
+
+
+def from_public_dict(doc: dict[str, Any]) -> JobSpec:
+    """Rebuild a stored spec (paths already absolute, already validated)."""
+    doc = dict(doc)
+    resources = dict(doc.get("resources") or {})
+    if isinstance(resources.get("max_runtime"), (int, float)):
+        resources["max_runtime"] = f"{resources['max_runtime']}s"
+    if not resources.get("gpu"):
+        resources.pop("gpu_count", None)
+    doc["resources"] = resources
+    return JobSpec.model_validate(doc)
