@@ -540,6 +540,8 @@ class Runner:
             proc = subprocess.Popen(["/bin/bash", "-c", job["run"]] if os.path.exists("/bin/bash") else ["/bin/sh", "-c", job["run"]],
                                     cwd=self.code_dir, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            pid_file = self.path("runner.pid.json")
+            write_json_atomic(pid_file, {"pid": os.getpid(), "job_pgid": proc.pid, "started": self.started})
             pump = threading.Thread(target=_pump, args=(proc.stdout, tee), name="log", daemon=True)
             pump.start()
             exit_code, reason = run_under_deadline(proc, self.stop_at, self.args.grace, self.cancelled)

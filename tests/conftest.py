@@ -1,0 +1,125 @@
+"""Fixtures shared by every test: an isolated orch home, the CLI, and clean-up of
+every process a test started.
+
+Each test gets its own ``ORCH_HOME`` (config, state DB, caches, attempt dirs) in a
+temp dir; at teardown every runner still alive under it is killed with its job's
+process group, so no test leaks a process into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.app import App
+from orchestrator.cli import main as cli_main
+from orchestrator.controller import Controller
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kill_runners(root: Path) -> None:
+    """SIGKILL every runner (and its job's process group) recorded under ``root``."""
+    for pid_file in root.rglob("runner.pid.json"):
+        try:
+            doc = json.loads(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        for key in ("job_pgid", "pid"):
+            pid = doc.get(key)
+            if not pid:
+                continue
+            for fn in (os.killpg, os.kill):
+                try:
+                    fn(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, OSError):
+                    pass
+
+
+@pytest.fixture
+def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ORCH_HOME for this test (and for any `orch` subprocess it starts)."""
+    home = tmp_path / "orch-home"
+    home.mkdir()
+    monkeypatch.setenv("ORCH_HOME", str(home))
+    monkeypatch.setenv("ORCH_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.delenv("ORCH_STATE_URL", raising=False)
+    monkeypatch.delenv("ORCH_FAILPOINTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield home
+    kill_runners(home)
+
+
+def write_config(home: Path, text: str) -> Path:
+    """Write ``config.yaml`` into ``home`` (text is dedented)."""
+    path = home / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def config(orch_home: Path) -> Callable[[str], Path]:
+    """``config(yaml_text)`` writes the test's config.yaml."""
+    return lambda text: write_config(orch_home, text)
+
+
+@pytest.fixture
+def orch(orch_home: Path):
+    """Run the CLI in-process: ``orch("status", "--json")`` -> click Result.
+
+    Output and exit code are what a user would see; exceptions never escape
+    (the CLI turns them into an error line)."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(cli_main, list(args), input=input, catch_exceptions=False)
+
+    return run
+
+
+def orch_process(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `orch` as a separate process (for crash tests and concurrency)."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def open_app() -> App:
+    return App.open()
+
+
+def tick_until(predicate: Callable[[App], bool], timeout: float = 60, interval: float = 0.2) -> App:
+    """Tick (in-process) until ``predicate(app)`` holds; fails the test on timeout."""
+    deadline = time.time() + timeout
+    while True:
+        app = App.open()
+        try:
+            Controller(app).tick(lock_timeout=5)
+            if predicate(app):
+                return app
+        finally:
+            app.close()
+        if time.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s")
+        time.sleep(interval)
+
+
+def make_job(directory: Path, yaml_text: str, files: dict[str, str] | None = None) -> Path:
+    """Create a job directory with ``job.yaml`` and extra files; returns the yaml path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for rel, content in (files or {}).items():
+        p = directory / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content)
+    path = directory / "job.yaml"
+    path.write_text(textwrap.dedent(yaml_text))
+    return path
