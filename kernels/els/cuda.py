@@ -1,6 +1,6 @@
 """GPU time loop for the OSM scheme: two fused CUDA kernels per time step, launched from cupy.
 
-Design (notes §6–7): the grid sizes that matter (100^2–400^2) are bound by launch overhead and the
+Design: the grid sizes that matter (100^2–400^2) are bound by launch overhead and the
 latency of the Thomas recurrence, not by DRAM, so each step is exactly two launches and nothing
 crosses the PCIe bus inside the time loop:
 

@@ -184,7 +184,7 @@ def price_els(
         product: the product and its market model.
         n1, n2: space intervals per asset (each spans ``[0, 2 S0]``, shifted so barriers sit mid-cell).
         nt: time steps over the product's life; knock-in is monitored at every one of them
-            (``nt / T`` times a year; the notes recommend about 360 a year).
+            (``nt / T`` times a year; about 360 a year is accurate, see docs/kernels.md).
         device: ``"auto"`` (``ORCH_DEVICE``, then detection), ``"cpu"`` or ``"gpu"``.
         solver: CPU solver, ``"blocks"``, ``"dense"`` or ``"thomas"`` (ignored on the GPU).
 

@@ -1,11 +1,11 @@
 """Monte Carlo ELS pricer: the independent check on the finite-difference pricer.
 
-No trustworthy published price exists for these products (notes §1), so the FDM is validated
+No trustworthy published price exists for these products, so the FDM is validated
 against this pricer run with the *same* monitoring: ``steps_per_year = nt / T`` makes the MC
 check knock-in at exactly the FDM's time steps, and both put each observation date on the
 nearest step (:func:`kernels.els.product.observation_steps`).
 
-Method (notes §3): exact log-Euler GBM, ``z2' = rho z1 + sqrt(1 - rho^2) z2``, antithetic pairs
+Method: exact log-Euler GBM, ``z2' = rho z1 + sqrt(1 - rho^2) z2``, antithetic pairs
 that negate both normals, the standard error from the pair means, knock-in ``W < KI`` checked at
 every step, autocall ``W >= K_i``. Paths are simulated in chunks of pairs, one vectorised
 operation per time step over the whole chunk; written once against ``xp`` so it runs on numpy or

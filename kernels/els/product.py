@@ -1,6 +1,6 @@
 """A two-asset worst-of step-down ELS and the Black–Scholes model it is priced under.
 
-Payoff (see ``/work/shared/notes/els-pricing.md`` §1; both pricers implement exactly this):
+Payoff (both pricers implement exactly this; docs/kernels.md has the details):
 
 * worst performer ``W(t) = min(S1(t)/S1(0), S2(t)/S2(0))``, face value ``F``;
 * at observation date ``t_i`` (not the last), if not yet redeemed and ``W(t_i) >= K_i``, pay
@@ -181,7 +181,7 @@ def observation_steps(product: ELSProduct, n_steps: int) -> tuple[int, ...]:
 
 
 def create_sample_els() -> ELSProduct:
-    """The sample product of the public pricer this workload came from (product B in the notes).
+    """The sample product of the public pricer this workload came from ("product B" in docs/kernels.md).
 
     T = 3, semiannual observations, barriers 95/95/90/85/80/75 %, 4 % coupon per half-year
     (cumulative), dummy = last coupon, knock-in 50 %, sigma 0.25/0.30, rho 0.5, r 0.03,

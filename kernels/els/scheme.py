@@ -6,7 +6,7 @@ knock-in and autocall regions, and the terminal values. The steppers in :mod:`ke
 (CPU) and :mod:`kernels.els.cuda` (GPU) only march it; :func:`read_out` turns the final grid into
 price and Greeks, so both devices share every line of code except the time loop itself.
 
-Scheme (notes §2), in ``tau = T - t``, value grids ``U[i, g, j]`` at ``x_i, y_j`` with ``g = NK``
+Scheme (docs/kernels.md), in ``tau = T - t``, value grids ``U[i, g, j]`` at ``x_i, y_j`` with ``g = NK``
 (not yet knocked in) or ``g = KI`` (knocked in), one time step of size ``dt``:
 
 1. x-sweep, implicit in x:  ``(I - dt Lx) u* = u + dt/2 Lxy u``  on every column ``j``;
@@ -37,7 +37,7 @@ __all__ = ["KI", "NK", "Axis", "Scheme", "build_scheme", "place_axis", "read_out
 NK = 0  #: index of the not-yet-knocked-in value grid
 KI = 1  #: index of the knocked-in value grid
 
-DOMAIN_WIDTH = 2.0  #: each asset's grid spans [0, 2 S0] (plus the shift); wider changed nothing (notes §2)
+DOMAIN_WIDTH = 2.0  #: each asset's grid spans [0, 2 S0] (plus the shift); wider changed nothing for these products
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,11 @@ class Axis:
 def place_axis(spot: float, n: int, levels: tuple[float, ...]) -> Axis:
     """Build ``n`` intervals of width ``2 spot / n`` shifted so every barrier level sits mid-cell.
 
-    On-node barriers cost O(h) accuracy (notes §3). The fractional positions ``frac(L / h)`` of
-    all levels are points on a circle; the shift goes to the middle of the widest gap between
-    them, which maximises the distance from every level to its nearest node. When all levels
+    On-node barriers cost O(h) accuracy: the sample product at 200 x 200 x 1080 prices 0.54 %
+    above a matched Monte Carlo on nodes 0, h, 2h, ..., and 0.14 % with this placement. The
+    fractional positions ``frac(L / h)`` of all levels are points on a circle; the shift goes to
+    the middle of the widest gap between them, which maximises the distance from every level to
+    its nearest node. When all levels
     share one fractional position (h divides their spacing) that is exactly mid-cell; otherwise
     (e.g. h = 2 with 5 % steps) it is the best any single shift can do.
 

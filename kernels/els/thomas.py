@@ -1,7 +1,7 @@
 """Batched tridiagonal solves with one pre-factored matrix shared by every line.
 
 For constant vols, rates and time step, every x-line of the OSM scheme has the same matrix, and so
-does every y-line (notes §2). So the LU (Thomas) factorisation is done once per direction and the
+does every y-line. So the LU (Thomas) factorisation is done once per direction and the
 per-step work is a solve with many right-hand sides:
 
     forward:   d_0 = r_0 * inv_0,     d_i = (r_i - a_i * d_{i-1}) * inv_i

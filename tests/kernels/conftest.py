@@ -10,11 +10,11 @@ from tests.kernels.support import standard_product
 
 @pytest.fixture
 def sample() -> ELSProduct:
-    """Product B of the notes: the public pricer's sample product."""
+    """Product B: the public pricer's sample product."""
     return create_sample_els()
 
 
 @pytest.fixture
 def product_a() -> ELSProduct:
-    """Product A of the notes (face 10,000, KI 60 %)."""
+    """Product A: a standard 3-year step-down (face 10,000, KI 60 %)."""
     return standard_product()

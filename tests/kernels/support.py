@@ -21,7 +21,7 @@ requires_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is
 
 
 def standard_product() -> ELSProduct:
-    """Product A of the notes: 90/90/85/85/80/80, 3 % a period, KI 60 %, no dividends, face 10,000."""
+    """Product A, a standard 3-year step-down: 90/90/85/85/80/80, 3 % a period, KI 60 %, no dividends, face 10,000."""
     return ELSProduct(
         maturity=3.0,
         observation_times=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0),

@@ -32,5 +32,5 @@ def test_coarse_grid_is_within_one_percent_of_matched_mc():
     p = create_sample_els()
     fdm = price_els(p, 100, 100, 200, device="cpu")
     mc = mc_price_els(p, paths=200_000, steps_per_year=200 / p.maturity, seed=7, device="cpu")
-    # The notes' 100 x 100 x 200 case: levels land a quarter cell off nodes and the time step is coarse.
+    # The public pricer's default grid: levels land a quarter cell off nodes and the time step is coarse.
     assert abs(fdm.price - mc.price) / mc.price < 0.01
