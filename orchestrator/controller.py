@@ -11,7 +11,6 @@ attempt could be submitted twice.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -130,7 +129,8 @@ class Controller:
         secrets = {name: os.environ[name] for name in spec.secrets if name in os.environ}
         previous = [a for a in self.store.attempts_of(job.id) if a.state == A.CHECKPOINTED]
         used = sum(a.runtime_s or 0 for a in previous)
-        remaining = max(spec.resources.max_runtime - used, 60.0)
+        # A chain's later segments get what is left of max_runtime (at least a minute).
+        remaining = max(spec.resources.max_runtime - used, 60.0) if used else spec.resources.max_runtime
         session = offer.session_seconds if offer else None
         chain = spec.checkpoint is not None and session is not None and remaining > session
         checkpoint = self.app.home.blobs / f"checkpoint-{job.checkpoint}.tar.gz" if job.checkpoint else None
@@ -505,7 +505,3 @@ def fetch(app: App, job: JobRow, dest: Path | None) -> Path:
     target = dest or Path("results") / f"{job.name}-{job.short_id}"
     copy_tree(src, target)
     return target
-
-
-def digest_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

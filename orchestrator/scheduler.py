@@ -8,6 +8,7 @@ milliseconds and every decision can be explained (``orch submit --dry-run``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Mapping, Sequence
 
 from .durations import format_duration
@@ -62,6 +63,16 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
             return f"GPU has {offer.gpu_memory_gb:g} GB, job needs {res.min_gpu_memory_gb:g} GB"
         if offer.gpu_count and res.gpu_count > offer.gpu_count:
             return f"has {offer.gpu_count} GPU(s), job needs {res.gpu_count}"
+    if res.wants_gpu and offer.quota_left_seconds is not None:
+        # A checkpointed chain needs only one session's worth now.
+        need = min(res.max_runtime, offer.session_seconds) if spec.checkpoint and offer.session_seconds else res.max_runtime
+        if offer.quota_left_seconds < need:
+            resets = ""
+            if offer.quota_resets_at:
+                when = datetime.fromtimestamp(offer.quota_resets_at, timezone.utc)
+                resets = when.strftime(" (resets %a %Y-%m-%d %H:%M UTC)")
+            return (f"GPU quota: {format_duration(offer.quota_left_seconds)} left{resets}, "
+                    f"job may need {format_duration(need)}")
     if spec.internet and not offer.internet and "internet" in offer.unsupported:
         return offer.unsupported["internet"]
     if spec.secrets and "secrets" in offer.unsupported:

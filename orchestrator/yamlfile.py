@@ -30,9 +30,10 @@ def parse_yaml(text: str, source: Path, error: type[Exception], what: str) -> tu
         raise error(f"{source}: the file is empty; {what}")
     if not isinstance(data, dict):
         raise error(f"{source}:1: expected a mapping of keys, got a {type(data).__name__}")
-    for key in data:
-        if not isinstance(key, str):
-            raise error(f"{source}: key {key!r} is not a string")
+    for key_node, _ in node.value:
+        if key_node.tag != "tag:yaml.org,2002:str":
+            raise error(f"{source}:{key_node.start_mark.line + 1}: key {key_node.value!r} is not a string; "
+                        "keys are names such as run, resources")
     return data, node_lines(node)
 
 

@@ -33,7 +33,7 @@ class OrchGroup(click.Group):
         except OrchError as exc:
             if os.environ.get("ORCH_DEBUG"):
                 raise
-            err_console.print(f"[bold red]Error:[/] {click.style('', reset=False)}{_escape(str(exc))}", highlight=False)
+            err_console.print(f"[bold red]Error:[/] {_escape(str(exc))}")
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted")

@@ -14,7 +14,7 @@ from rich.console import Console
 from ..app import App
 
 console = Console(highlight=False, soft_wrap=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_STYLE = {
     "QUEUED": "cyan", "SUBMITTING": "cyan", "PENDING": "blue", "RUNNING": "bold blue", "UNKNOWN": "yellow",

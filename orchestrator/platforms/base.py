@@ -67,6 +67,10 @@ class Offer:
         session_seconds: the longest a single attempt may run; None = no limit.
         time_left_seconds: for platforms whose sessions are already running (a Colab
             agent), the time left in the best one; None when not applicable.
+        quota_left_seconds: GPU time left in the platform's own quota window (Kaggle's
+            weekly GPU hours); None when unknown or unlimited. A GPU job that may run
+            longer is not placed there.
+        quota_resets_at: when that quota refills (epoch seconds), if known.
         internet: whether jobs can reach the internet.
         tier: free / pro / ... where the platform has tiers.
         unsupported: ``{feature: reason a person can read}`` for what it cannot do
@@ -82,6 +86,8 @@ class Offer:
     max_concurrent: int = 1
     session_seconds: float | None = None
     time_left_seconds: float | None = None
+    quota_left_seconds: float | None = None
+    quota_resets_at: float | None = None
     internet: bool = True
     tier: str | None = None
     unsupported: Mapping[str, str] = field(default_factory=dict)

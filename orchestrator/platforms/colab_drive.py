@@ -27,7 +27,9 @@ from typing import Any, Literal
 
 import google_auth_httplib2
 from googleapiclient.http import build_http
+from pydantic import Field, field_validator
 
+from ..durations import parse_duration
 from ..errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
 from .base import Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus
 from .drive_client import build_drive, drive_errors, load_credentials, save_credentials
@@ -56,20 +58,26 @@ class ColabDriveSettings(PlatformSettings):
     #: Your Colab plan; ``free`` is refused (see FREE_TIER_REASON).
     tier: Literal["free", "pro", "pro+", "pay-as-you-go"]
     #: At most this many agents work for orch at once.
-    max_concurrent: int = 8
-    #: An agent whose heartbeat is older than this (seconds) is not given work, and its
-    #: jobs read UNKNOWN (the controller's unknown_window then makes them LOST).
+    max_concurrent: int = Field(default=8, ge=1)
+    #: An agent whose heartbeat is older than this is not given work, and its jobs
+    #: read UNKNOWN (the controller's unknown_window then makes them LOST). Durations
+    #: are written like "3m" or "45s".
     heartbeat_stale: float = 180.0
-    #: Seconds reserved per job on top of max_runtime (download, setup, upload, grace).
+    #: Reserved per job on top of max_runtime (download, setup, upload, grace).
     setup_margin: float = 120.0
-    chunk_mb: int = 8
-    #: Retries of one Drive call (truncated exponential backoff from ``backoff_base`` s).
-    retries: int = 6
+    chunk_mb: int = Field(default=8, ge=1, le=1024)
+    #: Tries of one Drive call (truncated exponential backoff with jitter from backoff_base).
+    retries: int = Field(default=6, ge=1, le=20)
     backoff_base: float = 1.0
     timeout: float = 60.0
     #: Drive API root and OAuth token endpoint; only for tests and proxies.
     endpoint: str | None = None
     token_uri: str | None = None
+
+    @field_validator("heartbeat_stale", "setup_margin", "backoff_base", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
 
 
 class ColabDrivePlatform(Platform):

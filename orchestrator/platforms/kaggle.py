@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -289,29 +290,56 @@ class KagglePlatform(Platform):
 
     def __init__(self, name: str, settings: KaggleSettings, home: Any):
         super().__init__(name, settings, home)
-        self.account = KaggleAccount(Backoff(base=settings.retry_base, cap=max(settings.retry_base * 60, 1.0)), name)
+        base = settings.retry_base
+        self.account = KaggleAccount(Backoff(base=base, cap=max(base * 60, 1.0)), name)
+        #: Status reads retry briefly: a read that keeps failing makes the attempt
+        #: UNKNOWN for this tick, and the next tick reads again.
+        self.poll_backoff = Backoff(base=base, cap=max(base * 8, 1.0), attempts=3, budget=base * 20)
         self.root: Path = home.platform_dir(name)
         self.sleep: Callable[[float], None] = time.sleep
         self.clock: Callable[[], float] = time.monotonic
         self._followers: dict[str, "_LogFollower"] = {}
+        self._quota: tuple[float, QuotaReading | None] | None = None
 
     # ------------------------------------------------------------------ describe
     def offer(self) -> Offer:
+        """Kaggle's machine and limits, with the GPU time left this week (live quota,
+        capped by ``weekly_gpu_hours``; unknown when the quota cannot be read)."""
         shape, gpus, count, memory = ACCELERATORS[self.settings.accelerator]
+        left = resets = None
+        reading = self._cached_quota()
+        if reading is not None:
+            limit = min(reading.limit, self.settings.weekly_gpu_hours) if reading.limit else self.settings.weekly_gpu_hours
+            left = max(0.0, limit - reading.used - reading.reserved) * 3600
+            resets = reading.resets_at.timestamp() if reading.resets_at else None
         return Offer(
             platform=self.name, type="kaggle", gpus=gpus, gpu_memory_gb=memory, gpu_count=count,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
-            internet=True, tier="free",
+            quota_left_seconds=left, quota_resets_at=resets, internet=True, tier="free",
             unsupported={"secrets": SECRETS_REFUSED, "cancel": CANCEL_UNSUPPORTED},
         )
+
+    def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:
+        """One quota read a minute at most, one try each (offer() must stay cheap)."""
+        now = self.clock()
+        if self._quota is None or now - self._quota[0] > ttl:
+            try:
+                reading = self.account.quota(retry=False)
+            except (TransientError, PrecheckError) as exc:
+                log.info("%s: quota read failed: %s", self.name, exc)
+                reading = None
+            self._quota = (now, reading)
+        return self._quota[1]
 
     def quota(self) -> QuotaReading | None:
         """The live weekly GPU quota; None when it cannot be read (never excludes Kaggle)."""
         try:
-            return self.account.quota()
+            reading = self.account.quota()
         except (TransientError, PrecheckError) as exc:
             log.info("%s: quota read failed: %s", self.name, exc)
             return None
+        self._quota = (self.clock(), reading)
+        return reading
 
     def check(self) -> list[str]:
         problems = []
@@ -414,15 +442,17 @@ class KagglePlatform(Platform):
                             submitted_at=time.time())
 
     def _check_quota(self, max_runtime_s: float) -> None:
-        reading = self.quota()
-        if reading is None or reading.limit is None:
-            return  # an unclear read must not exclude Kaggle
-        left = max(0.0, reading.limit - reading.used - reading.reserved)
-        if left * 3600 < max_runtime_s:
-            when = reading.resets_at.strftime("%a %Y-%m-%d %H:%M UTC") if reading.resets_at else "the weekly reset"
+        """The scheduler already keeps jobs that do not fit away; this re-checks with a
+        fresh reading just before pushing (the quota may have moved since)."""
+        self._quota = None
+        offer = self.offer()
+        left = offer.quota_left_seconds
+        if left is not None and left < max_runtime_s:  # an unclear read (None) never excludes Kaggle
+            when = (datetime.fromtimestamp(offer.quota_resets_at, timezone.utc).strftime("%a %Y-%m-%d %H:%M UTC")
+                    if offer.quota_resets_at else "at the weekly reset")
             raise CapacityError(
-                f"Kaggle GPU quota: {left:.1f} h left this week, the job may need {format_duration(max_runtime_s)}; "
-                f"it resets {when}", self.name)
+                f"Kaggle GPU quota: {format_duration(left)} left this week, the job may need "
+                f"{format_duration(max_runtime_s)}; it resets {when}", self.name)
 
     def _push(self, folder: Path, ref: str, timeout: int, shape: str | None) -> int:
         """Push once; after an unclear failure (timeout, 5xx, dropped answer) read the
@@ -447,7 +477,7 @@ class KagglePlatform(Platform):
     def poll(self, handle: Handle) -> RemoteStatus:
         ref = handle.data.get("ref") or self._ref(handle.key)
         try:
-            state = self.account.kernel_status(ref)
+            state = self.account.kernel_status(ref, retry=self.poll_backoff)
         except MissingError as exc:
             submitted = float(handle.data.get("submitted_at") or 0)
             if time.time() - submitted < 600:  # just pushed: Kaggle may not list it yet
@@ -468,6 +498,7 @@ class KagglePlatform(Platform):
             follower = self._followers.get(ref)
             if follower is None or follower.failed:
                 follower = self._followers[ref] = _LogFollower(self.account, ref)
+                follower.arrived.wait(2.0)  # a one-off `orch logs` should see something
             text, complete = follower.text(), False
         data = text.encode("utf-8")[offset:]
         return LogChunk(data.decode("utf-8", "replace"), offset + len(data), complete=complete)
@@ -488,30 +519,42 @@ class KagglePlatform(Platform):
         log.info("%s: %s", handle.data.get("ref", handle.key), CANCEL_UNSUPPORTED)
 
     # ------------------------------------------------------------------ clean-up
-    def garbage(self, older_than_s: float, keep: set[str] = frozenset()) -> list[tuple[str, str, datetime | None]]:
-        """Kernels and datasets orch created that are older than ``older_than_s``:
-        (kind, ref, last activity). Kernels of attempts in ``keep`` are never listed."""
+    def garbage(self, older_than_s: float, keep: set[str] = frozenset(),
+                last_used: Mapping[str, float] | None = None) -> list[tuple[str, str, datetime | None]]:
+        """What orch created in the account and has not used for ``older_than_s``:
+        (kind, ref, last use). Only names of orch's own shapes, owned by this account,
+        are ever listed; kernels of attempt keys in ``keep`` never are.
+
+        ``last_used`` maps refs to the last time an attempt used them (from the state
+        store), so a dataset created long ago but reused yesterday is kept.
+        """
         now = datetime.now(timezone.utc)
+        used = dict(last_used or {})
         out: list[tuple[str, str, datetime | None]] = []
         owner = self.account.username
+
+        def stale(ref: str, when: datetime | None) -> tuple[bool, datetime | None]:
+            if ref in used:
+                seen = datetime.fromtimestamp(used[ref], timezone.utc)
+                when = max(when, seen) if when else seen
+            return (when is None or (now - when).total_seconds() >= older_than_s), when
+
         for meta in self.account.list_kernels(KERNEL_PREFIX):
-            slug = str(getattr(meta, "slug", "") or str(getattr(meta, "ref", "")).split("/")[-1])
-            if not OWNED_KERNEL.match(slug) or str(getattr(meta, "author", owner)) != owner:
+            ref = str(getattr(meta, "ref", "") or "")
+            slug = str(getattr(meta, "slug", "") or ref.split("/")[-1])
+            author = str(getattr(meta, "author", "") or ref.split("/")[0])
+            if author != owner or not OWNED_KERNEL.match(slug) or slug[len(KERNEL_PREFIX):] in keep:
                 continue
-            if slug[len(KERNEL_PREFIX):] in keep:
-                continue
-            when = _aware(getattr(meta, "last_run_time", None))
-            if when is not None and (now - when).total_seconds() < older_than_s:
-                continue
-            out.append(("kernel", f"{owner}/{slug}", when))
+            old, when = stale(f"{owner}/{slug}", _aware(getattr(meta, "last_run_time", None)))
+            if old:
+                out.append(("kernel", f"{owner}/{slug}", when))
         for ds in self.account.list_datasets("orch-"):
             ref = str(getattr(ds, "ref", ""))
             if "/" not in ref or ref.split("/")[0] != owner or not OWNED_DATASET.match(ref.split("/")[1]):
                 continue
-            when = _aware(getattr(ds, "last_updated", None))
-            if when is not None and (now - when).total_seconds() < older_than_s:
-                continue
-            out.append(("dataset", ref, when))
+            old, when = stale(ref, _aware(getattr(ds, "last_updated", None)))
+            if old:
+                out.append(("dataset", ref, when))
         return out
 
     def delete(self, kind: str, ref: str) -> None:
@@ -536,11 +579,11 @@ class _LogFollower:
     session ends), so ``logs()`` can return what arrived so far at once."""
 
     def __init__(self, account: KaggleAccount, ref: str):
-        import threading
-
         self._parts: list[str] = []
         self._lock = threading.Lock()
         self.failed = False
+        #: Set at the first event, or when the stream ends or breaks.
+        self.arrived = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(account, ref), name=f"kaggle-log-{ref}", daemon=True)
         self._thread.start()
 
@@ -549,9 +592,12 @@ class _LogFollower:
             for event in account.api().kernels_logs_stream(ref):
                 with self._lock:
                     self._parts.append(str(event.get("data", "")))
+                self.arrived.set()
         except Exception as exc:  # any failure: the next logs() call starts a new reader
             log.info("log stream of %s broke: %s", ref, exc)
             self.failed = True
+        finally:
+            self.arrived.set()
 
     def text(self) -> str:
         with self._lock:

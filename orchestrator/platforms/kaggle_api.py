@@ -338,19 +338,22 @@ class KaggleAccount:
             raise PrecheckError(f"the Kaggle credentials name no user; {CREDENTIALS_FIX}", self.platform)
         return str(name)
 
-    def call(self, what: str, fn: Callable[["KaggleApi"], T], retry: bool = True) -> T:
-        """Run ``fn(api)`` at the error edge, with retries unless ``retry`` is False."""
+    def call(self, what: str, fn: Callable[["KaggleApi"], T], retry: bool | Backoff = True) -> T:
+        """Run ``fn(api)`` at the error edge, with retries (``self.backoff``, or the
+        policy given) unless ``retry`` is False."""
 
         def once() -> T:
             with kaggle_errors(what, self.platform):
                 return fn(self.api())
 
-        return self.backoff.run(what, once) if retry else once()
+        if retry is False:
+            return once()
+        return (retry if isinstance(retry, Backoff) else self.backoff).run(what, once)
 
     # -- kernels
-    def kernel_status(self, ref: str) -> KernelState:
+    def kernel_status(self, ref: str, retry: bool | Backoff = True) -> KernelState:
         """Raises MissingError when the kernel does not exist."""
-        resp = self.call(f"status of {ref}", lambda api: api.kernels_status(ref))
+        resp = self.call(f"status of {ref}", lambda api: api.kernels_status(ref), retry)
         status = getattr(resp.status, "name", None) or str(resp.status or "QUEUED")
         return KernelState(status=status.upper(), failure_message=resp.failure_message or "")
 
@@ -430,9 +433,9 @@ class KaggleAccount:
         """The kernel's log stream (SSE while running, the stored log once done)."""
         return self.call(f"log stream of {ref}", lambda api: list(api.kernels_logs_stream(ref)))  # type: ignore[return-value]
 
-    def quota(self) -> QuotaReading:
+    def quota(self, retry: bool | Backoff = True) -> QuotaReading:
         """The account's weekly GPU quota (GetAcceleratorQuotaStatistics), in hours."""
-        resp = self.call("GPU quota", lambda api: api.quota_view())
+        resp = self.call("GPU quota", lambda api: api.quota_view(), retry)
         gpu = resp.gpu_quota
         if gpu is None:
             raise TransientError("GPU quota: Kaggle sent no GPU quota", self.platform)
@@ -473,7 +476,13 @@ class KaggleAccount:
 
         resp = self.call(f"upload of dataset {ref}", create)
         if resp.error:
-            raise PrecheckError(f"Kaggle refused dataset {ref}: {resp.error}", self.platform)
+            # The client skips a file whose upload failed and creates the dataset
+            # without it, so most refusals here are worth another try later.
+            error = str(resp.error)
+            if "already in use" in error:
+                raise PrecheckError(f"Kaggle refused dataset {ref}: {error}", self.platform)
+            kind = CapacityError if any(w in error.lower() for w in ("quota", "storage", "limit")) else TransientError
+            raise kind(f"Kaggle refused dataset {ref}: {error}", self.platform)
 
     # -- listing and deleting what orch created (orch gc)
     def list_kernels(self, search: str) -> list[Any]:

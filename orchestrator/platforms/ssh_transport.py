@@ -259,8 +259,11 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         os.set_blocking(self.process.stdin.fileno(), False)
         self.timeout: float | None = None
         self._lock = threading.Lock()
+        self._released = False
 
     def send(self, content: bytes) -> int:
+        if self.process.stdin.closed:
+            raise ProxyCommandFailure(" ".join(self.cmd), "closed")
         fd = self.process.stdin.fileno()
         # Wait in short slices so a transport close() is noticed promptly.
         wait = 1.0 if self.timeout is None else min(self.timeout, 1.0)
@@ -275,6 +278,8 @@ class EOFProxyCommand(paramiko.ProxyCommand):
             raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
 
     def recv(self, size: int) -> bytes:
+        if self._released:
+            raise EOFError()
         fd = self.process.stdout.fileno()
         try:
             ready, _, _ = select.select([fd], [], [], self.timeout)
@@ -288,24 +293,29 @@ class EOFProxyCommand(paramiko.ProxyCommand):
             raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
 
     def close(self) -> None:
+        """End the proxy: EOF on its stdin first (a clean goodbye), then SIGTERM, SIGKILL.
+
+        The stdout pipe stays open: the transport thread may still be reading it, and a
+        closed descriptor number could be reused under it. ``release`` closes it.
+        """
         with self._lock:
             proc = self.process
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
             if proc.poll() is None:
-                for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                for sig, wait in ((None, 0.5), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+                    if sig is not None:
+                        try:
+                            os.killpg(proc.pid, sig)
+                        except (ProcessLookupError, PermissionError):
+                            pass
                     try:
                         proc.wait(timeout=wait)
                         break
                     except subprocess.TimeoutExpired:
                         continue
-            for pipe in (proc.stdin, proc.stdout):
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
 
     def stderr(self, limit: int = 2000) -> str:
         """The last ``limit`` characters the proxy wrote to stderr."""
@@ -317,11 +327,14 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         return text.strip()[-limit:]
 
     def release(self) -> None:
+        """Close everything, once the transport thread no longer reads from the proxy."""
         self.close()
-        try:
-            self._stderr.close()
-        except OSError:
-            pass
+        self._released = True
+        for f in (self.process.stdout, self._stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
 
     @property
     def closed(self) -> bool:
@@ -559,7 +572,9 @@ class Connection:
                 sftp.get_channel().close()
             except Exception:  # noqa: BLE001 -- best effort on a dying connection
                 pass
+        transport = self._client.get_transport()
         self._client.close()
+        _join(transport)
         if self._proxy is not None:
             self._proxy.release()
 
@@ -925,12 +940,20 @@ def connect(endpoint: Endpoint) -> Connection:
         client.get_transport().set_keepalive(int(max(1, t.keepalive)))
     except BaseException:
         dog.stop()
+        transport = client.get_transport()
         _close_quietly(client, sock)
+        _join(transport)
         if proxy is not None:
             proxy.release()
         raise
     dog.stop()
     return Connection(endpoint, client, proxy)
+
+
+def _join(transport: paramiko.Transport | None) -> None:
+    """Wait (briefly) for a closed transport's thread, so its proxy can be released."""
+    if transport is not None and transport is not threading.current_thread() and transport.is_alive():
+        transport.join(5)
 
 
 def _close_quietly(client: paramiko.SSHClient, sock: object) -> None:
@@ -962,6 +985,7 @@ def scan_host_key(endpoint: Endpoint) -> paramiko.PKey:
     finally:
         dog.stop()
         transport.close()
+        _join(transport)
         if proxy is not None:
             proxy.release()
 

@@ -1,0 +1,106 @@
+"""``orch gc``: list, and with ``--yes`` delete, what orch created in a Kaggle account.
+
+Only kernels and datasets whose names have orch's own shapes (``orch-<attempt key>``,
+``orch-data|code|ckpt-<hash>``), owned by the configured account, are considered;
+the kernel of an attempt that is still active, or whose checkpoint a queued job
+will read, is always kept. Nothing else is ever touched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+
+from ..durations import format_duration, parse_duration
+from ..errors import NotFoundError, OrchError
+from ..states import ACTIVE_ATTEMPT_STATES, AttemptState
+from .common import console, err_console, json_option, pass_app, print_json
+
+
+def register(main: click.Group) -> None:
+    """Attach ``orch gc`` to the CLI."""
+    main.add_command(gc)
+
+
+def _usage(app: Any, platform: str) -> tuple[set[str], dict[str, float]]:
+    """Attempt keys whose kernels must stay, and when each kernel/dataset was last used."""
+    keep: set[str] = set()
+    last_used: dict[str, float] = {}
+    for att in app.store.attempts_in(list(AttemptState)):
+        if att.platform != platform:
+            continue
+        if att.state in ACTIVE_ATTEMPT_STATES:
+            keep.add(att.key)
+        elif att.state == AttemptState.CHECKPOINTED and not app.store.job(att.job_id).state.terminal:
+            keep.add(att.key)  # the next segment attaches this kernel to read its checkpoint
+        data = (att.handle or {}).get("data") or {}
+        when = att.ended_at or att.started_at or att.created_at
+        for ref in [data.get("ref"), *(data.get("datasets") or [])]:
+            if ref:
+                last_used[ref] = max(last_used.get(ref, 0.0), when)
+    return keep, last_used
+
+
+@click.command()
+@click.option("--older-than", "older_than", default="7d", show_default=True, metavar="DURATION",
+              help="Only what no attempt used for this long (e.g. 7d, 36h).")
+@click.option("--yes", "-y", is_flag=True, help="Delete what is listed (without it, only list).")
+@click.option("--platform", "only", metavar="NAME", help="Only this configured Kaggle platform.")
+@json_option
+@pass_app
+def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) -> None:
+    """List (and with --yes delete) old kernels and datasets orch created on Kaggle.
+
+    Kaggle keeps every kernel and private dataset orch pushed; they count against
+    your private dataset quota. Your own notebooks and datasets are never touched.
+
+    \b
+    Example:
+      orch gc --older-than 7d
+      orch gc --older-than 7d --yes
+    """
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    names = [n for n, s in app.config.platforms.items() if s.type == "kaggle" and (only is None or n == only)]
+    if only is not None and not names:
+        raise NotFoundError(f"no Kaggle platform named '{only}'; configured: {', '.join(app.config.names)}")
+    rows: list[dict] = []
+    failures = 0
+    for name in names:
+        platform = app.platform(name)
+        keep, last_used = _usage(app, name)
+        for kind, ref, when in platform.garbage(seconds, keep, last_used):
+            row = {"platform": name, "kind": kind, "ref": ref, "last_used": when.isoformat() if when else None,
+                   "deleted": False}
+            if yes:
+                try:
+                    platform.delete(kind, ref)
+                    row["deleted"] = True
+                except OrchError as exc:
+                    failures += 1
+                    row["error"] = str(exc)
+                    if not as_json:
+                        err_console.print(f"[yellow]could not delete {kind} {ref}:[/] {exc}")
+            rows.append(row)
+    if as_json:
+        print_json(rows)
+    elif not names:
+        console.print("no Kaggle platform is configured; nothing to clean")
+    elif not rows:
+        console.print(f"nothing orch created on Kaggle is older than {format_duration(seconds)}")
+    else:
+        now = datetime.now().astimezone()
+        for row in rows:
+            age = "unknown age"
+            if row["last_used"]:
+                age = "last used " + format_duration((now - datetime.fromisoformat(row["last_used"])).total_seconds()) + " ago"
+            verb = "deleted" if row["deleted"] else ("failed" if yes else "would delete")
+            console.print(f"{verb:12} {row['kind']:8} {row['ref']}  ({age})")
+        if not yes:
+            console.print(f"{len(rows)} item(s); run again with --yes to delete them")
+    if failures:
+        raise OrchError(f"{failures} item(s) could not be deleted; run `orch gc` again later")
