@@ -76,6 +76,7 @@ def _default_state() -> dict[str, Any]:
         "faults": {},  # verb -> [{"kind": "hang"|"exit"|"http", "code": int, "message": str}]
         "sshd_down": False,
         "ssh_in_new_runtimes": True,
+        "substitute": {},  # accelerator asked -> accelerator given
     }
 
 
@@ -146,6 +147,8 @@ def _create(state: dict[str, Any], name: str | None, gpu: str | None, out) -> di
             "CPU runtime.\n"
         )
         return 1
+    # Reported against the real service: other hardware than asked, without a word.
+    accelerator = state.get("substitute", {}).get(accelerator, accelerator)
     for s in state["sessions"]:
         if s["name"] == name:
             s["name"] = "?"  # the CLI's local store forgets it; the server keeps it

@@ -293,6 +293,18 @@ class KaggleEmulator:
         times = [c.at for c in self.log if c.route == route]
         return [b - a for a, b in zip(times, times[1:])]
 
+    def retry_gaps(self) -> dict[str, list[float]]:
+        """Per route: seconds from each failed answer (429, 5xx, dropped) to the next
+        request on that route. A client in a tight retry loop shows gaps near zero."""
+        out: dict[str, list[float]] = {}
+        last_failure: dict[str, float] = {}
+        for call in self.log:
+            if call.route in last_failure:
+                out.setdefault(call.route, []).append(call.at - last_failure.pop(call.route))
+            if call.status is None or call.status == 429 or call.status >= 500:
+                last_failure[call.route] = call.at
+        return out
+
     # ------------------------------------------------------------------ internals
     def _next_id(self) -> int:
         self._ids += 1

@@ -153,6 +153,7 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
     proc_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(run.root / "home"),
+        "TMPDIR": str(run.root / "tmp"),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(run.root / "lib"),
@@ -222,7 +223,7 @@ def _read_stream(run: KernelRun, stream, name: str, started: float) -> None:
 
 def _prepare(run: KernelRun, env: RunEnvironment) -> Path:
     """Lay out input/, working/, src/ and lib/ for the run; returns the script path."""
-    for sub in ("input", "working", "src", "lib", "home"):
+    for sub in ("input", "working", "src", "lib", "home", "tmp"):
         (run.root / sub).mkdir(parents=True, exist_ok=True)
     (run.root / "lib" / "kaggle_secrets.py").write_text(_SECRETS_MODULE)
     secrets_file = run.root / "lib" / "secrets.json"

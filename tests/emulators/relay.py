@@ -42,36 +42,40 @@ def bridge(
     *,
     up_limit: int | None = None,
     down_limit: int | None = None,
+    counts: list[int] | None = None,
 ) -> tuple[int, int]:
     """Copy in_fd -> sock and sock -> out_fd until either side ends or a limit is hit.
 
-    Returns (bytes sent up to the server, bytes sent down to the client).
+    Returns (bytes sent up to the server, bytes sent down to the client); ``counts``
+    (a two-item list) is kept up to date as bytes move, for a caller that is killed.
     """
-    up = down = 0
+    n = counts if counts is not None else [0, 0]
     sock.setblocking(True)
     while True:
         ready, _, _ = select.select([in_fd, sock], [], [])
         if in_fd in ready:
             data = os.read(in_fd, CHUNK)
             if not data:
-                return up, down
-            if up_limit is not None and up + len(data) >= up_limit:
-                sock.sendall(data[: up_limit - up])
-                return up_limit, down
+                return n[0], n[1]
+            if up_limit is not None and n[0] + len(data) >= up_limit:
+                sock.sendall(data[: up_limit - n[0]])
+                n[0] = up_limit
+                return n[0], n[1]
             sock.sendall(data)
-            up += len(data)
+            n[0] += len(data)
         if sock in ready:
             try:
                 data = sock.recv(CHUNK)
             except OSError:
-                return up, down
+                return n[0], n[1]
             if not data:
-                return up, down
-            if down_limit is not None and down + len(data) >= down_limit:
-                _write_all(out_fd, data[: down_limit - down])
-                return up, down_limit
+                return n[0], n[1]
+            if down_limit is not None and n[1] + len(data) >= down_limit:
+                _write_all(out_fd, data[: down_limit - n[1]])
+                n[1] = down_limit
+                return n[0], n[1]
             _write_all(out_fd, data)
-            down += len(data)
+            n[1] += len(data)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -109,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         f.write(f"{os.getpid()}\n")
     # A killed client closes our stdin; SIGPIPE would then kill us mid-write anyway.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    up = down = 0
+    # SIGTERM (a client closing its proxy) still records the traffic; SIGKILL (cut) does not.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    counts = [0, 0]
     try:
         down_mode = control / "down"
         if down_mode.exists():
@@ -122,19 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         cut = _claim_cut(control)
         sock = socket.create_connection((args.host, args.port), timeout=10)
         try:
-            up, down = bridge(
+            bridge(
                 sys.stdin.fileno(),
                 sys.stdout.fileno(),
                 sock,
                 up_limit=cut[1] if cut and cut[0] == "up" else None,
                 down_limit=cut[1] if cut and cut[0] == "down" else None,
+                counts=counts,
             )
         finally:
             sock.close()
         return 0
     finally:
         with open(control / "traffic.log", "a") as f:
-            f.write(f"{os.getpid()} {up} {down}\n")
+            f.write(f"{os.getpid()} {counts[0]} {counts[1]}\n")
         try:
             me.unlink()
         except OSError:

@@ -61,6 +61,14 @@ def generate_ed25519(path: Path, comment: str = "orch-test") -> KeyPair:
     return KeyPair(private=path, public=line)
 
 
+def _install_key(path: Path, pem: str) -> KeyPair:
+    key = serialization.load_ssh_private_key(pem.encode(), password=None)
+    path.write_text(pem.strip() + "\n")
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return KeyPair(private=path, public=public.decode())
+
+
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1 (the caller binds it soon after)."""
     with socket.socket() as s:
@@ -117,8 +125,11 @@ class SSHD:
             return ""
 
     @classmethod
-    def start(cls, workdir: Path) -> "SSHD":
-        """Generate keys and a config under ``workdir`` and start sshd on a free port."""
+    def start(cls, workdir: Path, host_key_pem: str | None = None) -> "SSHD":
+        """Generate keys and a config under ``workdir`` and start sshd on a free port.
+
+        ``host_key_pem`` (an OpenSSH private key) replaces the generated host key.
+        """
         if not os.access(SSHD_BIN, os.X_OK):
             raise SSHDUnavailable(f"{SSHD_BIN} not found: install openssh-server (apt-get install -y openssh-server)")
         privsep = Path("/run/sshd")
@@ -129,6 +140,8 @@ class SSHD:
                 raise SSHDUnavailable(f"sshd needs {privsep}: {exc}") from exc
         workdir.mkdir(parents=True, exist_ok=True)
         host_key = generate_ed25519(workdir / "ssh_host_ed25519_key", "orch-test-host")
+        if host_key_pem is not None:
+            host_key = _install_key(workdir / "ssh_host_ed25519_key", host_key_pem)
         client_key = generate_ed25519(workdir / "id_ed25519", "orch-test-client")
         (workdir / "authorized_keys").write_text(client_key.public + "\n")
         last_log = ""

@@ -1,0 +1,279 @@
+"""The Kaggle platform end to end: the real CLI and controller, the real ``kaggle``
+client, and the emulator running the pushed kernels (with the real runner)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from orchestrator.store import attempt_key
+from tests.conftest import make_job, orch_process, tick_until
+from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
+from tests.platforms.kaggle.conftest import USERNAME
+from tests.platforms.kaggle.helpers import kernel_folder
+
+TRAIN = """\
+import json, os
+rows = open(os.path.join(os.environ["ORCH_DATA"], "train", "rows.csv")).read().splitlines()
+print("training on", len(rows), "rows", flush=True)
+open("model.txt", "w").write("weights for %d rows" % len(rows))
+with open(os.path.join(os.environ["ORCH_OUTPUT_DIR"], "metrics.json"), "w") as f:
+    json.dump({"rows": len(rows)}, f)
+"""
+
+
+@pytest.fixture
+def kaggle(config, kaggle_emulator):
+    """config.yaml with one Kaggle platform (short retry timings) and the emulator."""
+    config("""\
+        platforms:
+          kaggle:
+            type: kaggle
+            retry_base: 0.05s
+            dataset_poll: 0.05s
+            dataset_wait: 20s
+        """)
+    return kaggle_emulator
+
+
+def job(tmp_path: Path, name: str = "demo", run: str = "python3 train.py", extra: str = "",
+        data: str = "a,b\n1,2\n3,4\n") -> Path:
+    return make_job(tmp_path / name, f"""\
+        name: {name}
+        run: {run}
+        datasets: [{{path: data, name: train}}]
+        outputs: [model.txt]
+        resources: {{gpu: T4, max_runtime: 10m}}
+        {extra}
+        """, {"train.py": TRAIN, "data/rows.csv": data})
+
+
+def submit(orch, path: Path) -> str:
+    result = orch("submit", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["id"]
+
+
+def finished(job_id: str, timeout: float = 60):
+    return tick_until(lambda app: app.store.job(job_id).state.terminal, timeout=timeout, interval=0.1)
+
+
+def kernel_ref(job_id: str, number: int = 1) -> str:
+    return f"{USERNAME}/orch-{attempt_key(job_id, number)}"
+
+
+def test_submit_tick_fetch_end_to_end_and_a_second_job_with_the_same_dataset_uploads_nothing(
+        kaggle, orch, tmp_path):
+    first = submit(orch, job(tmp_path, "first"))
+    app = finished(first)
+    assert app.store.job(first).state.value == "SUCCEEDED", app.store.job(first).message
+    out = tmp_path / "out"
+    assert orch("fetch", first, "-o", str(out)).exit_code == 0
+    assert (out / "outputs" / "model.txt").read_text() == "weights for 3 rows"
+    assert json.loads((out / "outputs" / "metrics.json").read_text()) == {"rows": 3}
+    assert json.loads((out / "result.json").read_text())["status"] == "succeeded"
+    assert "training on 3 rows" in (out / "job.log").read_text()
+    run = kaggle.runs(kernel_ref(first))[0]
+    assert run.request["isPrivate"] is True and run.request["machineShape"] == "NvidiaTeslaT4"
+    dataset_source, = run.request["datasetDataSources"]
+    uploads = (kaggle.calls["CreateDataset"], kaggle.calls["StartBlobUpload"], kaggle.bytes_uploaded)
+    assert uploads[0] == 1
+
+    second = submit(orch, job(tmp_path, "second", run="python3 train.py && echo second"))
+    app = finished(second)
+    assert app.store.job(second).state.value == "SUCCEEDED"
+    assert (kaggle.calls["CreateDataset"], kaggle.calls["StartBlobUpload"], kaggle.bytes_uploaded) == uploads
+    assert kaggle.runs(kernel_ref(second))[0].request["datasetDataSources"] == [dataset_source]
+
+
+def test_a_429_storm_and_intermittent_500s_still_complete_without_a_tight_loop(kaggle, orch, tmp_path):
+    kaggle.inject("GetKernelSessionStatus", "429", times=8, retry_after=0.05)
+    kaggle.inject("StartBlobUpload", "429", times=2, retry_after=0.05)
+    for route in ("GetKernelSessionStatus", "ListKernelSessionOutput", "GetDatasetStatus", "CreateDataset",
+                  "GetAcceleratorQuotaStatistics"):
+        kaggle.inject(route, "500", times=None, rate=0.3)
+    kaggle.inject("SaveKernel", "503", times=1)
+    kaggle.inject(OUTPUT_FILE, "503", times=None, rate=0.3)
+    kaggle.inject(BLOB_PUT, "503", times=1)
+    job_id = submit(orch, job(tmp_path))
+    app = finished(job_id, timeout=90)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    assert len(kaggle.runs(kernel_ref(job_id))) == 1
+    failures = sum(1 for c in kaggle.log if c.status is None or c.status == 429 or c.status >= 500)
+    assert failures >= 10
+    print({r: [round(x, 3) for x in g] for r, g in kaggle.retry_gaps().items()})
+    gaps = [g for route_gaps in kaggle.retry_gaps().values() for g in route_gaps]
+    assert gaps and min(gaps) >= 0.02  # every retry waited (retry_base 0.05 s, jitter >= half)
+
+
+def test_a_controller_killed_after_the_push_adopts_the_run_on_the_next_tick(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path))
+    crashed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"})
+    assert crashed.returncode == -9, crashed.stderr
+    ref = kernel_ref(job_id)
+    assert len(kaggle.runs(ref)) == 1  # the push happened; the store does not know yet
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+    assert len(kaggle.runs(ref)) == 1 and kaggle.calls["SaveKernel"] == 1
+    assert any("adopted" in e["reason"] for e in app.store.events_of(job_id))
+
+
+def test_a_push_whose_answer_is_lost_is_not_pushed_twice(kaggle, orch, tmp_path):
+    kaggle.inject("SaveKernel", "drop-after")
+    job_id = submit(orch, job(tmp_path))
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+    assert len(kaggle.runs(kernel_ref(job_id))) == 1
+
+
+def test_a_failing_job_ends_failed_with_kaggles_message_in_status(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path, run="echo about to fail; exit 3"))
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "FAILED"
+    assert kaggle.runs(kernel_ref(job_id))[0].status == "ERROR"
+    shown = orch("status", job_id)
+    assert "Kaggle: Your notebook hit an unhandled error" in " ".join(shown.output.split())
+    assert "exited with code 3" in shown.output
+
+
+def test_hostile_output_names_write_nothing_outside_the_results_dir(kaggle, orch, tmp_path, orch_home):
+    kaggle.hostile_output_names = ("../escape.txt", "../../escape.txt", "/tmp/orch-kaggle-evil.txt",
+                                   "outputs/../../escape.txt")
+    job_id = submit(orch, job(tmp_path))
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+    out = tmp_path / "out"
+    assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
+    assert (out / "outputs" / "model.txt").is_file()
+    assert not list(tmp_path.parent.rglob("escape.txt"))
+    assert not Path("/tmp/orch-kaggle-evil.txt").exists()
+
+
+def test_a_nearly_spent_quota_keeps_the_job_off_kaggle_and_status_says_why(kaggle, orch, tmp_path):
+    kaggle.gpu_used_hours = 29.8  # 12 minutes left; the job may need 10 minutes + ...
+    path = make_job(tmp_path / "big", """\
+        name: big
+        run: python3 -c "print(1)"
+        resources: {gpu: T4, max_runtime: 1h}
+        """)
+    job_id = submit(orch, path)
+    for _ in range(2):
+        assert orch("tick").exit_code == 0
+    row, = json.loads(orch("status", "--json").output)
+    assert row["state"] == "QUEUED"
+    assert row["message"].startswith("kaggle: GPU quota: 12m left (resets Sat ")
+    assert row["message"].endswith("job may need 1h00m")
+    assert "GPU quota" in orch("status").output
+    assert kaggle.calls["SaveKernel"] == 0 and kaggle.calls["StartBlobUpload"] == 0
+    shown, = json.loads(orch("platforms", "--json").output)
+    assert shown["quota"]["used"] == pytest.approx(29.8) and shown["quota"]["limit"] == 30
+    assert "0.2 left" in " ".join(orch("platforms").output.split())
+
+
+def test_a_job_with_secrets_is_not_sent_to_kaggle_and_the_reason_names_kaggle_secrets(kaggle, orch, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf-dummy-value")
+    path = make_job(tmp_path / "sec", """\
+        name: sec
+        run: echo hi
+        secrets: [HF_TOKEN]
+        """)
+    job_id = submit(orch, path)
+    assert orch("tick").exit_code == 0
+    shown = " ".join(orch("status", job_id).output.split())
+    assert "QUEUED" in shown and "Kaggle Secrets" in shown
+    assert kaggle.calls["SaveKernel"] == 0
+
+
+def test_cancel_explains_that_kaggle_cannot_stop_the_run_and_its_results_are_ignored(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 30"))
+    tick_until(lambda app: app.store.job(job_id).state.value == "RUNNING", timeout=30, interval=0.1)
+    result = orch("cancel", job_id)
+    assert result.exit_code == 0
+    assert "no API to stop a running kernel" in " ".join(result.output.split())
+    run = kaggle.runs(kernel_ref(job_id))[0]
+    assert not run.finished  # still running on Kaggle, until its own deadline
+    app = tick_until(lambda app: True, timeout=5)
+    assert app.store.job(job_id).state.value == "CANCELLED"
+    assert not (app.home.results / job_id).exists()
+
+
+def test_logs_of_a_running_kernel_come_from_the_live_stream(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 30"))
+    tick_until(lambda app: app.store.job(job_id).state.value == "RUNNING", timeout=30, interval=0.1)
+    deadline = time.monotonic() + 15
+    while True:
+        shown = orch("logs", job_id)
+        if "training on 3 rows" in shown.output:
+            break
+        assert time.monotonic() < deadline, shown.output
+        time.sleep(0.2)
+
+
+def test_a_retry_after_a_checkpoint_attaches_the_previous_kernel(kaggle, config, orch, tmp_path):
+    script = """\
+import os, pathlib
+ckpt = pathlib.Path(os.environ["ORCH_CHECKPOINT_DIR"])
+step = int((ckpt / "step").read_text()) if (ckpt / "step").exists() else 0
+print("resuming at", step, flush=True)
+(ckpt / "step").write_text(str(step + 1))
+import time; time.sleep(60 if step == 0 else 0)
+"""
+    path = make_job(tmp_path / "chain", """\
+        name: chain
+        run: python3 step.py
+        checkpoint: ckpt
+        resources: {gpu: T4, max_runtime: 1h}
+        """, {"step.py": script})
+    # Sessions of 4 s (with 1 s grace) make the first segment stop and checkpoint.
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, session_hours: 0.0011112}\n"
+           "controller: {grace: 1s}\n")
+    job_id = submit(orch, path)
+    app = finished(job_id, timeout=60)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    second = kaggle.runs(kernel_ref(job_id, 2))[0]
+    assert second.request["kernelDataSources"] == [kernel_ref(job_id, 1)]
+    assert "resuming at 1" in second.log_text()
+    assert kaggle.calls["CreateDataset"] == 0  # the checkpoint was read on Kaggle, not uploaded
+
+
+def test_gc_lists_and_deletes_only_what_orch_created(kaggle, orch, tmp_path, kaggle_api):
+    job_id = submit(orch, job(tmp_path))
+    finished(job_id)
+    assert not kaggle_api.kernels_push(str(kernel_folder(tmp_path, "my-notebook", "print(1)\n"))).error
+    kaggle.seed_dataset(f"{USERNAME}/my-own-data", {"x.csv": b"1"})
+    old = datetime.now(timezone.utc) - timedelta(days=30)
+    for thing in list(kaggle.kernels.values()) + list(kaggle.datasets.values()):
+        thing.created_wall = old
+    listed = orch("gc", "--older-than", "7d")
+    assert listed.exit_code == 0
+    assert "nothing orch created" in listed.output  # the store says both were used just now
+    time.sleep(1.1)
+    listed = orch("gc", "--older-than", "1s", "--json")
+    rows = json.loads(listed.output)
+    assert sorted(r["kind"] for r in rows) == ["dataset", "kernel"]
+    assert all(r["ref"].split("/")[1].startswith("orch-") and not r["deleted"] for r in rows)
+    deleted = json.loads(orch("gc", "--older-than", "1s", "--yes", "--json").output)
+    assert all(r["deleted"] for r in deleted)
+    assert sorted(kaggle.kernels) == [f"{USERNAME}/my-notebook"]
+    assert sorted(kaggle.datasets) == [f"{USERNAME}/my-own-data"]
+
+
+def test_gc_never_lists_the_kernel_of_an_active_attempt(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path, run="sleep 30"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    time.sleep(1.1)
+    rows = json.loads(orch("gc", "--older-than", "1s", "--json").output)
+    assert [r["kind"] for r in rows] == []  # the dataset was used by this active attempt just now, too
+
+
+def test_bad_kaggle_config_is_one_line_naming_the_field(config, orch, tmp_path):
+    config("platforms:\n  kaggle: {type: kaggle, accelerator: P100}\n")
+    result = orch("platforms")
+    assert result.exit_code == 2
+    assert "platforms.kaggle.accelerator" in result.output and "retired" in result.output
+    assert "Traceback" not in result.output
