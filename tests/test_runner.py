@@ -148,3 +148,22 @@ def test_runner_runs_on_python_3_9_syntax():
     imported = {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def _python39() -> str | None:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/root/.pyenv/versions/3.9*/bin/python3")) or ([shutil.which("python3.9")] if shutil.which("python3.9") else [])
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_python39() is None, reason="no Python 3.9 interpreter on this machine")
+def test_runner_works_under_python_3_9(tmp_path):
+    bun = make_bundle(tmp_path, "run: echo ok > $ORCH_OUTPUT_DIR/ok.txt\n")
+    attempt = tmp_path / "attempt"
+    proc = subprocess.run([_python39(), str(runner_path()), "--attempt-dir", str(attempt), "--bundle",
+                           str(bun.directory), "--job-id", "x" * 32, "--max-runtime", "60"],
+                          capture_output=True, text=True, timeout=60)
+    result = json.loads((attempt / "result.json").read_text())
+    assert result["status"] == "succeeded" and result["python"].startswith("3.9"), proc.stderr
