@@ -123,3 +123,6 @@ def make_job(directory: Path, yaml_text: str, files: dict[str, str] | None = Non
     path = directory / "job.yaml"
     path.write_text(textwrap.dedent(yaml_text))
     return path
+
+
+from tests.pg import pg_server, pg_url  # noqa: E402,F401  (fixtures for team-mode tests)
