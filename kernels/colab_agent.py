@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -305,8 +306,9 @@ def credentials(args):
 
 
 class Agent:
-    def __init__(self, args, drive: Drive):
-        self.args, self.drive = args, drive
+    def __init__(self, args, make_drive):
+        self.args, self.make_drive = args, make_drive
+        self.drive = make_drive()
         self.id = args.agent_id or "%s-%s" % (socket.gethostname().split(".")[0][:20], os.urandom(3).hex())
         self.root = args.folder_id
         self.started = session_start() if (args.session_from_boot or in_colab()) else time.time()
@@ -319,6 +321,8 @@ class Agent:
         os.makedirs(os.path.join(self.cache, "blobs"), exist_ok=True)
         self.heartbeat_id = None
         self.last_beat = 0.0
+        self.beat_lock = threading.Lock()  # one heartbeat write at a time, each with the latest state
+        self.quit = threading.Event()
 
     # ---- session clock
     def time_left(self) -> float:
@@ -341,9 +345,24 @@ class Agent:
         log("agent %s ready: inbox %s, %s, %.0f s left in the session"
             % (self.id, self.inbox, (self.gpu or {}).get("name", "no GPU"), self.time_left()))
 
-    def beat(self, force=False):
-        if not force and time.time() - self.last_beat < self.args.heartbeat:
-            return
+    def beat(self, force=False, drive=None):
+        with self.beat_lock:
+            if force or time.time() - self.last_beat >= self.args.heartbeat:
+                self._write_heartbeat(drive or self.drive)
+
+    def beat_forever(self):
+        """Heartbeat thread: keeps beating while the main thread downloads, runs or uploads.
+
+        It has its own Drive client, since an httplib2 connection is not thread-safe.
+        """
+        drive = self.make_drive()
+        while not self.quit.wait(self.args.heartbeat / 2):
+            try:
+                self.beat(drive=drive)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried next time
+                log("heartbeat failed (%s: %s)" % (type(exc).__name__, exc))
+
+    def _write_heartbeat(self, drive):
         left = max(0.0, self.time_left())
         doc = {"agent": self.id, "version": VERSION, "host": socket.gethostname(), "colab": in_colab(),
                "session_start": self.started, "session_seconds": self.args.session_seconds,
@@ -356,9 +375,9 @@ class Agent:
                  "orch_gpu_count": str((self.gpu or {}).get("count", 0))}
         data = json.dumps(doc, indent=1).encode()
         if self.heartbeat_id is None:
-            self.heartbeat_id = self.drive.write(data, "heartbeat.json", self.folder, props)["id"]
+            self.heartbeat_id = drive.write(data, "heartbeat.json", self.folder, props)["id"]
         else:
-            self.drive.write(data, "heartbeat.json", self.folder, props, file_id=self.heartbeat_id)
+            drive.write(data, "heartbeat.json", self.folder, props, file_id=self.heartbeat_id)
         self.last_beat = time.time()
 
     def tickets(self):
@@ -366,6 +385,18 @@ class Agent:
 
     def loop(self):
         self.setup()
+        beater = threading.Thread(target=self.beat_forever, name="heartbeat", daemon=True)
+        beater.start()
+        try:
+            self.work_loop()
+        finally:
+            self.quit.set()
+            beater.join(timeout=self.args.timeout)
+        self.stopping = True
+        self.beat(force=True)
+        log("stopped after %d job(s)" % self.jobs_done)
+
+    def work_loop(self):
         while not self.stopping:
             try:
                 if not self.step():
@@ -380,13 +411,9 @@ class Agent:
                     google.auth.exceptions.TransportError) as exc:
                 log("Drive unreachable (%s: %s); carrying on" % (type(exc).__name__, exc))
                 time.sleep(self.args.poll)
-        self.stopping = True
-        self.beat(force=True)
-        log("stopped after %d job(s)" % self.jobs_done)
 
     def step(self) -> bool:
         """One turn of the loop; False when the agent should stop."""
-        self.beat()
         if self.state() == "draining":
             log("%.0f s left in the session: not taking more work" % self.time_left())
             for t in self.tickets():
@@ -514,16 +541,22 @@ class Agent:
         return self.upload_results(ticket, attempt_dir, proc.returncode)
 
     def supervise(self, ticket, proc, attempt_dir, status_id):
-        log_id, log_size, last_log, stopped = None, -1, 0.0, False
+        log_id, log_size, last_log, last_check, stopped = None, -1, 0.0, 0.0, False
         while proc.poll() is None:
-            time.sleep(min(self.args.poll, self.args.heartbeat))
+            try:
+                time.sleep(min(self.args.poll, self.args.heartbeat))
+            except KeyboardInterrupt:
+                if self.stopping:
+                    raise  # interrupted twice: abandon the job
+                log("interrupted: stopping the job and uploading what it has (interrupt again to abandon it)")
+                self.stopping = True
             if self.stopping and not stopped:  # SIGTERM: let the runner checkpoint and stop
                 os.killpg(proc.pid, signal.SIGTERM)
                 stopped = True
-            if time.time() - self.last_beat < self.args.heartbeat:
+            if time.time() - last_check < self.args.heartbeat:
                 continue
+            last_check = time.time()
             try:
-                self.beat(force=True)
                 files = self.run_files(ticket)
             except (HttpError, OSError, http.client.HTTPException, httplib2.HttpLib2Error) as exc:
                 log("Drive unreachable while running (%s); the job goes on" % type(exc).__name__)
@@ -596,8 +629,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    service = build_service(credentials(args), args.endpoint, args.timeout)
-    agent = Agent(args, Drive(service, chunk_size=args.chunk_mb * 1024 * 1024))
+    creds = credentials(args)
+    agent = Agent(args, lambda: Drive(build_service(creds, args.endpoint, args.timeout),
+                                      chunk_size=args.chunk_mb * 1024 * 1024))
 
     def stop(signum, frame):
         agent.stopping = True

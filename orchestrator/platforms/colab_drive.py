@@ -164,11 +164,11 @@ class ColabDrivePlatform(Platform):
 
     def check(self) -> list[str]:
         problems = []
-        if self.settings.tier not in PAID_TIERS:
-            problems.append(FREE_TIER_REASON)
         if not Path(self.settings.credentials).expanduser().is_file():
             problems.append(f"platforms.{self.name}.credentials: {self.settings.credentials} does not exist; "
                             f"download the Desktop OAuth client JSON (see docs/platforms/colab-drive.md)")
+        if self.settings.tier not in PAID_TIERS:
+            return [FREE_TIER_REASON, *problems]  # refused: do not even touch Drive
         try:
             agents = self.mailbox().agents()
         except PlatformError as exc:
@@ -292,13 +292,18 @@ class ColabDrivePlatform(Platform):
         self._reading().release(handle)
 
     def reconcile(self, active_keys: set[str]) -> None:
-        """Delete tickets no active attempt owns, so no agent runs abandoned work."""
+        """Delete tickets and run folders that no active attempt owns (a cancelled job, a
+        crashed tick): an agent drops a ticket whose run folder is gone and stops a job
+        whose run folder disappears, so no agent keeps working for nobody."""
         if self.settings.tier not in PAID_TIERS:
             return
         mb = self._reading()
         for ticket in mb.tickets():
             if (ticket.get("properties") or {}).get("orch_key") not in active_keys:
                 mb.t.delete(ticket["id"])
+        for run in mb.runs():
+            if (run.get("properties") or {}).get("orch_key") not in active_keys:
+                mb.t.delete(run["id"])
 
 
 def _idle(agent: AgentInfo) -> bool:

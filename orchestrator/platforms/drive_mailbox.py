@@ -134,6 +134,10 @@ class Mailbox:
         return self.t.list(self._tagged("ticket", **props))
 
     # ---- runs
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run folder in this mailbox (one list call)."""
+        return self.t.list(self._tagged("run"), fields="id,name,properties")
+
     def run_folder(self, key: str) -> dict[str, Any] | None:
         found = self.t.list(self._tagged("run", orch_key=key))
         return found[0] if found else None

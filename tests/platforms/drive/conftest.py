@@ -75,7 +75,8 @@ def gdrive(drive: DriveServer, config, orch_home: Path, tmp_path: Path):
     """A configured ``gdrive`` colab-drive platform (tier pro) signed in to the fake Drive.
 
     The token file holds an expired access token and a refresh token the fake Drive
-    knows, so the first call goes through google-auth's real refresh.
+    knows, so the first call goes through google-auth's real refresh. Agents heartbeat
+    every 0.3 s and count as gone after 5 s (a test about staleness lowers that).
     """
     secrets = tmp_path / "client_secret.json"
     secrets.write_text(json.dumps({"installed": {
@@ -98,7 +99,7 @@ platforms:
     tier: pro
     endpoint: {endpoint}
     token_uri: {token_uri}
-    heartbeat_stale: 1.5s
+    heartbeat_stale: 5s
     setup_margin: 5s
     backoff_base: 0.01s
     chunk_mb: 1
@@ -132,7 +133,8 @@ class Agents:
     def work_dir(self, agent_id: str) -> Path:
         return self.home / "agents" / agent_id
 
-    def start(self, agent_id: str, session_seconds: float = 3600, wait: bool = True) -> subprocess.Popen:
+    def start(self, agent_id: str, session_seconds: float = 3600, wait: bool = True,
+              margin: float = 1) -> subprocess.Popen:
         env = {**os.environ, "ORCH_DRIVE_FAKE_TOKEN": "test-token", "ORCH_DRIVE_ENDPOINT": self.drive.api_endpoint,
                "ORCH_HEARTBEAT_SECONDS": "0.3"}
         log = open(self.home / f"agent-{agent_id}.log", "wb")
@@ -140,7 +142,7 @@ class Agents:
             [sys.executable, str(AGENT), "--folder-id", drive_root(), "--agent-id", agent_id,
              "--work-dir", str(self.work_dir(agent_id)), "--session-seconds", f"{session_seconds:g}",
              "--poll", "0.1", "--heartbeat", "0.3", "--log-interval", "0.3", "--min-job-seconds", "2",
-             "--margin", "1"],
+             "--margin", f"{margin:g}"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs[agent_id] = proc

@@ -135,7 +135,9 @@ def test_two_agents_five_jobs_each_job_runs_exactly_once(orch, agents, gdrive, t
 
 
 def test_an_agent_killed_mid_job_goes_unknown_then_lost_then_runs_on_the_other_agent(
-        orch, agents, gdrive, tmp_path):
+        orch, orch_home, agents, gdrive, tmp_path):
+    config = orch_home / "config.yaml"
+    config.write_text(config.read_text().replace("heartbeat_stale: 5s", "heartbeat_stale: 1.5s"))
     agents.start("a1")
     job = _submit(orch, _job(tmp_path, "victim", env={"SLEEP_FIRST": "60"}))
     tick_until(lambda app: app.store.job(job).state == JobState.RUNNING, timeout=30)
