@@ -78,6 +78,8 @@ class ColabPlatform(SSHPlatform):
 
     settings_model = ColabSettings
     settings: ColabSettings
+    #: The controller calls reconcile() every tick, even when no attempt used Colab.
+    reconcile_every_tick = True
 
     def __init__(self, name: str, settings: ColabSettings, home: Any):
         super().__init__(name, settings, home)

@@ -526,7 +526,7 @@ _KILL = _SESSION_FN + r"""
 cd -- "$1" 2>/dev/null || exit 0
 [ -f pid ] || exit 0
 sid=$(cat pid); limit=$(($2 * 10))
-kill -TERM -- "-$sid" 2>/dev/null
+kill -TERM "-$sid" 2>/dev/null  # no "--": dash's kill refuses it
 i=0; while [ -n "$(members)" ] && [ $i -lt $limit ]; do sleep 0.1; i=$((i+1)); done
 for p in $(members); do kill -KILL "$p" 2>/dev/null; done
 exit 0

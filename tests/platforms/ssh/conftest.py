@@ -7,13 +7,18 @@ is per test and torn down with it.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 
 from orchestrator.platforms.ssh_transport import Endpoint, Timeouts
+from tests.conftest import make_job, tick_until
 from tests.emulators import fake_colab
 from tests.emulators.relay import Relay
 from tests.emulators.sshd import SSHD, SSHDUnavailable
@@ -87,66 +92,63 @@ def colab(sshd: SSHD, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 # --------------------------------------------------------------------------- end to end
+# These build on the shared fixtures of tests/conftest.py (`orch_home`, `config`, `orch`).
+
+DONE = {"SUCCEEDED", "FAILED", "LOST", "CANCELLED"}
 
 
-class Orch:
-    """The real `orch` CLI, run in-process against one private home."""
-
-    def __init__(self, home: Path, monkeypatch: pytest.MonkeyPatch):
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv("ORCH_HOME", str(home))
-
-    def configure(self, platforms: dict) -> None:
-        import yaml
-
-        (self.home / "config.yaml").write_text(yaml.safe_dump({"platforms": platforms}, sort_keys=False))
-
-    def __call__(self, *args: str, ok: bool = True):
-        from click.testing import CliRunner
-
-        from orchestrator.cli import main
-
-        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-        if ok and result.exit_code != 0:
-            raise AssertionError(f"orch {' '.join(args)} exited {result.exit_code}:\n{result.output}")
-        return result
-
-    def json(self, *args: str):
-        import json
-
-        return json.loads(self(*args, "--json").output)
-
-    def submit(self, job_yaml: Path, *extra: str) -> str:
-        return self.json("submit", str(job_yaml), *extra)["id"]
-
-    def state(self, job_id: str) -> dict:
-        doc = self.json("status", job_id)
-        return doc.get("job", doc)
-
-    def tick_until(self, job_id: str, states: set[str], timeout: float = 30.0, pause: float = 0.2) -> dict:
-        import time
-
-        end = time.monotonic() + timeout
-        while True:
-            self("tick")
-            job = self.state(job_id)
-            if job["state"] in states:
-                return job
-            if time.monotonic() > end:
-                raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job.get('message')}")
-            time.sleep(pause)
+def submit(orch, job_yaml: Path, *extra: str) -> str:
+    result = orch("submit", str(job_yaml), "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["id"]
 
 
-@pytest.fixture
-def orch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Orch:
-    return Orch(tmp_path / "orch-home", monkeypatch)
+def job_state(orch, job_id: str) -> dict:
+    """The job as `orch status JOB --json` shows it (state, message, attempts...)."""
+    result = orch("status", job_id, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def tick_until_state(orch, job_id: str, states: set[str], timeout: float = 30.0) -> dict:
+    """Tick in-process until the job is in one of ``states``; returns its status."""
+    try:
+        tick_until(lambda app: app.store.job(job_id).state.value in states, timeout=timeout, interval=0.1)
+    except AssertionError:
+        job = job_state(orch, job_id)
+        raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job['message']}") from None
+    return job_state(orch, job_id)
+
+
+def fetched(orch, job_id: str, dest: Path) -> Path:
+    """`orch fetch JOB -o dest`; returns the directory it filled."""
+    result = orch("fetch", job_id, "-o", str(dest), "--json")
+    assert result.exit_code == 0, result.output
+    return Path(json.loads(result.output)["path"])
+
+
+def outputs(orch, job_id: str, dest: Path) -> dict[str, bytes]:
+    """The job's output files as `orch fetch` delivers them (unpacked under outputs/)."""
+    target = fetched(orch, job_id, dest) / "outputs"
+    return {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+
+def write_config(config, platforms: dict) -> None:
+    config(yaml.safe_dump({"platforms": platforms}, sort_keys=False))
+
+
+def kill_remote_runs(remote: Path) -> None:
+    """SIGKILL every detached run recorded under ``remote`` (its session id is its pid)."""
+    for pid_file in remote.glob("**/attempts/*/pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
 
 
 @pytest.fixture
 def ssh_platform(sshd: SSHD, known_hosts: Path, tmp_path: Path):
-    """A config entry for the test sshd; keyword arguments override its keys."""
-    import sys
+    """A config entry for the test sshd (files under tmp_path/remote); kwargs override keys."""
 
     def make(**overrides) -> dict:
         entry = {
@@ -158,7 +160,7 @@ def ssh_platform(sshd: SSHD, known_hosts: Path, tmp_path: Path):
             "known_hosts": str(known_hosts),
             "remote_dir": str(tmp_path / "remote"),
             "python": sys.executable,
-            "heartbeat_interval": "1s",
+            "heartbeat_interval": "0.5s",
             "heartbeat_timeout": "5s",
             "reconnect_tries": 2,
             "reconnect_delay": "0.1s",
@@ -167,22 +169,24 @@ def ssh_platform(sshd: SSHD, known_hosts: Path, tmp_path: Path):
         entry.update(overrides)
         return entry
 
-    return make
+    yield make
+    kill_remote_runs(tmp_path)
 
 
-def make_job(root: Path, *, name: str = "demo", run: str = "python work.py", script: str = "",
-             dataset: bytes | None = None, platforms: tuple[str, ...] = ("lab",), extra: str = "") -> Path:
-    """A job directory with job.yaml, work.py and (optionally) a dataset ``ds/blob.bin``."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "work.py").write_text(script or _DEFAULT_SCRIPT)
-    lines = [f"name: {name}", "code: .", f"run: {run}", f"platforms: [{', '.join(platforms)}]",
-             "resources:", "  max_runtime: 5m", "  gpu_count: 0", "retries: 1"]  # TEMP gpu_count: core spec round-trip bug
+def ssh_job(root: Path, *, name: str = "demo", script: str = "", dataset: bytes | None = None,
+            platforms: tuple[str, ...] = ("lab",), extra: str = "") -> Path:
+    """A job running ``work.py`` (default: hash the dataset ``ds/blob.bin`` into digest.txt)."""
+    lines = [f"name: {name}", "code: .", "run: python work.py", f"platforms: [{', '.join(platforms)}]",
+             "resources:", "  max_runtime: 5m"]
     if dataset is not None:
-        (root.parent / f"{name}-ds").mkdir(exist_ok=True)
-        (root.parent / f"{name}-ds" / "blob.bin").write_bytes(dataset)
+        ds = root.parent / f"{name}-ds"
+        ds.mkdir(parents=True, exist_ok=True)
+        (ds / "blob.bin").write_bytes(dataset)
         lines += ["datasets:", f"  - path: ../{name}-ds", "    name: ds"]
-    (root / "job.yaml").write_text("\n".join(lines) + "\n" + extra)
-    return root / "job.yaml"
+    yaml_text = "\n".join(lines) + "\n" + extra
+    if "retries:" not in extra:
+        yaml_text += "retries: 1\n"
+    return make_job(root, yaml_text, {"work.py": script or _DEFAULT_SCRIPT})
 
 
 _DEFAULT_SCRIPT = """\

@@ -8,47 +8,41 @@ import paramiko
 
 from tests.emulators.relay import Relay
 from tests.emulators.sshd import SSHD
-from tests.platforms.ssh.conftest import make_job
-
-DONE = {"SUCCEEDED", "FAILED", "LOST", "CANCELLED"}
+from tests.platforms.ssh.conftest import DONE, ssh_job, submit, tick_until_state, write_config
 
 
-def test_trust_shows_the_fingerprint_and_pins_only_after_confirmation(orch, ssh_platform, sshd, tmp_path):
+def test_trust_shows_the_fingerprint_and_pins_only_after_confirmation(orch, config, ssh_platform, sshd, tmp_path):
     known = tmp_path / "pins"
-    orch.configure({"lab": ssh_platform(known_hosts=str(known))})
+    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
     fp = paramiko.PKey.from_path(sshd.host_key.private).fingerprint
 
-    from click.testing import CliRunner
-
-    from orchestrator.cli import main
-
-    declined = CliRunner().invoke(main, ["ssh", "trust", "lab"], input="n\n")
+    declined = orch("ssh", "trust", "lab", input="n\n")
     assert fp in declined.output and declined.exit_code == 1 and not known.exists()
 
-    accepted = CliRunner().invoke(main, ["ssh", "trust", "lab"], input="y\n")
+    accepted = orch("ssh", "trust", "lab", input="y\n")
     assert accepted.exit_code == 0 and "login OK" in accepted.output
     assert sshd.host_key.base64 in known.read_text()
-    job_id = orch.submit(make_job(tmp_path / "j"))
-    assert orch.tick_until(job_id, DONE)["state"] == "SUCCEEDED"
+    job_id = submit(orch, ssh_job(tmp_path / "j"))
+    assert tick_until_state(orch, job_id, DONE)["state"] == "SUCCEEDED"
 
 
-def test_trust_with_a_different_fingerprint_pins_nothing(orch, ssh_platform, tmp_path):
+def test_trust_with_a_different_fingerprint_pins_nothing(orch, config, ssh_platform, tmp_path):
     known = tmp_path / "pins"
-    orch.configure({"lab": ssh_platform(known_hosts=str(known))})
-    result = orch("ssh", "trust", "lab", "--fingerprint", "SHA256:not-the-right-one", ok=False)
+    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    result = orch("ssh", "trust", "lab", "--fingerprint", "SHA256:not-the-right-one")
     assert result.exit_code == 1 and "nothing was pinned" in result.output and not known.exists()
 
 
-def test_trust_with_the_checked_fingerprint_pins_without_asking(orch, ssh_platform, sshd, tmp_path):
+def test_trust_with_the_checked_fingerprint_pins_without_asking(orch, config, ssh_platform, sshd, tmp_path):
     known = tmp_path / "pins"
-    orch.configure({"lab": ssh_platform(known_hosts=str(known))})
+    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
     fp = paramiko.PKey.from_path(sshd.host_key.private).fingerprint
-    assert "login OK" in orch("ssh", "trust", "lab", "--fingerprint", fp).output
+    assert "login OK" in orch("ssh", "trust", "lab", "--fingerprint", fp).output and known.exists()
 
 
-def test_setup_cell_pins_the_key_it_installs_so_the_runtime_needs_no_trust(orch, ssh_platform, sshd, tmp_path):
+def test_setup_cell_pins_the_key_it_installs_so_the_runtime_needs_no_trust(orch, config, ssh_platform, sshd, tmp_path):
     known = tmp_path / "pins"
-    orch.configure({})
+    write_config(config, {"local": {"type": "local"}})
     result = orch("colab", "setup-cell", "tunnel", "--key", str(sshd.client_key.private), "--known-hosts", str(known))
     cell = result.stdout
     compile(cell, "cell.py", "exec")
@@ -61,11 +55,11 @@ def test_setup_cell_pins_the_key_it_installs_so_the_runtime_needs_no_trust(orch,
     tunnel = Relay(control=tmp_path / "tunnel", port=runtime.port)
     try:
         (runtime.workdir / "authorized_keys").write_text(sshd.client_key.public + "\n")
-        orch.configure({"tunnel": ssh_platform(
+        write_config(config, {"tunnel": ssh_platform(
             host="random-words.trycloudflare.com", port=22, known_hosts=str(known),
             host_key_alias="colab-tunnel-tunnel", proxy_command=" ".join(tunnel.argv))})
-        job_id = orch.submit(make_job(tmp_path / "j", platforms=("tunnel",)))
-        assert orch.tick_until(job_id, DONE)["state"] == "SUCCEEDED"
+        job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("tunnel",)))
+        assert tick_until_state(orch, job_id, DONE)["state"] == "SUCCEEDED"
         assert tunnel.started() >= 1
     finally:
         tunnel.close()

@@ -211,6 +211,8 @@ def test_upload_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_path
     assert file_sha256(Path(remote)) == digest and not Path(remote + ".part").exists()
 
 
+# paramiko's prefetch thread dies with the cut connection and says so on its way out.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_download_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_path):
     remote, digest = _blob(tmp_path / "result.bin", 3_000_000)
     local = tmp_path / "local.bin"
@@ -325,6 +327,21 @@ def test_missing_directory_reads_as_not_existing(endpoint, tmp_path):
         assert conn.detached_status(str(tmp_path / "never")).exists is False
     finally:
         conn.close()
+
+
+def test_kill_detached_sends_sigterm_first_and_returns_once_the_run_exits(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    conn = connect(endpoint())
+    try:
+        conn.start_detached(str(workdir), ["sh", "-c", "trap 'echo term > got_term; exit 0' TERM; "
+                                           "echo up > ready; while :; do sleep 0.1; done"])
+        assert _wait(lambda: (workdir / "ready").exists())
+        started = time.monotonic()
+        conn.kill_detached(str(workdir), grace_s=20)
+        took = time.monotonic() - started
+    finally:
+        conn.close()
+    assert (workdir / "got_term").read_text() == "term\n" and took < 5
 
 
 def test_kill_detached_stops_the_whole_process_group(endpoint, tmp_path):
