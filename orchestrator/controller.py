@@ -28,7 +28,7 @@ from .errors import (
     CapacityError, ConfigError, LostError, NotFoundError, OrchError, PlatformError, PrecheckError, SpecError,
     StateError, TransientError,
 )
-from .platforms.base import Handle, Launch, Offer, RemoteState, RemoteStatus
+from .platforms.base import Handle, Launch, Offer, RemoteState, RemoteStatus, platform_class
 from .results import install_attempt, read_result
 from .states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
 from .store import AttemptRow, Conflict, JobRow, attempt_key
@@ -433,8 +433,12 @@ class Controller:
     def platform_cleanup(self) -> None:
         active = {a.key for a in self.store.attempts_in(ACTIVE_ATTEMPT_STATES)}
         for name in self.app.config.names:
-            if name not in self.app._platforms:
-                continue  # never touched this tick: nothing of ours to clean
+            settings = self.app.config.platforms[name]
+            # Untouched this tick: nothing of ours to clean, unless the platform asks to be
+            # swept every tick (Colab: a runtime left by a crashed tick costs money).
+            if name not in self.app._platforms and not getattr(
+                    platform_class(settings.type), "reconcile_every_tick", False):
+                continue
             try:
                 self.app.platform(name).reconcile(active)
             except OrchError as exc:
