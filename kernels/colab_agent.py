@@ -280,12 +280,19 @@ def in_colab() -> bool:
 
 
 def session_start() -> float:
-    """When this VM started: Colab's session clock starts with the runtime."""
+    """When this runtime started (Colab's session clock starts with it): the start of
+    PID 1, which in a container is the runtime itself, else the machine's boot."""
     try:
         with open("/proc/uptime") as fh:
-            return time.time() - float(fh.read().split()[0])
+            boot = time.time() - float(fh.read().split()[0])
     except (OSError, ValueError, IndexError):
         return time.time()
+    try:
+        with open("/proc/1/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return boot
 
 
 def credentials(args):

@@ -191,9 +191,8 @@ class ColabDrivePlatform(Platform):
             raise CapacityError(str(exc), self.name) from exc
         existing = mb.run_folder(launch.key)
         if existing is not None:
-            handle = mb.handle(existing)
-            if "status.json" in mb.run_files(existing["id"]) or mb.tickets(orch_key=launch.key):
-                return handle  # submitted before: never start a second run
+            if self._posted(mb, launch.key, existing["id"]):
+                return mb.handle(existing)  # submitted before: never start a second run
             mb.t.delete(existing["id"])  # a crash left a run folder without its ticket
         agent = self._choose_agent(mb, launch)
         inputs = mb.upload_inputs(launch)
@@ -223,8 +222,22 @@ class ColabDrivePlatform(Platform):
         return min(fitting, key=lambda a: (a.time_left(now), a.id))
 
     def find(self, key: str) -> Handle | None:
-        folder = self._reading().run_folder(key)
-        return None if folder is None else self._reading().handle(folder)
+        """The run for ``key`` if its ticket was posted (a run folder without a ticket is
+        what a crash between the two writes leaves: submit then starts over)."""
+        mb = self._reading()
+        folder = mb.run_folder(key)
+        if folder is None or not self._posted(mb, key, folder["id"]):
+            return None
+        return mb.handle(folder)
+
+    @staticmethod
+    def _posted(mb: Mailbox, key: str, run_id: str) -> bool:
+        """Whether the ticket for ``key`` is in an inbox or an agent took it.
+
+        The agent writes status.json before it deletes the ticket, so reading the run
+        folder after seeing no ticket cannot miss a run that was taken meanwhile.
+        """
+        return bool(mb.tickets(orch_key=key)) or "status.json" in mb.run_files(run_id)
 
     # ---- status
     def poll(self, handle: Handle) -> RemoteStatus:
@@ -248,6 +261,9 @@ class ColabDrivePlatform(Platform):
             return RemoteStatus(RemoteState.UNKNOWN, f"agent {agent.id} silent for {agent.age(now):.0f}s")
         telemetry = {"agent": agent.id, "gpu": agent.gpu, "time_left_s": round(agent.time_left(now))}
         if status is None:
+            if not self._posted(mb, handle.key, handle.data["run"]):
+                return RemoteStatus(RemoteState.LOST, f"the ticket left agent {agent.id}'s inbox untaken "
+                                                      "(deleted by a clean-up or a cancel)")
             return RemoteStatus(RemoteState.PENDING, f"in agent {agent.id}'s inbox", heartbeat_at=agent.modified,
                                 telemetry=telemetry)
         telemetry.update(status.get("telemetry") or {})

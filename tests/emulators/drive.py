@@ -450,6 +450,8 @@ class DriveServer:
     def reset(self) -> None:
         """Forget every file, session, fault, token and log entry (one test's state)."""
         with self._lock:
+            # Requests already in flight belong to the previous test: they are not logged.
+            self.generation = getattr(self, "generation", 0) + 1
             now = time.time()
             self.files: dict[str, DriveFile] = {
                 "root": DriveFile("root", "My Drive", FOLDER, [], now, now)
@@ -633,6 +635,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.kind = "unknown"
         self.length = int(self.headers.get("Content-Length") or 0)
         self.body_read = 0
+        generation = drive.generation
         is_chunk = "upload_id" in self.query and not self.headers.get("Content-Range", "").startswith("bytes */")
         if drive.latency:
             time.sleep(drive.latency)
@@ -671,7 +674,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         finally:
             with drive._lock:
-                drive.log.append(Request(self.command, self.route, dict(self.query), self.kind, status, self.body_read))
+                if drive.generation == generation:
+                    drive.log.append(Request(self.command, self.route, dict(self.query), self.kind, status,
+                                             self.body_read))
 
     def _guess_kind(self, is_chunk: bool) -> str:
         """The operation's name before it runs (so injected errors are counted under it)."""

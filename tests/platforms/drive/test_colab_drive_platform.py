@@ -190,3 +190,17 @@ def test_orch_auth_drive_on_another_platform_type_says_which_commands_fit(orch, 
     config("platforms:\n  laptop: {type: local}\n")
     result = orch("auth", "drive", "laptop")
     assert result.exit_code == 2 and "is of type local" in result.output
+
+
+def test_a_run_folder_left_without_its_ticket_is_not_adopted_and_is_submitted_again(app, gdrive, tmp_path):
+    launch = _launch(app, tmp_path, "ocrash01-1", "run: python3 main.py\n")
+    _fake_agent(app, "a1", "Tesla T4", 15360, 7200)
+    platform = _platform(app)
+    handle = platform.submit(launch)
+    (ticket,) = gdrive.find(orch_kind="ticket")
+    platform.mailbox().t.delete(ticket.id)  # as if the tick died between the two writes
+
+    assert platform.find(launch.key) is None
+    assert platform.poll(handle).state == RemoteState.LOST
+    again = platform.submit(launch)
+    assert again.data["run"] != handle.data["run"] and len(gdrive.find(orch_kind="ticket")) == 1
