@@ -8,6 +8,7 @@ will read, is always kept. Nothing else is ever touched.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +37,8 @@ def _usage(app: Any, platform: str) -> tuple[set[str], dict[str, float]]:
         elif att.state == AttemptState.CHECKPOINTED and not app.store.job(att.job_id).state.terminal:
             keep.add(att.key)  # the next segment attaches this kernel to read its checkpoint
         data = (att.handle or {}).get("data") or {}
-        when = att.ended_at or att.started_at or att.created_at
+        # In use right now, or last used when the attempt ended.
+        when = time.time() if att.state in ACTIVE_ATTEMPT_STATES else (att.ended_at or att.started_at or att.created_at)
         for ref in [data.get("ref"), *(data.get("datasets") or [])]:
             if ref:
                 last_used[ref] = max(last_used.get(ref, 0.0), when)

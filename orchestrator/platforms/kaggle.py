@@ -21,22 +21,19 @@ declared in ``Offer.unsupported`` so the scheduler and ``orch cancel`` can say s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from pydantic import field_validator
 
+from ..bundle import sha256_file
 from ..durations import format_duration, parse_duration
 from ..errors import CapacityError, PrecheckError, TransientError
 from . import kaggle_script
@@ -45,6 +42,7 @@ from .base import (
     runner_path,
 )
 from .kaggle_api import Backoff, KaggleAccount, KernelState, MissingError, find_credentials, permission_warning
+from .kaggle_transfer import download_outputs, ensure_dataset, log_text
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +53,19 @@ DATASET_KINDS = ("data", "code", "ckpt")
 OWNED_KERNEL = re.compile(r"^orch-o[0-9a-z]+-\d+$")
 OWNED_DATASET = re.compile(r"^orch-(data|code|ckpt)-[0-9a-f]{32}$")
 
-#: Friendly accelerator names -> Kaggle machine shapes (notes §8).
-ACCELERATORS: dict[str, tuple[str, tuple[str, ...], int, float]] = {
-    # shape: (shape, GPU types offered, GPUs per session, GB per GPU)
-    "NvidiaTeslaT4": ("NvidiaTeslaT4", ("T4",), 2, 16.0),
-    "NvidiaL4": ("NvidiaL4", ("L4",), 1, 24.0),
-    "NvidiaL4X1": ("NvidiaL4X1", ("L4",), 1, 24.0),
-    "NvidiaTeslaA100": ("NvidiaTeslaA100", ("A100",), 1, 40.0),
-    "NvidiaH100": ("NvidiaH100", ("H100",), 1, 80.0),
-    "NvidiaRtxPro6000": ("NvidiaRtxPro6000", (), 1, 96.0),
+#: Kaggle machine shapes (notes §8) -> (GPU types offered, GPUs per session, GB per GPU).
+ACCELERATORS: dict[str, tuple[tuple[str, ...], int, float]] = {
+    "NvidiaTeslaT4": (("T4",), 2, 16.0),  # "GPU T4 x2", Kaggle's default GPU
+    "NvidiaL4": (("L4",), 1, 24.0),
+    "NvidiaL4X1": (("L4",), 1, 24.0),
+    "NvidiaTeslaA100": (("A100",), 1, 40.0),
+    "NvidiaH100": (("H100",), 1, 80.0),
+    "NvidiaRtxPro6000": (("RTXPRO6000",), 1, 96.0),
 }
 _ALIASES = {"t4": "NvidiaTeslaT4", "t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "a100": "NvidiaTeslaA100",
             "h100": "NvidiaH100"}
-_RETIRED = {"nvidiateslap100": "P100 was retired by Kaggle (requests run on T4 x2); use NvidiaTeslaT4"}
+_RETIRED = {name: "P100 was retired by Kaggle (requests run on T4 x2); use NvidiaTeslaT4"
+            for name in ("nvidiateslap100", "p100")}
 
 _STATES = {
     "QUEUED": RemoteState.PENDING,
@@ -160,125 +158,6 @@ def remote_status(state: KernelState) -> RemoteStatus:
     return RemoteStatus(mapped, message=message)
 
 
-def log_text(raw: str) -> str:
-    """Kaggle's log (a JSON array of {stream_name, time, data}) as plain text."""
-    try:
-        events = json.loads(raw)
-    except ValueError:
-        return raw
-    if not isinstance(events, list):
-        return raw
-    return "".join(str(e.get("data", "")) for e in events if isinstance(e, dict))
-
-
-# --------------------------------------------------------------------------- datasets
-
-
-def ensure_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], staging: Path,
-                   wait_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep,
-                   clock: Callable[[], float] = time.monotonic) -> bool:
-    """Make private dataset ``ref`` exist with ``files`` and be ready.
-
-    A dataset that already exists is never uploaded again (the slug is derived from
-    the content, so existing means identical); a new one is uploaded once. Returns
-    True when this call uploaded it.
-
-    Raises:
-        TransientError: still processing after ``wait_s`` (a later tick retries).
-        PrecheckError: Kaggle refused the upload or failed to process it.
-    """
-    status = account.dataset_status(ref)
-    uploaded = False
-    if status is None:
-        folder = staging / ref.split("/")[1]
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        for name, path in files.items():
-            os.symlink(path.resolve(), folder / name)
-        slug = ref.split("/")[1]
-        (folder / "dataset-metadata.json").write_text(json.dumps(
-            {"id": ref, "title": slug, "licenses": [{"name": "unknown"}],
-             "description": "Created by orch (https://github.com/) for its jobs; remove with `orch gc`."}))
-        try:
-            account.create_dataset(folder, ref)
-            uploaded = True
-        except PrecheckError as exc:
-            if "already in use" not in str(exc):  # lost a race with another submit: fine
-                raise
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    deadline = clock() + wait_s
-    while status != "ready":
-        if status in ("failed", "deleted"):
-            raise PrecheckError(f"Kaggle could not process dataset {ref} (status {status}); delete it with "
-                                f"`kaggle datasets delete {ref}` (or `orch gc`) and submit again")
-        if clock() >= deadline:
-            raise TransientError(f"dataset {ref} is still being processed by Kaggle ({status or 'not listed yet'}); "
-                                 "the push is retried on a later tick")
-        sleep(poll_s)
-        status = account.dataset_status(ref)
-    return uploaded
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class FetchReport:
-    saved: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "name (why)"
-    log: str = ""
-
-
-def _safe_target(dest: Path, name: str) -> Path | None:
-    """``dest/<name>`` for a sanitised output name, creating real directories only."""
-    from ..results import safe_name
-
-    rel = safe_name(name)
-    if rel is None:
-        return None
-    target = dest
-    for part in rel.split("/")[:-1]:
-        target = target / part
-        try:
-            if not stat.S_ISDIR(os.lstat(target).st_mode):
-                return None
-        except FileNotFoundError:
-            os.mkdir(target)
-    target = target / rel.split("/")[-1]
-    if os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
-        return None
-    return target
-
-
-def download_outputs(account: KaggleAccount, ref: str, dest: Path, page_size: int = 50) -> FetchReport:
-    """Download every output file of kernel ``ref`` into ``dest``, page by page.
-
-    Names are sanitised (no ``..``, no absolute paths, no writing through links);
-    refused names are reported, never written. Error pages are never saved: only a
-    200 answer becomes a file. Idempotent: files are simply written again.
-    """
-    report = FetchReport()
-    token, seen = "", {""}
-    dest.mkdir(parents=True, exist_ok=True)
-    while True:
-        page = account.output_page(ref, token, page_size)
-        report.log = page.log or report.log
-        for name, url in page.files:
-            target = _safe_target(dest, name)
-            if target is None:
-                report.skipped.append(f"{name} (unsafe name)")
-                log.warning("%s: refused output file name %r", ref, name)
-                continue
-            account.download(url, target, f"output {name} of {ref}")
-            report.saved.append(str(target.relative_to(dest)))
-        token = page.next_token
-        if not token or token in seen:  # a repeated token would loop forever
-            return report
-        seen.add(token)
-
-
 # --------------------------------------------------------------------------- platform
 
 
@@ -303,24 +182,18 @@ class KagglePlatform(Platform):
 
     # ------------------------------------------------------------------ describe
     def offer(self) -> Offer:
-        """Kaggle's machine and limits, with the GPU time left this week (live quota,
-        capped by ``weekly_gpu_hours``; unknown when the quota cannot be read)."""
-        shape, gpus, count, memory = ACCELERATORS[self.settings.accelerator]
-        left = resets = None
-        reading = self._cached_quota()
-        if reading is not None:
-            limit = min(reading.limit, self.settings.weekly_gpu_hours) if reading.limit else self.settings.weekly_gpu_hours
-            left = max(0.0, limit - reading.used - reading.reserved) * 3600
-            resets = reading.resets_at.timestamp() if reading.resets_at else None
+        """Kaggle's machine and limits. The weekly GPU quota reaches the scheduler through
+        the controller's ledger (``quota()``, cached), so this makes no network call."""
+        gpus, count, memory = ACCELERATORS[self.settings.accelerator]
         return Offer(
             platform=self.name, type="kaggle", gpus=gpus, gpu_memory_gb=memory, gpu_count=count,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
-            quota_left_seconds=left, quota_resets_at=resets, internet=True, tier="free",
+            internet=True, tier="free",
             unsupported={"secrets": SECRETS_REFUSED, "cancel": CANCEL_UNSUPPORTED},
         )
 
     def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:
-        """One quota read a minute at most, one try each (offer() must stay cheap)."""
+        """One quota read a minute at most, one try each."""
         now = self.clock()
         if self._quota is None or now - self._quota[0] > ttl:
             try:
@@ -377,8 +250,8 @@ class KagglePlatform(Platform):
         if self._exists(ref) is not None:  # pushed before a crash: adopt, never push twice
             return self._handle(launch.key, ref, adopted=True)
         wants_gpu = spec.resources.wants_gpu
-        if wants_gpu:
-            self._check_quota(launch.max_runtime_s)
+        if wants_gpu:  # a checkpointed chain needs one session's worth now
+            self._check_quota(min(launch.max_runtime_s, launch.session_seconds or launch.max_runtime_s))
         owner = self.account.username
         staging = self.root / "staging"
         staging.mkdir(parents=True, exist_ok=True)
@@ -410,7 +283,7 @@ class KagglePlatform(Platform):
             kernel_sources.append(str(previous))
             ckpt_source, ckpt_file = str(previous).split("/")[1], "checkpoint.tar.gz"
         elif launch.checkpoint is not None:
-            digest = hashlib.sha256(launch.checkpoint.read_bytes()).hexdigest()
+            digest = sha256_file(launch.checkpoint)
             ckpt_ref = f"{owner}/{dataset_slug('ckpt', digest)}"
             ensure_dataset(self.account, ckpt_ref, {"checkpoint.tar.gz": launch.checkpoint}, staging,
                            self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock)
@@ -441,18 +314,20 @@ class KagglePlatform(Platform):
         return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
                             submitted_at=time.time())
 
-    def _check_quota(self, max_runtime_s: float) -> None:
-        """The scheduler already keeps jobs that do not fit away; this re-checks with a
-        fresh reading just before pushing (the quota may have moved since)."""
-        self._quota = None
-        offer = self.offer()
-        left = offer.quota_left_seconds
-        if left is not None and left < max_runtime_s:  # an unclear read (None) never excludes Kaggle
-            when = (datetime.fromtimestamp(offer.quota_resets_at, timezone.utc).strftime("%a %Y-%m-%d %H:%M UTC")
-                    if offer.quota_resets_at else "at the weekly reset")
+    def _check_quota(self, need_s: float) -> None:
+        """The scheduler keeps jobs that do not fit off Kaggle using a cached reading;
+        this re-checks with a reading at most a minute old just before pushing. An
+        unclear read never excludes Kaggle."""
+        reading = self._cached_quota()
+        if reading is None:
+            return
+        limit = reading.limit if reading.limit is not None else self.settings.weekly_gpu_hours  # live wins
+        left = max(0.0, limit - reading.used - reading.reserved) * 3600
+        if left < need_s:
+            when = reading.resets_at.strftime("%a %Y-%m-%d %H:%M UTC") if reading.resets_at else "at the weekly reset"
             raise CapacityError(
                 f"Kaggle GPU quota: {format_duration(left)} left this week, the job may need "
-                f"{format_duration(max_runtime_s)}; it resets {when}", self.name)
+                f"{format_duration(need_s)}; it resets {when}", self.name)
 
     def _push(self, folder: Path, ref: str, timeout: int, shape: str | None) -> int:
         """Push once; after an unclear failure (timeout, 5xx, dropped answer) read the

@@ -794,10 +794,20 @@ class _Handler(BaseHTTPRequestHandler):
         if run.finished:
             self._send(200, run.log_text().encode(), "application/json")
             return
-        # A live session: server-sent events until the session ends.
+        # A live session: server-sent events until the session ends, one HTTP/1.1
+        # chunk per event so the client sees each as it happens (as on Kaggle).
+        self.protocol_version = "HTTP/1.1"
+        self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
         self.end_headers()
+
+        def chunk(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
         sent = 0
         stop = self.emu._stop
         try:
@@ -807,11 +817,11 @@ class _Handler(BaseHTTPRequestHandler):
                         run.changed.wait(0.1)
                     fresh, finished = run.log[sent:], run.finished or stop.is_set()
                 for entry in fresh:
-                    self.wfile.write(b"data: " + json.dumps(entry).encode() + b"\n\n")
+                    chunk(b"data: " + json.dumps(entry).encode() + b"\n\n")
                 sent += len(fresh)
-                self.wfile.flush()
                 if finished:
-                    self.wfile.write(b"data: END_OF_LOG\n\n")
+                    chunk(b"data: END_OF_LOG\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
                     return
         except OSError:
             return

@@ -273,10 +273,12 @@ def test_a_blob_upload_interrupted_by_503_is_resumed_by_the_client(kaggle_api, k
 
 
 def test_the_log_stream_follows_a_running_kernel_until_it_ends(kaggle_api, kaggle_emulator, tmp_path):
-    push(kaggle_api, tmp_path, "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n")
+    push(kaggle_api, tmp_path, "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.3)\n")
     wait_status(kaggle_api, REF, want=("RUNNING", "COMPLETE"))
-    events = list(kaggle_api.kernels_logs_stream(REF))
-    assert [e["data"] for e in events] == ["tick 0\n", "tick 1\n", "tick 2\n"]
+    stream = kaggle_api.kernels_logs_stream(REF)
+    assert next(stream)["data"] == "tick 0\n"
+    assert not kaggle_emulator.runs(REF)[0].finished  # delivered live, not at the end
+    assert [e["data"] for e in stream] == ["tick 1\n", "tick 2\n"]
     assert kaggle_emulator.calls[LOGS_STREAM] == 1
 
 

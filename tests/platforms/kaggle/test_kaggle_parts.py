@@ -15,9 +15,8 @@ import pytest
 
 from orchestrator.errors import PrecheckError, TransientError
 from orchestrator.platforms.base import RemoteState, runner_path
-from orchestrator.platforms.kaggle import (
-    dataset_slug, download_outputs, ensure_dataset, kernel_slug, log_text, machine_shape, remote_status,
-)
+from orchestrator.platforms.kaggle import dataset_slug, kernel_slug, machine_shape, remote_status
+from orchestrator.platforms.kaggle_transfer import download_outputs, ensure_dataset, log_text
 from orchestrator.platforms.kaggle_api import Backoff, KaggleAccount, KernelState
 from orchestrator.platforms.kaggle_script import ScriptPlan, render
 from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
