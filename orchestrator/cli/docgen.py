@@ -32,7 +32,8 @@ def render() -> str:
     for path, cmd in _walk(main, ["orch"]):
         if len(path) == 1:
             continue
-        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100,
+                            help_option_names=["-h", "--help"])
         help_text = cmd.get_help(ctx)
         out.append(f"\n## {' '.join(path)}\n\n```\n{help_text}\n```\n")
     return "".join(out)
