@@ -24,10 +24,15 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock
 from pydantic import field_validator
 
 from .. import failpoints
@@ -35,9 +40,11 @@ from ..errors import CapacityError, LostError, PlatformError, PrecheckError
 from .base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
 from .colab_cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
 from .ssh import RemoteSettings, SSHPlatform, seconds_setting
-from .ssh_transport import ACCEPTED_KEY_TYPES, Endpoint, load_key, pin_host_key, pinned_keys, scan_host_key
+from .ssh_transport import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
 
 PREFIX = "orch-"
+#: How long one `colab sessions` listing is reused within a tick.
+SESSIONS_TTL_S = 3.0
 #: Longest runtime per tier, in hours (Colab publishes "up to"; real ones can be shorter).
 SESSION_HOURS = {"free": 12.0, "pro": 24.0, "pro+": 24.0}
 GPU_MEMORY_GB = {"T4": 15.0, "L4": 22.5, "A100": 40.0, "H100": 80.0}
@@ -85,6 +92,7 @@ class ColabPlatform(SSHPlatform):
         super().__init__(name, settings, home)
         self.cli = ColabCLI(settings.colab_bin, platform=name, timeout_s=settings.cli_timeout,
                             new_timeout_s=settings.new_timeout)
+        self._listed: tuple[float, list[ColabSession]] | None = None
 
     # ------------------------------------------------------------------ connecting
     @property
@@ -105,10 +113,6 @@ class ColabPlatform(SSHPlatform):
             proxy_errors=proxy_error_class,
         )
 
-    def _pin_first_contact(self, endpoint: Endpoint) -> None:
-        """Pin the sshd key of a runtime we created, at our first contact with it."""
-        if not pinned_keys(endpoint):
-            pin_host_key(self.known_hosts, endpoint.key_name, scan_host_key(endpoint))
 
     # ------------------------------------------------------------------ describe
     def offer(self) -> Offer:
@@ -166,16 +170,44 @@ class ColabPlatform(SSHPlatform):
                 self.name,
             )
 
+    def _sessions(self) -> list[ColabSession]:
+        """``colab sessions``, reused for a few seconds (one tick polls many attempts)."""
+        now = time.monotonic()
+        if self._listed is None or now - self._listed[0] > SESSIONS_TTL_S:
+            self._listed = (now, self.cli.sessions())
+        return self._listed[1]
+
     def _session(self, name: str) -> ColabSession | None:
-        return next((s for s in self.cli.sessions() if s.name == name), None)
+        return next((s for s in self._sessions() if s.name == name), None)
+
+    # The ledger: runtimes this controller created and has not stopped yet. Written
+    # before `colab new` (intent first), so a crash right after it leaves a trace.
+    def _ledger(self, add: str | None = None, remove: str | None = None) -> set[str]:
+        path = self.state_dir / "sessions.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            try:
+                names = set(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                names = set()
+            if add is None and remove is None:
+                return names
+            names = (names | {add}) - {remove} if add else names - {remove}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sorted(names)))
+            os.replace(tmp, path)
+            return names
 
     def submit(self, launch: Launch) -> Handle:
         self._gate()
         name = session_name(launch.key)
         session = self._session(name)
         if session is None:
+            self._ledger(add=name)
+            self._listed = None
             self.cli.new(name, self.settings.gpu)
             failpoints.hit("colab_after_new")
+            self._listed = None
             session = self._session(name)
             if session is None:
                 raise CapacityError(f"{self.name}: `colab new -s {name}` reported no runtime", self.name)
@@ -185,8 +217,9 @@ class ColabPlatform(SSHPlatform):
                 f"{self.name}: asked Colab for a {self.settings.gpu} and got {session.hardware}; stopped it",
                 self.name,
             )
-        endpoint = self.session_endpoint(name)
-        self._pin_first_contact(endpoint)
+        # First contact with a runtime we created, through Google's authenticated
+        # tunnel: its sshd key is pinned now and checked on every later connection.
+        endpoint = dataclasses.replace(self.session_endpoint(name), pin_first_contact=True)
         return self.link(endpoint).call(lambda conn: self.start(conn, launch, {"session": name}))
 
     def find(self, key: str) -> Handle | None:
@@ -228,6 +261,8 @@ class ColabPlatform(SSHPlatform):
     def _stop(self, name: str) -> None:
         self.drop_link(self.session_endpoint(name))
         self.cli.stop(name)
+        self._listed = None
+        self._ledger(remove=name)
         self._forget(name)
 
     def _forget(self, name: str) -> None:
@@ -238,8 +273,20 @@ class ColabPlatform(SSHPlatform):
         path.write_text("".join(kept))
 
     def reconcile(self, active_keys: set[str]) -> None:
-        """Stop every ``orch-*`` runtime that no active attempt owns (e.g. left by a crash)."""
+        """Stop every runtime this controller created that no active attempt owns.
+
+        Runs every tick (``reconcile_every_tick``) but costs nothing while the ledger is
+        empty. Only runtimes in the ledger are touched: other ``orch-*`` runtimes may
+        belong to another controller on the same account.
+        """
+        ours = self._ledger()
+        if not ours:
+            return
         active = {session_name(k) for k in active_keys}
-        for session in self.cli.sessions():
-            if session.name.startswith(PREFIX) and session.name not in active:
-                self._stop(session.name)
+        live = {s.name for s in self.cli.sessions()}
+        for name in sorted(ours):
+            if name not in live:
+                self._ledger(remove=name)  # gone already (stopped, or recycled by Colab)
+                self._forget(name)
+            elif name not in active:
+                self._stop(name)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from ..durations import parse_duration
 from ..errors import LostError, PlatformError
 from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus, runner_path
-from .ssh_transport import Backoff, Connection, Endpoint, Link, Timeouts, file_sha256, pinned_keys, sh
+from .ssh_transport import Backoff, Connection, Endpoint, Link, Timeouts, connect, file_sha256, pinned_keys
 
 #: Files whose age and size one status read reports.
 _WATCHED = ("heartbeat.json", "result.json", "job.log", "runner.out", ".started")
@@ -231,8 +231,8 @@ class SSHPlatform(Platform):
             problems.append(f"host key of {endpoint.key_name} is not pinned; run `orch ssh trust {self.name}`")
         if problems:
             return problems
-        try:
-            self.call(None, lambda c: c.probe())
+        try:  # one attempt, no backoff: `orch platforms` must answer quickly
+            connect(endpoint).close()
         except PlatformError as exc:
             return [str(exc)]
         return []

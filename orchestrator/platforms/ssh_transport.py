@@ -121,6 +121,10 @@ class Endpoint:
         host_key_name: the known_hosts name to check; default ``host`` (port 22) or
             ``[host]:port``, as OpenSSH does.
         proxy_errors: maps the proxy's stderr text to an error class (Colab's 404/429).
+        pin_first_contact: when nothing is pinned for ``key_name`` yet, pin the key the
+            server presents into ``known_hosts`` and go on. Only for a host whose channel
+            is authenticated some other way (a Colab runtime orch just created, reached
+            through Google's authenticated tunnel); never for a user-configured host.
     """
 
     name: str
@@ -134,6 +138,7 @@ class Endpoint:
     host_key_name: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     proxy_errors: Callable[[str], type[PlatformError] | None] | None = None
+    pin_first_contact: bool = False
 
     @property
     def key_name(self) -> str:
@@ -174,6 +179,16 @@ class UnknownHostKey(SSHException):
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         raise UnknownHostKey(hostname, key)
+
+
+class _PinFirstContact(paramiko.MissingHostKeyPolicy):
+    """Pin the first key seen (see ``Endpoint.pin_first_contact``); later contacts are checked."""
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        pin_host_key(self.known_hosts, hostname, key)
 
 
 def _host_matches(field_: str, name: str) -> bool:
@@ -309,6 +324,8 @@ class EOFProxyCommand(paramiko.ProxyCommand):
                     if sig is not None:
                         try:
                             os.killpg(proc.pid, sig)
+                            if sig == signal.SIGTERM:  # a stopped proxy only acts on it once continued
+                                os.killpg(proc.pid, signal.SIGCONT)
                         except (ProcessLookupError, PermissionError):
                             pass
                     try:
@@ -395,11 +412,18 @@ def ssh_errors(endpoint: Endpoint, what: str, proxy: EOFProxyCommand | None = No
         raise cls(f"{label}: {detail}", endpoint.name) from exc
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (socket.timeout, TimeoutError)) or (
+        isinstance(exc, SSHException) and "timeout" in str(exc).lower())
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, _Aborted):
         return str(exc)
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
+    if isinstance(exc, SSHException) and "timeout" in str(exc).lower():
+        return f"timed out ({exc})"
     if isinstance(exc, EOFError):
         return "connection closed"
     if isinstance(exc, NoValidConnectionsError):
@@ -585,7 +609,11 @@ class Connection:
 
     @contextmanager
     def _op(self, what: str, seconds: float) -> Iterator[_Watchdog]:
-        """Run one operation under the error edge and a watchdog of ``seconds``."""
+        """Run one operation under the error edge and a watchdog of ``seconds``.
+
+        A timeout of any kind gives the connection up (a stalled tunnel does not
+        recover by itself), so that ``Link`` reconnects instead of reusing it.
+        """
         dog = _Watchdog(seconds, self._abort)
         try:
             with ssh_errors(self.endpoint, what, self._proxy):
@@ -594,6 +622,8 @@ class Connection:
                 except Exception as exc:
                     if dog.fired:
                         raise _Aborted(f"timed out after {seconds:g}s") from exc
+                    if _is_timeout(exc):
+                        self._abort()
                     raise
                 if dog.fired:
                     raise _Aborted(f"timed out after {seconds:g}s")
@@ -908,7 +938,10 @@ def connect(endpoint: Endpoint) -> Connection:
     pkey = load_key(endpoint)
     t = endpoint.timeouts
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_RejectUnknown())
+    if endpoint.pin_first_contact and endpoint.known_hosts is not None:
+        client.set_missing_host_key_policy(_PinFirstContact(Path(endpoint.known_hosts).expanduser()))
+    else:
+        client.set_missing_host_key_policy(_RejectUnknown())
     for key in pinned_keys(endpoint):
         client.get_host_keys().add(endpoint.key_name, key.get_name(), key)
     sock, proxy = _open_socket(endpoint)
@@ -1015,7 +1048,9 @@ class Link:
     Design choice: one connection per endpoint per process, reused across calls —
     Colab allows a single SSH connection per runtime (HTTP 429 otherwise), and a
     fresh handshake per poll would be slow through a tunnel. An idle connection is
-    probed before reuse because keepalives do not notice a dead tunnel.
+    probed before reuse because keepalives do not notice a dead tunnel. Once the
+    backoff is spent, calls fail at once for ``down_for_s`` seconds, so a tick that
+    polls many attempts on an unreachable host does not wait out the backoff for each.
     """
 
     def __init__(
@@ -1024,19 +1059,27 @@ class Link:
         *,
         backoff: Backoff | None = None,
         probe_after_s: float = 5.0,
+        down_for_s: float = 30.0,
         connector: Callable[[Endpoint], Connection] = connect,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.endpoint = endpoint
         self.backoff = backoff or Backoff()
         self.probe_after_s = probe_after_s
+        self.down_for_s = down_for_s
         self._connector = connector
         self._sleep = sleep
         self._conn: Connection | None = None
+        self._down: tuple[float, TransientError] | None = None
         self.connects = 0
 
     def connection(self) -> Connection:
         """A live connection: the current one if it still answers, else a new one."""
+        if self._down is not None:
+            until, error = self._down
+            if time.monotonic() < until:
+                raise TransientError(f"{error} (not retried for {self.down_for_s:g}s)", self.endpoint.name)
+            self._down = None
         conn = self._conn
         if conn is not None:
             if conn.alive and time.monotonic() - conn.last_ok < self.probe_after_s:
@@ -1060,6 +1103,8 @@ class Link:
                     break
                 self._sleep(delay)
         assert last is not None
+        if last.__class__ is TransientError:
+            self._down = (time.monotonic() + self.down_for_s, last)
         raise last
 
     def call(self, fn: Callable[[Connection], T]) -> T:

@@ -56,7 +56,7 @@ def test_cuts_mid_upload_mid_poll_and_mid_fetch_still_complete_the_job_exactly_o
     script = (
         "import os, pathlib, time\n"
         f"with open({str(ledger)!r}, 'a') as f: f.write(os.environ['ORCH_ATTEMPT'] + '\\n')\n"
-        "time.sleep(2)\n"
+        "time.sleep(1.5)\n"
         "pathlib.Path(os.environ['ORCH_OUTPUT_DIR'], 'big.bin').write_bytes("
         "(pathlib.Path(os.environ['ORCH_DATA']) / 'ds' / 'blob.bin').read_bytes())\n"
     )
@@ -79,7 +79,7 @@ def test_cuts_mid_upload_mid_poll_and_mid_fetch_still_complete_the_job_exactly_o
 
 def test_a_killed_relay_spins_no_cpu_goes_unknown_and_recovers_when_it_returns(orch, config, ssh_platform, relay, tmp_path):
     write_config(config, {"lab": ssh_platform(proxy_command=" ".join(relay.argv), heartbeat_timeout="30s")})
-    job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(4); print('slept')"))
+    job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(2.5); print('slept')"))
     tick_until_state(orch, job_id, {"RUNNING", "PENDING"})
 
     relay.down("exit")
@@ -175,7 +175,7 @@ def test_cancel_stops_the_remote_run_and_its_process_group(orch, config, ssh_pla
 
 def test_logs_follow_tails_the_running_job_over_ssh(orch, config, ssh_platform, tmp_path):
     write_config(config, {"lab": ssh_platform()})
-    script = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.7)\n"
+    script = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n"
     job_id = submit(orch, ssh_job(tmp_path / "j", script=script))
     tick_until_state(orch, job_id, {"RUNNING"})
     ticker = threading.Thread(target=lambda: tick_until_state(orch, job_id, DONE, timeout=30))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -23,6 +24,7 @@ from orchestrator.platforms.ssh_transport import (
     sh,
 )
 from tests.emulators.sshd import generate_ed25519
+from tests.platforms.ssh.conftest import FAST
 
 
 def _blob(path: Path, size: int) -> tuple[Path, str]:
@@ -145,19 +147,17 @@ def test_relay_that_never_answers_times_out_at_the_banner(via_relay, relay):
     assert _wait(lambda: relay.pids() == [], timeout=3.0), "the hung proxy was not killed"
 
 
-def test_frozen_relay_times_out_channel_open_and_sftp(via_relay, relay):
-    conn = connect(via_relay())
+@pytest.mark.parametrize("operation", ["sftp", "exec"])
+def test_a_frozen_relay_times_out_every_operation_instead_of_hanging(via_relay, relay, operation):
+    conn = connect(via_relay(timeouts=dataclasses.replace(FAST, channel=1, sftp=1)))
     try:
         conn.sftp()
-        relay.freeze()
+        relay.freeze()  # the tunnel stalls: no EOF, no error, nothing moves
         started = time.monotonic()
-        with pytest.raises(TransientError):
-            conn.run("true")
-        assert time.monotonic() - started < 5
-        started = time.monotonic()
-        with pytest.raises(TransientError):
-            conn.stat("/")
-        assert time.monotonic() - started < 5
+        with pytest.raises(TransientError, match="timed out"):
+            conn.stat("/") if operation == "sftp" else conn.run("true")
+        assert time.monotonic() - started < 3
+        assert not conn.alive  # the stalled connection was given up, not left half-open
     finally:
         relay.thaw()
         conn.close()
@@ -179,6 +179,15 @@ def test_link_reconnects_after_the_relay_is_cut(via_relay, relay):
         assert link.call(lambda c: c.run("echo one").out) == "one\n"
         relay.cut()
         assert link.call(lambda c: c.run("echo two").out) == "two\n"
+        assert link.connects == 2
+
+
+def test_link_abandons_a_stalled_tunnel_and_finishes_on_a_new_one(via_relay, relay):
+    ep = via_relay(timeouts=dataclasses.replace(FAST, channel=1, command=1))
+    with Link(ep, backoff=Backoff(tries=3, first=0.05)) as link:
+        link.call(lambda c: c.run("true"))
+        relay.freeze()  # only the relay of the current connection is frozen
+        assert link.call(lambda c: c.run("echo again").out) == "again\n"
         assert link.connects == 2
 
 
