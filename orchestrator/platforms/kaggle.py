@@ -464,9 +464,9 @@ class _LogFollower:
 
     def _read(self, account: KaggleAccount, ref: str) -> None:
         try:
-            for event in account.api().kernels_logs_stream(ref):
+            for text in account.log_stream(ref):
                 with self._lock:
-                    self._parts.append(str(event.get("data", "")))
+                    self._parts.append(text)
                 self.arrived.set()
         except Exception as exc:  # any failure: the next logs() call starts a new reader
             log.info("log stream of %s broke: %s", ref, exc)

@@ -429,9 +429,13 @@ class KaggleAccount:
 
         return self.call(what, fetch)
 
-    def log_events(self, ref: str) -> Iterator[dict]:
-        """The kernel's log stream (SSE while running, the stored log once done)."""
-        return self.call(f"log stream of {ref}", lambda api: list(api.kernels_logs_stream(ref)))  # type: ignore[return-value]
+    def log_stream(self, ref: str) -> Iterator[str]:
+        """The text of each event of the kernel's log stream, as it arrives (server-sent
+        events while the kernel runs, so iterating blocks until it ends; the stored log
+        once it ended). Not retried: a broken stream is simply opened again."""
+        with kaggle_errors(f"log stream of {ref}", self.platform):
+            for event in self.api().kernels_logs_stream(ref):
+                yield str(event.get("data", ""))
 
     def quota(self, retry: bool | Backoff = True) -> QuotaReading:
         """The account's weekly GPU quota (GetAcceleratorQuotaStatistics), in hours."""

@@ -4,6 +4,7 @@ client, and the emulator running the pushed kernels (with the real runner)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -83,6 +84,11 @@ def test_submit_tick_fetch_end_to_end_and_a_second_job_with_the_same_dataset_upl
     uploads = (kaggle.calls["CreateDataset"], kaggle.calls["StartBlobUpload"], kaggle.bytes_uploaded)
     assert uploads[0] == 1
 
+    # The credentials went nowhere: not into the pushed kernel, the state DB or the results.
+    key = kaggle.key.encode()
+    assert key not in run.request["text"].encode()
+    assert not [p for p in Path(os.environ["ORCH_HOME"]).rglob("*") if p.is_file() and key in p.read_bytes()]
+
     second = submit(orch, job(tmp_path, "second", run="python3 train.py && echo second"))
     app = finished(second)
     assert app.store.job(second).state.value == "SUCCEEDED"
@@ -133,6 +139,18 @@ def test_a_push_whose_answer_is_lost_is_not_pushed_twice(kaggle, orch, tmp_path)
     assert len(kaggle.runs(kernel_ref(job_id))) == 1
 
 
+def test_failed_status_reads_make_the_job_unknown_not_failed_until_they_work_again(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.inject("GetKernelSessionStatus", "503", times=None)
+    app = tick_until(lambda app: app.store.job(job_id).state.value == "UNKNOWN", timeout=30, interval=0.1)
+    assert "503" in app.store.job(job_id).message
+    kaggle.clear_faults()
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+    assert len(kaggle.runs(kernel_ref(job_id))) == 1
+
+
 def test_a_failing_job_ends_failed_with_kaggles_message_in_status(kaggle, orch, tmp_path):
     job_id = submit(orch, job(tmp_path, run="echo about to fail; exit 3"))
     app = finished(job_id)
@@ -141,6 +159,16 @@ def test_a_failing_job_ends_failed_with_kaggles_message_in_status(kaggle, orch, 
     shown = orch("status", job_id)
     assert "Kaggle: Your notebook hit an unhandled error" in " ".join(shown.output.split())
     assert "exited with code 3" in shown.output
+
+
+def test_a_push_refused_with_http_200_fails_the_job_with_kaggles_message(kaggle, orch, tmp_path):
+    kaggle.inject("SaveKernel", "push-error", message="Notebook not found")
+    job_id = submit(orch, job(tmp_path))
+    app = finished(job_id)
+    job_row = app.store.job(job_id)
+    assert job_row.state.value == "FAILED"
+    assert "Kaggle refused the push" in job_row.message and "Notebook not found" in job_row.message
+    assert kaggle.all_runs() == []
 
 
 def test_hostile_output_names_write_nothing_outside_the_results_dir(kaggle, orch, tmp_path, orch_home):
