@@ -39,6 +39,7 @@ from .. import failpoints
 from ..errors import CapacityError, LostError, PlatformError, PrecheckError
 from .base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
 from .colab_cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
+from . import ssh_runs as runs
 from .ssh import RemoteSettings, SSHPlatform, seconds_setting
 from .ssh_transport import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
 
@@ -232,7 +233,7 @@ class ColabPlatform(SSHPlatform):
 
         def look(conn):
             workdir = self.attempt_dir(conn, key)
-            status = conn.detached_status(workdir)
+            status = runs.detached_status(conn, workdir)
             if not status.exists or status.pid is None:
                 return None
             return Handle(key, {"dir": workdir, "root": self.root(conn), "pid": status.pid, "session": name})

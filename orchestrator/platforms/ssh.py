@@ -2,7 +2,7 @@
 
 One attempt = one directory on the host, ``<remote_dir>/attempts/<key>``, where
 ``kernels/runner.py`` runs detached (``setsid nohup``, see
-``ssh_transport.Connection.start_detached``): it survives dropped tunnels and the
+``ssh_runs.start_detached``): it survives dropped tunnels and the
 controller's exit, and its exit code lands atomically in ``rc``. Everything the runner
 needs is content-addressed on the host and uploaded once, resumably and verified::
 
@@ -34,7 +34,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from ..durations import parse_duration
 from ..errors import LostError, PlatformError
 from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus, runner_path
-from .ssh_transport import Backoff, Connection, Endpoint, Link, Timeouts, connect, file_sha256, pinned_keys
+from . import ssh_runs as runs
+from .ssh_link import Backoff, Link
+from .ssh_transport import Connection, Endpoint, Timeouts, connect, file_sha256, pinned_keys
 
 #: Files whose age and size one status read reports.
 _WATCHED = ("heartbeat.json", "result.json", "job.log", "runner.out", ".started")
@@ -252,7 +254,7 @@ class SSHPlatform(Platform):
         root = self.root(conn)
         workdir = self.attempt_dir(conn, launch.key)
         data = {"dir": workdir, "root": root, "grace": launch.grace_s, **extra}
-        status = conn.detached_status(workdir)
+        status = runs.detached_status(conn, workdir)
         if status.exists and status.pid is not None:
             return Handle(launch.key, {**data, "pid": status.pid})
         conn.makedirs(f"{root}/blobs")
@@ -275,7 +277,7 @@ class SSHPlatform(Platform):
         for local, remote, digest in uploads:
             self.upload(conn, local, remote, digest)
         env = json.dumps(launch.runner_env()).encode()
-        pid = conn.start_detached(workdir, argv, stdin=env, discard_stdout=True)
+        pid = runs.start_detached(conn, workdir, argv, stdin=env, discard_stdout=True)
         return Handle(launch.key, {**data, "pid": pid})
 
     def upload(self, conn: Connection, local: Path, remote: str, digest: str) -> int:
@@ -289,7 +291,7 @@ class SSHPlatform(Platform):
     def find(self, key: str) -> Handle | None:
         def look(conn: Connection) -> Handle | None:
             workdir = self.attempt_dir(conn, key)
-            status = conn.detached_status(workdir)
+            status = runs.detached_status(conn, workdir)
             if not status.exists or status.pid is None:
                 return None
             return Handle(key, {"dir": workdir, "root": self.root(conn), "pid": status.pid})
@@ -303,7 +305,7 @@ class SSHPlatform(Platform):
 
     def read_status(self, conn: Connection, handle: Handle) -> RemoteStatus:
         workdir = handle.data["dir"]
-        st = conn.detached_status(workdir, _WATCHED)
+        st = runs.detached_status(conn, workdir, _WATCHED)
         if not st.exists:
             return RemoteStatus(RemoteState.LOST, f"the attempt directory {workdir} is gone from the host")
         if st.rc is not None or "result.json" in st.files:
@@ -319,11 +321,11 @@ class SSHPlatform(Platform):
         if age is None:
             started = st.age(".started") or 0.0
             if started > timeout:
-                conn.kill_detached(workdir, grace_s=1)
+                runs.kill_detached(conn, workdir, grace_s=1)
                 return RemoteStatus(RemoteState.LOST, f"the runner wrote no heartbeat in {started:.0f}s")
             return RemoteStatus(RemoteState.PENDING, "starting")
         if age > timeout:
-            conn.kill_detached(workdir, grace_s=1)  # never let a silent run finish behind a retry
+            runs.kill_detached(conn, workdir, grace_s=1)  # never let a silent run finish behind a retry
             return RemoteStatus(RemoteState.LOST, f"no heartbeat for {age:.0f}s (limit {timeout:.0f}s)")
         beat = _json(conn.read_from(f"{workdir}/heartbeat.json", 0, 65536))
         state = RemoteState.RUNNING if beat.get("phase") in ("running", "packing") else RemoteState.PENDING
@@ -335,7 +337,7 @@ class SSHPlatform(Platform):
 
         def read(conn: Connection) -> LogChunk:
             workdir = handle.data["dir"]
-            st = conn.detached_status(workdir)
+            st = runs.detached_status(conn, workdir)
             done = st.rc is not None or not st.alive
             data = conn.read_from(f"{workdir}/job.log", offset, 1 << 20)
             if len(data) == 1 << 20:
@@ -374,14 +376,14 @@ class SSHPlatform(Platform):
     def cancel(self, handle: Handle) -> None:
         """SIGTERM the run's process group; the runner stops the job (grace, SIGKILL)."""
         grace = float(handle.data.get("grace", 30.0)) + 5
-        self.call(handle, lambda conn: conn.kill_detached(handle.data["dir"], grace_s=grace))
+        self.call(handle, lambda conn: runs.kill_detached(conn, handle.data["dir"], grace_s=grace))
 
     def release(self, handle: Handle) -> None:
         """Remove the attempt directory from the host (killing anything left) and the stage."""
         workdir = handle.data.get("dir")
         if workdir:
             def clean(conn: Connection) -> None:
-                conn.kill_detached(workdir, grace_s=1)
+                runs.kill_detached(conn, workdir, grace_s=1)
                 conn.remove(workdir)
 
             self.call(handle, clean)

@@ -2,50 +2,40 @@
 
 What it adds to paramiko, and why (see ``docs/platforms/ssh.md``):
 
-* **Pinned host keys only.** A key that is not pinned, or that changed, refuses the
-  connection with the fingerprint shown (:class:`PrecheckError`); nothing is ever
-  auto-added. ``orch ssh trust`` pins a key with :func:`scan_host_key` +
-  :func:`pin_host_key`.
-* **A ProxyCommand that notices EOF.** paramiko 5.1's ``ProxyCommand.recv`` spins at
-  100 % CPU once the proxy exits (upstream PR #1180 is still open) and its ``send``
-  blocks forever on a stalled proxy. :class:`EOFProxyCommand` returns EOF (so the
-  transport closes), times out sends, never lets an unread stderr pipe fill, and
-  reaps the proxy process on close.
+* **Pinned host keys only** (``ssh_hostkeys``): a key that is not pinned, or that
+  changed, refuses the connection with the fingerprint shown (PrecheckError).
+* **A ProxyCommand that notices EOF** (``ssh_proxy``): a dead proxy ends the
+  connection instead of spinning a core.
 * **A deadline on everything.** connect, banner, auth and channel-open have paramiko
   timeouts; exec reads and SFTP replies get a channel timeout; and because some
   paramiko waits have no timeout at all (``exec_command``'s request wait,
   ``invoke_subsystem``), every operation also runs under a watchdog that aborts the
-  connection when it overruns. Liveness is probed with a short ``exec("true")`` —
-  keepalives are on but do not detect a dead tunnel.
+  connection when it overruns. A timed-out connection is given up. Liveness is
+  probed with a short ``exec("true")``; keepalives are on but do not detect a dead
+  tunnel.
 * **Resumable, verified transfers.** SFTP uploads and downloads go to ``.part`` files,
   resume from the size already there, are checked by sha256 (``sha256sum`` on the
-  host), and only then renamed into place — so a final name always means "complete".
-* **Detached runs.** :meth:`Connection.start_detached` starts a command with ``setsid
-  nohup`` in its own directory, feeding it stdin through a pipe (secrets never touch
-  the disk or the command line), and writes its exit code atomically to ``rc``.
+  host), and only then renamed into place, so a final name always means "complete".
 * **Quoting.** Remote commands are fixed ``/bin/sh`` scripts; every variable part is
   passed as a positional argument quoted with :func:`shlex.quote` (:func:`sh`).
 * **One error edge.** :func:`ssh_errors` maps paramiko/socket errors onto
   ``orchestrator.errors`` once, with ``raise ... from exc``.
+Reconnection with backoff lives in ``ssh_link``, detached runs in ``ssh_runs``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import select
 import shlex
-import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence
 
 import paramiko
 from paramiko.ssh_exception import (
@@ -58,8 +48,8 @@ from paramiko.ssh_exception import (
 )
 
 from ..errors import LostError, PlatformError, PrecheckError, TransientError
-
-T = TypeVar("T")
+from .ssh_hostkeys import PinFirstContact, RejectUnknown, UnknownHostKey, fingerprint, load_pins
+from .ssh_proxy import EOFProxyCommand
 
 #: Key types orch accepts for logging in (Colab's ``colab ssh`` rejects RSA outright).
 ACCEPTED_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
@@ -153,209 +143,9 @@ class Endpoint:
         return f"ssh {self.name} ({where})"
 
 
-# --------------------------------------------------------------------------- host keys
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """``ssh-ed25519 SHA256:...``, as ``ssh-keygen -lf`` shows it."""
-    return f"{key.get_name()} {key.fingerprint}"
-
-
-def key_from_line(line: str) -> paramiko.PKey:
-    """A public key from ``"<type> <base64>"`` (trailing comment ignored)."""
-    key_type, b64 = line.split()[:2]
-    return paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
-
-
-class UnknownHostKey(SSHException):
-    """The server's key is not pinned for this host name."""
-
-    def __init__(self, name: str, key: paramiko.PKey):
-        super().__init__(f"host key for {name} is not pinned")
-        self.name = name
-        self.key = key
-
-
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise UnknownHostKey(hostname, key)
-
-
-class _PinFirstContact(paramiko.MissingHostKeyPolicy):
-    """Pin the first key seen (see ``Endpoint.pin_first_contact``); later contacts are checked."""
-
-    def __init__(self, known_hosts: Path):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        pin_host_key(self.known_hosts, hostname, key)
-
-
-def _host_matches(field_: str, name: str) -> bool:
-    for pattern in field_.split(","):
-        if pattern.startswith("|1|"):
-            try:
-                salt = pattern.split("|")[2]
-                if paramiko.HostKeys.hash_host(name, salt) == pattern:
-                    return True
-            except (IndexError, ValueError):
-                continue
-        elif pattern == name:
-            return True
-    return False
-
-
-def pin_host_key(path: Path, name: str, key: paramiko.PKey) -> None:
-    """Make ``key`` the only pinned key for ``name`` in the known_hosts file ``path``.
-
-    Other hosts' lines (comments, hashed entries, markers) are kept byte for byte;
-    the file is replaced atomically and kept private (0600).
-    """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kept: list[str] = []
-    if path.exists():
-        for line in path.read_text().splitlines(keepends=True):
-            words = line.split()
-            if words and not line.lstrip().startswith("#"):
-                host_field = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
-                if _host_matches(host_field, name):
-                    continue
-            kept.append(line if line.endswith("\n") else line + "\n")
-    kept.append(f"{name} {key.get_name()} {key.get_base64()}\n")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".known_hosts.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pinned_keys(endpoint: Endpoint) -> list[paramiko.PKey]:
     """The keys pinned for ``endpoint`` (its known_hosts entries + ``pinned``)."""
-    keys = paramiko.HostKeys()
-    if endpoint.known_hosts and Path(endpoint.known_hosts).expanduser().exists():
-        keys.load(str(Path(endpoint.known_hosts).expanduser()))
-    found = list((keys.lookup(endpoint.key_name) or {}).values())
-    return found + [key_from_line(line) for line in endpoint.pinned]
-
-
-# --------------------------------------------------------------------------- the proxy
-
-
-class EOFProxyCommand(paramiko.ProxyCommand):
-    """A ProxyCommand that ends the connection when the proxy dies, instead of spinning.
-
-    Contract (what paramiko's Packetizer expects of a socket): ``recv`` returns at
-    least one byte, ``b""`` at EOF, or raises ``socket.timeout`` after ``timeout``;
-    ``send`` returns the bytes written or raises ``socket.timeout`` (paramiko then
-    retries until the transport is closed); ``close`` kills the proxy's process group
-    and reaps it. The proxy's stderr goes to a temp file, readable with ``stderr()``.
-    """
-
-    def __init__(self, argv: Sequence[str]):  # noqa: D107 -- base __init__ skipped on purpose
-        self.cmd = list(argv)
-        self._stderr = tempfile.TemporaryFile()
-        try:
-            self.process = subprocess.Popen(
-                self.cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                bufsize=0,
-                start_new_session=True,  # close() can kill what the proxy spawned
-            )
-        except OSError as exc:
-            self._stderr.close()
-            raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
-        os.set_blocking(self.process.stdin.fileno(), False)
-        self.timeout: float | None = None
-        self._lock = threading.Lock()
-        self._released = False
-
-    def send(self, content: bytes) -> int:
-        if self.process.stdin.closed:
-            raise ProxyCommandFailure(" ".join(self.cmd), "closed")
-        fd = self.process.stdin.fileno()
-        # Wait in short slices so a transport close() is noticed promptly.
-        wait = 1.0 if self.timeout is None else min(self.timeout, 1.0)
-        _, writable, _ = select.select([], [fd], [], wait)
-        if not writable:
-            raise socket.timeout()
-        try:
-            return os.write(fd, content)
-        except BlockingIOError:
-            raise socket.timeout() from None
-        except OSError as exc:
-            raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
-
-    def recv(self, size: int) -> bytes:
-        if self._released:
-            raise EOFError()
-        fd = self.process.stdout.fileno()
-        try:
-            ready, _, _ = select.select([fd], [], [], self.timeout)
-        except (OSError, ValueError) as exc:  # closed under us
-            raise EOFError() from exc
-        if not ready:
-            raise socket.timeout()
-        try:
-            return os.read(fd, size)  # b"" at EOF: the Packetizer raises EOFError
-        except OSError as exc:
-            raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
-
-    def close(self) -> None:
-        """End the proxy: EOF on its stdin first (a clean goodbye), then SIGTERM, SIGKILL.
-
-        The stdout pipe stays open: the transport thread may still be reading it, and a
-        closed descriptor number could be reused under it. ``release`` closes it.
-        """
-        with self._lock:
-            proc = self.process
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-            if proc.poll() is None:
-                for sig, wait in ((None, 0.5), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-                    if sig is not None:
-                        try:
-                            os.killpg(proc.pid, sig)
-                            if sig == signal.SIGTERM:  # a stopped proxy only acts on it once continued
-                                os.killpg(proc.pid, signal.SIGCONT)
-                        except (ProcessLookupError, PermissionError):
-                            pass
-                    try:
-                        proc.wait(timeout=wait)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-
-    def stderr(self, limit: int = 2000) -> str:
-        """The last ``limit`` characters the proxy wrote to stderr."""
-        try:
-            self._stderr.seek(0)
-            text = self._stderr.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
-        return text.strip()[-limit:]
-
-    def release(self) -> None:
-        """Close everything, once the transport thread no longer reads from the proxy."""
-        self.close()
-        self._released = True
-        for f in (self.process.stdout, self._stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
-
-    @property
-    def closed(self) -> bool:
-        return self.process.returncode is not None or self.process.poll() is not None
+    return load_pins(endpoint.known_hosts, endpoint.key_name, endpoint.pinned)
 
 
 # --------------------------------------------------------------------------- the error edge
@@ -484,77 +274,6 @@ class Completed:
     def err(self) -> str:
         return self.stderr.decode("utf-8", "replace")
 
-
-@dataclass(frozen=True)
-class DetachedStatus:
-    """What :meth:`Connection.detached_status` saw in a detached run's directory.
-
-    ``now`` is the remote clock and ``files`` maps a name to ``(mtime, size)`` on that
-    clock, so ages never depend on the two machines' clocks agreeing.
-    """
-
-    exists: bool
-    pid: int | None = None
-    alive: bool = False
-    rc: int | None = None
-    now: float = 0.0
-    files: Mapping[str, tuple[float, int]] = field(default_factory=dict)
-
-    def age(self, name: str) -> float | None:
-        """Seconds since ``name`` last changed, or None when it does not exist."""
-        if name not in self.files:
-            return None
-        return max(0.0, self.now - self.files[name][0])
-
-
-_START_DETACHED = r"""
-d=$1; n=$2; out=$3; shift 3
-mkdir -p -- "$d" && cd -- "$d" || { echo "cannot create $d" >&2; exit 97; }
-if ! mkdir .started 2>/dev/null; then
-  i=0; while [ ! -f pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  cat pid; exit $?
-fi
-# An asynchronous command's stdin is /dev/null unless redirected explicitly, hence fd 3.
-head -c "$n" | ( exec 3<&0; setsid nohup /bin/sh -c 'trap : TERM INT; "$@"; echo $? > rc.tmp && mv -f rc.tmp rc' \
-    orch-run "$@" <&3 3<&- > "$out" 2>> runner.out & echo $! > pid.tmp && mv -f pid.tmp pid )
-cat pid
-"""
-
-# Members of the run's session (setsid made the run's pid its session id), zombies
-# excluded: a container's init may never reap them, and `kill -0` counts them alive.
-_SESSION_FN = r"""
-members() {
-  for f in /proc/[0-9]*/stat; do
-    read -r line < "$f" 2>/dev/null || continue
-    set -- ${line##*) }
-    [ "$1" != Z ] && [ "$4" = "$sid" ] && echo "${f#/proc/}" | cut -d/ -f1
-  done
-}
-"""
-
-_STATUS = _SESSION_FN + r"""
-cd -- "$1" 2>/dev/null || { echo "exists 0"; exit 0; }
-shift
-echo "exists 1"
-echo "now $(date +%s)"
-if [ -f pid ]; then
-  sid=$(cat pid); echo "pid $sid"
-  [ -n "$(members)" ] && echo "alive 1"
-fi
-[ -f rc ] && echo "rc $(cat rc)"
-for f in "$@"; do [ -e "$f" ] && echo "file $(stat -c '%Y %s' -- "$f") $f"; done
-exit 0
-"""
-
-_KILL = _SESSION_FN + r"""
-cd -- "$1" 2>/dev/null || exit 0
-[ -f pid ] || exit 0
-sid=$(cat pid); limit=$(($2 * 10))
-kill -TERM "-$sid" 2>/dev/null  # no "--": dash's kill refuses it
-i=0; while [ -n "$(members)" ] && [ $i -lt $limit ]; do sleep 0.1; i=$((i+1)); done
-for p in $(members); do kill -KILL "$p" 2>/dev/null; done
-exit 0
-"""
 
 _SHA256 = r"""
 if command -v sha256sum >/dev/null; then sha256sum -- "$1"
@@ -825,59 +544,6 @@ class Connection:
             except FileNotFoundError:
                 return b""
 
-    # -- detached runs
-
-    def start_detached(self, workdir: str, argv: Sequence[str], *, stdin: bytes = b"",
-                       discard_stdout: bool = False) -> int:
-        """Start ``argv`` in ``workdir``, detached from this connection; returns its pid.
-
-        The run survives disconnects and the controller's exit (``setsid nohup``); its
-        stderr (and stdout, unless ``discard_stdout``) goes to ``runner.out``; when it
-        ends its exit code is written to ``rc`` atomically (``mv``). ``stdin`` reaches
-        it through a pipe, never a file or a command line. Idempotent on ``workdir``:
-        a second call returns the first run's pid and starts nothing.
-        """
-        out = "/dev/null" if discard_stdout else "runner.out"
-        result = self.run(sh(_START_DETACHED, workdir, len(stdin), out, *argv), stdin=stdin, what="starting the run")
-        try:
-            return int(result.out.split()[-1])
-        except (IndexError, ValueError):
-            raise TransientError(
-                f"{self.endpoint.label}: could not start the run in {workdir}: "
-                f"{(result.err or result.out).strip()[:300] or f'exit {result.rc}'}",
-                self.endpoint.name,
-            ) from None
-
-    def detached_status(self, workdir: str, files: Sequence[str] = ()) -> DetachedStatus:
-        """One round trip: is the run alive, has it written ``rc``, how old are ``files``."""
-        result = self.run(sh(_STATUS, workdir, *files), what="reading the run's status")
-        values: dict[str, str] = {}
-        found: dict[str, tuple[float, int]] = {}
-        for line in result.out.splitlines():
-            key, _, rest = line.partition(" ")
-            if key == "file":
-                mtime, size, name = rest.split(" ", 2)
-                found[name] = (float(mtime), int(size))
-            else:
-                values[key] = rest.strip()
-        if values.get("exists") != "1":
-            return DetachedStatus(exists=False)
-        rc = values.get("rc")
-        return DetachedStatus(
-            exists=True,
-            pid=int(values["pid"]) if values.get("pid", "").isdigit() else None,
-            alive=values.get("alive") == "1",
-            rc=int(rc) if rc and rc.lstrip("-").isdigit() else None,
-            now=float(values.get("now") or 0),
-            files=found,
-        )
-
-    def kill_detached(self, workdir: str, grace_s: float = 10.0) -> None:
-        """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``."""
-        grace = max(0, int(round(grace_s)))
-        self.run(sh(_KILL, workdir, grace), timeout=grace + self.endpoint.timeouts.command, what="cancelling the run")
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -939,9 +605,9 @@ def connect(endpoint: Endpoint) -> Connection:
     t = endpoint.timeouts
     client = paramiko.SSHClient()
     if endpoint.pin_first_contact and endpoint.known_hosts is not None:
-        client.set_missing_host_key_policy(_PinFirstContact(Path(endpoint.known_hosts).expanduser()))
+        client.set_missing_host_key_policy(PinFirstContact(Path(endpoint.known_hosts).expanduser()))
     else:
-        client.set_missing_host_key_policy(_RejectUnknown())
+        client.set_missing_host_key_policy(RejectUnknown())
     for key in pinned_keys(endpoint):
         client.get_host_keys().add(endpoint.key_name, key.get_name(), key)
     sock, proxy = _open_socket(endpoint)
@@ -1023,146 +689,16 @@ def scan_host_key(endpoint: Endpoint) -> paramiko.PKey:
             proxy.release()
 
 
-# --------------------------------------------------------------------------- the link
-
-
-@dataclass
-class Backoff:
-    """Reconnect schedule: ``tries`` attempts, sleeping ``first * factor**n`` (capped)."""
-
-    tries: int = 3
-    first: float = 0.5
-    factor: float = 2.0
-    cap: float = 8.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.first
-        for _ in range(self.tries - 1):
-            yield min(delay, self.cap)
-            delay *= self.factor
-
-
-class Link:
-    """A reusable connection to one endpoint, re-established with backoff when it drops.
-
-    Design choice: one connection per endpoint per process, reused across calls —
-    Colab allows a single SSH connection per runtime (HTTP 429 otherwise), and a
-    fresh handshake per poll would be slow through a tunnel. An idle connection is
-    probed before reuse because keepalives do not notice a dead tunnel. Once the
-    backoff is spent, calls fail at once for ``down_for_s`` seconds, so a tick that
-    polls many attempts on an unreachable host does not wait out the backoff for each.
-    """
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        *,
-        backoff: Backoff | None = None,
-        probe_after_s: float = 5.0,
-        down_for_s: float = 30.0,
-        connector: Callable[[Endpoint], Connection] = connect,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
-        self.endpoint = endpoint
-        self.backoff = backoff or Backoff()
-        self.probe_after_s = probe_after_s
-        self.down_for_s = down_for_s
-        self._connector = connector
-        self._sleep = sleep
-        self._conn: Connection | None = None
-        self._down: tuple[float, TransientError] | None = None
-        self.connects = 0
-
-    def connection(self) -> Connection:
-        """A live connection: the current one if it still answers, else a new one."""
-        if self._down is not None:
-            until, error = self._down
-            if time.monotonic() < until:
-                raise TransientError(f"{error} (not retried for {self.down_for_s:g}s)", self.endpoint.name)
-            self._down = None
-        conn = self._conn
-        if conn is not None:
-            if conn.alive and time.monotonic() - conn.last_ok < self.probe_after_s:
-                return conn
-            if conn.alive:
-                try:
-                    conn.probe()
-                    return conn
-                except TransientError:
-                    pass
-            self.drop()
-        last: TransientError | None = None
-        for delay in [*self.backoff.delays(), None]:
-            try:
-                self._conn = self._connector(self.endpoint)
-                self.connects += 1
-                return self._conn
-            except TransientError as exc:
-                last = exc
-                if delay is None or (exc.__class__ is not TransientError):
-                    break
-                self._sleep(delay)
-        assert last is not None
-        if last.__class__ is TransientError:
-            self._down = (time.monotonic() + self.down_for_s, last)
-        raise last
-
-    def call(self, fn: Callable[[Connection], T]) -> T:
-        """``fn(connection)``, retried on a fresh connection when the link drops.
-
-        ``fn`` must be safe to repeat (every operation here is: uploads resume,
-        starts are idempotent on their directory).
-        """
-        last: TransientError | None = None
-        for delay in [*self.backoff.delays(), None]:
-            conn = self.connection()
-            try:
-                return fn(conn)
-            except TransientError as exc:
-                if exc.__class__ is not TransientError:
-                    raise
-                last = exc
-                if conn.alive:
-                    raise  # the connection is fine: the operation itself failed
-                self.drop()
-                if delay is None:
-                    break
-                self._sleep(delay)
-        assert last is not None
-        raise last
-
-    def drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        self.drop()
-
-    def __enter__(self) -> "Link":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 __all__ = [
     "ACCEPTED_KEY_TYPES",
-    "Backoff",
     "Completed",
     "Connection",
-    "DetachedStatus",
-    "EOFProxyCommand",
     "Endpoint",
-    "Link",
     "Timeouts",
-    "UnknownHostKey",
     "connect",
     "file_sha256",
-    "fingerprint",
     "join",
-    "key_from_line",
-    "pin_host_key",
+    "load_key",
     "pinned_keys",
     "quote",
     "scan_host_key",

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import orch_process
 from tests.platforms.ssh.conftest import (

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import threading
 import time
 from pathlib import Path
 
-import paramiko
 import pytest
 
-from orchestrator.errors import LostError, PrecheckError, TransientError
-from orchestrator.platforms.ssh_transport import (
-    Backoff,
-    Link,
-    connect,
-    file_sha256,
-    fingerprint,
-    pin_host_key,
-    scan_host_key,
-    sh,
-)
-from tests.emulators.sshd import generate_ed25519
+from orchestrator.errors import LostError, TransientError
+from orchestrator.platforms.ssh_link import Backoff, Link
+from orchestrator.platforms.ssh_transport import connect, file_sha256, sh
 from tests.platforms.ssh.conftest import FAST
 
 
@@ -40,74 +29,6 @@ def _wait(predicate, timeout: float = 5.0, step: float = 0.05):
             return value
         time.sleep(step)
     return predicate()
-
-
-# --------------------------------------------------------------------------- host keys
-
-
-def test_pinned_host_key_connects_and_runs_a_command(endpoint):
-    conn = connect(endpoint())
-    try:
-        result = conn.run("echo hello; echo oops >&2; exit 3")
-    finally:
-        conn.close()
-    assert (result.rc, result.out, result.err) == (3, "hello\n", "oops\n")
-
-
-def test_unknown_host_key_is_refused_with_its_fingerprint(endpoint, sshd, tmp_path):
-    empty = tmp_path / "empty_known_hosts"
-    empty.write_text("")
-    with pytest.raises(PrecheckError) as caught:
-        connect(endpoint(known_hosts=empty))
-    expected = fingerprint(paramiko.PKey.from_path(sshd.host_key.private))
-    message = str(caught.value)
-    assert expected in message and "orch ssh trust lab" in message and "\n" not in message
-
-
-def test_changed_host_key_is_refused_showing_both_fingerprints(endpoint, sshd, tmp_path):
-    impostor = generate_ed25519(tmp_path / "impostor")
-    known = tmp_path / "known_hosts_changed"
-    known.write_text(f"{sshd.host_key_name} {impostor.key_type} {impostor.base64}\n")
-    with pytest.raises(PrecheckError) as caught:
-        connect(endpoint(known_hosts=known))
-    real = paramiko.PKey.from_path(sshd.host_key.private).fingerprint
-    pinned = paramiko.PKey.from_path(impostor.private).fingerprint
-    assert "CHANGED" in str(caught.value) and real in str(caught.value) and pinned in str(caught.value)
-
-
-def test_scanned_key_pinned_into_known_hosts_then_connects_and_keeps_other_lines(endpoint, sshd, tmp_path):
-    known = tmp_path / "known_hosts_user"
-    other = "# my hosts\ngithub.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
-    stale = generate_ed25519(tmp_path / "stale")
-    known.write_text(other + f"{sshd.host_key_name} {stale.key_type} {stale.base64}\n")
-    ep = endpoint(known_hosts=known)
-
-    key = scan_host_key(ep)
-    assert key.fingerprint == paramiko.PKey.from_path(sshd.host_key.private).fingerprint
-    pin_host_key(known, ep.key_name, key)
-
-    text = known.read_text()
-    assert text.startswith(other) and stale.base64 not in text and oct(known.stat().st_mode & 0o777) == "0o600"
-    conn = connect(ep)
-    conn.close()
-
-
-def test_refused_login_key_is_a_precheck_error(endpoint, tmp_path):
-    stranger = generate_ed25519(tmp_path / "stranger")
-    with pytest.raises(PrecheckError, match="authentication"):
-        connect(endpoint(key=stranger.private))
-
-
-def test_rsa_key_is_refused_before_connecting(endpoint, tmp_path):
-    rsa = tmp_path / "id_rsa"
-    paramiko.RSAKey.generate(2048).write_private_key_file(str(rsa))
-    with pytest.raises(PrecheckError, match="Ed25519 or ECDSA"):
-        connect(endpoint(key=rsa))
-
-
-def test_missing_key_file_names_the_fix(endpoint, tmp_path):
-    with pytest.raises(PrecheckError, match="ssh-keygen -t ed25519"):
-        connect(endpoint(key=tmp_path / "nope"))
 
 
 # --------------------------------------------------------------------------- dead and stalled tunnels
@@ -276,97 +197,6 @@ def test_metacharacters_in_names_reach_the_remote_side_as_plain_text(endpoint, t
         conn.close()
     assert result.rc == 0 and (target / "name.txt").read_text() == name
     assert not list(tmp_path.rglob("PWNED")) and not Path.home().joinpath("PWNED").exists()
-
-
-# --------------------------------------------------------------------------- detached runs
-
-
-def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(via_relay, relay, tmp_path):
-    workdir = tmp_path / "attempt"
-    script = "sleep 0.6; echo done; exit 7"
-    conn = connect(via_relay())
-    pid = conn.start_detached(str(workdir), ["sh", "-c", script])
-    relay.cut()  # the tunnel dies while the run goes on
-    conn.close()
-    assert pid > 0 and not (workdir / "rc").exists()
-    assert _wait(lambda: (workdir / "rc").exists(), timeout=5)
-    assert (workdir / "rc").read_text() == "7\n" and not (workdir / "rc.tmp").exists()
-    conn = connect(via_relay())
-    try:
-        status = conn.detached_status(str(workdir), ["runner.out", "missing.json"])
-    finally:
-        conn.close()
-    assert (status.exists, status.pid, status.rc, status.alive) == (True, pid, 7, False)
-    assert "runner.out" in status.files and "missing.json" not in status.files
-    assert status.age("runner.out") is not None and status.age("runner.out") < 5
-
-
-def test_detached_start_is_idempotent_on_its_directory(endpoint, tmp_path):
-    workdir = tmp_path / "attempt"
-    conn = connect(endpoint())
-    try:
-        first = conn.start_detached(str(workdir), ["sh", "-c", "echo x >> count; sleep 1"])
-        second = conn.start_detached(str(workdir), ["sh", "-c", "echo x >> count; sleep 1"])
-        conn.kill_detached(str(workdir), grace_s=0)
-    finally:
-        conn.close()
-    assert first == second and (workdir / "count").read_text() == "x\n"
-
-
-def test_detached_stdin_reaches_the_run_but_never_the_disk(endpoint, tmp_path):
-    workdir = tmp_path / "attempt"
-    secret = b"s3cr3t-" + os.urandom(8).hex().encode()
-    conn = connect(endpoint())
-    try:
-        conn.start_detached(str(workdir), ["python3", "-c",
-                            "import sys,hashlib;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"],
-                            stdin=secret)
-        assert _wait(lambda: (workdir / "rc").exists())
-    finally:
-        conn.close()
-    assert (workdir / "runner.out").read_text().strip() == hashlib.sha256(secret).hexdigest()
-    for path in workdir.rglob("*"):
-        if path.is_file():
-            assert secret not in path.read_bytes()
-
-
-def test_missing_directory_reads_as_not_existing(endpoint, tmp_path):
-    conn = connect(endpoint())
-    try:
-        assert conn.detached_status(str(tmp_path / "never")).exists is False
-    finally:
-        conn.close()
-
-
-def test_kill_detached_sends_sigterm_first_and_returns_once_the_run_exits(endpoint, tmp_path):
-    workdir = tmp_path / "attempt"
-    conn = connect(endpoint())
-    try:
-        conn.start_detached(str(workdir), ["sh", "-c", "trap 'echo term > got_term; exit 0' TERM; "
-                                           "echo up > ready; while :; do sleep 0.1; done"])
-        assert _wait(lambda: (workdir / "ready").exists())
-        started = time.monotonic()
-        conn.kill_detached(str(workdir), grace_s=20)
-        took = time.monotonic() - started
-    finally:
-        conn.close()
-    assert (workdir / "got_term").read_text() == "term\n" and took < 5
-
-
-def test_kill_detached_stops_the_whole_process_group(endpoint, tmp_path):
-    workdir = tmp_path / "attempt"
-    conn = connect(endpoint())
-    try:
-        conn.start_detached(str(workdir), ["sh", "-c", "sleep 30 & echo $! > child; trap '' TERM; sleep 30"])
-        assert _wait(lambda: (workdir / "child").exists())
-        child = int((workdir / "child").read_text())
-        conn.kill_detached(str(workdir), grace_s=0.5)
-        status = conn.detached_status(str(workdir))
-    finally:
-        conn.close()
-    assert status.alive is False
-    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{child}").exists() else "gone"
-    assert state in ("Z", "gone")
 
 
 def test_concurrent_links_do_not_share_a_connection(endpoint):

@@ -1,0 +1,109 @@
+"""Detached runs over SSH: they survive disconnects, write rc atomically, stop by group."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from orchestrator.platforms.ssh_runs import detached_status, kill_detached, start_detached
+from orchestrator.platforms.ssh_transport import connect
+
+
+def _wait(predicate, timeout: float = 5.0, step: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(via_relay, relay, tmp_path):
+    workdir = tmp_path / "attempt"
+    script = "sleep 0.6; echo done; exit 7"
+    conn = connect(via_relay())
+    pid = start_detached(conn, str(workdir), ["sh", "-c", script])
+    relay.cut()  # the tunnel dies while the run goes on
+    conn.close()
+    assert pid > 0 and not (workdir / "rc").exists()
+    assert _wait(lambda: (workdir / "rc").exists(), timeout=5)
+    assert (workdir / "rc").read_text() == "7\n" and not (workdir / "rc.tmp").exists()
+    conn = connect(via_relay())
+    try:
+        status = detached_status(conn, str(workdir), ["runner.out", "missing.json"])
+    finally:
+        conn.close()
+    assert (status.exists, status.pid, status.rc, status.alive) == (True, pid, 7, False)
+    assert "runner.out" in status.files and "missing.json" not in status.files
+    assert status.age("runner.out") is not None and status.age("runner.out") < 5
+
+
+def test_detached_start_is_idempotent_on_its_directory(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    conn = connect(endpoint())
+    try:
+        first = start_detached(conn, str(workdir), ["sh", "-c", "echo x >> count; sleep 1"])
+        second = start_detached(conn, str(workdir), ["sh", "-c", "echo x >> count; sleep 1"])
+        kill_detached(conn, str(workdir), grace_s=0)
+    finally:
+        conn.close()
+    assert first == second and (workdir / "count").read_text() == "x\n"
+
+
+def test_detached_stdin_reaches_the_run_but_never_the_disk(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    secret = b"s3cr3t-" + os.urandom(8).hex().encode()
+    conn = connect(endpoint())
+    try:
+        start_detached(conn, str(workdir), ["python3", "-c",
+                            "import sys,hashlib;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"],
+                            stdin=secret)
+        assert _wait(lambda: (workdir / "rc").exists())
+    finally:
+        conn.close()
+    assert (workdir / "runner.out").read_text().strip() == hashlib.sha256(secret).hexdigest()
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes()
+
+
+def test_missing_directory_reads_as_not_existing(endpoint, tmp_path):
+    conn = connect(endpoint())
+    try:
+        assert detached_status(conn, str(tmp_path / "never")).exists is False
+    finally:
+        conn.close()
+
+
+def test_kill_detached_sends_sigterm_first_and_returns_once_the_run_exits(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    conn = connect(endpoint())
+    try:
+        start_detached(conn, str(workdir), ["sh", "-c", "trap 'echo term > got_term; exit 0' TERM; "
+                                           "echo up > ready; while :; do sleep 0.1; done"])
+        assert _wait(lambda: (workdir / "ready").exists())
+        started = time.monotonic()
+        kill_detached(conn, str(workdir), grace_s=20)
+        took = time.monotonic() - started
+    finally:
+        conn.close()
+    assert (workdir / "got_term").read_text() == "term\n" and took < 5
+
+
+def test_kill_detached_stops_the_whole_process_group(endpoint, tmp_path):
+    workdir = tmp_path / "attempt"
+    conn = connect(endpoint())
+    try:
+        start_detached(conn, str(workdir), ["sh", "-c", "sleep 30 & echo $! > child; trap '' TERM; sleep 30"])
+        assert _wait(lambda: (workdir / "child").exists())
+        child = int((workdir / "child").read_text())
+        kill_detached(conn, str(workdir), grace_s=0.5)
+        status = detached_status(conn, str(workdir))
+    finally:
+        conn.close()
+    assert status.alive is False
+    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{child}").exists() else "gone"
+    assert state in ("Z", "gone")
