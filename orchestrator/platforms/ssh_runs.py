@@ -47,8 +47,10 @@ _START_DETACHED = r"""
 d=$1; n=$2; out=$3; shift 3
 mkdir -p -- "$d" && cd -- "$d" || { echo "cannot create $d" >&2; exit 97; }
 if ! mkdir .started 2>/dev/null; then
-  i=0; while [ ! -f pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  cat pid; exit $?
+  i=0; while [ ! -f pid ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done
+  [ -f pid ] && { cat pid; exit 0; }
+  # A start cut between its claim and its pid (the session was killed): drop the claim.
+  rmdir .started; echo "an interrupted start was cleaned up; try again" >&2; exit 96
 fi
 # An asynchronous command's stdin is /dev/null unless redirected explicitly, hence fd 3.
 head -c "$n" | ( exec 3<&0; setsid nohup /bin/sh -c 'trap : TERM INT; "$@"; echo $? > rc.tmp && mv -f rc.tmp rc' \

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.platforms.ssh_runs import detached_status, kill_detached, start_detached
 from orchestrator.platforms.ssh_transport import connect
 
@@ -107,3 +109,17 @@ def test_kill_detached_stops_the_whole_process_group(endpoint, tmp_path):
     assert status.alive is False
     state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{child}").exists() else "gone"
     assert state in ("Z", "gone")
+
+
+def test_a_start_interrupted_before_its_pid_is_cleaned_up_and_can_be_retried(endpoint, tmp_path):
+    from orchestrator.errors import TransientError
+
+    workdir = tmp_path / "attempt"
+    (workdir / ".started").mkdir(parents=True)  # claimed, then the session died
+    conn = connect(endpoint())
+    try:
+        with pytest.raises(TransientError, match="interrupted start"):
+            start_detached(conn, str(workdir), ["true"])
+        assert start_detached(conn, str(workdir), ["true"]) > 0
+    finally:
+        conn.close()
