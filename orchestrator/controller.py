@@ -11,6 +11,8 @@ attempt could be submitted twice.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import time
@@ -21,8 +23,9 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from . import bundle as bundle_mod
-from . import failpoints, scheduler
+from . import failpoints, quota, scheduler
 from . import spec as spec_mod
+from . import sweep as sweep_mod
 from .app import App
 from .errors import (
     CapacityError, ConfigError, LostError, NotFoundError, OrchError, PlatformError, PrecheckError, SpecError,
@@ -42,6 +45,9 @@ class SubmitResult:
     name: str
     bundle: bundle_mod.Bundle
     decision: scheduler.Decision | None
+    #: For a sweep: its id (also in ``job_id``) and the id of every point.
+    sweep_id: str | None = None
+    job_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -74,15 +80,18 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
         raise NotFoundError(_unknown_platform("--platform", pin, configured))
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, progress, total)
-    candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
-    decision = None
+    points = sweep_mod.expand(spec.sweep) if spec.sweep else []
     if dry_run:
-        offers = Controller(app).offers()
-        decision = scheduler.place([candidate], offers, app.store.active_counts(), time.time())[0]
+        env = points[0] if points else {}
+        candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
+        decision = Controller(app).plan([candidate], extra_env=env)[0]
         return SubmitResult(None, spec.name, bundle, decision)
+    if points:
+        sweep_id, job_ids = sweep_mod.submit(app.store, spec, bundle.digest, points, pin)
+        return SubmitResult(sweep_id, spec.name, bundle, None, sweep_id=sweep_id, job_ids=job_ids)
     job_id = app.store.add_job(name=spec.name, spec=spec.public_dict(), bundle=bundle.digest,
                                priority=spec.priority, pin=pin)
-    return SubmitResult(job_id, spec.name, bundle, decision)
+    return SubmitResult(job_id, spec.name, bundle, None, job_ids=[job_id])
 
 
 def _unknown_platform(where: str, name: str, configured: list[str]) -> str:
@@ -110,17 +119,35 @@ class Controller:
         """Every configured platform's offer; a platform that cannot even describe
         itself is shown unavailable with the reason, never dropped silently."""
         out: dict[str, Offer] = {}
+        now = time.time()
         for name, settings in self.app.config.platforms.items():
             try:
-                out[name] = self.app.platform(name).offer()
+                offer = self.app.platform(name).offer()
             except OrchError as exc:
-                out[name] = Offer(platform=name, type=settings.type, available=False, reason=str(exc))
+                offer = Offer(platform=name, type=settings.type, available=False, reason=str(exc))
+            out[name] = _with_settings(offer, settings, now)
         return out
 
     def _spec(self, job: JobRow) -> spec_mod.JobSpec:
         return spec_mod.from_public_dict(job.spec)
 
-    def _launch(self, job: JobRow, number: int, platform_name: str, offer: Offer | None) -> Launch:
+    def _remaining(self, job: JobRow, spec: spec_mod.JobSpec) -> float:
+        """What is left of ``max_runtime`` for a chain's next segment (at least a minute)."""
+        if not job.checkpoint:
+            return spec.resources.max_runtime
+        used = sum(a.runtime_s or 0 for a in self.store.attempts_of(job.id) if a.state == A.CHECKPOINTED)
+        return max(spec.resources.max_runtime - used, 60.0) if used else spec.resources.max_runtime
+
+    def grace(self, spec: spec_mod.JobSpec, platform_name: str) -> float:
+        """The job's ``grace:``, else the platform's, else ``controller.grace``."""
+        if spec.grace is not None:
+            return spec.grace
+        settings = self.app.config.platforms.get(platform_name)
+        if settings is not None and settings.grace is not None:
+            return settings.grace
+        return self.settings.grace
+
+    def _launch(self, job: JobRow, att: AttemptRow, offer: Offer | None) -> Launch:
         spec = self._spec(job)
         directory = self.app.home.bundles / job.bundle
         if not (directory / "manifest.json").is_file():
@@ -128,16 +155,20 @@ class Controller:
         bundle = bundle_mod.load_bundle(directory, self.app.home.blobs)
         secrets = {name: os.environ[name] for name in spec.secrets if name in os.environ}
         previous = [a for a in self.store.attempts_of(job.id) if a.state == A.CHECKPOINTED]
-        used = sum(a.runtime_s or 0 for a in previous)
-        # A chain's later segments get what is left of max_runtime (at least a minute).
-        remaining = max(spec.resources.max_runtime - used, 60.0) if used else spec.resources.max_runtime
-        session = offer.session_seconds if offer else None
-        chain = spec.checkpoint is not None and session is not None and remaining > session
+        if self.store.reservations([att.id]):
+            # Placement decided the deadline and the segment at dispatch (see dispatch()).
+            remaining = att.max_runtime_s or self._remaining(job, spec)
+            session = att.session_s
+        else:  # an attempt written before schema v2
+            remaining = self._remaining(job, spec)
+            session = offer.session_seconds if offer else None
+            if not (spec.checkpoint is not None and session is not None and remaining > session):
+                session = None
         checkpoint = self.app.home.blobs / f"checkpoint-{job.checkpoint}.tar.gz" if job.checkpoint else None
         return Launch(
-            key=attempt_key(job.id, number), job_id=job.id, job_name=job.name, attempt=number, spec=spec,
-            bundle=bundle, max_runtime_s=remaining, session_seconds=session if chain else None,
-            grace_s=self.settings.grace, env=job.extra.get("env", {}), secrets=secrets,
+            key=attempt_key(job.id, att.number), job_id=job.id, job_name=job.name, attempt=att.number, spec=spec,
+            bundle=bundle, max_runtime_s=remaining, session_seconds=session,
+            grace_s=self.grace(spec, att.platform), env=job.extra.get("env", {}), secrets=secrets,
             checkpoint=checkpoint if checkpoint and checkpoint.is_file() else None,
             previous=Handle.from_json(previous[-1].handle) if previous and previous[-1].handle else None,
         )
@@ -205,14 +236,27 @@ class Controller:
             self._problem(f"{handle.key}: cancel on {platform_name} failed: {exc}")
 
     # ------------------------------------------------------------------ dispatch
-    def dispatch(self) -> None:
-        queued = self.store.queued()
-        if not queued:
-            return
-        offers = self.offers()
+    def plan(self, extra: list[scheduler.Candidate] | None = None, extra_env: dict | None = None,
+             queued: list[JobRow] | None = None, offers: dict[str, Offer] | None = None,
+             waits: dict[str, str] | None = None) -> list[scheduler.Decision]:
+        """Placement decisions for the queue (or only for ``extra`` candidates, as
+        ``submit --dry-run`` asks), with the ledger, running attempts and learned speeds:
+        exactly what dispatch would do now. Pure reads; nothing is changed."""
         now = time.time()
-        waits: dict[str, str] = {}
-        candidates = []
+        offers = self.offers() if offers is None else offers
+        ledger, running = self.budget_states(now)
+        if extra is not None:
+            candidates = extra
+        else:
+            candidates = self.candidates(self.store.queued() if queued is None else queued, waits)
+        history = self._history(candidates)
+        candidates = [dataclasses.replace(c, history=history.get(c.id, {})) for c in candidates]
+        return scheduler.place(candidates, offers, running, now, ledger, self.speeds())
+
+    def candidates(self, queued: list[JobRow], waits: dict[str, str] | None = None) -> list[scheduler.Candidate]:
+        """Queued jobs that could run now, as placement candidates; the others get a reason in ``waits``."""
+        waits = {} if waits is None else waits
+        out = []
         for job in queued:
             try:
                 spec = self._spec(job)
@@ -224,8 +268,81 @@ class Controller:
                 waits[job.id] = (f"secret {', '.join(missing)} is not set in this controller's environment "
                                  f"(export it where `orch tick` runs)")
                 continue
-            candidates.append(scheduler.Candidate(job.id, spec, job.pin, job.avoid))
-        decisions = scheduler.place(candidates, offers, self.store.active_counts(), now)
+            out.append(scheduler.Candidate(job.id, spec, job.pin, job.avoid, remaining=self._remaining(job, spec),
+                                           digest=job.bundle))
+        return out
+
+    def budget_states(self, now: float, usage_for_all: bool = False
+                      ) -> tuple[dict[str, quota.BudgetState], list[scheduler.Running]]:
+        """Each platform's budget in its current window, and the active attempts (only
+        these and the current windows' charges are read, never the whole history).
+        Charges are read for limited platforms only, unless ``usage_for_all`` (``orch quota``)."""
+        active = self.store.attempts_in(ACTIVE_ATTEMPT_STATES)
+        reserved = self.store.reservations([a.id for a in active])
+        budgets = {name: quota.default_budget(s) for name, s in self.app.config.platforms.items()}
+        limited = [n for n, b in budgets.items() if b.limit is not None or (usage_for_all and b.window.kind != "none")]
+        since = min((budgets[n].window.bounds(now)[0] for n in limited), default=now)
+        charges: dict[str, list[tuple[float, float, float]]] = {}
+        for platform, amount, start, end in self.store.ledger_charges(limited, since):
+            charges.setdefault(platform, []).append((amount, start, end))
+        spans: dict[str, list[quota.Span]] = {}
+        running = []
+        for a in active:
+            row = reserved.get(a.id)
+            end = row["end"] if row else (a.started_at or a.created_at) + (a.session_s or a.max_runtime_s or 3600.0)
+            running.append(scheduler.Running(a.platform, end))
+            if row and row["amount"] > 0 and row["end"] > row["start"]:
+                rate = row["amount"] * 3600 / (row["end"] - row["start"])
+                spans.setdefault(a.platform, []).append(quota.Span(row["start"], row["end"], rate))
+        states = {
+            name: quota.state(name, budget, now, charges.get(name, []), spans.get(name, []),
+                              self.live_quota(name) if budget.limit is not None else None)
+            for name, budget in budgets.items()
+        }
+        return states, running
+
+    def live_quota(self, name: str, refresh: bool = False, ttl: float = 600.0):
+        """The platform's own quota reading, read at most every ``ttl`` seconds (cached in
+        the store, so cron ticks share it); None when it has none or the read failed."""
+        key = f"quota:{name}"
+        cached = self.store.meta_get(key)
+        now = time.time()
+        if cached and not refresh:
+            doc = json.loads(cached)
+            if now - doc.get("at", 0) < ttl:
+                return quota.reading_from_json(doc.get("reading"))
+        try:
+            reading = self.app.platform(name).quota()
+        except OrchError as exc:  # an unclear read never excludes a platform
+            self._problem(f"{name}: quota read failed: {exc}")
+            reading = None
+        self.store.meta_set(key, json.dumps({"at": now, "reading": quota.reading_to_json(reading)}))
+        return reading
+
+    def _history(self, candidates: list[scheduler.Candidate]) -> dict[str, dict[str, float]]:
+        """job id -> {GPU type: median runtime} of earlier successful runs of its bundle."""
+        digests = {c.id: c.digest for c in candidates if c.digest}
+        if not digests:
+            return {}
+        runs: dict[str, dict[str, list[float]]] = {}
+        for digest, gpu_name, seconds in self.store.runtimes(set(digests.values()), limit=5000):
+            runs.setdefault(digest, {}).setdefault(quota.gpu_type(gpu_name) or "CPU", []).append(seconds)
+        medians = {d: {g: sorted(v)[len(v) // 2] for g, v in per.items()} for d, per in runs.items()}
+        return {job_id: medians.get(digest, {}) for job_id, digest in digests.items()}
+
+    def speeds(self) -> dict[str, float]:
+        """GPU speed factors learned from the latest finished runs of GPU jobs."""
+        rows = self.store.runtimes(None, limit=2000, gpu_jobs_only=True)
+        return scheduler.learn_speeds((d, quota.gpu_type(g), r) for d, g, r in rows if quota.gpu_type(g))
+
+    def dispatch(self) -> None:
+        queued = self.store.queued()
+        if not queued:
+            return
+        offers = self.offers()
+        now = time.time()
+        waits: dict[str, str] = {}
+        decisions = self.plan(queued=queued, offers=offers, waits=waits)
         by_id = {j.id: j for j in queued}
         for decision in decisions:
             if isinstance(decision, scheduler.Wait):
@@ -233,12 +350,17 @@ class Controller:
                 continue
             job = by_id[decision.job_id]
             number = job.attempts + 1
+            budget = quota.default_budget(self.app.config.platforms[decision.platform])
+            reserve = decision.reserve_s or decision.max_runtime_s or 0.0
             try:
                 with self.store.transaction() as tx:
                     tx.move_job(job.id, J.QUEUED, J.SUBMITTING, f"placed on {decision.platform}",
                                 platform=decision.platform, attempts=number, message="")
                     attempt_id = tx.add_attempt(job.id, number, decision.platform, f"placed on {decision.platform}",
-                                                max_runtime_s=self._spec(job).resources.max_runtime)
+                                                max_runtime_s=decision.max_runtime_s, session_s=decision.session_s)
+                    # The reservation is written with the attempt, so a crash never leaves one without the other.
+                    tx.add_ledger(decision.platform, attempt_id, "reserve", decision.rate * reserve / 3600,
+                                  budget.unit, now, now + reserve)
             except Conflict:
                 continue  # cancelled (or taken) meanwhile
             failpoints.hit("after_intent")
@@ -250,7 +372,7 @@ class Controller:
         """The remote call of a dispatch (or of its reconcile)."""
         try:
             platform = self.app.platform(att.platform)
-            launch = self._launch(job, att.number, att.platform, offer)
+            launch = self._launch(job, att, offer)
             handle = platform.submit(launch)
         except TransientError as exc:
             # Stays SUBMITTING: the next tick's reconcile finds or resubmits it.
@@ -268,9 +390,11 @@ class Controller:
         self.report.dispatched.append(job.id)
 
     def _reject(self, job: JobRow, att: AttemptRow, message: str, requeue: bool) -> None:
+        closing = self._ledger_close(att, None, time.time(), charge=False)
         try:
             with self.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, A.SUBMITTING, A.REJECTED, message, message=message, ended_at=time.time())
+                closing(tx)
                 if requeue:
                     avoid = dict(job.avoid)
                     avoid[att.platform] = time.time() + self.settings.failover_backoff
@@ -332,8 +456,10 @@ class Controller:
         job = self.store.job(att.job_id)
         spec = self._spec(job)
         now = time.time()
+        closing = self._ledger_close(att, None, now)
         with self.store.transaction() as tx:
             tx.move_attempt(att.id, job.id, att.state, A.LOST, reason, message=reason, ended_at=now)
+            closing(tx)
             if job.lost_count < spec.retries:
                 avoid = dict(job.avoid)
                 avoid[att.platform] = now + self.settings.failover_backoff
@@ -412,14 +538,37 @@ class Controller:
             else:
                 j_new = J.FAILED
         job_fields["message"] = "" if j_new == J.SUCCEEDED else why
+        closing = self._ledger_close(att, result, now)
         try:
             with self.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, A.FETCHING, a_new, why, **fields)
                 tx.move_job(job.id, J.FETCHING, j_new, why, **job_fields)
+                closing(tx)
         except Conflict:
             return
         self.report.finished.append(job.id)
         self._release(att)
+
+    def _ledger_close(self, att: AttemptRow, result: dict | None, now: float, charge: bool = True,
+                      whole: bool = False) -> Callable:
+        """What to write to the ledger when ``att`` ends: a charge for what it ran (none
+        when it never started) and the release of its reservation. Returned as a function
+        of the transaction that records the attempt's end, so both land together or not
+        at all: a crash or a lost race never charges twice."""
+        reserve = self.store.reservations([att.id]).get(att.id)
+        if reserve is None:
+            return lambda tx: None
+        settings = self.app.config.platforms.get(att.platform)
+        budget = quota.default_budget(settings) if settings is not None else None
+        span = quota.charge_span(reserve, budget, result, att.started_at, now, whole=whole) if charge else None
+
+        def write(tx) -> None:
+            if span is not None:
+                tx.add_ledger(att.platform, att.id, "charge", span.amount, reserve["unit"], span.start, span.end)
+            tx.add_ledger(att.platform, att.id, "release", reserve["amount"], reserve["unit"], reserve["start"],
+                          reserve["end"])
+
+        return write
 
     def _release(self, att: AttemptRow) -> None:
         if not att.handle:
@@ -445,6 +594,30 @@ class Controller:
                 self._problem(f"{name}: clean-up failed: {exc}")
 
 
+def _with_settings(offer: Offer, settings, now: float) -> Offer:
+    """The offer as the generic platform settings shape it: ``min_segment``, and
+    ``available_hours`` (closed: unavailable until it opens; open: attempts must end,
+    or checkpoint, before it closes)."""
+    offer = dataclasses.replace(offer, min_segment_seconds=settings.min_segment)
+    if not settings.available_hours:
+        return offer
+    inside, change = quota.open_hours(settings.available_hours, now)
+    # No attempt can outlast the daily window: it is this platform's longest session.
+    window = quota.hours_length(settings.available_hours)
+    if offer.session_seconds is None or offer.session_seconds > window:
+        offer = dataclasses.replace(offer, session_seconds=window)
+    if not inside:
+        if not offer.available:
+            return offer
+        return dataclasses.replace(offer, available=False, available_at=change,
+                                   reason=f"outside its hours ({settings.available_hours} UTC); opens "
+                                          f"{quota.format_when(change, now)}")
+    left = change - now
+    if offer.time_left_seconds is not None:
+        left = min(left, offer.time_left_seconds)
+    return dataclasses.replace(offer, time_left_seconds=left)
+
+
 # ---------------------------------------------------------------------------- user actions
 
 
@@ -468,9 +641,12 @@ def cancel(app: App, job: JobRow) -> str:
                 if "cancel" in offer.unsupported:
                     note = f"; {offer.unsupported['cancel']}"
                 ctl._best_effort_cancel(att.platform, Handle.from_json(att.handle))
+            # A run that cannot be stopped goes on to its deadline: charge all of it.
+            closing = ctl._ledger_close(att, None, time.time(), charge=bool(att.handle), whole=bool(note))
             with app.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, att.state, A.CANCELLED, "cancelled by user", ended_at=time.time())
                 tx.move_job(job.id, job.state, J.CANCELLED, "cancelled by user", message="cancelled")
+                closing(tx)
             return f"cancelled {job.short_id} ({job.name}) on {att.platform}{note}"
         except Conflict:
             time.sleep(0.05)

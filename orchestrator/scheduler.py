@@ -1,41 +1,106 @@
-"""Placement: a pure function from (queued jobs, platform offers, running counts, now)
-to one decision per job — a platform, or a reason to wait.
+"""Placement: a pure function from (queued jobs, platform offers, ledger, running attempts,
+now) to one decision per job — a platform, or a reason to wait and when that may change.
 
-No clock, store or network in here, so a week of ticks can be simulated in
-milliseconds and every decision can be explained (``orch submit --dry-run``).
+No clock, store or network in here, so a week of ticks can be simulated in milliseconds
+(``bench/simulate.py``) and every decision can be explained (``orch plan``).
+
+For each job, in queue order (priority, then FIFO), every allowed platform is checked:
+capability (GPU type and memory, count, internet, secrets), availability, the job's
+failover back-off, session length against ``max_runtime`` (unless the job checkpoints,
+when it runs as a chain of segments), and quota headroom in every window the attempt
+would touch. The platforms left are ranked by the job's ``platforms:`` preference, then by
+estimated finish time, using per-GPU speed factors (defaults below, refined from finished
+attempts by :func:`learn_speeds`). A job waits for a busy platform only when that is
+expected to finish it clearly sooner than a free one.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from .durations import format_duration
 from .platforms.base import Offer
-from .spec import JobSpec
+from .quota import DEFAULT_SPEEDS, BudgetState, format_when, pick_gpu, reservation_rate
+from .spec import GPU_TYPES, JobSpec
+
+#: Wait for a busy platform only if it is expected to finish the job in at most this
+#: fraction of the time a free platform would take.
+WAIT_GAIN = 0.75
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """What placement needs to know about one queued job."""
+    """What placement needs to know about one queued job.
+
+    Attributes:
+        remaining: max runtime left (a chain's later segments get what earlier ones left).
+        history: GPU type ("CPU" for none) -> runtime (s) of this job's bundle in earlier
+            successful runs; the best estimate of how long it takes there.
+        digest: the job's bundle digest (what ``history`` is looked up by).
+    """
 
     id: str
     spec: JobSpec
     pin: str | None = None
     avoid: Mapping[str, float] = field(default_factory=dict)  # platform -> avoided until (epoch)
+    remaining: float | None = None
+    history: Mapping[str, float] = field(default_factory=dict)
+    digest: str = ""
+
+    @property
+    def runtime(self) -> float:
+        return self.spec.resources.max_runtime if self.remaining is None else self.remaining
+
+
+@dataclass(frozen=True)
+class Running:
+    """An active attempt, for concurrency and for when its slot should free up
+    (``expected_end``: an estimate, or the end of its reservation as an upper bound)."""
+
+    platform: str
+    expected_end: float
 
 
 @dataclass(frozen=True)
 class Place:
+    """Run the job on ``platform`` now.
+
+    Attributes:
+        max_runtime_s: the runner's deadline (what is left of ``max_runtime``).
+        session_s: stop this long after start with a checkpoint (a chain segment); None =
+            run to the end.
+        reserve_s: how long the ledger reserves (the segment, or ``max_runtime_s``).
+        gpu, gpus, rate: the GPU type and count reserved and the budget units per hour.
+        estimate_s: expected runtime there.
+        why: a sentence for ``orch plan``.
+        verdicts: (platform, why not) for the platforms passed over.
+    """
+
     job_id: str
     platform: str
+    max_runtime_s: float | None = None
+    session_s: float | None = None
+    reserve_s: float | None = None
+    gpu: str | None = None
+    gpus: int = 0
+    rate: float = 0.0
+    estimate_s: float | None = None
+    why: str = ""
+    verdicts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Wait:
+    """Keep the job queued: ``reason`` names each platform's obstacle; ``until`` is the
+    earliest time one of them is expected to lift (None when nothing will change by itself)."""
+
     job_id: str
     reason: str
+    until: float | None = None
+    verdicts: tuple[tuple[str, str], ...] = ()
 
 
 Decision = Place | Wait
@@ -44,14 +109,15 @@ Decision = Place | Wait
 def allowed_platforms(c: Candidate, configured: Sequence[str]) -> list[str]:
     """The job's candidate platforms in preference order."""
     if c.pin:
-        return [c.pin]
+        return [c.pin] if c.pin in configured else []
     if c.spec.platforms:
         return [p for p in c.spec.platforms if p in configured]
     return list(configured)
 
 
 def misfit(spec: JobSpec, offer: Offer) -> str | None:
-    """Why ``offer`` can never run ``spec`` as it stands (None when it can)."""
+    """Why ``offer`` can never run ``spec`` as it stands (None when it can); quota and
+    session time are judged by :func:`place`."""
     res = spec.resources
     if res.wants_gpu:
         if not offer.gpus:
@@ -63,16 +129,6 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
             return f"GPU has {offer.gpu_memory_gb:g} GB, job needs {res.min_gpu_memory_gb:g} GB"
         if offer.gpu_count and res.gpu_count > offer.gpu_count:
             return f"has {offer.gpu_count} GPU(s), job needs {res.gpu_count}"
-    if res.wants_gpu and offer.quota_left_seconds is not None:
-        # A checkpointed chain needs only one session's worth now.
-        need = min(res.max_runtime, offer.session_seconds) if spec.checkpoint and offer.session_seconds else res.max_runtime
-        if offer.quota_left_seconds < need:
-            resets = ""
-            if offer.quota_resets_at:
-                when = datetime.fromtimestamp(offer.quota_resets_at, timezone.utc)
-                resets = when.strftime(" (resets %a %Y-%m-%d %H:%M UTC)")
-            return (f"GPU quota: {format_duration(offer.quota_left_seconds)} left{resets}, "
-                    f"job may need {format_duration(need)}")
     if spec.internet and not offer.internet and "internet" in offer.unsupported:
         return offer.unsupported["internet"]
     if spec.secrets and "secrets" in offer.unsupported:
@@ -83,49 +139,303 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
     return None
 
 
-def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer], running: Mapping[str, int],
-          now: float) -> list[Decision]:
+# ---------------------------------------------------------------------------- speeds
+
+
+def learn_speeds(observations: Iterable[tuple[str, str, float]],
+                 defaults: Mapping[str, float] = DEFAULT_SPEEDS, weight: float = 1.0) -> dict[str, float]:
+    """Per-GPU speed factors refined from finished runs.
+
+    Args:
+        observations: (job digest, GPU type or "CPU", runtime seconds) of successful,
+            unchained attempts. Only digests that ran on two or more GPU types say
+            anything about relative speed.
+        defaults: the prior (T4 = 1.0 is the fixed reference).
+        weight: how many observations the prior is worth.
+
+    Returns:
+        GPU type -> speed relative to a T4.
+
+    Design choice: a least-squares fit of log-speeds to every observed ratio, pulled
+    towards the defaults, rather than one ratio per GPU: it uses chains of evidence
+    (T4 vs L4 and L4 vs A100 say something about T4 vs A100) and one odd run cannot
+    swing a factor far.
+    """
+    runtimes: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for digest, gpu, seconds in observations:
+        if gpu and seconds and seconds > 0:
+            runtimes[digest][gpu].append(float(seconds))
+    pairs: dict[str, list[tuple[str, float]]] = defaultdict(list)  # g -> [(h, log(r_h / r_g))]
+    for per_gpu in runtimes.values():
+        med = {g: sorted(v)[len(v) // 2] for g, v in per_gpu.items()}
+        for g in med:
+            for h in med:
+                if g != h:
+                    pairs[g].append((h, math.log(med[h] / med[g])))
+    x = {g: math.log(defaults.get(g, 1.0)) for g in set(defaults) | set(pairs)}
+    for _ in range(30):
+        for g, obs in pairs.items():
+            if g == "T4":
+                continue
+            prior = math.log(defaults.get(g, 1.0))
+            x[g] = (weight * prior + sum(x[h] + d for h, d in obs)) / (weight + len(obs))
+    return {g: round(math.exp(v), 4) for g, v in x.items()}
+
+
+def estimate(c: Candidate, gpu: str | None, speeds: Mapping[str, float]) -> float:
+    """Expected runtime (s) of ``c`` on ``gpu`` (None = CPU), never above what is left.
+
+    From this job's own history when there is one (scaled by the speed ratio when it ran
+    on another GPU); otherwise ``max_runtime`` is taken as the time on the slowest GPU the
+    job accepts, so faster GPUs are expected to finish proportionally sooner.
+    """
+    left = c.runtime
+    if not c.spec.resources.wants_gpu:
+        seen = list(c.history.values())
+        return min(left, sorted(seen)[len(seen) // 2]) if seen else left
+    key = gpu or "CPU"
+    s = speeds.get(key, 1.0)
+    if key in c.history:
+        return min(left, c.history[key])
+    for other, seconds in c.history.items():
+        return min(left, seconds * speeds.get(other, 1.0) / s)
+    accepted = [g for g in c.spec.resources.gpu if g != "any"] or list(GPU_TYPES)
+    slowest = min(speeds.get(g, 1.0) for g in accepted)
+    return min(left, left * slowest / s)
+
+
+# ---------------------------------------------------------------------------- placement
+
+
+@dataclass
+class _Option:
+    name: str
+    pref: int
+    order: int
+    start: float
+    duration: float
+    max_runtime: float
+    session: float | None
+    reserve: float
+    gpu: str | None
+    gpus: int
+    rate: float
+    note: str = ""
+
+    @property
+    def finish(self) -> float:
+        return self.start + self.duration
+
+
+def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
+          running: Mapping[str, int] | Sequence[Running], now: float,
+          ledger: Mapping[str, BudgetState] | None = None,
+          speeds: Mapping[str, float] | None = None) -> list[Decision]:
     """Decide, in queue order, where each job goes now.
 
     Args:
         jobs: queued jobs, already in dispatch order (priority, then FIFO).
         offers: platform name -> what it offers now (config order = default preference).
-        running: platform name -> attempts active there.
-        now: epoch seconds (for failover back-off).
+        running: active attempts (``Running``), or just their count per platform.
+        now: epoch seconds.
+        ledger: platform -> its budget state; a platform without one is unlimited.
+        speeds: GPU type -> speed relative to a T4 (defaults: quota.DEFAULT_SPEEDS).
 
     Returns:
-        One Place or Wait per job, in the same order.
+        One Place or Wait per job, in the same order. Each Place is booked against the
+        ledger and the platform's concurrency before the next job is considered.
     """
-    used = dict(running)
-    decisions: list[Decision] = []
+    speeds = {**DEFAULT_SPEEDS, **(speeds or {})}
+    budgets = dict(ledger or {})
+    used: dict[str, int] = defaultdict(int)
+    slots: dict[str, list[float]] = defaultdict(list)  # expected end of each occupied slot
+    if isinstance(running, Mapping):
+        used.update(running)
+    else:
+        for r in running:
+            used[r.platform] += 1
+            slots[r.platform].append(max(r.expected_end, now))
+    offer_quota = {n: o.quota_left_seconds for n, o in offers.items()}
     configured = list(offers)
+    demand = _captive_demand(jobs, offers, budgets, speeds, configured)
+    decisions: list[Decision] = []
     for c in jobs:
-        reasons: list[str] = []
-        chosen = None
         names = allowed_platforms(c, configured)
         if not names:
             wanted = c.pin or ", ".join(c.spec.platforms)
             decisions.append(Wait(c.id, f"none of the job's platforms ({wanted}) is configured"))
             continue
-        for name in names:
+        ranked = bool(c.pin or c.spec.platforms)
+        verdicts: list[tuple[str, str]] = []
+        untils: list[float] = []
+        free: list[_Option] = []
+        busy: list[_Option] = []
+        for pref, name in enumerate(names):
             offer = offers[name]
-            why = misfit(c.spec, offer)
-            if why is None and not offer.available:
-                why = offer.reason or "unavailable"
-            if why is None and c.avoid.get(name, 0) > now:
-                why = f"lost an attempt of this job; avoided for {format_duration(c.avoid[name] - now)}"
-            if why is None and offer.time_left_seconds is not None and c.spec.checkpoint is None \
-                    and offer.time_left_seconds < c.spec.resources.max_runtime:
-                why = f"{format_duration(offer.time_left_seconds)} left in its session"
-            if why is None and used.get(name, 0) >= offer.max_concurrent:
-                why = f"busy ({used.get(name, 0)}/{offer.max_concurrent} running)"
-            if why is None:
-                chosen = name
-                break
-            reasons.append(f"{name}: {why}")
-        if chosen:
-            used[chosen] = used.get(chosen, 0) + 1
-            decisions.append(Place(c.id, chosen))
-        else:
-            decisions.append(Wait(c.id, "; ".join(reasons)))
+            keep = sum(units for job_id, units in demand.get(name, {}).items() if job_id != c.id)
+            if c.id in demand.get(name, {}) or not keep:
+                keep = 0.0  # a job that can run nowhere else may use what is kept
+            option, why, until = _consider(c, offer, budgets.get(name), offer_quota.get(name), now, speeds, keep)
+            if option is None:
+                verdicts.append((name, why))
+                if until is not None and until > now:
+                    untils.append(until)
+                continue
+            option.pref = pref if ranked else 0
+            option.order = configured.index(name)
+            if used[name] >= offer.max_concurrent:
+                taken = sorted(slots[name])
+                free_at = taken[0] if len(taken) >= used[name] and taken else None
+                hint = f"; a slot frees by {format_when(free_at, now)}" if free_at and free_at > now else ""
+                verdicts.append((name, f"busy ({used[name]}/{offer.max_concurrent} running{hint})"))
+                if free_at is not None:
+                    option.start = max(free_at, now)
+                    busy.append(option)
+                    untils.append(max(free_at, now))
+                continue
+            free.append(option)
+        key = lambda o: (o.pref, o.finish, o.order)  # noqa: E731
+        best = min(free, key=key) if free else None
+        better = [b for b in busy if best is None or (b.pref <= best.pref and
+                                                      b.finish - now < WAIT_GAIN * (best.finish - now))]
+        if better and best is not None:
+            target = min(better, key=key)
+            # Hold the busy slot for this job so that the next job does not count on it too.
+            taken = sorted(slots[target.name])
+            taken[0] = target.finish
+            slots[target.name] = taken
+            decisions.append(Wait(
+                c.id, f"waiting for {target.name}: expected to finish it {format_when(target.finish, now)}, "
+                      f"sooner than {best.name} ({format_when(best.finish, now)})",
+                until=target.start, verdicts=tuple(verdicts)))
+            continue
+        if best is None:
+            decisions.append(Wait(c.id, "; ".join(f"{n}: {w}" for n, w in verdicts),
+                                  until=min(untils) if untils else None, verdicts=tuple(verdicts)))
+            continue
+        used[best.name] += 1
+        slots[best.name].append(best.finish)
+        for per_job in demand.values():
+            per_job.pop(c.id, None)
+        if best.rate > 0 and best.name in budgets:
+            budgets[best.name] = budgets[best.name].reserve(now, now + best.reserve, best.rate)
+        if offer_quota.get(best.name) is not None and c.spec.resources.wants_gpu:
+            offer_quota[best.name] = max(0.0, offer_quota[best.name] - best.reserve)
+        why = f"est. {format_duration(best.duration)} on {best.gpu or 'CPU'}"
+        if best.session is not None:
+            why += f"; segment of {format_duration(best.session)} ({format_duration(best.max_runtime)} left)"
+        if best.note:
+            why += f"; {best.note}"
+        decisions.append(Place(
+            c.id, best.name, max_runtime_s=best.max_runtime, session_s=best.session, reserve_s=best.reserve,
+            gpu=best.gpu, gpus=best.gpus, rate=best.rate, estimate_s=best.duration, why=why,
+            verdicts=tuple(verdicts)))
     return decisions
+
+
+def _unlimited(budget: BudgetState | None) -> bool:
+    return budget is None or budget.limit is None
+
+
+def _captive_demand(jobs: Sequence[Candidate], offers: Mapping[str, Offer], budgets: Mapping[str, BudgetState],
+                    speeds: Mapping[str, float], configured: list[str]) -> dict[str, dict[str, float]]:
+    """platform -> {job id: budget units} that queued jobs which can run on no unlimited
+    platform (a session too short for them, a GPU too small) will need from it.
+
+    Design choice: a job that could also run on an unlimited platform (a lab machine at
+    night) does not take budget that such captive jobs need: spending Kaggle's weekly hours
+    on work the lab could have done leaves the long jobs nowhere to go until the reset.
+    Only platforms that are available now, or will be at a known time, count as places a
+    job can go.
+    """
+    open_unlimited = [n for n, o in offers.items() if _unlimited(budgets.get(n)) and
+                      (o.available or o.available_at is not None)]
+    out: dict[str, dict[str, float]] = {}
+    for c in jobs:
+        names = allowed_platforms(c, configured)
+        if any(n in open_unlimited and misfit(c.spec, offers[n]) is None for n in names):
+            continue
+        for n in names:
+            b = budgets.get(n)
+            if _unlimited(b) or misfit(c.spec, offers[n]) is not None:
+                continue
+            _gpu, _count, rate = reservation_rate(b.budget, c.spec, offers[n], speeds)
+            session = offers[n].session_seconds
+            length = min(c.runtime, session) if (c.spec.checkpoint and session) else c.runtime
+            if rate > 0:
+                out.setdefault(n, {})[c.id] = rate * length / 3600
+    return out
+
+
+def _consider(c: Candidate, offer: Offer, budget: BudgetState | None, offer_quota: float | None, now: float,
+              speeds: Mapping[str, float], keep: float = 0.0) -> tuple[_Option | None, str, float | None]:
+    """One job on one platform: an option, or (None, why not, when that may change).
+    ``keep``: budget units this job must leave for jobs that can run nowhere else."""
+    why = misfit(c.spec, offer)
+    if why is not None:
+        return None, why, None
+    if not offer.available:
+        return None, offer.reason or "unavailable", offer.available_at
+    if c.avoid.get(offer.platform, 0) > now:
+        until = c.avoid[offer.platform]
+        return None, f"lost an attempt of this job; avoided for {format_duration(until - now)}", until
+    remaining = c.runtime
+    caps = [s for s in (offer.session_seconds, offer.time_left_seconds) if s is not None]
+    cap = min(caps) if caps else None
+    chain = c.spec.checkpoint is not None
+    if cap is not None and cap < remaining:
+        if not chain:
+            return None, f"{format_duration(cap)} left in its session, job needs {format_duration(remaining)}", \
+                offer.available_at
+        if cap < min(remaining, offer.min_segment_seconds):
+            return None, (f"{format_duration(cap)} left in its session, shorter than a useful segment "
+                          f"({format_duration(offer.min_segment_seconds)})"), offer.available_at
+    length = min(remaining, cap) if (chain and cap is not None) else remaining
+    note = ""
+    gpu, gpus, rate = (reservation_rate(budget.budget, c.spec, offer, speeds) if budget is not None
+                       else (pick_gpu(c.spec, offer, None, speeds), 0, 0.0))
+    gpu_job = c.spec.resources.wants_gpu
+    if rate > 0 or (gpu_job and offer_quota is not None):
+        fits = length
+        short = budget.shortfall(now, now + length, rate) if budget is not None else None
+        if short is not None:
+            fits = budget.longest(now, now + length, rate) if chain else 0.0
+        if gpu_job and offer_quota is not None and offer_quota < fits:
+            fits = offer_quota if chain else 0.0
+        kept = False
+        if keep > 0 and budget is not None and budget.limit is not None and fits > 0:
+            spare = max(0.0, (budget.left() or 0.0) - keep) / rate * 3600
+            if spare < fits:
+                fits, kept = (spare if chain else 0.0), True
+        if fits < length:
+            if not chain or fits < min(remaining, offer.min_segment_seconds):
+                if kept:
+                    return None, (f"its {budget.describe()} is kept for queued jobs that can run nowhere else "
+                                  f"({budget.budget.fmt(keep)})"), budget.resets_at if budget.resets_at != math.inf else None
+                return _quota_reason(budget, short, offer, offer_quota, length, now)
+            note = "segment cut to the quota left"
+            length = fits
+    session = length if length < remaining else None
+    duration = estimate(c, gpu, speeds)
+    return _Option(offer.platform, 0, 0, now, duration, remaining, session, length, gpu, gpus, rate, note), "", None
+
+
+def _quota_reason(budget: BudgetState | None, short: tuple[float, float] | None, offer: Offer,
+                  offer_quota: float | None, length: float, now: float) -> tuple[None, str, float | None]:
+    """(None, "1.2 GPU h left this week, job needs 3.0 GPU h — refresh Sat 00:00 UTC", reset)."""
+    if budget is not None and short is not None:
+        left, need = short
+        period = {"weekly": "this week", "monthly": "this month", "daily": "today"}.get(
+            budget.budget.window.kind, "")
+        # The first window that overflows may be the next one (a job spanning the reset).
+        current = budget.limit - budget.used - budget.reserved() if budget.limit is not None else 0.0
+        where = period if abs(current - left) < 1e-6 else "in the next window"
+        text = f"{budget.budget.fmt(left)} left {where}, job needs {budget.budget.fmt(need)}".replace("  ", " ")
+        if budget.resets_at != math.inf:
+            text += f" — refresh {format_when(budget.resets_at, now)}"
+        return None, text, (budget.resets_at if budget.resets_at != math.inf else None)
+    left = offer_quota or 0.0
+    text = f"GPU quota: {format_duration(left)} left, job may need {format_duration(length)}"
+    if offer.quota_resets_at:
+        text += f" — refresh {format_when(offer.quota_resets_at, now)}"
+    return None, text, offer.quota_resets_at

@@ -7,6 +7,7 @@ PyYAML's node tree, so every error can point at the line to edit.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,77 @@ class Setup(_Model):
     file: str | None = None
 
 
+def _param_value(name: str, value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)) or value is None:
+        raise ValueError(f"{name}: a parameter value must be a string, number or boolean")
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _param_name(name: Any) -> str:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise ValueError(f"'{name}' is not a valid parameter name (it becomes an environment variable: "
+                         "letters, digits and '_')")
+    if name.upper().startswith("ORCH_"):
+        raise ValueError(f"'{name}': names starting with ORCH_ are reserved")
+    return name
+
+
+#: More points than this is almost certainly a mistake in a grid.
+MAX_SWEEP_POINTS = 1000
+
+
+class Sweep(_Model):
+    """``sweep:``: one job per parameter set, all sharing one bundle; each point's values
+    reach the job as environment variables.
+
+    ``grid`` takes every combination of its lists; ``points`` lists the sets explicitly.
+    """
+
+    grid: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    points: tuple[dict[str, str], ...] = ()
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping of NAME: [values]")
+        out = {}
+        for name, values in value.items():
+            _param_name(name)
+            items = values if isinstance(values, (list, tuple)) else [values]
+            if not items:
+                raise ValueError(f"{name}: give at least one value")
+            out[name] = tuple(_param_value(name, v) for v in items)
+        return out
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("expected a list of parameter sets, e.g. [{LR: 0.1}, {LR: 0.01}]")
+        out = []
+        for i, point in enumerate(value):
+            if not isinstance(point, dict) or not point:
+                raise ValueError(f"point {i}: expected a mapping NAME: value")
+            out.append({_param_name(k): _param_value(k, v) for k, v in point.items()})
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _size(self) -> "Sweep":
+        if not self.grid and not self.points:
+            raise ValueError("give `grid:` (every combination) or `points:` (a list of parameter sets)")
+        if self.grid and self.points:
+            raise ValueError("give either `grid:` or `points:`, not both")
+        n = len(self.points) if self.points else math.prod(len(v) for v in self.grid.values())
+        if n > MAX_SWEEP_POINTS:
+            raise ValueError(f"{n} points is more than {MAX_SWEEP_POINTS}; split the sweep")
+        return self
+
+
 class JobSpec(_Model):
     """A validated job.yaml. Paths (``code``, dataset paths) are absolute after loading."""
 
@@ -128,6 +200,10 @@ class JobSpec(_Model):
     priority: int = 0
     checkpoint: str | None = None
     internet: bool = True
+    #: seconds between SIGTERM and SIGKILL, and how long before a session ends the job is
+    #: told to checkpoint; None = the platform's or controller's grace.
+    grace: float | None = None
+    sweep: Sweep | None = None
 
     _source: Path | None = PrivateAttr(default=None)
     _lines: dict = PrivateAttr(default_factory=dict)
@@ -200,6 +276,11 @@ class JobSpec(_Model):
         if isinstance(value, str):
             return (value,)
         return value
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _grace(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
 
     @field_validator("checkpoint")
     @classmethod
@@ -304,4 +385,6 @@ def from_public_dict(doc: dict[str, Any]) -> JobSpec:
     if not resources.get("gpu"):
         resources.pop("gpu_count", None)
     doc["resources"] = resources
+    if isinstance(doc.get("grace"), (int, float)):
+        doc["grace"] = f"{doc['grace']}s"
     return JobSpec.model_validate(doc)

@@ -29,7 +29,7 @@ from .states import (
     ACTIVE_ATTEMPT_STATES, AttemptState, JobState, check_attempt_transition, check_job_transition,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -83,9 +83,12 @@ attempts = Table(
     Column("gpu_count", Integer),
     Column("max_runtime_s", Float),
     Column("result", Text),                          # result.json as fetched
+    Column("session_s", Float),                      # chain segment length given to the runner (v2)
 )
 Index("ix_attempts_state", attempts.c.state)
 Index("ix_attempts_job", attempts.c.job_id)
+Index("ix_jobs_sweep", jobs.c.sweep_id)
+Index("ix_jobs_bundle", jobs.c.bundle)
 
 events = Table(
     "events", metadata,
@@ -114,6 +117,8 @@ ledger = Table(
     Column("at", Float, nullable=False),
 )
 Index("ix_ledger_platform", ledger.c.platform)
+Index("ix_ledger_attempt", ledger.c.attempt_id)
+Index("ix_ledger_kind_end", ledger.c.kind, ledger.c.end)
 
 
 class Conflict(StateError):
@@ -170,6 +175,7 @@ class AttemptRow:
     gpu_count: int | None
     max_runtime_s: float | None
     result: dict | None
+    session_s: float | None = None
 
 
 def _job(row: Any) -> JobRow:
@@ -193,7 +199,7 @@ def _attempt(row: Any) -> AttemptRow:
         unknown_since=m["unknown_since"], heartbeat_at=m["heartbeat_at"], exit_code=m["exit_code"],
         failure_class=m["failure_class"], message=m["message"] or "", runtime_s=m["runtime_s"],
         gpu_name=m["gpu_name"], gpu_count=m["gpu_count"], max_runtime_s=m["max_runtime_s"],
-        result=json.loads(m["result"]) if m["result"] else None,
+        result=json.loads(m["result"]) if m["result"] else None, session_s=m.get("session_s"),
     )
 
 
@@ -340,20 +346,31 @@ class Store:
 
     def add_job(self, *, name: str, spec: dict, bundle: str, priority: int = 0, pin: str | None = None,
                 sweep_id: str | None = None, extra: dict | None = None) -> str:
-        job_id = uuid.uuid4().hex
+        return self.add_jobs([dict(name=name, spec=spec, bundle=bundle, priority=priority, pin=pin,
+                                   sweep_id=sweep_id, extra=extra)])[0]
+
+    def add_jobs(self, entries: list[dict[str, Any]]) -> list[str]:
+        """Queue several jobs in one transaction (a sweep is queued whole or not at all).
+        Each entry has the keyword arguments of :meth:`add_job`."""
         now = time.time()
         user = self.who.split("@")[0]
         host = self.who.split("@")[1].rsplit(":", 1)[0]
+        ids = []
         with self.engine.begin() as conn:
-            conn.execute(insert(jobs).values(
-                id=job_id, name=name, state=JobState.QUEUED.value, spec=json.dumps(spec, sort_keys=True),
-                bundle=bundle, priority=priority, created_at=now, updated_at=now, pin=pin, attempts=0,
-                lost_count=0, error_count=0, message="", avoid="{}", submitted_by=user, submitted_host=host,
-                sweep_id=sweep_id, extra=json.dumps(extra or {}),
-            ))
-            conn.execute(insert(events).values(job_id=job_id, at=now, kind="job", from_state=None,
-                                               to_state=JobState.QUEUED.value, reason="submitted", actor=self.who))
-        return job_id
+            for i, e in enumerate(entries):
+                job_id = uuid.uuid4().hex
+                ids.append(job_id)
+                # created_at grows by a microsecond per entry so that FIFO keeps the given order.
+                at = now + i * 1e-6
+                conn.execute(insert(jobs).values(
+                    id=job_id, name=e["name"], state=JobState.QUEUED.value, spec=json.dumps(e["spec"], sort_keys=True),
+                    bundle=e["bundle"], priority=e.get("priority", 0), created_at=at, updated_at=at, pin=e.get("pin"),
+                    attempts=0, lost_count=0, error_count=0, message="", avoid="{}", submitted_by=user,
+                    submitted_host=host, sweep_id=e.get("sweep_id"), extra=json.dumps(e.get("extra") or {}),
+                ))
+                conn.execute(insert(events).values(job_id=job_id, at=at, kind="job", from_state=None,
+                                                   to_state=JobState.QUEUED.value, reason="submitted", actor=self.who))
+        return ids
 
     def note(self, job_id: str, message: str) -> None:
         """Set a job's human-readable status line (e.g. why it waits), whatever its state."""
@@ -461,6 +478,98 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(ledger.c.id))]
 
+    def ledger_charges(self, platforms: Iterable[str], since: float) -> list[tuple[str, float, float, float]]:
+        """(platform, amount, start, end) of charges ending after ``since``: the current
+        windows only, never the whole history."""
+        names = list(platforms)
+        if not names:
+            return []
+        q = select(ledger.c.platform, ledger.c.amount, ledger.c.start, ledger.c.end).where(
+            ledger.c.kind == "charge", ledger.c.end > since, ledger.c.platform.in_(names))
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q)]
+
+    def reservations(self, attempt_ids: Iterable[int]) -> dict[int, dict]:
+        """The reserve row of each of these attempts (the active ones, in practice)."""
+        ids = list(attempt_ids)
+        out: dict[int, dict] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                q = select(ledger).where(ledger.c.kind == "reserve", ledger.c.attempt_id.in_(ids[i:i + 500]))
+                for r in conn.execute(q):
+                    out[r._mapping["attempt_id"]] = dict(r._mapping)
+        return out
+
+    def runtimes(self, digests: Iterable[str] | None = None, limit: int = 5000,
+                 gpu_jobs_only: bool = False) -> list[tuple[str, str | None, float]]:
+        """(bundle digest, GPU name, runtime) of the latest successful, unchained attempts:
+        of these bundles, or (``digests`` None) of any, for learning GPU speeds;
+        ``gpu_jobs_only`` leaves out jobs that asked for no GPU (their runtime says nothing
+        about the GPU they happened to sit next to)."""
+        chained = select(attempts.c.job_id).where(attempts.c.state == AttemptState.CHECKPOINTED.value)
+        q = (select(jobs.c.bundle, attempts.c.gpu_name, attempts.c.runtime_s)
+             .join(jobs, jobs.c.id == attempts.c.job_id)
+             .where(attempts.c.state == AttemptState.SUCCEEDED.value, attempts.c.runtime_s.is_not(None),
+                    attempts.c.job_id.not_in(chained))
+             .order_by(attempts.c.id.desc()).limit(limit))
+        if gpu_jobs_only:
+            # specs are stored with json.dumps(sort_keys=True): a job without a GPU has "gpu": []
+            q = q.where(attempts.c.gpu_name.is_not(None), jobs.c.spec.not_like('%"gpu": []%'))
+        if digests is not None:
+            names = list(digests)
+            if not names:
+                return []
+            q = q.where(jobs.c.bundle.in_(names))
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q)]
+
+    def sweep_jobs(self, sweep_id: str) -> list[JobRow]:
+        """The points of one sweep, in submission order."""
+        q = select(jobs).where(jobs.c.sweep_id == sweep_id).order_by(jobs.c.created_at, jobs.c.id)
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(q)]
+
+    def resolve_sweep(self, ref: str) -> str | None:
+        """The sweep id a reference names (an id prefix, or the sweep's name: its latest
+        sweep of that name), or None."""
+        ref = ref.strip()
+        if not ref:
+            return None
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(select(jobs.c.sweep_id).where(jobs.c.sweep_id.like(ref.lower() + "%"))
+                                              .group_by(jobs.c.sweep_id).limit(6))]
+            if not ids:  # the sweep's name: its points are called <name>-<index>
+                q = (select(jobs.c.sweep_id, func.max(jobs.c.created_at)).where(
+                    jobs.c.sweep_id.is_not(None), jobs.c.name.like(ref.replace("%", "") + "-%"))
+                     .group_by(jobs.c.sweep_id).order_by(func.max(jobs.c.created_at).desc()).limit(1))
+                ids = [r[0] for r in conn.execute(q)]
+        if len(ids) > 1:
+            raise NotFoundError(f"'{ref}' matches several sweeps: {', '.join(i[:8] for i in ids[:5])}; type more of the id")
+        return ids[0] if ids else None
+
+    def sweep_counts(self, sweep_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """sweep id -> {state: count}."""
+        ids = list(sweep_ids)
+        if not ids:
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        q = (select(jobs.c.sweep_id, jobs.c.state, func.count()).where(jobs.c.sweep_id.in_(ids))
+             .group_by(jobs.c.sweep_id, jobs.c.state))
+        with self.engine.connect() as conn:
+            for sweep_id, st, n in conn.execute(q):
+                out.setdefault(sweep_id, {})[st] = n
+        return out
+
+    def meta_get(self, key: str) -> str | None:
+        """A small key-value setting kept with the state (e.g. a cached quota reading)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
+                conn.execute(insert(meta).values(key=key, value=value))
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return {s: n for s, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))}
@@ -469,7 +578,16 @@ class Store:
         self.engine.dispose()
 
 
-MIGRATIONS: dict[int, Any] = {}
+def _v1_to_v2(conn: Connection) -> None:
+    """Chain segments (attempts.session_s) and the indexes quota and sweeps read by."""
+    columns = {c["name"] for c in __import__("sqlalchemy").inspect(conn).get_columns("attempts")}
+    if "session_s" not in columns:
+        conn.exec_driver_sql("ALTER TABLE attempts ADD COLUMN session_s FLOAT")
+    for index in (*attempts.indexes, *jobs.indexes, *ledger.indexes):
+        index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Any] = {1: _v1_to_v2}
 """``MIGRATIONS[v](conn)`` moves a schema from version v to v+1."""
 
 

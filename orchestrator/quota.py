@@ -1,0 +1,523 @@
+"""Budgets, windows and the quota ledger: how much of each platform orch may still use.
+
+A platform's **budget** is a limit per **window** (weekly with a reset such as Saturday
+00:00 UTC, monthly, daily, or none) in a **unit** (GPU hours, or compute units at a
+rate per GPU type). Defaults come from config (``budget:`` of a platform entry, or the
+type's default: Kaggle 30 GPU hours a week); a live reading from the platform
+(Kaggle's quota endpoint, ``colab usage``) overrides them when present.
+
+The **ledger** (the ``ledger`` table) holds one ``reserve`` row per attempt, written in
+the same transaction as the attempt itself, for the longest it may run; when the attempt
+ends, a ``charge`` row for what it really ran (from ``result.json``) and a ``release`` row
+are written in the same transaction as its final state. So a crash at any point leaves
+either an active attempt with its reservation, or a finished one with exactly one charge.
+
+Headroom is computed per window from charges *overlapping* that window, pro rata, so a
+charge that spans a reset is split between the two windows it touches; reservations of
+running attempts are counted the same way. Only the current window's rows are read.
+
+Design choice: a reservation is checked against every window it touches, not only the
+current one. Checking only the current window would let a job started just before the
+reset run most of its time in the next window unaccounted, and the next window could be
+overrun by the reservations that spill into it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .durations import format_duration
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .platforms.base import Offer, PlatformSettings, QuotaReading
+    from .spec import JobSpec
+
+#: Approximate Colab compute units per hour by GPU (as users measured them in 2024;
+#: ``colab usage`` shows the real burn rate). An unknown GPU is charged at the highest.
+CU_RATES: dict[str, float] = {"T4": 1.84, "V100": 4.91, "L4": 4.82, "A100": 11.77, "H100": 18.0}
+
+#: Default per-GPU speed, relative to a T4 (what the scheduler uses before it has learned better).
+DEFAULT_SPEEDS: dict[str, float] = {"T4": 1.0, "P100": 1.55, "V100": 2.8, "L4": 1.75, "A100": 2.5, "H100": 4.0,
+                                    "CPU": 0.1}
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+UNIT_NAMES = {"gpu_hours": "GPU h", "compute_units": "CU"}
+INF = float("inf")
+
+
+# ---------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class Window:
+    """A repeating accounting window in UTC.
+
+    Attributes:
+        kind: "weekly", "monthly", "daily" or "none" (one window forever).
+        weekday: weekly reset day, Monday = 0 (Saturday = 5).
+        day: monthly reset day of the month (clamped to the month's length).
+        minute: minutes after midnight UTC of the reset.
+    """
+
+    kind: str = "weekly"
+    weekday: int = 5
+    day: int = 1
+    minute: int = 0
+
+    def bounds(self, now: float) -> tuple[float, float]:
+        """``[start, end)`` of the window holding ``now`` (epoch seconds)."""
+        if self.kind == "none":
+            return -INF, INF
+        t = datetime.fromtimestamp(now, timezone.utc)
+        if self.kind == "daily":
+            start = t.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(minutes=self.minute)
+            if start > t:
+                start -= timedelta(days=1)
+            return start.timestamp(), (start + timedelta(days=1)).timestamp()
+        if self.kind == "weekly":
+            midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
+            start = midnight - timedelta(days=(t.weekday() - self.weekday) % 7) + timedelta(minutes=self.minute)
+            if start > t:
+                start -= timedelta(days=7)
+            return start.timestamp(), (start + timedelta(days=7)).timestamp()
+        # monthly
+        start = self._month_reset(t.year, t.month)
+        if start > t:
+            year, month = (t.year - 1, 12) if t.month == 1 else (t.year, t.month - 1)
+            start = self._month_reset(year, month)
+        year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+        return start.timestamp(), self._month_reset(year, month).timestamp()
+
+    def _month_reset(self, year: int, month: int) -> datetime:
+        day = min(self.day, calendar.monthrange(year, month)[1])
+        return datetime(year, month, day, tzinfo=timezone.utc) + timedelta(minutes=self.minute)
+
+    def spans(self, start: float, end: float) -> list[tuple[float, float]]:
+        """The windows ``[start, end)`` touches, in order."""
+        out = []
+        t = start
+        while True:
+            lo, hi = self.bounds(t)
+            out.append((lo, hi))
+            if hi >= end or hi == INF:
+                return out
+            t = hi
+
+    def describe(self) -> str:
+        """e.g. "weekly, resets Sat 00:00 UTC"."""
+        at = f"{self.minute // 60:02d}:{self.minute % 60:02d} UTC"
+        if self.kind == "none":
+            return "no reset"
+        if self.kind == "daily":
+            return f"daily, resets {at}"
+        if self.kind == "weekly":
+            return f"weekly, resets {WEEKDAYS[self.weekday].title()} {at}"
+        return f"monthly, resets on day {self.day} {at}"
+
+
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+
+def _minutes(text: str) -> int:
+    m = _CLOCK.match(text)
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+        raise ValueError(f"'{text}' is not a time of day; write HH:MM (UTC)")
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+def parse_reset(kind: str, text: str | None) -> Window:
+    """A window from config: ``reset`` is "sat 00:00" (weekly), "1 00:00" (monthly, day of
+    month) or "00:00" (daily), all UTC; the time may be left out (midnight).
+
+    Raises:
+        ValueError: naming the accepted forms.
+    """
+    words = (text or "").strip().lower().split()
+    if kind == "none":
+        return Window("none")
+    if kind == "daily":
+        if len(words) > 1:
+            raise ValueError(f"reset '{text}': a daily window resets at a time, e.g. '04:00' (UTC)")
+        return Window("daily", minute=_minutes(words[0]) if words else 0)
+    if kind == "weekly":
+        if not words:
+            return Window("weekly")
+        day = words[0][:3]
+        if day not in WEEKDAYS or len(words) > 2:
+            raise ValueError(f"reset '{text}': a weekly window resets on a day and time, e.g. 'sat 00:00' (UTC)")
+        return Window("weekly", weekday=WEEKDAYS.index(day), minute=_minutes(words[1]) if len(words) > 1 else 0)
+    if kind == "monthly":
+        if not words:
+            return Window("monthly")
+        if not words[0].isdigit() or not 1 <= int(words[0]) <= 31 or len(words) > 2:
+            raise ValueError(f"reset '{text}': a monthly window resets on a day of the month, e.g. '1 00:00' (UTC)")
+        return Window("monthly", day=int(words[0]), minute=_minutes(words[1]) if len(words) > 1 else 0)
+    raise ValueError(f"unknown window '{kind}'; expected weekly, monthly, daily or none")
+
+
+def parse_hours(text: str) -> tuple[int, int]:
+    """``available_hours: "22:00-06:00"`` -> (start, end) in minutes after midnight UTC."""
+    parts = text.replace(" ", "").split("-")
+    if len(parts) != 2:
+        raise ValueError(f"'{text}' is not a range of hours; write e.g. '22:00-06:00' (UTC)")
+    start, end = (_minutes(p) for p in parts)
+    if start == end:
+        raise ValueError(f"'{text}' is empty; leave available_hours out for a platform that is always available")
+    return start, end
+
+
+def hours_length(text: str) -> float:
+    """Seconds in the daily range ``text`` ("22:00-06:00" -> 8 h)."""
+    start, end = parse_hours(text)
+    return ((end - start) % 1440) * 60.0
+
+
+def open_hours(text: str, now: float) -> tuple[bool, float]:
+    """Whether ``now`` falls in the daily UTC range ``text``, and when that next changes."""
+    start, end = parse_hours(text)
+    t = datetime.fromtimestamp(now, timezone.utc)
+    midnight = t.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    minute = (now - midnight) / 60
+    inside = (start <= minute < end) if start < end else (minute >= start or minute < end)
+    target = end if inside else start
+    change = midnight + target * 60
+    if change <= now:
+        change += 86400
+    return inside, change
+
+
+# ---------------------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How one platform's use is counted and limited.
+
+    Attributes:
+        unit: "gpu_hours" or "compute_units".
+        limit: units per window; None = unlimited (usage is still recorded).
+        window: when the limit refills.
+        per_gpu: gpu_hours only: multiply hours by the job's GPU count.
+        rates: compute_units only: units per hour per GPU type.
+        source: where the numbers come from ("config", "default for kaggle", ...).
+    """
+
+    unit: str = "gpu_hours"
+    limit: float | None = None
+    window: Window = Window()
+    per_gpu: bool = True
+    rates: Mapping[str, float] = field(default_factory=dict)
+    source: str = "config"
+
+    def rate(self, gpu: str | None, count: int) -> float:
+        """Units per hour of a session with ``count`` GPUs of type ``gpu``."""
+        if self.unit == "compute_units":
+            if not gpu or count <= 0:
+                return 0.0
+            rates = {**CU_RATES, **self.rates}
+            return rates.get(gpu, max(rates.values()))
+        if count <= 0:
+            return 0.0
+        return float(count) if self.per_gpu else 1.0
+
+    def fmt(self, units: float) -> str:
+        return f"{units:.1f} {UNIT_NAMES.get(self.unit, self.unit)}"
+
+
+def default_budget(settings: "PlatformSettings") -> Budget:
+    """The budget of a platform entry: its ``budget:``, else its type's known limits."""
+    b = getattr(settings, "budget", None)
+    if b is not None:
+        return Budget(unit=b.unit, limit=b.limit, window=parse_reset(b.window, b.reset), per_gpu=b.per_gpu,
+                      rates=dict(b.rates), source="config")
+    if settings.type == "kaggle":
+        # Kaggle's weekly GPU quota refills on Saturday 00:00 UTC and counts session
+        # hours, whatever the GPU count (T4 x2 uses one hour per hour).
+        return Budget(limit=float(getattr(settings, "weekly_gpu_hours", 30.0)), window=Window("weekly", 5),
+                      per_gpu=False, source="default for kaggle")
+    tier = getattr(settings, "tier", None)
+    if settings.type in ("colab", "colab-drive") and tier in ("pro", "pro+"):
+        return Budget(unit="compute_units", limit=100.0 if tier == "pro" else 500.0, window=Window("monthly"),
+                      source=f"default for Colab {tier.title()}")
+    return Budget(source="unlimited")
+
+
+#: The largest memory (GB) each GPU type comes with, to keep a job that needs more off it.
+GPU_MAX_MEMORY_GB: dict[str, float] = {"T4": 16, "P100": 16, "V100": 32, "L4": 24, "A100": 80, "H100": 80}
+
+
+def reservation_rate(budget: Budget, spec: "JobSpec", offer: "Offer",
+                     speeds: Mapping[str, float] = DEFAULT_SPEEDS) -> tuple[str | None, int, float]:
+    """(GPU type, GPU count, units per hour) reserved for ``spec`` on ``offer``.
+
+    A job that wants no GPU consumes no GPU hours (rate 0), wherever it runs.
+    """
+    gpu = pick_gpu(spec, offer, budget, speeds)
+    count = spec.resources.gpu_count if (offer.gpus and spec.resources.wants_gpu) else 0
+    return gpu, count, budget.rate(gpu, count)
+
+
+def pick_gpu(spec: "JobSpec", offer: "Offer", budget: Budget | None = None,
+             speeds: Mapping[str, float] = DEFAULT_SPEEDS) -> str | None:
+    """The GPU type the job would get on ``offer``.
+
+    The job's first listed preference that is on offer; for ``gpu: any`` the type that
+    does the most work per budget unit (on compute units a T4 does 2.2x more work per
+    unit than an A100), ties going to the fastest. Types too small for
+    ``min_gpu_memory_gb`` are left out.
+    """
+    if not offer.gpus:
+        return None
+    for g in spec.resources.gpu:
+        if g in offer.gpus:
+            return g
+    need = spec.resources.min_gpu_memory_gb or 0
+    fits = [g for g in offer.gpus if GPU_MAX_MEMORY_GB.get(g, 1e9) >= need] or list(offer.gpus)
+    if budget is None:
+        return max(fits, key=lambda g: speeds.get(g, 1.0))
+
+    def value(g: str) -> tuple[float, float]:
+        rate = budget.rate(g, 1)
+        speed = speeds.get(g, 1.0)
+        return (speed / rate if rate > 0 else float("inf"), speed)
+
+    return max(fits, key=value)
+
+
+def gpu_type(name: str | None) -> str | None:
+    """A GPU name as nvidia-smi prints it ("Tesla T4", "NVIDIA A100-SXM4-40GB") -> "T4", "A100"."""
+    if not name:
+        return None
+    squashed = name.upper().replace(" ", "").replace("-", "")
+    for kind in ("H100", "A100", "V100", "P100", "L4", "T4"):
+        if kind in squashed:
+            if kind == "L4" and "L40" in squashed:
+                continue
+            return kind
+    return None
+
+
+# ---------------------------------------------------------------------------- headroom
+
+
+@dataclass(frozen=True)
+class Span:
+    """Units consumed at a constant rate over ``[start, end)`` (a reservation or a charge)."""
+
+    start: float
+    end: float
+    rate: float  # units per hour
+
+    @property
+    def amount(self) -> float:
+        return self.rate * max(0.0, self.end - self.start) / 3600
+
+    def within(self, lo: float, hi: float) -> float:
+        """Units of this span inside ``[lo, hi)``."""
+        a, b = max(self.start, lo), min(self.end, hi)
+        return self.rate * (b - a) / 3600 if b > a else 0.0
+
+
+def overlap(amount: float, start: float, end: float, lo: float, hi: float) -> float:
+    """The part of a charge of ``amount`` over ``[start, end]`` that falls in ``[lo, hi)``;
+    a zero-length charge counts where it happened."""
+    if end <= start:
+        return amount if lo <= start < hi else 0.0
+    a, b = max(start, lo), min(end, hi)
+    return amount * (b - a) / (end - start) if b > a else 0.0
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """One platform's budget as placement sees it: a pure value, copied on each reservation.
+
+    Attributes:
+        platform: configured name.
+        budget: unit, limit, window, rates.
+        now: when the snapshot was taken.
+        used: units charged in the current window (the live reading's ``used`` when live).
+        reservations: spans of active attempts (from ``now`` on when live, since the live
+            ``used`` already counts what they ran so far).
+        limit: the effective limit (a live reading overrides config).
+        resets_at: end of the current window (a live reading's refresh time overrides).
+        source: "ledger" or the live reading's source.
+    """
+
+    platform: str
+    budget: Budget
+    now: float
+    used: float = 0.0
+    reservations: tuple[Span, ...] = ()
+    limit: float | None = None
+    window_start: float = -INF
+    resets_at: float = INF
+    source: str = "ledger"
+
+    @property
+    def unlimited(self) -> bool:
+        return self.limit is None
+
+    def _windows(self, start: float, end: float) -> list[tuple[float, float, float]]:
+        """(lo, hi, already used) for each window ``[start, end)`` touches."""
+        out = [(self.window_start, self.resets_at, self.used)]
+        t = self.resets_at
+        while t < end and t != INF:
+            lo, hi = self.budget.window.bounds(t)
+            if hi <= lo or hi <= t:  # a live refresh time off the config grid: step a whole window
+                hi = t + (self.resets_at - self.window_start if self.window_start > -INF else 7 * 86400)
+            out.append((t, hi, 0.0))
+            t = hi
+        return out
+
+    def reserved(self, lo: float | None = None, hi: float | None = None) -> float:
+        lo = self.window_start if lo is None else lo
+        hi = self.resets_at if hi is None else hi
+        return sum(s.within(lo, hi) for s in self.reservations)
+
+    def left(self) -> float | None:
+        """Units left in the current window after charges and reservations (None = unlimited)."""
+        if self.limit is None:
+            return None
+        return max(0.0, self.limit - self.used - self.reserved())
+
+    def shortfall(self, start: float, end: float, rate: float) -> tuple[float, float] | None:
+        """None when a new span ``[start, end)`` at ``rate`` fits every window it touches;
+        else (units left, units needed) in the first window it would overrun."""
+        if self.limit is None or rate <= 0 or end <= start:
+            return None
+        new = Span(start, end, rate)
+        for lo, hi, used in self._windows(start, end):
+            need = new.within(lo, hi)
+            left = self.limit - used - self.reserved(lo, hi)
+            if need > left + 1e-9:
+                return max(0.0, left), need
+        return None
+
+    def longest(self, start: float, end: float, rate: float) -> float:
+        """The longest ``d <= end - start`` such that ``[start, start + d)`` fits (seconds)."""
+        if self.shortfall(start, end, rate) is None:
+            return end - start
+        lo, hi = 0.0, end - start
+        for _ in range(40):  # usage grows with d, so bisect
+            mid = (lo + hi) / 2
+            if self.shortfall(start, start + mid, rate) is None:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def reserve(self, start: float, end: float, rate: float) -> "BudgetState":
+        """A copy with one more reservation (placement's bookkeeping within one pass)."""
+        return replace(self, reservations=self.reservations + (Span(start, end, rate),))
+
+    def describe(self) -> str:
+        """e.g. "1.2 GPU h left this week" for messages."""
+        left = self.left()
+        if left is None:
+            return "unlimited"
+        period = {"weekly": "this week", "monthly": "this month", "daily": "today"}.get(self.budget.window.kind, "")
+        return f"{self.budget.fmt(left)} left {period}".rstrip()
+
+
+def state(platform: str, budget: Budget, now: float, charges: Iterable[tuple[float, float, float]],
+          reservations: Iterable[Span], live: "QuotaReading | None" = None) -> BudgetState:
+    """Build a BudgetState from ledger rows (charges as (amount, start, end)) and the
+    reservations of active attempts; a live reading, when present, replaces the charged
+    ``used``, the limit and the reset time."""
+    lo, hi = budget.window.bounds(now)
+    if live is not None and live.unit == budget.unit and (live.limit is not None or budget.limit is not None):
+        resets = live.resets_at.timestamp() if live.resets_at else hi
+        if resets <= now:
+            resets = hi
+        live_lo = lo
+        if resets != hi and resets != INF:
+            a, b = budget.window.bounds(resets - 1)
+            live_lo = resets - (b - a) if b != INF else -INF
+        return BudgetState(
+            platform=platform, budget=budget, now=now, used=live.used + live.reserved,
+            reservations=tuple(Span(max(s.start, now), s.end, s.rate) for s in reservations if s.end > now),
+            limit=live.limit if live.limit is not None else budget.limit,
+            window_start=live_lo, resets_at=resets, source=live.source or "live",
+        )
+    used = sum(overlap(amount, start, end, lo, hi) for amount, start, end in charges)
+    return BudgetState(platform=platform, budget=budget, now=now, used=used, reservations=tuple(reservations),
+                       limit=budget.limit, window_start=lo, resets_at=hi, source=budget.source)
+
+
+# ---------------------------------------------------------------------------- charges
+
+
+def charge_span(reserve: Mapping[str, Any], budget: Budget | None, result: Mapping[str, Any] | None,
+                started: float | None, ended: float, whole: bool = False) -> Span:
+    """What one attempt is charged, given its reservation row.
+
+    The time is the runner's own (``result.json`` ``started_at``/``ended_at``: the whole
+    session, setup included) or, with no result (LOST, cancelled), from when the attempt
+    started to ``ended``; ``whole`` charges the whole reservation (a run that cannot be
+    stopped keeps running). The rate is the reservation's, except that compute units
+    follow the GPU the run really got.
+    """
+    r_start, r_end, amount = float(reserve["start"]), float(reserve["end"]), float(reserve["amount"])
+    hours = (r_end - r_start) / 3600
+    rate = amount / hours if hours > 0 else 0.0
+    if result and budget is not None and budget.unit == "compute_units":
+        gpu = gpu_type((result.get("gpu") or {}).get("name"))
+        if gpu and rate > 0:
+            rate = budget.rate(gpu, 1)
+    if whole:
+        return Span(started or r_start, max(r_end, started or r_start), rate)
+    start = end = None
+    if result:
+        start, end = result.get("started_at"), result.get("ended_at")
+    if not isinstance(start, (int, float)) or not isinstance(end, (int, float)) or end < start:
+        start, end = (started or r_start), ended
+    return Span(float(start), float(max(start, end)), rate)
+
+
+def format_reset(ts: float | None) -> str:
+    if ts is None or ts == INF:
+        return "never"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%a %Y-%m-%d %H:%M UTC")
+
+
+def format_when(ts: float, now: float) -> str:
+    """"Sat 00:00 UTC (in 2d03h)" for messages about when a wait ends (with the date
+    when it is a week or more away)."""
+    when = datetime.fromtimestamp(ts, timezone.utc)
+    if ts - now >= 6 * 86400:
+        day = when.strftime("%a %Y-%m-%d ")
+    elif ts - now < 86400 and when.day == datetime.fromtimestamp(now, timezone.utc).day:
+        day = ""
+    else:
+        day = when.strftime("%a ")
+    return f"{day}{when:%H:%M} UTC (in {format_duration(max(0.0, ts - now))})"
+
+
+def bar(used: float, reserved: float, limit: float | None, width: int = 20) -> str:
+    """A text bar: '#' used, '+' reserved, '.' free."""
+    if not limit:
+        return "-" * width
+    u = min(width, round(width * used / limit))
+    r = min(width - u, round(width * reserved / limit))
+    return "#" * u + "+" * r + "." * (width - u - r)
+
+
+def reading_to_json(reading: "QuotaReading | None") -> dict | None:
+    if reading is None:
+        return None
+    return {"unit": reading.unit, "used": reading.used, "limit": reading.limit, "reserved": reading.reserved,
+            "resets_at": reading.resets_at.timestamp() if reading.resets_at else None, "source": reading.source}
+
+
+def reading_from_json(doc: Mapping[str, Any] | None) -> "QuotaReading | None":
+    from .platforms.base import QuotaReading
+
+    if not doc:
+        return None
+    resets = datetime.fromtimestamp(doc["resets_at"], timezone.utc) if doc.get("resets_at") else None
+    return QuotaReading(unit=doc["unit"], used=float(doc["used"]), limit=doc.get("limit"),
+                        reserved=float(doc.get("reserved") or 0.0), resets_at=resets, source=doc.get("source", ""))
