@@ -21,7 +21,7 @@ import click
 from ..errors import OrchError
 from .common import console, err_console
 
-PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands")
+PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands", "schedule_commands")
 
 
 class OrchGroup(click.Group):

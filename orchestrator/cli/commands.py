@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import click
+from click import UsageError
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .. import controller
+from .. import sweep as sweep_mod
 from ..app import App
 from ..config import STARTER, Home
 from ..durations import format_duration
@@ -73,6 +75,15 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
         return
     job_id = res.job_id
     assert job_id
+    if res.sweep_id:
+        if wait:
+            raise UsageError("--wait follows one job; for a sweep, follow it with `orch status SWEEP`")
+        if as_json:
+            print_json({"id": res.sweep_id, "sweep_id": res.sweep_id, "jobs": res.job_ids})
+        else:
+            console.print(f"queued sweep [bold]{res.sweep_id[:8]}[/] ({res.name}): {len(res.job_ids)} jobs sharing "
+                          f"bundle {b.digest[:12]}, {_size(b.size)} — `orch status {res.sweep_id[:8]}` shows them")
+        return
     if as_json and not wait:
         print_json({"id": job_id})
         return
@@ -190,7 +201,7 @@ def _size(n: int | float | None) -> str:
 # ---------------------------------------------------------------------------- status
 
 
-def job_json(job: JobRow, att) -> dict:
+def job_json(job: JobRow, att, segments: int = 0) -> dict:
     result = att.result if att else None
     return {
         "id": job.id, "name": job.name, "state": job.state.value, "platform": job.platform,
@@ -199,46 +210,114 @@ def job_json(job: JobRow, att) -> dict:
         "gpu": (att.gpu_name if att else None), "runtime_s": (att.runtime_s if att else None),
         "exit_code": result.get("exit_code") if result else None,
         "submitted_by": job.submitted_by, "submitted_host": job.submitted_host,
+        "sweep_id": job.sweep_id, "sweep_params": (job.extra.get("sweep") or {}).get("params"),
+        "segments": segments,
     }
 
 
 @main.command()
 @click.argument("job", required=False)
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not only the latest 50.")
+@click.option("--expand", is_flag=True, help="List each point of a sweep under its line.")
 @json_option
 @pass_app
-def status(app: App, job: str | None, show_all: bool, as_json: bool) -> None:
-    """Show every job (or one job's attempts and events).
+def status(app: App, job: str | None, show_all: bool, expand: bool, as_json: bool) -> None:
+    """Show every job (or one job's attempts and events, or one sweep's points).
+
+    A sweep is one line with its progress (--expand lists its points); a job that runs as
+    a chain of checkpointed segments is one line whose TRIES counts its segments.
 
     \b
     Example:
       orch status
       orch status 3f9c --json
+      orch status --expand
     """
     if job:
-        _status_one(app, app.store.resolve(job), as_json)
+        try:
+            row = app.store.resolve(job)
+        except NotFoundError:
+            found = sweep_mod.resolve(app, job)
+            if found is None:
+                raise
+            _status_sweep(app, found[0], found[1], as_json)
+            return
+        _status_one(app, row, as_json)
         return
     rows = app.store.jobs(limit=None if show_all else 50)
     latest = app.store.latest_attempts([j.id for j in rows])
+    chains: dict[str, int] = {}
+    chain_time: dict[str, float] = {}
+    for j in rows:
+        if j.checkpoint:  # a chain: count its segments and add up their time
+            atts = app.store.attempts_of(j.id)
+            chains[j.id] = sum(1 for a in atts if a.state.value == "CHECKPOINTED")
+            chain_time[j.id] = sum(a.runtime_s or 0 for a in atts)
     if as_json:
-        print_json([job_json(j, latest.get(j.id)) for j in rows])
+        print_json([job_json(j, latest.get(j.id), chains.get(j.id, 0)) for j in rows])
         return
     if not rows:
         console.print("no jobs yet — `orch submit job.yaml` queues one")
         return
+    sweeps = app.store.sweep_counts({j.sweep_id for j in rows if j.sweep_id})
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE"):
         table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    shown: set[str] = set()
     for j in rows:
-        a = latest.get(j.id)
-        runtime = a.runtime_s if a and a.runtime_s else (time.time() - a.started_at if a and a.started_at and j.state.active else None)
-        table.add_row(j.short_id, j.name, styled_state(j.state.value), j.platform or "-",
-                      (a.gpu_name or "-") if a else "-", str(j.attempts), format_duration(runtime), ago(j.created_at),
-                      _escape(j.message))
+        if j.sweep_id:
+            if j.sweep_id in shown:
+                continue
+            shown.add(j.sweep_id)
+            points = [r for r in rows if r.sweep_id == j.sweep_id]
+            counts = sweeps.get(j.sweep_id, {})
+            name = (j.extra.get("sweep") or {}).get("name", j.name)
+            state = sweep_mod.overall_state(counts)
+            where = sorted({r.platform for r in points if r.platform})
+            table.add_row(j.sweep_id[:8], f"{name} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
+                          str(sum(r.attempts for r in points)), "-", ago(min(r.created_at for r in points)),
+                          sweep_mod.progress(counts))
+            if expand:
+                for r in sorted(points, key=lambda r: r.created_at):
+                    _status_row(table, r, latest.get(r.id), chains.get(r.id, 0), indent=True,
+                                total=chain_time.get(r.id))
+            continue
+        _status_row(table, j, latest.get(j.id), chains.get(j.id, 0), total=chain_time.get(j.id))
     console.print(table)
     counts = app.store.counts()
     if not show_all and sum(counts.values()) > len(rows):
         console.print(f"[dim]showing the latest {len(rows)} of {sum(counts.values())} jobs; --all for every one[/]")
+
+
+def _status_row(table: Table, j: JobRow, a, segments: int, indent: bool = False, total: float | None = None) -> None:
+    runtime = a.runtime_s if a and a.runtime_s else (time.time() - a.started_at if a and a.started_at and j.state.active else None)
+    if segments and total is not None:  # a chain: the time of all its segments
+        runtime = total + (runtime if j.state.active and runtime and not (a and a.runtime_s) else 0.0)
+    tries = f"{j.attempts} ({segments} seg)" if segments else str(j.attempts)
+    params = (j.extra.get("sweep") or {}).get("params")
+    note = _escape(j.message)
+    if indent and params:
+        note = _escape(sweep_mod.label(params)) + (f" — {note}" if note else "")
+    table.add_row(("  " if indent else "") + j.short_id, j.name, styled_state(j.state.value), j.platform or "-",
+                  (a.gpu_name or "-") if a else "-", tries, format_duration(runtime), ago(j.created_at), note)
+
+
+def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) -> None:
+    latest = app.store.latest_attempts([j.id for j in rows])
+    counts = app.store.sweep_counts([sweep_id]).get(sweep_id, {})
+    name = (rows[0].extra.get("sweep") or {}).get("name", rows[0].name)
+    if as_json:
+        print_json({"sweep_id": sweep_id, "name": name, "state": sweep_mod.overall_state(counts),
+                    "counts": counts, "jobs": [job_json(j, latest.get(j.id)) for j in rows]})
+        return
+    console.print(f"[bold]{name}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
+                  f"{sweep_mod.progress(counts)}")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE"):
+        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    for j in rows:
+        _status_row(table, j, latest.get(j.id), 0, indent=True)
+    console.print(table)
 
 
 def _escape(text: str) -> str:
@@ -270,12 +349,27 @@ def _status_one(app: App, job: JobRow, as_json: bool) -> None:
     res = job.spec.get("resources", {})
     gpu = "/".join(res.get("gpu") or []) or "none"
     console.print(f"  needs     gpu {gpu}, max_runtime {format_duration(res.get('max_runtime'))}")
+    params = (job.extra.get("sweep") or {}).get("params")
+    if params:
+        console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {_escape(sweep_mod.label(params))}")
+    segments = [a for a in attempts if a.state.value == "CHECKPOINTED"]
+    if segments:
+        total = sum(a.runtime_s or 0 for a in attempts if a.state.value in ("CHECKPOINTED", "SUCCEEDED", "FAILED"))
+        console.print(f"  chain     {len(segments)} checkpointed segment(s) so far, {format_duration(total)} run of "
+                      f"{format_duration(res.get('max_runtime'))} max_runtime, on "
+                      f"{', '.join(dict.fromkeys(a.platform for a in segments))}")
     if attempts:
-        t = Table(box=None, header_style="bold", title="attempts", title_justify="left")
+        t = Table(box=None, header_style="bold", title="attempts" if not segments else "segments and attempts",
+                  title_justify="left")
         for col in ("#", "PLATFORM", "STATE", "EXIT", "RUNTIME", "GPU", "MESSAGE"):
             t.add_column(col)
+        seg = 0
         for a in attempts:
-            t.add_row(str(a.number), a.platform, styled_state(a.state.value),
+            label = str(a.number)
+            if segments and a.state.value in ("CHECKPOINTED", "SUCCEEDED"):
+                seg += 1
+                label += f" seg {seg}"
+            t.add_row(label, a.platform, styled_state(a.state.value),
                       "-" if a.exit_code is None else str(a.exit_code), format_duration(a.runtime_s),
                       a.gpu_name or "-", _escape(a.message))
         console.print(t)
@@ -372,15 +466,27 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
 @json_option
 @pass_app
 def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
-    """Cancel queued or running jobs (the process group is killed where the platform allows).
+    """Cancel queued or running jobs, or every point of a sweep (the process group is killed
+    where the platform allows).
 
     \b
     Example:
       orch cancel 3f9c 8a1e
+      orch cancel SWEEP_ID
     """
     out = []
     for ref in jobs:
-        row = app.store.resolve(ref)
+        try:
+            row = app.store.resolve(ref)
+        except NotFoundError:
+            found = sweep_mod.resolve(app, ref)
+            if found is None:
+                raise
+            for msg in sweep_mod.cancel(app, found[0]):
+                out.append({"id": found[0], "message": msg})
+                if not as_json:
+                    console.print(msg)
+            continue
         msg = controller.cancel(app, row)
         out.append({"id": row.id, "message": msg})
         if not as_json:

@@ -1,0 +1,125 @@
+"""``orch plan`` (where each queued job would go now, or why it waits and until when) and
+``orch quota`` (each platform's budget: used, reserved, left, reset)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .. import controller, quota, scheduler
+from ..app import App
+from ..durations import format_duration
+from .common import console, json_option, pass_app, print_json
+
+
+def register(main: click.Group) -> None:
+    main.add_command(plan)
+    main.add_command(quota_command)
+
+
+@click.command()
+@json_option
+@pass_app
+def plan(app: App, as_json: bool) -> None:
+    """Explain where each queued job would run now, or why it waits and when that changes.
+
+    The same placement `orch tick` makes (capability, availability, session length,
+    quota headroom in every window an attempt would touch, failover back-off, speed);
+    nothing is changed.
+
+    \b
+    Example:
+      orch plan
+      orch plan --json
+    """
+    ctl = controller.Controller(app)
+    queued = app.store.queued()
+    waits: dict[str, str] = {}
+    decisions = ctl.plan(queued=queued, waits=waits) if queued else []
+    by_id = {d.job_id: d for d in decisions}
+    now = time.time()
+    rows = []
+    for job in queued:
+        d = by_id.get(job.id)
+        doc = {"id": job.id, "name": job.name, "priority": job.priority, "platform": None, "reason": "",
+               "until": None, "verdicts": {}}
+        if isinstance(d, scheduler.Place):
+            doc.update(platform=d.platform, reason=d.why, max_runtime_s=d.max_runtime_s, session_s=d.session_s,
+                       estimate_s=d.estimate_s, gpu=d.gpu)
+        elif isinstance(d, scheduler.Wait):
+            doc.update(reason=d.reason, until=d.until)
+        else:
+            doc.update(reason=waits.get(job.id, "not placeable"))
+        doc["verdicts"] = dict(d.verdicts) if d is not None else {}
+        rows.append(doc)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("the queue is empty — `orch submit job.yaml` queues a job")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "NAME", "PRI", "WOULD", "WHY"):
+        table.add_column(col, overflow="fold" if col == "WHY" else "ellipsis", no_wrap=col != "WHY")
+    for r in rows:
+        if r["platform"]:
+            would = f"[green]run on {escape(r['platform'])}[/]"
+        elif r["until"]:
+            would = f"[yellow]wait[/] until {quota.format_when(r['until'], now)}"
+        else:
+            would = "[yellow]wait[/]"
+        table.add_row(r["id"][:8], escape(r["name"]), str(r["priority"]), would, escape(r["reason"]))
+    console.print(table)
+
+
+@click.command("quota")
+@click.option("--refresh", is_flag=True, help="Read each platform's live quota now instead of the cached reading.")
+@json_option
+@pass_app
+def quota_command(app: App, refresh: bool, as_json: bool) -> None:
+    """Show each platform's budget: used, reserved by running attempts, left, and the reset.
+
+    Budgets come from config (`budget:` of a platform, or its type's default, e.g.
+    Kaggle's 30 GPU hours a week); a live reading from the platform overrides them.
+
+    \b
+    Example:
+      orch quota
+      orch quota --refresh --json
+    """
+    ctl = controller.Controller(app)
+    now = time.time()
+    if refresh:
+        for name in app.config.names:
+            ctl.live_quota(name, refresh=True)
+    states, _running = ctl.budget_states(now, usage_for_all=True)
+    docs = []
+    for name, st in states.items():
+        b = st.budget
+        left = st.left()
+        docs.append({
+            "platform": name, "unit": b.unit, "used": round(st.used, 6), "reserved": round(st.reserved(), 6),
+            "left": None if left is None else round(left, 6), "limit": st.limit,
+            "window": b.window.describe(), "window_start": st.window_start if st.window_start > -quota.INF else None,
+            "resets_at": st.resets_at if st.resets_at < quota.INF else None, "source": st.source,
+        })
+    if as_json:
+        print_json(docs)
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("PLATFORM", "USED", "RSVD", "LEFT", "LIMIT", "", "RESETS"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("USED", "RSVD", "LEFT", "LIMIT") else "left")
+    for d in docs:
+        unit = quota.UNIT_NAMES.get(d["unit"], d["unit"])
+        num = lambda v: "-" if v is None else (f"{v:.2g}" if 0 < abs(v) < 0.1 else f"{v:.1f}")  # noqa: E731
+        resets = "-" if d["resets_at"] is None else (
+            f"{time.strftime('%a %H:%M', time.gmtime(d['resets_at']))} (in {format_duration(d['resets_at'] - now)})")
+        bar = quota.bar(d["used"], d["reserved"], d["limit"], width=12)
+        table.add_row(d["platform"], num(d["used"]), num(d["reserved"]), num(d["left"]),
+                      "unlimited" if d["limit"] is None else f"{d['limit']:g} {unit}", escape(f"[{bar}]"), resets)
+    console.print(table)
+    console.print("[dim]times UTC; bar: # used, + reserved by running attempts, . free; "
+                  "--json adds the window and where each number comes from[/]")
