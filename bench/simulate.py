@@ -512,6 +512,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--jobs", type=int, default=60)
     ap.add_argument("--weeks", type=float, default=6.0, help="give up after this many simulated weeks")
+    ap.add_argument("--seeds", type=int, default=0, help="also summarise orch over seeds 1..N")
     args = ap.parse_args()
     print(f"{args.jobs} jobs (seed {args.seed}); platforms: kaggle 30 GPU h/week x2, colab 100 CU/month x2, "
           f"lab A100 22:00-06:00 UTC")
@@ -527,6 +528,16 @@ def main() -> None:
             detail = ", ".join(f"{n} {u:.1f}/{a:.1f} h" for n, (u, a) in r.windows.items())
             print(f"{'':<12} per platform while the queue was deep ({r.deep_h:.0f} h): {detail}; "
                   f"fullest budget window {r.worst_window:.0%}")
+    if args.seeds:
+        rows = [simulate("orch", seed, args.jobs, args.weeks) for seed in range(1, args.seeds + 1)]
+        ratios = sorted(r.makespan_h / r.bound_h for r in rows if r.makespan_h is not None)
+        utils = sorted(r.utilisation for r in rows)
+        print(f"\norch over seeds 1..{args.seeds}: all finished in {sum(r.finished == r.total for r in rows)}, "
+              f"overruns {sum(r.overruns for r in rows)}, fullest window {max(r.worst_window for r in rows):.0%}; "
+              f"utilisation >= 95 % in {sum(u >= 0.95 for u in utils)} (min {utils[0]:.0%}, median "
+              f"{utils[len(utils) // 2]:.0%}); makespan <= 1.15x bound in {sum(x <= 1.15 for x in ratios)} "
+              f"(median {ratios[len(ratios) // 2]:.2f}x, worst {ratios[-1]:.2f}x); "
+              f"slowest run {max(r.wall_s for r in rows):.2f}s")
 
 
 if __name__ == "__main__":
