@@ -36,7 +36,7 @@ from filelock import FileLock
 from pydantic import field_validator
 
 from .. import failpoints
-from ..errors import CapacityError, LostError, PlatformError, PrecheckError
+from ..errors import CapacityError, LostError, PlatformError, PrecheckError, TransientError
 from .base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
 from .colab_cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
 from . import ssh_runs as runs
@@ -238,7 +238,10 @@ class ColabPlatform(SSHPlatform):
                 return None
             return Handle(key, {"dir": workdir, "root": self.root(conn), "pid": status.pid, "session": name})
 
-        return self.link(endpoint).call(look)
+        try:
+            return self.link(endpoint).call(look)
+        except PrecheckError as exc:  # looking, not starting: see SSHPlatform.call
+            raise TransientError(str(exc), self.name) from exc
 
     def poll(self, handle: Handle) -> RemoteStatus:
         if self._session(handle.data["session"]) is None:

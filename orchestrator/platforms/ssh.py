@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..durations import parse_duration
-from ..errors import LostError, PlatformError
+from ..errors import LostError, PlatformError, PrecheckError, TransientError
 from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus, runner_path
 from . import ssh_runs as runs
 from .ssh_link import Backoff, Link
@@ -198,7 +198,17 @@ class SSHPlatform(Platform):
         _close_links(self._links)
 
     def call(self, handle: Handle | None, fn: Callable[[Connection], Any]) -> Any:
-        return self.link(self.endpoint(handle)).call(fn)
+        """``fn(connection)`` for a run already out there (status, logs, fetch, cancel).
+
+        A refusal while looking at a run (host key changed, key no longer authorised)
+        is not the job's fault: it becomes a TransientError, so the attempt goes
+        UNKNOWN (and LOST after the controller's window) instead of failing, while the
+        message still says what to fix. Only ``submit`` fails fast on a PrecheckError.
+        """
+        try:
+            return self.link(self.endpoint(handle)).call(fn)
+        except PrecheckError as exc:
+            raise TransientError(str(exc), self.name) from exc
 
     def root(self, conn: Connection) -> str:
         """``remote_dir`` as an absolute path on the host (``~`` = the login directory)."""
@@ -244,7 +254,7 @@ class SSHPlatform(Platform):
         return f"{self.root(conn)}/attempts/{key}"
 
     def submit(self, launch: Launch) -> Handle:
-        return self.call(None, lambda conn: self.start(conn, launch, {}))
+        return self.link(self.endpoint()).call(lambda conn: self.start(conn, launch, {}))
 
     def start(self, conn: Connection, launch: Launch, extra: dict[str, Any]) -> Handle:
         """Upload what the run needs (skipping what the host has) and start it detached.

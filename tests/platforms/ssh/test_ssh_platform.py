@@ -109,6 +109,24 @@ def test_wrong_host_key_fails_the_precheck_showing_the_fingerprint_and_uploads_n
     assert not (tmp_path / "remote").exists()
 
 
+def test_a_host_key_that_changes_during_a_run_makes_it_unknown_not_failed(orch, config, ssh_platform, sshd,
+                                                                          tmp_path):
+    from tests.emulators.sshd import generate_ed25519
+
+    known = tmp_path / "pins"
+    sshd.write_known_hosts(known)
+    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(1.5)"))
+    tick_until_state(orch, job_id, {"RUNNING", "PENDING"})
+    impostor = generate_ed25519(tmp_path / "impostor")
+    known.write_text(f"{sshd.host_key_name} {impostor.key_type} {impostor.base64}\n")
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    assert job["state"] == "UNKNOWN" and "CHANGED" in job["message"]
+    sshd.write_known_hosts(known)  # the user checked and pinned the right key again
+    assert tick_until_state(orch, job_id, DONE)["state"] == "SUCCEEDED"
+
+
 def test_shell_metacharacters_in_paths_and_values_inject_nothing(orch, config, orch_home, ssh_platform, tmp_path,
                                                                    monkeypatch):
     evil_dir = tmp_path / "it's a $(touch PWNED1) `touch PWNED2` dir"
