@@ -44,4 +44,13 @@ class App:
         return self._platforms[name]
 
     def close(self) -> None:
+        """Close platform connections (SSH sessions, HTTP pools) and the store."""
+        for platform in self._platforms.values():
+            closer = getattr(platform, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:  # closing must never hide the command's own outcome
+                    pass
+        self._platforms.clear()
         self.store.close()
