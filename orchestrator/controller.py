@@ -425,6 +425,10 @@ class Controller:
         try:
             if status.state in (RemoteState.PENDING, RemoteState.RUNNING):
                 new = A(status.state.value)
+                if new == A.PENDING and att.state == A.RUNNING:
+                    # A run never goes back to pending; a read between the runner's last
+                    # heartbeat ("done") and its result.json can look so. Still running.
+                    new = A.RUNNING
                 with self.store.transaction() as tx:
                     if new != att.state:
                         tx.move_attempt(att.id, att.job_id, att.state, new, status.message or "status read",

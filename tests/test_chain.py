@@ -98,3 +98,31 @@ def test_a_job_longer_than_every_session_without_checkpoint_waits_with_the_fix_i
     doc = json.loads(r.output)[0]
     assert doc["id"] == job_id and doc["platform"] is None
     assert "sessions last 7s, job needs 1m" in doc["reason"] and "declare checkpoint:" in doc["reason"]
+
+
+def test_a_status_read_between_a_segments_last_heartbeat_and_its_result_keeps_it_running(
+        orch, orch_home, tmp_path, config):
+    import signal
+    import time
+
+    from orchestrator.controller import Controller
+    from tests.conftest import open_app
+
+    config("platforms:\n  a: {type: local}\ncontroller: {grace: 1s}\n")
+    path = make_job(tmp_path / "job", "name: s\nrun: sleep 30\n")
+    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    tick_until(lambda app: app.store.job(job_id).state == JobState.RUNNING)
+    attempt_dir = next((orch_home / "platforms" / "a" / "attempts").iterdir())
+    pid = json.loads((attempt_dir / "runner.pid.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)  # frozen right after its final heartbeat, before result.json
+    try:
+        (attempt_dir / "heartbeat.json").write_text(json.dumps({"time": time.time(), "phase": "done"}))
+        app = open_app()
+        try:
+            report = Controller(app).tick(lock_timeout=5)
+            assert app.store.attempts_of(job_id)[-1].state == AttemptState.RUNNING, report.problems
+        finally:
+            app.close()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert orch("cancel", job_id).exit_code == 0
