@@ -251,3 +251,28 @@ def test_live_readings_are_cached_in_the_store_between_ticks(orch_home, config):
         assert ctl.live_quota("l") == reading
     finally:
         app.close()
+
+
+def test_ledger_sweeps_and_the_live_cache_work_on_postgresql(orch, orch_home, tmp_path, config, pg_url, monkeypatch):
+    monkeypatch.setenv("ORCH_STATE_URL", pg_url)
+    config("platforms:\n  kag: {type: local, gpu: T4, max_concurrent: 2, budget: {limit: 5, per_gpu: false}}\n")
+    path = make_job(tmp_path / "job", """\
+        name: pgsweep
+        run: echo $N
+        resources: {gpu: any, max_runtime: 1h}
+        sweep: {points: [{N: 1}, {N: 2}]}
+        """)
+    doc = json.loads(orch("submit", str(path), "--json").output)
+    app = tick_until(lambda app: all(app.store.job(j).state.terminal for j in doc["jobs"]), timeout=60)
+    try:
+        assert app.store.url.startswith("postgresql")
+        assert app.store.resolve_sweep("pgsweep") == doc["sweep_id"]
+        assert app.store.sweep_counts([doc["sweep_id"]]) == {doc["sweep_id"]: {"SUCCEEDED": 2}}
+        kinds = sorted(r["kind"] for r in app.store.ledger_rows("kag"))
+        assert kinds == ["charge", "charge", "release", "release", "reserve", "reserve"]
+        assert len(app.store.runtimes([app.store.job(doc["jobs"][0]).bundle])) == 2
+    finally:
+        app.close()
+    q = json.loads(orch("quota", "--refresh", "--json").output)[0]
+    assert 0 < q["used"] < 0.01 and q["reserved"] == 0
+    assert json.loads(orch("status", "pgsweep", "--json").output)["counts"] == {"SUCCEEDED": 2}
