@@ -81,12 +81,10 @@ class BudgetSettings(BaseModel):
 
 
 def _seconds(value: Any) -> Any:
-    """A duration setting: "90s", "10m" (or a plain number of seconds)."""
+    """A duration setting: "90s", "10m" (a bare number is refused, as everywhere in orch)."""
     from ..durations import parse_duration
 
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        return value
-    return parse_duration(value)
+    return None if value is None else parse_duration(value)
 
 
 class PlatformSettings(BaseModel):
