@@ -486,9 +486,9 @@ def format_reset(ts: float | None) -> str:
 
 def format_when(ts: float, now: float) -> str:
     """"Sat 00:00 UTC (in 2d03h)" for messages about when a wait ends (with the date
-    when it is a week or more away)."""
+    when it is more than a week away)."""
     when = datetime.fromtimestamp(ts, timezone.utc)
-    if ts - now >= 6 * 86400:
+    if ts - now > 7 * 86400:
         day = when.strftime("%a %Y-%m-%d ")
     elif ts - now < 86400 and when.day == datetime.fromtimestamp(now, timezone.utc).day:
         day = ""
