@@ -384,9 +384,10 @@ class BudgetState:
             return None
         return max(0.0, self.limit - self.used - self.reserved())
 
-    def shortfall(self, start: float, end: float, rate: float) -> tuple[float, float] | None:
+    def shortfall(self, start: float, end: float, rate: float) -> tuple[float, float, float, float] | None:
         """None when a new span ``[start, end)`` at ``rate`` fits every window it touches;
-        else (units left, units needed) in the first window it would overrun."""
+        else (units left, units needed, window start, window end) for the first window it
+        would overrun."""
         if self.limit is None or rate <= 0 or end <= start:
             return None
         new = Span(start, end, rate)
@@ -394,7 +395,7 @@ class BudgetState:
             need = new.within(lo, hi)
             left = self.limit - used - self.reserved(lo, hi)
             if need > left + 1e-9:
-                return max(0.0, left), need
+                return max(0.0, left), need, lo, hi
         return None
 
     def longest(self, start: float, end: float, rate: float) -> float:

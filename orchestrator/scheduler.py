@@ -432,20 +432,25 @@ def _consider(c: Candidate, offer: Offer, budget: BudgetState | None, offer_quot
     return _Option(offer.platform, 0, 0, now, duration, remaining, session, length, gpu, gpus, rate, note), "", None
 
 
-def _quota_reason(budget: BudgetState | None, short: tuple[float, float] | None, offer: Offer,
+def _quota_reason(budget: BudgetState | None, short: tuple[float, float, float, float] | None, offer: Offer,
                   offer_quota: float | None, length: float, now: float) -> tuple[None, str, float | None]:
     """(None, "1.2 GPU h left this week, job needs 3.0 GPU h — refresh Sat 00:00 UTC", reset)."""
     if budget is not None and short is not None:
-        left, need = short
-        period = {"weekly": "this week", "monthly": "this month", "daily": "today"}.get(
-            budget.budget.window.kind, "")
-        # The first window that overflows may be the next one (a job spanning the reset).
-        current = budget.limit - budget.used - budget.reserved() if budget.limit is not None else 0.0
-        where = period if abs(current - left) < 1e-6 else "in the next window"
-        text = f"{budget.budget.fmt(left)} left {where}, job needs {budget.budget.fmt(need)}".replace("  ", " ")
-        if budget.resets_at != math.inf:
-            text += f" — refresh {format_when(budget.resets_at, now)}"
-        return None, text, (budget.resets_at if budget.resets_at != math.inf else None)
+        left, need, lo, hi = short
+        fmt = budget.budget.fmt
+        if lo <= budget.window_start or lo <= now:
+            period = {"weekly": " this week", "monthly": " this month", "daily": " today"}.get(
+                budget.budget.window.kind, "")
+            text = f"{fmt(left)} left{period}, job needs {fmt(need)}"
+        else:  # it fits now but would overrun the window after the reset it runs into
+            text = (f"it would run past the reset into a window with {fmt(left)} left "
+                    f"(already reserved by running attempts), needing {fmt(need)} there")
+        until = hi if hi != math.inf else None
+        if lo > now and lo != math.inf:
+            until = lo  # after the next reset the job fits in one window, or finds more room
+        if until is not None:
+            text += f" — refresh {format_when(until, now)}"
+        return None, text, until
     left = offer_quota or 0.0
     text = f"GPU quota: {format_duration(left)} left, job may need {format_duration(length)}"
     if offer.quota_resets_at:

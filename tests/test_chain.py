@@ -20,7 +20,7 @@ DEMO = REPO / "jobs" / "chain-demo"
 # is charged at the GPU count the job reserved).
 CONFIG = """\
 platforms:
-  a: {type: local, gpu: T4, session_hours: 0.002, min_segment: 3s, budget: {limit: 0.0022, per_gpu: false}}
+  a: {type: local, gpu: T4, session_hours: 0.002, min_segment: 3s, budget: {limit: 0.0022, per_gpu: false, window: none}}
   b: {type: local, gpu: T4, session_hours: 0.002, min_segment: 3s}
 """
 

@@ -83,7 +83,8 @@ def test_a_reservation_is_checked_against_every_window_it_touches():
     # 2 h now fits this week (8 h of the span are in it) and the next (29 + 0 = 29 <= 30) ...
     assert st.shortfall(now, now + 2 * 3600, 1.0) is None
     # ... but 6 h would put 2 h into next week, where only 1 h is left.
-    assert st.shortfall(now, now + 6 * 3600, 1.0) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert st.shortfall(now, now + 6 * 3600, 1.0) == (pytest.approx(1.0), pytest.approx(2.0),
+                                                       ts("2025-01-11T00:00:00"), ts("2025-01-18T00:00:00"))
     assert st.longest(now, now + 6 * 3600, 1.0) == pytest.approx(5 * 3600, abs=1)
 
 
@@ -149,7 +150,7 @@ def ledger_by_attempt(app) -> dict[int, list[str]]:
 def test_the_ledger_after_a_crash_and_a_retry_holds_one_charge_per_attempt(orch, orch_home, tmp_path, config):
     config("""\
         platforms:
-          kag: {type: local, gpu: T4, max_concurrent: 2, budget: {limit: 10, per_gpu: false}}
+          kag: {type: local, gpu: T4, max_concurrent: 2, budget: {limit: 10, per_gpu: false, window: none}}
         controller: {failover_backoff: 1s}
         """)
     # One job is lost once (its runner is killed) and retried; the controller itself is
@@ -197,7 +198,7 @@ def test_a_running_job_reserves_its_max_runtime_and_a_second_that_would_overrun_
         orch, orch_home, tmp_path, config):
     config("""\
         platforms:
-          kag: {type: local, gpu: T4, max_concurrent: 2, budget: {limit: 1.5, per_gpu: false}}
+          kag: {type: local, gpu: T4, max_concurrent: 2, budget: {limit: 1.5, per_gpu: false, window: none}}
         controller: {grace: 1s}
         """)
     path = make_job(tmp_path / "job", "name: hour\nrun: sleep 30\nresources: {gpu: any, max_runtime: 1h}\n")
@@ -208,7 +209,7 @@ def test_a_running_job_reserves_its_max_runtime_and_a_second_that_would_overrun_
     assert doc["reserved"] == pytest.approx(1.0, abs=0.01) and doc["left"] == pytest.approx(0.5, abs=0.01)
     plan = json.loads(orch("plan", "--json").output)
     assert plan[0]["id"] == second and plan[0]["platform"] is None
-    assert "0.5 GPU h left this week, job needs 1.0 GPU h" in plan[0]["reason"]
+    assert "kag: 0.5 GPU h left, job needs 1.0 GPU h" in plan[0]["reason"]
     orch("cancel", first)
     doc = json.loads(orch("quota", "--json").output)[0]
     assert doc["reserved"] == 0 and 0 < doc["used"] < 0.05

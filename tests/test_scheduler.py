@@ -247,3 +247,16 @@ def test_the_simulated_week_meets_its_targets():
     assert report.makespan_h <= 1.15 * report.bound_h
     fifo = sim.simulate("fifo", seed=7)
     assert fifo.finished < report.finished or fifo.makespan_h > report.makespan_h
+
+
+def test_a_job_that_would_overrun_the_next_window_waits_for_the_reset_and_says_so():
+    friday = datetime(2025, 1, 10, 20, 0, tzinfo=timezone.utc).timestamp()
+    b = quota.Budget(limit=30.0, window=quota.Window("weekly", 5), per_gpu=False)
+    spill = quota.Span(friday - 8 * H, friday + 28 * H, 1.0)  # 24 h of it after Saturday 00:00
+    ledger = {"kaggle": quota.state("kaggle", b, friday, [], [spill])}
+    offers = {"kaggle": offer("kaggle", session_seconds=12 * H, max_concurrent=2)}
+    [d] = place([job("j", resources={"max_runtime": "11h"})], offers, {}, friday, ledger)
+    assert isinstance(d, Wait)
+    assert d.reason == ("kaggle: it would run past the reset into a window with 6.0 GPU h left (already reserved "
+                        "by running attempts), needing 7.0 GPU h there — refresh Sat 00:00 UTC (in 4h00m)")
+    assert d.until == datetime(2025, 1, 11, tzinfo=timezone.utc).timestamp()
