@@ -258,6 +258,7 @@ def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
     offer_quota = {n: o.quota_left_seconds for n, o in offers.items()}
     configured = list(offers)
     demand = _captive_demand(jobs, offers, budgets, speeds, configured)
+    kept = {n: _keepable(per_job, budgets.get(n)) for n, per_job in demand.items()}
     decisions: list[Decision] = []
     for c in jobs:
         names = allowed_platforms(c, configured)
@@ -272,7 +273,8 @@ def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
         busy: list[_Option] = []
         for pref, name in enumerate(names):
             offer = offers[name]
-            keep = _kept(demand.get(name, {}), c, budgets.get(name))
+            # What this job must leave for captive jobs (a captive job itself may use it all).
+            keep = 0.0 if c.id in demand.get(name, {}) else kept.get(name, 0.0)
             option, why, until = _consider(c, offer, budgets.get(name), offer_quota.get(name), now, speeds, keep)
             if option is None:
                 verdicts.append((name, why))
@@ -313,8 +315,10 @@ def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
             continue
         used[best.name] += 1
         slots[best.name].append(best.finish)
-        for per_job in demand.values():
-            per_job.pop(c.id, None)
+        for n, per_job in demand.items():
+            if c.id in per_job:
+                per_job.pop(c.id)
+                kept[n] = _keepable(per_job, budgets.get(n))
         if best.rate > 0 and best.name in budgets:
             budgets[best.name] = budgets[best.name].reserve(now, now + best.reserve, best.rate)
         if offer_quota.get(best.name) is not None and c.spec.resources.wants_gpu:
@@ -365,8 +369,8 @@ def _captive_demand(jobs: Sequence[Candidate], offers: Mapping[str, Offer], budg
     return out
 
 
-def _kept(demand: Mapping[str, float], c: Candidate, budget: BudgetState | None) -> float:
-    """Budget units ``c`` must leave for captive jobs. A captive job itself may use it all.
+def _keepable(demand: Mapping[str, float], budget: BudgetState | None) -> float:
+    """Budget units other jobs must leave for these captive jobs.
 
     Design choice: a captive job that does not fit in what is left *now* still keeps its
     share: running attempts usually end before their reservation does, and the budget they
@@ -374,7 +378,7 @@ def _kept(demand: Mapping[str, float], c: Candidate, budget: BudgetState | None)
     keeping only what fits now made the median makespan 12 % longer). A job that needs
     more than the whole limit could never fit, so it keeps nothing.
     """
-    if c.id in demand or budget is None or budget.limit is None:
+    if budget is None or budget.limit is None:
         return 0.0
     return sum(units for units in demand.values() if units <= budget.limit)
 
