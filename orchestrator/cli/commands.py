@@ -590,7 +590,8 @@ def platforms(app: App, as_json: bool) -> None:
     for d in docs:
         q = d["quota"]
         quota = "-" if q is None else (
-            f"{q['used']:.1f}/{q['limit']:.0f} {q['unit'].replace('_', ' ')}" if q["limit"] else f"{q['used']:.1f} {q['unit']}")
+            f"{q['used']:.1f}/{q['limit']:.0f} {q['unit'].replace('_', ' ')}, "
+            f"{max(0.0, q['limit'] - q['used'] - q['reserved']):.1f} left" if q["limit"] else f"{q['used']:.1f} {q['unit']}")
         if q and q.get("resets_at"):
             quota += f", resets {q['resets_at'][:16].replace('T', ' ')} UTC"
         status_text = "ready" if d["available"] and not d["problems"] else "; ".join(d["problems"] or [d["reason"]])
