@@ -36,7 +36,7 @@ def main() -> None:
             t = time.perf_counter()
             res = controller.submit(app, job / "job.yaml")
             while not app.store.job(res.job_id).state.terminal:
-                controller.Controller(app).tick(lock_timeout=1)
+                controller.Controller(app).tick()
                 time.sleep(0.02)
             ends.append(time.perf_counter() - t)
             assert app.store.job(res.job_id).state.value == "SUCCEEDED"

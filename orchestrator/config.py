@@ -93,10 +93,13 @@ class ControllerSettings(BaseModel):
     grace: float = 30.0
     #: How long a platform that lost an attempt is avoided for that job.
     failover_backoff: float = 1800.0
-    #: How long `orch tick` waits for another tick to finish before giving up.
-    lock_timeout: float = 0.0
+    #: How long a controller's claim on a job lasts; a controller that dies mid-tick
+    #: holds its jobs this long at most (see leases.py).
+    lease_seconds: float = 300.0
+    #: Jobs claimed at a time, so that several controllers share the work.
+    claim_batch: int = Field(default=8, ge=1, le=1000)
 
-    @field_validator("unknown_window", "grace", "failover_backoff", "lock_timeout", mode="before")
+    @field_validator("unknown_window", "grace", "failover_backoff", "lease_seconds", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:

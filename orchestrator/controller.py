@@ -4,9 +4,12 @@ One tick = reconcile (adopt or resubmit attempts a crashed tick left SUBMITTING,
 re-fetch attempts left FETCHING), poll active attempts (fetching finished ones and
 requeueing lost ones), then dispatch queued jobs. Every step writes its intent to
 the store before the remote call and records the outcome after it, so a tick killed
-at any point is finished by the next one. Overlapping ticks are kept apart by a
-lock, and every transition is a compare-and-set, so even without the lock no
-attempt could be submitted twice.
+at any point is finished by the next one.
+
+Several ticks may run at once — cron plus a manual run on one machine, or a team's
+controllers on several machines sharing a PostgreSQL queue. They divide the work by
+leases on job rows (``leases.py``): a tick works only on jobs it has claimed, and
+every transition is still a compare-and-set, so no attempt is ever submitted twice.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock, Timeout
-
 from . import bundle as bundle_mod
-from . import failpoints, quota, scheduler
+from . import failpoints, leases, quota, scheduler
 from . import spec as spec_mod
 from . import sweep as sweep_mod
 from .app import App
+from .blobstore import (
+    BlobStore, materialize_bundle, restore_artifacts, share_artifacts, share_bundle,
+)
 from .errors import (
     CapacityError, ConfigError, LostError, NotFoundError, OrchError, PlatformError, PrecheckError, SpecError,
     StateError, TransientError,
@@ -34,7 +38,7 @@ from .errors import (
 from .platforms.base import Handle, Launch, Offer, RemoteState, RemoteStatus, platform_class
 from .results import install_attempt, read_result
 from .states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
-from .store import AttemptRow, Conflict, JobRow, attempt_key
+from .store import AttemptRow, Conflict, JobRow, attempt_key, host
 
 A, J = AttemptState, JobState
 
@@ -52,7 +56,6 @@ class SubmitResult:
 
 @dataclass
 class TickReport:
-    skipped: str = ""
     dispatched: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
@@ -60,7 +63,7 @@ class TickReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"skipped": self.skipped, "dispatched": self.dispatched, "finished": self.finished,
+        return {"dispatched": self.dispatched, "finished": self.finished,
                 "requeued": self.requeued, "problems": self.problems, "seconds": round(self.seconds, 3)}
 
 
@@ -81,6 +84,8 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, progress, total)
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
+    if not dry_run and app.store.shared:
+        share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it
     if dry_run:
         candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
         decision = Controller(app).plan([candidate])[0]
@@ -149,6 +154,12 @@ class Controller:
     def _launch(self, job: JobRow, att: AttemptRow, offer: Offer | None) -> Launch:
         spec = self._spec(job)
         directory = self.app.home.bundles / job.bundle
+        if not (directory / "manifest.json").is_file() and self.store.shared:
+            try:  # submitted on another machine of the team
+                materialize_bundle(BlobStore(self.store), job.bundle, self.app.home.bundles, self.app.home.blobs)
+            except NotFoundError as exc:
+                raise PrecheckError(f"the bundle of job {job.short_id} is not in the shared store ({exc}); "
+                                    "resubmit the job") from exc
         if not (directory / "manifest.json").is_file():
             raise PrecheckError(f"the bundle of job {job.short_id} is missing from {directory}; resubmit the job")
         bundle = bundle_mod.load_bundle(directory, self.app.home.blobs)
@@ -164,6 +175,11 @@ class Controller:
             if not (spec.checkpoint is not None and session is not None and remaining > session):
                 session = None
         checkpoint = self.app.home.blobs / f"checkpoint-{job.checkpoint}.tar.gz" if job.checkpoint else None
+        if checkpoint is not None and not checkpoint.is_file() and self.store.shared:
+            try:  # the previous segment was fetched by another controller
+                BlobStore(self.store).get(job.checkpoint, checkpoint)
+            except NotFoundError:
+                pass
         return Launch(
             key=attempt_key(job.id, att.number), job_id=job.id, job_name=job.name, attempt=att.number, spec=spec,
             bundle=bundle, max_runtime_s=remaining, session_seconds=session,
@@ -176,37 +192,49 @@ class Controller:
         self.report.problems.append(text)
 
     # ------------------------------------------------------------------ tick
-    def tick(self, lock_timeout: float | None = None) -> TickReport:
-        """One pass. Returns at once (``skipped``) if another tick holds the lock."""
+    def tick(self) -> TickReport:
+        """One pass over the work that no other controller holds right now."""
         started = time.time()
-        timeout = self.settings.lock_timeout if lock_timeout is None else lock_timeout
-        lock = FileLock(str(self.app.home.tick_lock))
-        try:
-            lock.acquire(timeout=timeout)
-        except Timeout:
-            self.report.skipped = "another tick is running"
-            return self.report
+        self.owner = leases.owner_id()
         try:
             self.reconcile()
             self.poll()
             self.dispatch()
             self.platform_cleanup()
         finally:
-            lock.release()
+            leases.release(self.store, self.owner)
         self.report.seconds = time.time() - started
         return self.report
+
+    def _claimed(self, atts: list[AttemptRow]):
+        """Yield (freshly re-read) attempts whose jobs this tick claims, a batch at a
+        time, skipping attempts another machine must handle (see ``host_bound``)."""
+        me = host()
+        mine = [a for a in atts if not (a.host and a.host != me and self._host_bound(a.platform))]
+        batch = max(1, self.settings.claim_batch)
+        for i in range(0, len(mine), batch):
+            chunk = mine[i:i + batch]
+            got = leases.claim(self.store, [a.job_id for a in chunk], self.owner, self.settings.lease_seconds)
+            for a in chunk:
+                if a.job_id in got:
+                    yield self.store.attempt(a.id)
+
+    def _host_bound(self, platform_name: str) -> bool:
+        """Runs on this platform live on the machine that started them (``local``)."""
+        settings = self.app.config.platforms.get(platform_name)
+        return settings is not None and getattr(platform_class(settings.type), "host_bound", False)
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> None:
         """Finish what a crashed tick left half-done."""
-        for att in self.store.attempts_in([A.SUBMITTING]):
+        for att in self._claimed(self.store.attempts_in([A.SUBMITTING])):
             job = self.store.job(att.job_id)
-            if job.state != J.SUBMITTING:
+            if job.state != J.SUBMITTING or att.state != A.SUBMITTING:
                 continue
             try:
                 platform = self.app.platform(att.platform)
                 handle = platform.find(att.key)
-            except (TransientError, ConfigError) as exc:
+            except (TransientError, ConfigError, PrecheckError) as exc:
                 self._problem(f"{att.key}: cannot check {att.platform} yet: {exc}")
                 continue
             if handle is None:
@@ -214,7 +242,7 @@ class Controller:
                 self._submit(job, att, offer)
             else:
                 self._record_submitted(job, att, handle, "adopted after a controller crash")
-        for att in self.store.attempts_in([A.FETCHING]):
+        for att in self._claimed(self.store.attempts_in([A.FETCHING])):
             self._finish(att)
 
     def _record_submitted(self, job: JobRow, att: AttemptRow, handle: Handle, reason: str) -> None:
@@ -264,8 +292,8 @@ class Controller:
                 continue
             missing = [s for s in spec.secrets if s not in os.environ]
             if missing:
-                waits[job.id] = (f"secret {', '.join(missing)} is not set in this controller's environment "
-                                 f"(export it where `orch tick` runs)")
+                waits[job.id] = (f"secret {', '.join(missing)} is not set in the environment of the controller "
+                                 f"on {host()} (export it where `orch tick` runs)")
                 continue
             out.append(scheduler.Candidate(job.id, spec, job.pin, job.avoid, remaining=self._remaining(job, spec),
                                            digest=job.bundle))
@@ -339,33 +367,70 @@ class Controller:
         if not queued:
             return
         offers = self.offers()
-        now = time.time()
         waits: dict[str, str] = {}
         decisions = self.plan(queued=queued, offers=offers, waits=waits)
         by_id = {j.id: j for j in queued}
+        placed = []
         for decision in decisions:
             if isinstance(decision, scheduler.Wait):
                 waits[decision.job_id] = decision.reason
-                continue
-            job = by_id[decision.job_id]
-            number = job.attempts + 1
-            budget = quota.default_budget(self.app.config.platforms[decision.platform])
-            reserve = decision.reserve_s or decision.max_runtime_s or 0.0
-            try:
-                with self.store.transaction() as tx:
-                    tx.move_job(job.id, J.QUEUED, J.SUBMITTING, f"placed on {decision.platform}",
-                                platform=decision.platform, attempts=number, message="")
-                    attempt_id = tx.add_attempt(job.id, number, decision.platform, f"placed on {decision.platform}",
-                                                max_runtime_s=decision.max_runtime_s, session_s=decision.session_s)
-                    # The reservation is written with the attempt, so a crash never leaves one without the other.
-                    tx.add_ledger(decision.platform, attempt_id, "reserve", decision.rate * reserve / 3600,
-                                  budget.unit, now, now + reserve)
-            except Conflict:
-                continue  # cancelled (or taken) meanwhile
-            failpoints.hit("after_intent")
-            att = self.store.attempt(attempt_id)
-            self._submit(self.store.job(job.id), att, offers.get(decision.platform))
+            else:
+                placed.append(decision)
+        if placed:
+            leases.ensure_platform_rows(self.store, {d.platform for d in placed})
+        batch = max(1, self.settings.claim_batch)
+        for i in range(0, len(placed), batch):
+            chunk = placed[i:i + batch]
+            got = leases.claim(self.store, [d.job_id for d in chunk], self.owner, self.settings.lease_seconds)
+            for decision in chunk:
+                if decision.job_id in got:  # else another controller is on it
+                    self._dispatch_one(decision, offers)
         self.store.note_many({k: v for k, v in waits.items() if by_id.get(k) and by_id[k].message != v})
+
+    def _dispatch_one(self, decision: scheduler.Place, offers: dict[str, Offer]) -> None:
+        job = self.store.job(decision.job_id)
+        if job.state != J.QUEUED:
+            return
+        number = job.attempts + 1
+        budget = quota.default_budget(self.app.config.platforms[decision.platform])
+        reserve = decision.reserve_s or decision.max_runtime_s or 0.0
+        now = time.time()
+        try:
+            with self.store.transaction() as tx:
+                # Under the platform's lock, re-check what placement assumed: another
+                # controller may have taken the last slot or the quota since.
+                leases.lock_platform(tx.conn, decision.platform)
+                full = self._no_room(decision, offers[decision.platform], budget, reserve, now)
+                if full:
+                    raise _NoRoom(full)
+                tx.move_job(job.id, J.QUEUED, J.SUBMITTING, f"placed on {decision.platform}",
+                            platform=decision.platform, attempts=number, message="")
+                attempt_id = tx.add_attempt(job.id, number, decision.platform, f"placed on {decision.platform}",
+                                            max_runtime_s=decision.max_runtime_s, session_s=decision.session_s,
+                                            host=host())
+                # The reservation is written with the attempt, so a crash never leaves one without the other.
+                tx.add_ledger(decision.platform, attempt_id, "reserve", decision.rate * reserve / 3600,
+                              budget.unit, now, now + reserve)
+        except Conflict:
+            return  # cancelled (or taken) meanwhile
+        except _NoRoom as exc:
+            self.store.note(job.id, str(exc))
+            return
+        failpoints.hit("after_intent")
+        att = self.store.attempt(attempt_id)
+        self._submit(self.store.job(job.id), att, offers.get(decision.platform))
+
+    def _no_room(self, decision: scheduler.Place, offer: Offer, budget: quota.Budget, reserve: float,
+                 now: float) -> str | None:
+        """Why ``decision`` no longer fits (None when it does); read inside the locked transaction."""
+        running = self.store.active_counts().get(decision.platform, 0)
+        if running >= offer.max_concurrent:
+            return f"{decision.platform}: busy ({running}/{offer.max_concurrent} running)"
+        if budget.limit is not None and reserve > 0:
+            states, _ = self.budget_states(now)
+            if states[decision.platform].shortfall(now, now + reserve, decision.rate) is not None:
+                return f"{decision.platform}: its quota was taken by another job meanwhile"
+        return None
 
     def _submit(self, job: JobRow, att: AttemptRow, offer: Offer | None) -> None:
         """The remote call of a dispatch (or of its reconcile)."""
@@ -408,15 +473,17 @@ class Controller:
 
     # ------------------------------------------------------------------ poll
     def poll(self) -> None:
-        for att in self.store.attempts_in([A.PENDING, A.RUNNING, A.UNKNOWN]):
-            self._poll_one(att)
+        for att in self._claimed(self.store.attempts_in([A.PENDING, A.RUNNING, A.UNKNOWN])):
+            if att.state in (A.PENDING, A.RUNNING, A.UNKNOWN):
+                self._poll_one(att)
 
     def _poll_one(self, att: AttemptRow) -> None:
         now = time.time()
         handle = Handle.from_json(att.handle or {"key": att.key})
         try:
             status = self.app.platform(att.platform).poll(handle)
-        except (TransientError, ConfigError) as exc:
+        except (TransientError, ConfigError, PrecheckError) as exc:
+            # A refused read (changed host key, revoked token) is not the job's failure.
             status = RemoteStatus(RemoteState.UNKNOWN, str(exc))
         except LostError as exc:
             status = RemoteStatus(RemoteState.LOST, str(exc))
@@ -498,8 +565,9 @@ class Controller:
         dest = self.app.home.results / job.id / f"attempt-{att.number}"
         install_attempt(staging, dest)
         checkpoint = self._keep_checkpoint(staging / "checkpoint.tar.gz")
+        artifacts = share_artifacts(BlobStore(self.store), staging) if self.store.shared else None
         failpoints.hit("after_fetch")
-        self._settle(job, att, result, checkpoint)
+        self._settle(job, att, result, checkpoint, artifacts)
         shutil.rmtree(staging, ignore_errors=True)
 
     def _keep_checkpoint(self, archive: Path) -> str | None:
@@ -510,9 +578,12 @@ class Controller:
         if not target.exists():
             self.app.home.blobs.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(archive, target)
+        if self.store.shared:
+            BlobStore(self.store).put(target, digest)
         return digest
 
-    def _settle(self, job: JobRow, att: AttemptRow, result: dict | None, checkpoint: str | None) -> None:
+    def _settle(self, job: JobRow, att: AttemptRow, result: dict | None, checkpoint: str | None,
+                artifacts: dict[str, str] | None = None) -> None:
         now = time.time()
         if result is None:
             self._lost(att, att.message or "the run ended without writing result.json")
@@ -522,7 +593,7 @@ class Controller:
         gpu = result.get("gpu") or {}
         fields = dict(result=result, exit_code=result.get("exit_code"), failure_class=result.get("failure_class"),
                       message=result.get("message") or "", runtime_s=result.get("runtime_s"), ended_at=now,
-                      gpu_name=gpu.get("name"), gpu_count=gpu.get("count"))
+                      gpu_name=gpu.get("name"), gpu_count=gpu.get("count"), artifacts=artifacts)
         job_fields: dict = {"checkpoint": checkpoint or job.checkpoint}
         if status == "succeeded":
             a_new, j_new, why = A.SUCCEEDED, J.SUCCEEDED, "succeeded"
@@ -595,6 +666,10 @@ class Controller:
                 self.app.platform(name).reconcile(active)
             except OrchError as exc:
                 self._problem(f"{name}: clean-up failed: {exc}")
+
+
+class _NoRoom(Exception):
+    """A placement no longer fits once the platform is locked (see _dispatch_one)."""
 
 
 def _with_settings(offer: Offer, settings, now: float) -> Offer:
@@ -680,6 +755,8 @@ def fetch(app: App, job: JobRow, dest: Path | None) -> Path:
     from .results import copy_tree
 
     src = results_dir(app, job)
+    if src is None and app.store.shared:
+        src = _results_from_team(app, job)
     if src is None:
         if job.state.terminal:
             raise NotFoundError(f"job {job.short_id} ended {job.state.value} without results to fetch ({job.message})")
@@ -688,3 +765,17 @@ def fetch(app: App, job: JobRow, dest: Path | None) -> Path:
     target = dest or Path("results") / f"{job.name}-{job.short_id}"
     copy_tree(src, target)
     return target
+
+
+def _results_from_team(app: App, job: JobRow) -> Path | None:
+    """Results fetched by another member's controller, copied here from the shared store."""
+    done = [a for a in app.store.attempts_of(job.id) if a.artifacts]
+    if not done:
+        return None
+    att = done[-1]
+    staging = app.home.staging / f"team-{att.key}"
+    shutil.rmtree(staging, ignore_errors=True)
+    restore_artifacts(BlobStore(app.store), att.artifacts, staging)
+    install_attempt(staging, app.home.results / job.id / f"attempt-{att.number}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return results_dir(app, job)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import (
-    Column, Float, Index, Integer, MetaData, String, Table, Text, create_engine, event, func, insert, or_,
-    select, update,
-)
+from sqlalchemy import create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -29,96 +28,9 @@ from .states import (
     ACTIVE_ATTEMPT_STATES, AttemptState, JobState, check_attempt_transition, check_job_transition,
 )
 
-SCHEMA_VERSION = 2
-
-metadata = MetaData()
-
-meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
-
-jobs = Table(
-    "jobs", metadata,
-    Column("id", String(32), primary_key=True),
-    Column("name", String(128), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("spec", Text, nullable=False),            # JSON, secret names only
-    Column("bundle", String(64), nullable=False),    # manifest digest
-    Column("priority", Integer, nullable=False, default=0),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("platform", String(64)),                  # platform of the current/last attempt
-    Column("pin", String(64)),                       # `submit --platform`
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("lost_count", Integer, nullable=False, default=0),
-    Column("error_count", Integer, nullable=False, default=0),
-    Column("message", Text, nullable=False, default=""),
-    Column("checkpoint", String(64)),                # blob digest of the latest checkpoint
-    Column("avoid", Text, nullable=False, default="{}"),  # {platform: until} after a loss
-    Column("submitted_by", String(64), nullable=False, default=""),
-    Column("submitted_host", String(128), nullable=False, default=""),
-    Column("sweep_id", String(32)),
-    Column("extra", Text, nullable=False, default="{}"),  # JSON for later features (sweep point, ...)
+from .schema import (  # noqa: F401  (re-exported: the tables are part of the store's API)
+    MIGRATIONS, SCHEMA_VERSION, attempts, blob_chunks, blobs, events, jobs, ledger, meta, metadata, platform_locks,
 )
-Index("ix_jobs_state", jobs.c.state)
-Index("ix_jobs_created", jobs.c.created_at)
-
-attempts = Table(
-    "attempts", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(32), nullable=False),
-    Column("number", Integer, nullable=False),
-    Column("key", String(64), nullable=False, unique=True),
-    Column("platform", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("handle", Text),                          # JSON, no secrets
-    Column("created_at", Float, nullable=False),
-    Column("started_at", Float),
-    Column("ended_at", Float),
-    Column("unknown_since", Float),
-    Column("heartbeat_at", Float),
-    Column("exit_code", Integer),
-    Column("failure_class", String(32)),
-    Column("message", Text, nullable=False, default=""),
-    Column("runtime_s", Float),
-    Column("gpu_name", String(64)),
-    Column("gpu_count", Integer),
-    Column("max_runtime_s", Float),
-    Column("result", Text),                          # result.json as fetched
-    Column("session_s", Float),                      # chain segment length given to the runner (v2)
-)
-Index("ix_attempts_state", attempts.c.state)
-Index("ix_attempts_job", attempts.c.job_id)
-Index("ix_jobs_sweep", jobs.c.sweep_id)
-Index("ix_jobs_bundle", jobs.c.bundle)
-
-events = Table(
-    "events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(32), nullable=False),
-    Column("attempt_id", Integer),
-    Column("at", Float, nullable=False),
-    Column("kind", String(8), nullable=False),       # "job" | "attempt"
-    Column("from_state", String(16)),
-    Column("to_state", String(16), nullable=False),
-    Column("reason", Text, nullable=False, default=""),
-    Column("actor", String(128), nullable=False, default=""),
-)
-Index("ix_events_job", events.c.job_id)
-
-ledger = Table(
-    "ledger", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("platform", String(64), nullable=False),
-    Column("attempt_id", Integer),
-    Column("kind", String(16), nullable=False),      # "charge" | "reserve" | "release"
-    Column("amount", Float, nullable=False),         # in `unit`
-    Column("unit", String(16), nullable=False),      # "gpu_hours" | "compute_units"
-    Column("start", Float, nullable=False),          # the interval charged
-    Column("end", Float, nullable=False),
-    Column("at", Float, nullable=False),
-)
-Index("ix_ledger_platform", ledger.c.platform)
-Index("ix_ledger_attempt", ledger.c.attempt_id)
-Index("ix_ledger_kind_end", ledger.c.kind, ledger.c.end)
 
 
 class Conflict(StateError):
@@ -176,6 +88,8 @@ class AttemptRow:
     max_runtime_s: float | None
     result: dict | None
     session_s: float | None = None
+    host: str | None = None
+    artifacts: dict | None = None
 
 
 def _job(row: Any) -> JobRow:
@@ -199,17 +113,31 @@ def _attempt(row: Any) -> AttemptRow:
         unknown_since=m["unknown_since"], heartbeat_at=m["heartbeat_at"], exit_code=m["exit_code"],
         failure_class=m["failure_class"], message=m["message"] or "", runtime_s=m["runtime_s"],
         gpu_name=m["gpu_name"], gpu_count=m["gpu_count"], max_runtime_s=m["max_runtime_s"],
-        result=json.loads(m["result"]) if m["result"] else None, session_s=m.get("session_s"),
+        result=json.loads(m["result"]) if m["result"] else None, session_s=m.get("session_s"), host=m.get("host"),
+        artifacts=json.loads(m["artifacts"]) if m.get("artifacts") else None,
     )
 
 
-def actor() -> str:
-    """Who is acting, for event rows: user@host:pid."""
+def user() -> str:
+    """Who submits: ``$ORCH_USER``, else the login name (teams whose logins collide set it)."""
+    name = os.environ.get("ORCH_USER")
+    if name:
+        return name
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except Exception:  # no passwd entry in some containers
-        user = "?"
-    return f"{user}@{socket.gethostname()}:{__import__('os').getpid()}"
+        return "?"
+
+
+def host() -> str:
+    """This machine's name, as recorded on jobs and attempts."""
+    return socket.gethostname()
+
+
+def actor() -> str:
+    """Who is acting, for event rows and leases: ``$ORCH_CONTROLLER_ID`` when set (a stable
+    name per controller machine), else user@host:pid."""
+    return os.environ.get("ORCH_CONTROLLER_ID") or f"{user()}@{host()}:{os.getpid()}"
 
 
 def attempt_key(job_id: str, number: int) -> str:
@@ -289,7 +217,7 @@ class Tx:
 def _encode(values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in values.items():
-        if k in ("handle", "result", "avoid", "extra", "spec") and v is not None and not isinstance(v, str):
+        if k in ("handle", "result", "avoid", "extra", "spec", "artifacts") and v is not None and not isinstance(v, str):
             v = json.dumps(v, sort_keys=True)
         elif isinstance(v, (JobState, AttemptState)):
             v = v.value
@@ -304,6 +232,10 @@ class Store:
         self.url = url
         self.who = actor()
         self.is_sqlite = url.startswith("sqlite")
+        #: A queue shared by several machines (team mode): bundles, checkpoints and
+        #: results also travel through the database (blobstore.py).
+        self.shared = not self.is_sqlite
+        self._local = threading.local()
         try:
             self.engine: Engine = _engine(url)
         except Exception as exc:  # bad URL, missing driver
@@ -338,10 +270,37 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar())
 
+    # ------------------------------------------------------------------ connections
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reads: the open transaction's, when this thread has one
+        (SQLite would otherwise wait on the write lock this very thread holds)."""
+        bound = getattr(self._local, "conn", None)
+        if bound is not None:
+            yield bound
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction for writes, joining this thread's open one if any."""
+        bound = getattr(self._local, "conn", None)
+        if bound is not None:
+            yield bound
+            return
+        with self.engine.begin() as conn:
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
     # ------------------------------------------------------------------ writes
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self.engine.begin() as conn:
+        """All-or-nothing: every store call made inside it by this thread joins it."""
+        with self._write() as conn:
             yield Tx(conn, self.who)
 
     def add_job(self, *, name: str, spec: dict, bundle: str, priority: int = 0, pin: str | None = None,
@@ -353,10 +312,9 @@ class Store:
         """Queue several jobs in one transaction (a sweep is queued whole or not at all).
         Each entry has the keyword arguments of :meth:`add_job`."""
         now = time.time()
-        user = self.who.split("@")[0]
-        host = self.who.split("@")[1].rsplit(":", 1)[0]
+        submitter, machine = user(), host()
         ids = []
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             for i, e in enumerate(entries):
                 job_id = uuid.uuid4().hex
                 ids.append(job_id)
@@ -365,8 +323,8 @@ class Store:
                 conn.execute(insert(jobs).values(
                     id=job_id, name=e["name"], state=JobState.QUEUED.value, spec=json.dumps(e["spec"], sort_keys=True),
                     bundle=e["bundle"], priority=e.get("priority", 0), created_at=at, updated_at=at, pin=e.get("pin"),
-                    attempts=0, lost_count=0, error_count=0, message="", avoid="{}", submitted_by=user,
-                    submitted_host=host, sweep_id=e.get("sweep_id"), extra=json.dumps(e.get("extra") or {}),
+                    attempts=0, lost_count=0, error_count=0, message="", avoid="{}", submitted_by=submitter,
+                    submitted_host=machine, sweep_id=e.get("sweep_id"), extra=json.dumps(e.get("extra") or {}),
                 ))
                 conn.execute(insert(events).values(job_id=job_id, at=at, kind="job", from_state=None,
                                                    to_state=JobState.QUEUED.value, reason="submitted", actor=self.who))
@@ -374,19 +332,19 @@ class Store:
 
     def note(self, job_id: str, message: str) -> None:
         """Set a job's human-readable status line (e.g. why it waits), whatever its state."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.message != message).values(message=message))
 
     def note_many(self, messages: dict[str, str]) -> None:
         if not messages:
             return
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             for job_id, message in messages.items():
                 conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.message != message).values(message=message))
 
     # ------------------------------------------------------------------ reads
     def job(self, job_id: str) -> JobRow:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
             raise NotFoundError(f"no job {job_id}")
@@ -397,7 +355,7 @@ class Store:
         ref = ref.strip()
         if not ref:
             raise NotFoundError("give a job id (or a unique prefix of it) or a job name")
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(jobs).where(jobs.c.id.like(ref.lower() + "%")).limit(6)).fetchall()
             if not rows:
                 rows = conn.execute(select(jobs).where(jobs.c.name == ref).order_by(jobs.c.created_at.desc()).limit(6)).fetchall()
@@ -418,30 +376,30 @@ class Store:
         q = q.order_by(jobs.c.created_at.desc())
         if limit:
             q = q.limit(limit)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_job(r) for r in conn.execute(q)]
 
     def queued(self) -> list[JobRow]:
         """Queued jobs in dispatch order: priority first, then FIFO."""
         q = (select(jobs).where(jobs.c.state == JobState.QUEUED.value)
              .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_job(r) for r in conn.execute(q)]
 
     def attempts_of(self, job_id: str) -> list[AttemptRow]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             q = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
             return [_attempt(r) for r in conn.execute(q)]
 
     def attempt(self, attempt_id: int) -> AttemptRow:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(attempts).where(attempts.c.id == attempt_id)).first()
         if row is None:
             raise NotFoundError(f"no attempt {attempt_id}")
         return _attempt(row)
 
     def attempts_in(self, states: Iterable[AttemptState]) -> list[AttemptRow]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             q = select(attempts).where(attempts.c.state.in_([s.value for s in states])).order_by(attempts.c.id)
             return [_attempt(r) for r in conn.execute(q)]
 
@@ -449,7 +407,7 @@ class Store:
         if not job_ids:
             return {}
         out: dict[str, AttemptRow] = {}
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             for i in range(0, len(job_ids), 500):
                 chunk = job_ids[i:i + 500]
                 for r in conn.execute(select(attempts).where(attempts.c.job_id.in_(chunk)).order_by(attempts.c.number)):
@@ -459,13 +417,13 @@ class Store:
 
     def active_counts(self) -> dict[str, int]:
         """Active attempts per platform (for concurrency limits)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             q = (select(attempts.c.platform, func.count()).where(
                 attempts.c.state.in_([s.value for s in ACTIVE_ATTEMPT_STATES])).group_by(attempts.c.platform))
             return {p: n for p, n in conn.execute(q)}
 
     def events_of(self, job_id: str) -> list[dict]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             q = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
             return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -475,7 +433,7 @@ class Store:
             q = q.where(ledger.c.platform == platform)
         if since is not None:
             q = q.where(or_(ledger.c.end >= since, ledger.c.kind == "reserve"))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(ledger.c.id))]
 
     def ledger_charges(self, platforms: Iterable[str], since: float) -> list[tuple[str, float, float, float]]:
@@ -486,14 +444,14 @@ class Store:
             return []
         q = select(ledger.c.platform, ledger.c.amount, ledger.c.start, ledger.c.end).where(
             ledger.c.kind == "charge", ledger.c.end > since, ledger.c.platform.in_(names))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [tuple(r) for r in conn.execute(q)]
 
     def reservations(self, attempt_ids: Iterable[int]) -> dict[int, dict]:
         """The reserve row of each of these attempts (the active ones, in practice)."""
         ids = list(attempt_ids)
         out: dict[int, dict] = {}
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             for i in range(0, len(ids), 500):
                 q = select(ledger).where(ledger.c.kind == "reserve", ledger.c.attempt_id.in_(ids[i:i + 500]))
                 for r in conn.execute(q):
@@ -520,13 +478,13 @@ class Store:
             if not names:
                 return []
             q = q.where(jobs.c.bundle.in_(names))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [tuple(r) for r in conn.execute(q)]
 
     def sweep_jobs(self, sweep_id: str) -> list[JobRow]:
         """The points of one sweep, in submission order."""
         q = select(jobs).where(jobs.c.sweep_id == sweep_id).order_by(jobs.c.created_at, jobs.c.id)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_job(r) for r in conn.execute(q)]
 
     def resolve_sweep(self, ref: str) -> str | None:
@@ -535,7 +493,7 @@ class Store:
         ref = ref.strip()
         if not ref:
             return None
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             ids = [r[0] for r in conn.execute(select(jobs.c.sweep_id).where(jobs.c.sweep_id.like(ref.lower() + "%"))
                                               .group_by(jobs.c.sweep_id).limit(6))]
             if not ids:  # the sweep's name: its points are called <name>-<index>
@@ -555,40 +513,29 @@ class Store:
         out: dict[str, dict[str, int]] = {}
         q = (select(jobs.c.sweep_id, jobs.c.state, func.count()).where(jobs.c.sweep_id.in_(ids))
              .group_by(jobs.c.sweep_id, jobs.c.state))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             for sweep_id, st, n in conn.execute(q):
                 out.setdefault(sweep_id, {})[st] = n
         return out
 
     def meta_get(self, key: str) -> str | None:
         """A small key-value setting kept with the state (e.g. a cached quota reading)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def meta_set(self, key: str, value: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
                 conn.execute(insert(meta).values(key=key, value=value))
 
     def counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return {s: n for s, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))}
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def _v1_to_v2(conn: Connection) -> None:
-    """Chain segments (attempts.session_s) and the indexes quota and sweeps read by."""
-    columns = {c["name"] for c in __import__("sqlalchemy").inspect(conn).get_columns("attempts")}
-    if "session_s" not in columns:
-        conn.exec_driver_sql("ALTER TABLE attempts ADD COLUMN session_s FLOAT")
-    for index in (*attempts.indexes, *jobs.indexes, *ledger.indexes):
-        index.create(conn, checkfirst=True)
-
-
-MIGRATIONS: dict[int, Any] = {1: _v1_to_v2}
-"""``MIGRATIONS[v](conn)`` moves a schema from version v to v+1."""
 
 
 def _engine(url: str) -> Engine:

@@ -47,14 +47,31 @@ def kill_runners(root: Path) -> None:
 
 
 @pytest.fixture
-def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh ORCH_HOME for this test (and for any `orch` subprocess it starts)."""
+def state_backend() -> str:
+    """Which state database `orch_home` uses: "sqlite" here; a module that must also pass on
+    PostgreSQL overrides this fixture with ``params=["sqlite", "postgres"]`` (see
+    ``backends`` below)."""
+    return "sqlite"
+
+
+#: ``state_backend = backends`` in a test module runs each of its tests on both databases.
+backends = pytest.fixture(params=["sqlite", "postgres"])(lambda request: request.param)
+
+
+@pytest.fixture
+def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request, state_backend: str) -> Path:
+    """A fresh ORCH_HOME for this test (and for any `orch` subprocess it starts), on a fresh
+    SQLite file or, for ``state_backend == "postgres"``, a fresh PostgreSQL database."""
     home = tmp_path / "orch-home"
     home.mkdir()
     monkeypatch.setenv("ORCH_HOME", str(home))
     monkeypatch.setenv("ORCH_HEARTBEAT_SECONDS", "0.5")
     monkeypatch.delenv("ORCH_STATE_URL", raising=False)
     monkeypatch.delenv("ORCH_FAILPOINTS", raising=False)
+    monkeypatch.delenv("ORCH_CONTROLLER_ID", raising=False)
+    monkeypatch.delenv("ORCH_USER", raising=False)
+    if state_backend == "postgres":
+        monkeypatch.setenv("ORCH_STATE_URL", request.getfixturevalue("pg_url"))
     monkeypatch.chdir(tmp_path)
     yield home
     kill_runners(home)
@@ -103,7 +120,7 @@ def tick_until(predicate: Callable[[App], bool], timeout: float = 60, interval: 
     while True:
         app = App.open()
         try:
-            Controller(app).tick(lock_timeout=5)
+            Controller(app).tick()
             if predicate(app):
                 return app
         finally:

@@ -119,7 +119,7 @@ def test_a_status_read_between_a_segments_last_heartbeat_and_its_result_keeps_it
         (attempt_dir / "heartbeat.json").write_text(json.dumps({"time": time.time(), "phase": "done"}))
         app = open_app()
         try:
-            report = Controller(app).tick(lock_timeout=5)
+            report = Controller(app).tick()
             assert app.store.attempts_of(job_id)[-1].state == AttemptState.RUNNING, report.problems
         finally:
             app.close()

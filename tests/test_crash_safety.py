@@ -11,7 +11,10 @@ import pytest
 
 from orchestrator.failpoints import POINTS
 from orchestrator.states import JobState
-from tests.conftest import make_job, open_app, orch_process
+from tests.conftest import backends, make_job, open_app, orch_process
+
+#: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
+state_backend = backends
 
 
 def all_done(job_ids: list[str]) -> bool:

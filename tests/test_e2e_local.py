@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 from orchestrator.states import JobState
-from tests.conftest import make_job, tick_until
+from tests.conftest import backends, make_job, tick_until
+
+#: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
+state_backend = backends
 
 JOB = """\
 name: wordcount

@@ -227,7 +227,7 @@ def test_the_schema_moves_from_version_1_to_2_keeping_the_data(tmp_path):
     store.close()
     store = Store(url)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert store.job(job_id).name == "old"
         with store.engine.connect() as conn:
             columns = [r[1] for r in conn.execute(text("PRAGMA table_info(attempts)"))]

@@ -6,9 +6,21 @@ import json
 from pathlib import Path
 
 from orchestrator.states import JobState
-from tests.conftest import make_job, open_app, tick_until
+from tests.conftest import backends, make_job, open_app, tick_until
+
+#: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
+state_backend = backends
 
 SECRET = "s3cr3t-Value-8c1f2a"
+
+
+def db_dump(app) -> str:
+    from sqlalchemy import select
+
+    from orchestrator.schema import metadata
+
+    with app.store.engine.connect() as conn:
+        return "\n".join(repr(tuple(row)) for table in metadata.sorted_tables for row in conn.execute(select(table)))
 
 
 def all_bytes_under(root: Path) -> bytes:
@@ -35,8 +47,9 @@ def test_secret_values_never_reach_db_logs_or_bundle(orch, orch_home, tmp_path, 
     assert (out / "outputs" / "seen.txt").read_text() == hashlib.sha256(SECRET.encode()).hexdigest()  # the job saw it
     log = (out / "job.log").read_text()
     assert "token is ***" in log and "split ***" in log and SECRET not in log
-    everything = all_bytes_under(orch_home)  # DB (+WAL), bundles, blobs, results, attempt dirs
+    everything = all_bytes_under(orch_home)  # SQLite (+WAL), bundles, blobs, results, attempt dirs
     assert SECRET.encode() not in everything
+    assert SECRET not in db_dump(app)  # every row of every table, on either backend
     assert "MY_TOKEN" in json.dumps(app.store.job(job_id).spec)  # the name is kept, the value is not
 
 

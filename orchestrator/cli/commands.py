@@ -24,7 +24,7 @@ from ..errors import ConfigError, NotFoundError, OrchError
 from ..platforms.base import Handle
 from ..scheduler import Place
 from ..states import JobState
-from ..store import JobRow
+from ..store import JobRow, user
 from . import main
 from .common import ago, console, err_console, json_option, pass_app, print_json, styled_state
 
@@ -116,7 +116,7 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
     started = time.time()
     try:
         while True:
-            report = controller.Controller(app).tick(lock_timeout=interval)
+            controller.Controller(app).tick()
             job = app.store.job(job_id)
             if job.state.terminal:
                 return job
@@ -125,8 +125,6 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
                 note = f" — {job.message}" if job.message else ""
                 ctl_status.update(f"{job.name} {styled_state(job.state.value)}{where} "
                                   f"[dim]{format_duration(time.time() - started)}{note}[/]")
-            if report.skipped:
-                continue  # another tick ran; it waited `interval` on the lock already
             time.sleep(interval)
     finally:
         if ctl_status:
@@ -219,9 +217,10 @@ def job_json(job: JobRow, att, segments: int = 0) -> dict:
 @click.argument("job", required=False)
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not only the latest 50.")
 @click.option("--expand", is_flag=True, help="List each point of a sweep under its line.")
+@click.option("--mine", is_flag=True, help="Only jobs I submitted (user name, or $ORCH_USER).")
 @json_option
 @pass_app
-def status(app: App, job: str | None, show_all: bool, expand: bool, as_json: bool) -> None:
+def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, as_json: bool) -> None:
     """Show every job (or one job's attempts and events, or one sweep's points).
 
     A sweep is one line with its progress (--expand lists its points); a job that runs as
@@ -232,6 +231,7 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, as_json: boo
       orch status
       orch status 3f9c --json
       orch status --expand
+      orch status --mine
     """
     if job:
         try:
@@ -244,7 +244,7 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, as_json: boo
             return
         _status_one(app, row, as_json)
         return
-    rows = app.store.jobs(limit=None if show_all else 50)
+    rows = app.store.jobs(limit=None if show_all else 50, submitted_by=user() if mine else None)
     latest = app.store.latest_attempts([j.id for j in rows])
     chains: dict[str, int] = {}
     chain_time: dict[str, float] = {}
@@ -516,31 +516,26 @@ def retry(app: App, job: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems (for cron).")
-@click.option("--wait-lock", type=float, default=None, metavar="SECONDS",
-              help="Wait this long for a running tick instead of skipping.")
 @json_option
 @pass_app
-def tick(app: App, quiet: bool, wait_lock: float | None, as_json: bool) -> None:
+def tick(app: App, quiet: bool, as_json: bool) -> None:
     """Run one scheduler pass: reconcile, poll, fetch, retry, dispatch.
 
-    Safe to run from cron and by hand at the same time: an overlapping tick exits
-    at once.
+    Safe to run from cron and by hand at the same time, and from several machines
+    sharing one PostgreSQL queue: each tick works only on jobs it has claimed.
 
     \b
     Example:
       orch tick
       */5 * * * * orch tick --quiet   (see `orch cron`)
     """
-    report = controller.Controller(app).tick(lock_timeout=wait_lock)
+    report = controller.Controller(app).tick()
     if as_json:
         print_json(report.to_json())
         return
     for p in report.problems:
         err_console.print(f"[yellow]warning:[/] {_escape(p)}")
     if quiet:
-        return
-    if report.skipped:
-        console.print(f"skipped: {report.skipped}")
         return
     console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "
                   f"{len(report.requeued)} requeued ({report.seconds:.2f}s)")

@@ -286,6 +286,10 @@ class Platform(Protocol):
     """
 
     #: The pydantic model of this backend's config entry.
+    #: True when runs live on the machine whose controller started them (``local``):
+    #: in team mode other machines' controllers leave those attempts alone.
+    host_bound: ClassVar[bool] = False
+
     settings_model: ClassVar[type[PlatformSettings]] = PlatformSettings
 
     name: str

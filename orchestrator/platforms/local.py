@@ -62,6 +62,8 @@ class LocalPlatform(Platform):
 
     settings_model = LocalSettings
     settings: LocalSettings
+    #: Its runs live on this machine: only controllers here may poll or adopt them.
+    host_bound = True
 
     def __init__(self, name, settings, home):
         super().__init__(name, settings, home)

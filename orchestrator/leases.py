@@ -1,0 +1,114 @@
+"""Leases: how several controllers share one queue without a local lock.
+
+Before a controller works on a job (adopting, polling, fetching or dispatching it) it
+claims the job row: it writes its owner id and an expiry time, for rows nobody holds
+or whose lease has run out. On PostgreSQL the claim is one ``UPDATE ... WHERE id IN
+(SELECT ... FOR UPDATE SKIP LOCKED)``, so two controllers claiming at the same moment
+get disjoint sets without waiting on each other; on SQLite the write lock serialises
+claims. A controller that dies keeps its leases only until they expire
+(``controller.lease_seconds``); on its own machine a lease whose process is gone is
+void at once, so a crashed cron tick is picked up by the next one without a wait.
+
+Platform limits are guarded separately: a dispatch locks the platform's row in
+``platform_locks`` while it counts running attempts, checks the quota and writes the
+new attempt, so two controllers never both take the last free slot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from typing import Iterable
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from .schema import jobs, platform_locks
+from .store import Store, actor, host
+
+#: Default owner ids look like "user@host:pid#nonce"; the pid lets a controller on the
+#: same host see that the holder is dead.
+_LOCAL_OWNER = re.compile(r"^[^@]*@(?P<host>[^:]+):(?P<pid>\d+)#")
+
+
+def owner_id() -> str:
+    """A fresh owner id for one tick of this process."""
+    return f"{actor()}#{uuid.uuid4().hex[:8]}"
+
+
+def _dead_local_owners(conn: Connection, now: float) -> list[str]:
+    """Owners on this machine whose process no longer exists."""
+    me = host()
+    rows = conn.execute(select(jobs.c.lease_owner).distinct().where(
+        jobs.c.lease_until >= now, jobs.c.lease_owner.like(f"%@{me}:%"))).scalars()
+    dead = []
+    for owner in rows:
+        m = _LOCAL_OWNER.match(owner or "")
+        if not m or m["host"] != me:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+        except ProcessLookupError:
+            dead.append(owner)
+        except PermissionError:
+            pass  # alive, another user's
+    return dead
+
+
+def claim(store: Store, job_ids: Iterable[str], owner: str, seconds: float) -> set[str]:
+    """Claim the given jobs for ``owner`` for ``seconds``; returns the ids claimed (those
+    free, expired, held by a dead local process, or already ours)."""
+    ids = list(dict.fromkeys(job_ids))
+    if not ids:
+        return set()
+    now = time.time()
+    got: set[str] = set()
+    with store.transaction() as tx:
+        conn = tx.conn
+        free = or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now, jobs.c.lease_owner == owner)
+        dead = _dead_local_owners(conn, now)
+        if dead:
+            free = or_(free, jobs.c.lease_owner.in_(dead))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            claimable = (select(jobs.c.id).where(and_(jobs.c.id.in_(chunk), free))
+                         .with_for_update(skip_locked=True))
+            stmt = (update(jobs).where(jobs.c.id.in_(claimable.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + seconds).returning(jobs.c.id))
+            got.update(conn.execute(stmt).scalars())
+    return got
+
+
+def release(store: Store, owner: str, job_ids: Iterable[str] | None = None) -> None:
+    """Give up ``owner``'s leases (all of them, or those on ``job_ids``)."""
+    cond = jobs.c.lease_owner == owner
+    if job_ids is not None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        cond = and_(cond, jobs.c.id.in_(ids))
+    with store.transaction() as tx:
+        tx.conn.execute(update(jobs).where(cond).values(lease_owner=None, lease_until=None))
+
+
+def ensure_platform_rows(store: Store, names: Iterable[str]) -> None:
+    """Create the lock rows of configured platforms (once; racing controllers are fine)."""
+    with store._read() as conn:
+        have = set(conn.execute(select(platform_locks.c.name)).scalars())
+    for name in names:
+        if name in have:
+            continue
+        try:
+            with store.transaction() as tx:
+                tx.conn.execute(insert(platform_locks).values(name=name))
+        except IntegrityError:
+            pass  # another controller created it meanwhile
+
+
+def lock_platform(conn: Connection, name: str) -> None:
+    """Hold ``name``'s row lock until the surrounding transaction ends (a no-op on
+    SQLite, whose write transactions are already exclusive)."""
+    conn.execute(select(platform_locks.c.name).where(platform_locks.c.name == name).with_for_update())
