@@ -66,10 +66,6 @@ class Home:
     def staging(self) -> Path:
         return self.root / "staging"
 
-    @property
-    def tick_lock(self) -> Path:
-        return self.root / "tick.lock"
-
     def platform_dir(self, name: str) -> Path:
         """Private working space of one configured platform."""
         return self.root / "platforms" / name

@@ -117,6 +117,8 @@ class Controller:
         self.store = app.store
         self.settings = app.config.controller
         self.report = TickReport()
+        self.owner = leases.owner_id()
+        self.void_owners: list[str] = []
 
     # ------------------------------------------------------------------ helpers
     def offers(self) -> dict[str, Offer]:
@@ -196,6 +198,7 @@ class Controller:
         """One pass over the work that no other controller holds right now."""
         started = time.time()
         self.owner = leases.owner_id()
+        self.void_owners = leases.dead_local_owners(self.store)
         try:
             self.reconcile()
             self.poll()
@@ -214,7 +217,8 @@ class Controller:
         batch = max(1, self.settings.claim_batch)
         for i in range(0, len(mine), batch):
             chunk = mine[i:i + batch]
-            got = leases.claim(self.store, [a.job_id for a in chunk], self.owner, self.settings.lease_seconds)
+            got = leases.claim(self.store, [a.job_id for a in chunk], self.owner, self.settings.lease_seconds,
+                               self.void_owners)
             for a in chunk:
                 if a.job_id in got:
                     yield self.store.attempt(a.id)
@@ -381,7 +385,8 @@ class Controller:
         batch = max(1, self.settings.claim_batch)
         for i in range(0, len(placed), batch):
             chunk = placed[i:i + batch]
-            got = leases.claim(self.store, [d.job_id for d in chunk], self.owner, self.settings.lease_seconds)
+            got = leases.claim(self.store, [d.job_id for d in chunk], self.owner, self.settings.lease_seconds,
+                               self.void_owners)
             for decision in chunk:
                 if decision.job_id in got:  # else another controller is on it
                     self._dispatch_one(decision, offers)

@@ -39,11 +39,14 @@ def owner_id() -> str:
     return f"{actor()}#{uuid.uuid4().hex[:8]}"
 
 
-def _dead_local_owners(conn: Connection, now: float) -> list[str]:
-    """Owners on this machine whose process no longer exists."""
+def dead_local_owners(store: Store) -> list[str]:
+    """Owners on this machine whose process no longer exists (their leases are void).
+    One query; a tick computes it once and passes it to every :func:`claim`."""
     me = host()
-    rows = conn.execute(select(jobs.c.lease_owner).distinct().where(
-        jobs.c.lease_until >= now, jobs.c.lease_owner.like(f"%@{me}:%"))).scalars()
+    now = time.time()
+    with store._read() as conn:
+        rows = list(conn.execute(select(jobs.c.lease_owner).distinct().where(
+            jobs.c.lease_until >= now, jobs.c.lease_owner.like(f"%@{me}:%"))).scalars())
     dead = []
     for owner in rows:
         m = _LOCAL_OWNER.match(owner or "")
@@ -58,9 +61,10 @@ def _dead_local_owners(conn: Connection, now: float) -> list[str]:
     return dead
 
 
-def claim(store: Store, job_ids: Iterable[str], owner: str, seconds: float) -> set[str]:
+def claim(store: Store, job_ids: Iterable[str], owner: str, seconds: float,
+          dead: list[str] | None = None) -> set[str]:
     """Claim the given jobs for ``owner`` for ``seconds``; returns the ids claimed (those
-    free, expired, held by a dead local process, or already ours)."""
+    free, expired, already ours, or held by one of the ``dead`` owners)."""
     ids = list(dict.fromkeys(job_ids))
     if not ids:
         return set()
@@ -69,7 +73,6 @@ def claim(store: Store, job_ids: Iterable[str], owner: str, seconds: float) -> s
     with store.transaction() as tx:
         conn = tx.conn
         free = or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now, jobs.c.lease_owner == owner)
-        dead = _dead_local_owners(conn, now)
         if dead:
             free = or_(free, jobs.c.lease_owner.in_(dead))
         for i in range(0, len(ids), 500):
