@@ -165,7 +165,9 @@ class Controller:
         if not (directory / "manifest.json").is_file():
             raise PrecheckError(f"the bundle of job {job.short_id} is missing from {directory}; resubmit the job")
         bundle = bundle_mod.load_bundle(directory, self.app.home.blobs)
-        secrets = {name: os.environ[name] for name in spec.secrets if name in os.environ}
+        # With secrets_from: kaggle the values are read inside the kernel, never here.
+        secrets = ({} if spec.secrets_from == "kaggle" else
+                   {name: os.environ[name] for name in spec.secrets if name in os.environ})
         previous = [a for a in self.store.attempts_of(job.id) if a.state == A.CHECKPOINTED]
         if self.store.reservations([att.id]):
             # Placement decided the deadline and the segment at dispatch (see dispatch()).
@@ -294,7 +296,7 @@ class Controller:
             except Exception as exc:  # a stored spec this version cannot read
                 waits[job.id] = f"stored spec unreadable: {exc}"
                 continue
-            missing = [s for s in spec.secrets if s not in os.environ]
+            missing = [s for s in spec.secrets if s not in os.environ] if spec.secrets_from == "local" else []
             if missing:
                 waits[job.id] = (f"secret {', '.join(missing)} is not set in the environment of the controller "
                                  f"on {host()} (export it where `orch tick` runs)")

@@ -131,7 +131,10 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
             return f"has {offer.gpu_count} GPU(s), job needs {res.gpu_count}"
     if spec.internet and not offer.internet and "internet" in offer.unsupported:
         return offer.unsupported["internet"]
-    if spec.secrets and "secrets" in offer.unsupported:
+    if spec.secrets and spec.secrets_from == "kaggle":
+        if offer.type != "kaggle":
+            return "the job's secrets live in Kaggle Secrets (secrets_from: kaggle); it runs on Kaggle only"
+    elif spec.secrets and "secrets" in offer.unsupported:
         return offer.unsupported["secrets"]
     if spec.checkpoint is None and offer.session_seconds and res.max_runtime > offer.session_seconds:
         return (f"sessions last {format_duration(offer.session_seconds)}, job needs "

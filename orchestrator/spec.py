@@ -10,7 +10,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -200,6 +200,9 @@ class JobSpec(_Model):
     priority: int = 0
     checkpoint: str | None = None
     internet: bool = True
+    #: Where secret values come from: this controller's environment ("local"), or the
+    #: Kaggle account's Secrets ("kaggle": the job then runs only on Kaggle).
+    secrets_from: Literal["local", "kaggle"] = "local"
     #: seconds between SIGTERM and SIGKILL, and how long before a session ends the job is
     #: told to checkpoint; None = the platform's or controller's grace.
     grace: float | None = None

@@ -56,6 +56,7 @@ EXPECT = {
     "38-duplicate-key": "not valid YAML",
     "39-resources-string": "resources:",
     "40-key-not-string": "key '1' is not a string",
+    "41-secrets-from-unknown": "secrets_from:",
 }
 
 

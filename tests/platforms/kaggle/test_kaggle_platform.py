@@ -308,3 +308,30 @@ def test_bad_kaggle_config_is_one_line_naming_the_field(config, orch, tmp_path):
     assert result.exit_code == 2
     assert "platforms.kaggle.accelerator" in result.output and "retired" in result.output
     assert "Traceback" not in result.output
+
+
+def test_secrets_from_kaggle_runs_on_kaggle_with_the_account_secrets_and_never_elsewhere(kaggle, config, orch,
+                                                                                         tmp_path, monkeypatch):
+    config("""\
+        platforms:
+          laptop: {type: local, max_concurrent: 4}
+          kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, dataset_wait: 20s}
+        """)
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # not on this controller: it lives in Kaggle
+    kaggle.secrets = {"HF_TOKEN": "hf-from-kaggle-account"}
+    path = make_job(tmp_path / "ks", """\
+        name: ks
+        secrets: [HF_TOKEN]
+        secrets_from: kaggle
+        run: python3 -c "import os,hashlib; print('token', os.environ['HF_TOKEN']); open(os.environ['ORCH_OUTPUT_DIR']+'/h','w').write(hashlib.sha256(os.environ['HF_TOKEN'].encode()).hexdigest())"
+        """)
+    job_id = submit(orch, path)
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    assert app.store.attempts_of(job_id)[-1].platform == "kaggle"  # never the laptop
+    out = tmp_path / "out"
+    assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
+    import hashlib
+
+    assert (out / "outputs" / "h").read_text() == hashlib.sha256(b"hf-from-kaggle-account").hexdigest()
+    assert "token ***" in (out / "job.log").read_text()
