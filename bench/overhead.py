@@ -22,7 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    from orchestrator import controller
+    from orchestrator import actions, controller
     from orchestrator.app import App
 
     direct = min(_time(lambda: subprocess.run(COMMAND, shell=True, check=True)) for _ in range(args.repeat))
@@ -34,7 +34,7 @@ def main() -> None:
         for _ in range(args.repeat):
             app = App.open()
             t = time.perf_counter()
-            res = controller.submit(app, job / "job.yaml")
+            res = actions.submit(app, job / "job.yaml")
             while not app.store.job(res.job_id).state.terminal:
                 controller.Controller(app).tick()
                 time.sleep(0.02)

@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--files", type=int, default=10_000)
     args = ap.parse_args()
-    from orchestrator import controller
+    from orchestrator import actions
     from orchestrator.app import App
 
     with scratch_home() as root:
@@ -57,9 +57,9 @@ def main() -> None:
         baseline = best_of(read_all, 3)
         app = App.open()
         t = time.perf_counter()
-        controller.submit(app, job / "job.yaml")
+        actions.submit(app, job / "job.yaml")
         first = time.perf_counter() - t
-        resubmit = best_of(lambda: controller.submit(app, job / "job.yaml"), 5)
+        resubmit = best_of(lambda: actions.submit(app, job / "job.yaml"), 5)
         app.close()
         env = {**os.environ}
         t = time.perf_counter()

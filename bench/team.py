@@ -44,7 +44,7 @@ DISPATCHER = textwrap.dedent("""\
 
 
 def dispatch_rate(server: PostgresServer, controllers: int, n_jobs: int) -> float:
-    from orchestrator import controller
+    from orchestrator import actions, controller
     from orchestrator.app import App
     from orchestrator.states import JobState
 
@@ -57,7 +57,7 @@ def dispatch_rate(server: PostgresServer, controllers: int, n_jobs: int) -> floa
         job.mkdir()
         (job / "job.yaml").write_text("name: empty\nrun: 'true'\n")
         app = App.open()
-        res = controller.submit(app, job / "job.yaml")
+        res = actions.submit(app, job / "job.yaml")
         spec, bundle = app.store.job(res.job_id).spec, res.bundle.digest
         app.store.add_jobs([dict(name="empty", spec=spec, bundle=bundle)] * (n_jobs - 1))
         app.close()

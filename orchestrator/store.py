@@ -29,7 +29,7 @@ from .states import (
 )
 
 from .schema import (  # noqa: F401  (re-exported: the tables are part of the store's API)
-    MIGRATIONS, SCHEMA_VERSION, attempts, blob_chunks, blobs, events, jobs, ledger, meta, metadata, platform_locks,
+    MIGRATIONS, SCHEMA_VERSION, attempts, events, jobs, ledger, meta, metadata,
 )
 
 

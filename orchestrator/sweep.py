@@ -97,7 +97,7 @@ def resolve(app: "App", ref: str) -> tuple[str, list["JobRow"]] | None:
 
 def cancel(app: "App", sweep_id: str) -> list[str]:
     """Cancel every point of the sweep that has not ended; one sentence per point."""
-    from .controller import cancel as cancel_job
+    from .actions import cancel as cancel_job
 
     rows = app.store.sweep_jobs(sweep_id)
     if not rows:

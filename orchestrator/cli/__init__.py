@@ -19,7 +19,7 @@ import sys
 import click
 
 from ..errors import OrchError
-from .common import console, err_console
+from .common import err_console
 
 PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands", "schedule_commands")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from click import UsageError
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .. import controller
+from .. import actions, controller
 from .. import sweep as sweep_mod
 from ..app import App
 from ..config import STARTER, Home
@@ -52,7 +51,7 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
       orch submit job.yaml --platform kaggle --json
     """
     with _bundle_progress(quiet=as_json) as (progress, total):
-        res = controller.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run,
+        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run,
                                 progress=progress, total=total)
     b = res.bundle
     if dry_run:
@@ -94,7 +93,7 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
     job = _wait(app, job_id, interval, quiet=as_json)
     target = None
     try:
-        target = controller.fetch(app, job, None)
+        target = actions.fetch(app, job, None)
     except NotFoundError:
         pass
     att = app.store.attempts_of(job.id)
@@ -338,7 +337,7 @@ def _status_one(app: App, job: JobRow, as_json: bool) -> None:
              "runtime_s": a.runtime_s, "gpu": a.gpu_name, "created_at": a.created_at, "ended_at": a.ended_at}
             for a in attempts]
         doc["events"] = [{k: e[k] for k in ("at", "kind", "from_state", "to_state", "reason", "actor")} for e in events]
-        results = controller.results_dir(app, job)
+        results = actions.results_dir(app, job)
         doc["results"] = str(results) if results else None
         print_json(doc)
         return
@@ -380,7 +379,7 @@ def _status_one(app: App, job: JobRow, as_json: bool) -> None:
         change = f"{e['from_state'] or '·'} → {e['to_state']}"
         t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, _escape(e["reason"]))
     console.print(t)
-    results = controller.results_dir(app, job)
+    results = actions.results_dir(app, job)
     if results:
         console.print(f"  results stored in {results} — `orch fetch {job.short_id}` copies them here")
 
@@ -454,7 +453,7 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
       orch fetch 3f9c -o ./out
     """
     row = app.store.resolve(job)
-    target = controller.fetch(app, row, dest)
+    target = actions.fetch(app, row, dest)
     if as_json:
         print_json({"id": row.id, "state": row.state.value, "path": str(target)})
     else:
@@ -487,7 +486,7 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
                 if not as_json:
                     console.print(msg)
             continue
-        msg = controller.cancel(app, row)
+        msg = actions.cancel(app, row)
         out.append({"id": row.id, "message": msg})
         if not as_json:
             console.print(msg)
@@ -507,7 +506,7 @@ def retry(app: App, job: str, as_json: bool) -> None:
       orch retry 3f9c
     """
     row = app.store.resolve(job)
-    msg = controller.retry(app, row)
+    msg = actions.retry(app, row)
     print_json({"id": row.id, "state": "QUEUED"}) if as_json else console.print(msg)
 
 

@@ -1,0 +1,156 @@
+"""What a user does to jobs: submit them, cancel them, retry them, fetch their results.
+
+The CLI calls these; ``controller.py`` moves the jobs along in between.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import bundle as bundle_mod
+from . import scheduler
+from . import spec as spec_mod
+from . import sweep as sweep_mod
+from .app import App
+from .blobstore import BlobStore, restore_artifacts, share_bundle
+from .controller import Controller
+from .errors import NotFoundError, SpecError, StateError
+from .platforms.base import Handle
+from .results import install_attempt
+from .states import AttemptState, JobState
+from .store import Conflict, JobRow
+
+A, J = AttemptState, JobState
+
+
+@dataclass
+class SubmitResult:
+    job_id: str | None
+    name: str
+    bundle: bundle_mod.Bundle
+    decision: scheduler.Decision | None
+    #: For a sweep: its id (also in ``job_id``) and the id of every point.
+    sweep_id: str | None = None
+    job_ids: list[str] = field(default_factory=list)
+
+
+def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str, ...] = (),
+           dry_run: bool = False, progress: Callable[[int], None] | None = None,
+           total: Callable[[int], None] | None = None) -> SubmitResult:
+    """Validate ``path``, bundle it and queue it (or, with ``dry_run``, only explain)."""
+    spec = spec_mod.load(path)
+    configured = app.config.names
+    for i, name in enumerate(spec.platforms):
+        if name not in configured:
+            raise SpecError(_unknown_platform(spec.where("platforms", i), name, configured))
+    if pin and pin not in configured:
+        raise NotFoundError(_unknown_platform("--platform", pin, configured))
+    cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
+    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, progress, total)
+    points = sweep_mod.expand(spec.sweep) if spec.sweep else []
+    if not dry_run and app.store.shared:
+        share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it
+    if dry_run:
+        candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
+        decision = Controller(app).plan([candidate])[0]
+        return SubmitResult(None, spec.name, bundle, decision)
+    if points:
+        sweep_id, job_ids = sweep_mod.submit(app.store, spec, bundle.digest, points, pin)
+        return SubmitResult(sweep_id, spec.name, bundle, None, sweep_id=sweep_id, job_ids=job_ids)
+    job_id = app.store.add_job(name=spec.name, spec=spec.public_dict(), bundle=bundle.digest,
+                               priority=spec.priority, pin=pin)
+    return SubmitResult(job_id, spec.name, bundle, None, job_ids=[job_id])
+
+
+def _unknown_platform(where: str, name: str, configured: list[str]) -> str:
+    import difflib
+
+    hint = difflib.get_close_matches(name, configured, n=1)
+    did = f" — did you mean '{hint[0]}'?" if hint else ""
+    return f"{where}: platforms: unknown platform '{name}'{did} (configured: {', '.join(configured)})"
+
+
+def cancel(app: App, job: JobRow) -> str:
+    """Cancel a queued or running job; returns a sentence for the user."""
+    ctl = Controller(app)
+    for _ in range(10):
+        job = app.store.job(job.id)
+        if job.state.terminal:
+            raise StateError(f"job {job.short_id} already ended ({job.state.value})")
+        try:
+            if job.state == J.QUEUED:
+                with app.store.transaction() as tx:
+                    tx.move_job(job.id, J.QUEUED, J.CANCELLED, "cancelled by user", message="cancelled")
+                return f"cancelled {job.short_id} ({job.name}) before it started"
+            att = app.store.attempts_of(job.id)[-1]
+            note = ""
+            if att.handle:
+                platform = app.platform(att.platform)
+                offer = platform.offer()
+                if "cancel" in offer.unsupported:
+                    note = f"; {offer.unsupported['cancel']}"
+                ctl._best_effort_cancel(att.platform, Handle.from_json(att.handle))
+            # A run that cannot be stopped goes on to its deadline: charge all of it.
+            closing = ctl._ledger_close(att, None, time.time(), charge=bool(att.handle), whole=bool(note))
+            with app.store.transaction() as tx:
+                tx.move_attempt(att.id, job.id, att.state, A.CANCELLED, "cancelled by user", ended_at=time.time())
+                tx.move_job(job.id, job.state, J.CANCELLED, "cancelled by user", message="cancelled")
+                closing(tx)
+            return f"cancelled {job.short_id} ({job.name}) on {att.platform}{note}"
+        except Conflict:
+            time.sleep(0.05)
+    raise StateError(f"job {job.short_id} keeps changing state; try again")
+
+
+def retry(app: App, job: JobRow) -> str:
+    if job.state not in (J.FAILED, J.LOST, J.CANCELLED):
+        raise StateError(f"job {job.short_id} is {job.state.value}; only FAILED, LOST or CANCELLED jobs can be retried")
+    with app.store.transaction() as tx:
+        tx.move_job(job.id, job.state, J.QUEUED, "retry requested", lost_count=0, error_count=0, avoid={},
+                    message="retry requested")
+    return f"requeued {job.short_id} ({job.name})"
+
+
+def results_dir(app: App, job: JobRow) -> Path | None:
+    """The stored results of the job's latest fetched attempt, if any."""
+    root = app.home.results / job.id
+    if not root.is_dir():
+        return None
+    done = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("attempt-") and not p.name.endswith(".partial")),
+                  key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def fetch(app: App, job: JobRow, dest: Path | None) -> Path:
+    """Copy the job's results into ``dest`` (default ``./results/<name>-<id8>``). Idempotent."""
+    from .results import copy_tree
+
+    src = results_dir(app, job)
+    if src is None and app.store.shared:
+        src = _results_from_team(app, job)
+    if src is None:
+        if job.state.terminal:
+            raise NotFoundError(f"job {job.short_id} ended {job.state.value} without results to fetch ({job.message})")
+        raise NotFoundError(f"job {job.short_id} is {job.state.value}; results arrive when it ends "
+                            f"(`orch logs -f {job.short_id}` to follow it)")
+    target = dest or Path("results") / f"{job.name}-{job.short_id}"
+    copy_tree(src, target)
+    return target
+
+
+def _results_from_team(app: App, job: JobRow) -> Path | None:
+    """Results fetched by another member's controller, copied here from the shared store."""
+    done = [a for a in app.store.attempts_of(job.id) if a.artifacts]
+    if not done:
+        return None
+    att = done[-1]
+    staging = app.home.staging / f"team-{att.key}"
+    shutil.rmtree(staging, ignore_errors=True)
+    restore_artifacts(BlobStore(app.store), att.artifacts, staging)
+    install_attempt(staging, app.home.results / job.id / f"attempt-{att.number}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return results_dir(app, job)
