@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from ..scheduler import Place
 from ..states import JobState
 from ..store import JobRow, user
 from . import main
-from .common import ago, console, err_console, json_option, pass_app, print_json, styled_state
+from .common import ago, console, err_console, json_option, pass_app, print_json, styled_state, transfer_bars
 
 
 # ---------------------------------------------------------------------------- submit
@@ -113,9 +114,19 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
     if ctl_status:
         ctl_status.start()
     started = time.time()
+
+    @contextlib.contextmanager
+    def spinner_paused():
+        ctl_status.stop()
+        try:
+            yield
+        finally:
+            ctl_status.start()
+
     try:
         while True:
-            controller.Controller(app).tick()
+            with transfer_bars(not quiet, spinner_paused if ctl_status else None):
+                controller.Controller(app).tick()
             job = app.store.job(job_id)
             if job.state.terminal:
                 return job
@@ -528,7 +539,8 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
       orch tick
       */5 * * * * orch tick --quiet   (see `orch cron`)
     """
-    report = controller.Controller(app).tick()
+    with transfer_bars(not (quiet or as_json)):
+        report = controller.Controller(app).tick()
     if as_json:
         print_json(report.to_json())
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -58,3 +59,44 @@ def ago(ts: float | None) -> str:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+class TransferBars:
+    """Shows each large transfer (see ``orchestrator.progress``) as a rich progress bar.
+
+    ``pause`` is a context manager factory that hides another live display (the
+    ``submit --wait`` spinner) while a bar is shown: rich shows one at a time.
+    """
+
+    def __init__(self, console: Console, pause: Callable[[], Any] | None = None):
+        self.console = console
+        self.pause = pause
+
+    @contextlib.contextmanager
+    def __call__(self, label: str, total: int):
+        from rich.progress import (
+            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+        )
+
+        with (self.pause() if self.pause else contextlib.nullcontext()):
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn())
+            with Progress(*columns, console=self.console) as bars:
+                task = bars.add_task(label, total=total)
+                yield lambda n: bars.advance(task, n)
+
+
+@contextlib.contextmanager
+def transfer_bars(enabled: bool, pause: Callable[[], Any] | None = None):
+    """Install progress bars for transfers made inside the block (when ``enabled`` and
+    stderr is a terminal)."""
+    from .. import progress
+
+    if not enabled or not err_console.is_terminal:
+        yield
+        return
+    previous = progress.install(TransferBars(err_console, pause))
+    try:
+        yield
+    finally:
+        progress.install(previous)

@@ -29,6 +29,7 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaFileUpload, MediaInMemoryUpload
 
 from ..errors import PlatformError, TransientError
+from ..progress import transfer
 from .drive_client import classify, is_retryable
 
 T = TypeVar("T")
@@ -263,22 +264,27 @@ class Transfers:
             req._in_error_state = True
         failures = 0
         response = None
-        while response is None:
-            try:
-                _, response = req.next_chunk(num_retries=0)
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - classified in _absorb
-                if resumed and isinstance(exc, HttpError) and exc.resp.status in (404, 410):
-                    # The session expired (about a week): start a new one.
-                    self.journal.drop(key)
-                    req, resumed = fresh(), False
-                    continue
-                failures = self._absorb(exc, what, failures)
-            finally:
-                if req.resumable_uri and not resumed:
-                    self.journal.put(key, {"uri": req.resumable_uri, "sha256": sha256, "size": size,
-                                           "path": str(path), "started": time.time()})
-                    resumed = True
+        with transfer(f"{self.platform}: upload {path.name}", size) as advance:
+            sent = 0
+            while response is None:
+                try:
+                    status, response = req.next_chunk(num_retries=0)
+                    failures = 0
+                    now = size if response is not None else (status.resumable_progress if status else sent)
+                    advance(max(0, now - sent))
+                    sent = max(sent, now)
+                except Exception as exc:  # noqa: BLE001 - classified in _absorb
+                    if resumed and isinstance(exc, HttpError) and exc.resp.status in (404, 410):
+                        # The session expired (about a week): start a new one.
+                        self.journal.drop(key)
+                        req, resumed = fresh(), False
+                        continue
+                    failures = self._absorb(exc, what, failures)
+                finally:
+                    if req.resumable_uri and not resumed:
+                        self.journal.put(key, {"uri": req.resumable_uri, "sha256": sha256, "size": size,
+                                               "path": str(path), "started": time.time()})
+                        resumed = True
         self.journal.drop(key)
         return response
 
@@ -340,11 +346,12 @@ class Transfers:
         what = f"download {dest.name}"
         req = self.service.files().get_media(fileId=file_id)
         failures = 0
-        with open(part, "ab") as out:
+        with open(part, "ab") as out, transfer(f"{self.platform}: download {dest.name}", size) as advance:
             offset = out.tell()
             if offset > size:
                 out.truncate(0)
                 offset = 0
+            advance(offset)
             while offset < size:
                 try:
                     status, content = self._get_range(req, offset, min(size, offset + self.chunk_size))
@@ -357,6 +364,7 @@ class Transfers:
                     offset = 0
                 out.write(content)
                 offset += len(content)
+                advance(len(content))
                 failures = 0
         if sha256 and sha256_file(part) != sha256:
             part.unlink(missing_ok=True)

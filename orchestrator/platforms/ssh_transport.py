@@ -48,6 +48,7 @@ from paramiko.ssh_exception import (
 )
 
 from ..errors import LostError, PlatformError, PrecheckError, TransientError
+from ..progress import transfer
 from .ssh_hostkeys import PinFirstContact, RejectUnknown, UnknownHostKey, fingerprint, load_pins
 from .ssh_proxy import EOFProxyCommand
 
@@ -473,7 +474,8 @@ class Connection:
             if have > size:
                 sftp.remove(part)
                 have = 0
-            with open(local, "rb") as src, sftp.open(part, "r+" if have else "w") as dst:
+            with open(local, "rb") as src, sftp.open(part, "r+" if have else "w") as dst, \
+                    transfer(f"{self.endpoint.name}: upload {local.name}", size, have) as advance:
                 dst.set_pipelined(True)
                 dst.seek(have)
                 src.seek(have)
@@ -481,6 +483,7 @@ class Connection:
                     dst.write(chunk)
                     sent += len(chunk)
                     dog.kick()
+                    advance(len(chunk))
                     if progress:
                         progress(have + sent)
         remote_sha = self.sha256(part)
@@ -515,13 +518,15 @@ class Connection:
             have = part.stat().st_size if part.exists() else 0
             if have > size:
                 have = 0
-            with sftp.open(remote, "rb") as src, open(part, "ab" if have else "wb") as dst:
+            with sftp.open(remote, "rb") as src, open(part, "ab" if have else "wb") as dst, \
+                    transfer(f"{self.endpoint.name}: download {local.name}", size, have) as advance:
                 src.seek(have)
                 src.prefetch(size, max_concurrent_requests=64)
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
                     received += len(chunk)
                     dog.kick()
+                    advance(len(chunk))
         got = file_sha256(part)
         if got != want:
             part.unlink(missing_ok=True)
