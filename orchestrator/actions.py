@@ -49,6 +49,8 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
             raise SpecError(_unknown_platform(spec.where("platforms", i), name, configured))
     if pin and pin not in configured:
         raise NotFoundError(_unknown_platform("--platform", pin, configured))
+    if not dry_run:
+        _check_feasible(app, spec, pin)
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, progress, total)
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
@@ -64,6 +66,23 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     job_id = app.store.add_job(name=spec.name, spec=spec.public_dict(), bundle=bundle.digest,
                                priority=spec.priority, pin=pin)
     return SubmitResult(job_id, spec.name, bundle, None, job_ids=[job_id])
+
+
+def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> None:
+    """Refuse a job that no allowed platform could ever run as configured (a GPU job and
+    only CPU platforms, say): queued, it would wait forever."""
+    offers = Controller(app).offers()
+    names = scheduler.allowed_platforms(scheduler.Candidate("(new)", spec, pin), list(offers))
+    reasons = []
+    for name in names:
+        why = scheduler.misfit(spec, offers[name])
+        if why is None:
+            return
+        reasons.append(f"{name}: {why}")
+    hint = " — configure a platform that has one, or accept the CPU with gpu: [any, none]" \
+        if spec.resources.wants_gpu else ""
+    raise SpecError(f"{spec.where('resources')}: no configured platform can run this job "
+                    f"({'; '.join(reasons)}){hint}")
 
 
 def _unknown_platform(where: str, name: str, configured: list[str]) -> str:

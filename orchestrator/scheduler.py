@@ -119,9 +119,9 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
     """Why ``offer`` can never run ``spec`` as it stands (None when it can); quota and
     session time are judged by :func:`place`."""
     res = spec.resources
-    if res.wants_gpu:
-        if not offer.gpus:
-            return "has no GPU"
+    if res.wants_gpu and not offer.gpus and not res.cpu_fallback:
+        return "has no GPU"
+    if res.wants_gpu and offer.gpus:
         wanted = [g for g in res.gpu if g != "any"]
         if wanted and "any" not in res.gpu and not set(wanted) & set(offer.gpus):
             return f"offers {'/'.join(offer.gpus)}, job needs {'/'.join(wanted)}"

@@ -34,10 +34,22 @@ class Resources(_Model):
 
     #: () = no GPU; ("any",) = any GPU; otherwise GPU types in order of preference.
     gpu: tuple[str, ...] = ()
+    #: Also run without a GPU when no GPU platform can take the job (``gpu: [any, none]``).
+    cpu_fallback: bool = False
     gpu_count: int = Field(default=1, ge=0, le=16)
     min_gpu_memory_gb: float | None = Field(default=None, gt=0)
     #: seconds; written as "2h30m" in job.yaml.
     max_runtime: float = 3600.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trailing_none(cls, data: Any) -> Any:
+        """``gpu: [L4, T4, none]``: a preference list ending in none means "else the CPU"."""
+        if isinstance(data, dict) and isinstance(data.get("gpu"), (list, tuple)) and len(data["gpu"]) > 1:
+            last = data["gpu"][-1]
+            if isinstance(last, str) and last.strip().lower() in ("none", "cpu"):
+                data = {**data, "gpu": list(data["gpu"][:-1]), "cpu_fallback": True}
+        return data
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -54,7 +66,8 @@ class Resources(_Model):
             word = item.strip()
             if word.lower() in ("none", "cpu"):
                 if len(items) > 1:
-                    raise ValueError("'none' cannot be part of a preference list")
+                    raise ValueError("'none' may only come last in a preference list "
+                                     "(e.g. [T4, none]: a T4 if one is free, else the CPU)")
                 return ()
             if word.lower() == "any":
                 out.append("any")

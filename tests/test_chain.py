@@ -88,11 +88,17 @@ def test_a_chain_of_three_segments_across_two_platforms_ends_with_the_uninterrup
     assert "2 checkpointed segment(s)" in detail and "seg 3" in detail
 
 
-def test_a_job_longer_than_every_session_without_checkpoint_waits_with_the_fix_in_its_reason(
+def test_a_job_longer_than_every_session_without_checkpoint_is_refused_or_waits_with_the_fix(
         orch, orch_home, tmp_path, config):
     config("platforms:\n  a: {type: local, session_hours: 0.002}\n")
     path = make_job(tmp_path / "job", "name: long\nrun: sleep 1\nresources: {max_runtime: 1m}\n")
+    r = orch("submit", str(path), "--json")  # no platform could ever run it: refused, not queued
+    assert r.exit_code == 2
+    assert "sessions last 7s, job needs 1m" in r.output and "declare checkpoint:" in r.output
+    # queued before the sessions were shortened, it waits with the same explanation
+    config("platforms:\n  a: {type: local}\n")
     job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    config("platforms:\n  a: {type: local, session_hours: 0.002}\n")
     orch("tick")
     r = orch("plan", "--json")
     doc = json.loads(r.output)[0]

@@ -94,3 +94,21 @@ def test_orch_debug_shows_the_traceback_instead(orch, orch_home, monkeypatch):
     monkeypatch.setenv("ORCH_DEBUG", "1")
     with pytest.raises(NotFoundError):
         orch("status", "nope")
+
+
+def test_a_gpu_job_no_platform_can_run_is_refused_at_submit_instead_of_waiting_forever(orch, orch_home, tmp_path):
+    path = make_job(tmp_path / "job", "name: g\nrun: 'true'\nresources: {gpu: A100}\n")
+    r = orch("submit", str(path))
+    assert r.exit_code == 2
+    assert "no configured platform can run this job (local: has no GPU)" in r.output
+    assert "gpu: [any, none]" in r.output
+    assert json.loads(orch("status", "--json").output) == []
+
+
+def test_gpu_with_a_trailing_none_falls_back_to_the_cpu(orch, orch_home, tmp_path):
+    from tests.conftest import tick_until
+
+    path = make_job(tmp_path / "job", "name: fb\nrun: echo ran > $ORCH_OUTPUT_DIR/r\nresources: {gpu: [any, none]}\n")
+    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    app = tick_until(lambda app: app.store.job(job_id).state.terminal)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"

@@ -49,7 +49,7 @@ EXPECT = {
     "31-name-bad": "name:",
     "32-setup-missing-file": "requirements file 'requirements-missing.txt' not found",
     "33-setup-bad-item": "not a pip requirement",
-    "34-gpu-none-in-list": "'none' cannot be part of a preference list",
+    "34-gpu-none-in-list": "'none' may only come last in a preference list",
     "35-priority-float-string": "priority:",
     "36-outputs-mapping": "outputs:",
     "37-platforms-number": "platforms:",

@@ -213,10 +213,9 @@ def test_a_job_with_secrets_is_not_sent_to_kaggle_and_the_reason_names_kaggle_se
         run: echo hi
         secrets: [HF_TOKEN]
         """)
-    job_id = submit(orch, path)
-    assert orch("tick").exit_code == 0
-    shown = " ".join(orch("status", job_id).output.split())
-    assert "QUEUED" in shown and "Kaggle Secrets" in shown
+    result = orch("submit", str(path))  # Kaggle is the only platform: refused at once, with the way out
+    assert result.exit_code == 2
+    assert "no configured platform can run this job" in result.output and "Kaggle Secrets" in result.output
     assert kaggle.calls["SaveKernel"] == 0
 
 
