@@ -149,6 +149,13 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> Non
         gpu_text = f"{gpu.get('count', 1)}x {gpu['name']}" if gpu.get("name") else "no GPU"
         console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))} "
                       f"on {job.platform} ({gpu_text})")
+    if target and (target / "job.log").is_file():
+        lines = [ln for ln in (target / "job.log").read_text(errors="replace").splitlines()
+                 if ln.strip() and not ln.startswith("[orch]")]
+        if lines:
+            console.print("  last lines of its output:")
+            for ln in lines[-8:]:
+                console.print(f"    {ln}", markup=False)
     if target:
         outputs = sorted(p.relative_to(target / "outputs").as_posix() for p in (target / "outputs").rglob("*") if p.is_file()) \
             if (target / "outputs").is_dir() else []
