@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from .bundle import sha256_file
 from .errors import NotFoundError
 from .schema import blob_chunks, blobs
 from .store import Store
@@ -38,7 +39,7 @@ class BlobStore:
 
     def put(self, path: Path, sha: str | None = None) -> str:
         """Store ``path`` (once); returns its sha256."""
-        sha = sha or _sha256(path)
+        sha = sha or sha256_file(path)
         if self.has(sha):
             return sha
         size = path.stat().st_size
@@ -80,14 +81,6 @@ class BlobStore:
         if dest.is_file():
             return dest
         return self.get(sha, dest)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- what travels

@@ -15,7 +15,6 @@ already on disk, and are renamed into place only after their sha256 matched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -28,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaFileUpload, MediaInMemoryUpload
 
+from ..bundle import sha256_file
 from ..errors import PlatformError, TransientError
 from ..progress import transfer
 from .drive_client import classify, is_retryable
@@ -40,14 +40,6 @@ FILE_FIELDS = "id,name,mimeType,parents,size,sha256Checksum,properties,createdTi
 #: Drive wants non-final chunks in multiples of this.
 CHUNK_QUANTUM = 256 * 1024
 DEFAULT_CHUNK = 8 * 1024 * 1024
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def quote(value: str) -> str:

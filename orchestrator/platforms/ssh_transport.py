@@ -25,7 +25,6 @@ Reconnection with backoff lives in ``ssh_link``, detached runs in ``ssh_runs``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import shlex
@@ -47,6 +46,7 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
+from ..bundle import sha256_file as file_sha256
 from ..errors import LostError, PlatformError, PrecheckError, TransientError
 from ..progress import transfer
 from .ssh_hostkeys import PinFirstContact, RejectUnknown, UnknownHostKey, fingerprint, load_pins
@@ -548,14 +548,6 @@ class Connection:
                     return f.read(limit)
             except FileNotFoundError:
                 return b""
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 # --------------------------------------------------------------------------- connecting
 
