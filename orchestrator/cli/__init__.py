@@ -2,9 +2,12 @@
 
 Errors are shown once, here: an ``OrchError`` becomes ``Error: <message>`` on stderr
 and its exit code (2 for bad input, 1 otherwise); ``ORCH_DEBUG=1`` shows the
-traceback instead. Platform-specific commands live in sibling modules
-(``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``), each with a
-``register(main)`` function, and import their optional dependencies lazily.
+traceback instead. The core commands live in ``submit_commands.py``,
+``status_commands.py`` (status, logs), ``control_commands.py`` (fetch, cancel,
+retry, tick) and ``setup_commands.py`` (platforms, cron, init); the others in
+sibling modules (``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``,
+``schedule_commands.py``), each with a ``register(main)`` function, which import
+their optional dependencies lazily.
 
 Exit codes: 0 success; 1 failure (including a job that ended FAILED/LOST/CANCELLED
 under ``--wait``); 2 bad input (job.yaml, config, usage); 130 interrupted.
@@ -75,7 +78,8 @@ def colab() -> None:
     """Google Colab helpers (runtimes over SSH, the Drive agent notebook)."""
 
 
-from . import commands  # noqa: E402  (registers the core commands on `main`)
+# The core commands register themselves on `main` when imported.
+from . import control_commands, setup_commands, status_commands, submit_commands  # noqa: E402,F401
 
 for _name in PLUGIN_MODULES:
     try:

@@ -100,3 +100,10 @@ def transfer_bars(enabled: bool, pause: Callable[[], Any] | None = None):
         yield
     finally:
         progress.install(previous)
+
+
+def escape_markup(text: str | None) -> str:
+    """``text`` safe to print through rich (square brackets are markup there)."""
+    from rich.markup import escape
+
+    return escape(text or "")

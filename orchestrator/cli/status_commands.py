@@ -1,0 +1,250 @@
+"""`orch status` and `orch logs`: what every job is doing, and what it printed."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.table import Table
+
+from .. import actions
+from .. import sweep as sweep_mod
+from ..app import App
+from ..durations import format_duration
+from ..errors import NotFoundError, OrchError
+from ..platforms.base import Handle
+from ..store import JobRow, user
+from . import main
+from .common import ago, console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def job_json(job: JobRow, att, segments: int = 0) -> dict:
+    result = att.result if att else None
+    return {
+        "id": job.id, "name": job.name, "state": job.state.value, "platform": job.platform,
+        "attempts": job.attempts, "created_at": job.created_at, "updated_at": job.updated_at,
+        "message": job.message, "priority": job.priority,
+        "gpu": (att.gpu_name if att else None), "runtime_s": (att.runtime_s if att else None),
+        "exit_code": result.get("exit_code") if result else None,
+        "submitted_by": job.submitted_by, "submitted_host": job.submitted_host,
+        "sweep_id": job.sweep_id, "sweep_params": (job.extra.get("sweep") or {}).get("params"),
+        "segments": segments,
+    }
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Show every job, not only the latest 50.")
+@click.option("--expand", is_flag=True, help="List each point of a sweep under its line.")
+@click.option("--mine", is_flag=True, help="Only jobs I submitted (user name, or $ORCH_USER).")
+@json_option
+@pass_app
+def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, as_json: bool) -> None:
+    """Show every job (or one job's attempts and events, or one sweep's points).
+
+    A sweep is one line with its progress (--expand lists its points); a job that runs as
+    a chain of checkpointed segments is one line whose TRIES counts its segments.
+
+    \b
+    Example:
+      orch status
+      orch status 3f9c --json
+      orch status --expand
+      orch status --mine
+    """
+    if job:
+        try:
+            row = app.store.resolve(job)
+        except NotFoundError:
+            found = sweep_mod.resolve(app, job)
+            if found is None:
+                raise
+            _status_sweep(app, found[0], found[1], as_json)
+            return
+        _status_one(app, row, as_json)
+        return
+    rows = app.store.jobs(limit=None if show_all else 50, submitted_by=user() if mine else None)
+    latest = app.store.latest_attempts([j.id for j in rows])
+    chains: dict[str, int] = {}
+    chain_time: dict[str, float] = {}
+    for j in rows:
+        if j.checkpoint:  # a chain: count its segments and add up their time
+            atts = app.store.attempts_of(j.id)
+            chains[j.id] = sum(1 for a in atts if a.state.value == "CHECKPOINTED")
+            chain_time[j.id] = sum(a.runtime_s or 0 for a in atts)
+    if as_json:
+        print_json([job_json(j, latest.get(j.id), chains.get(j.id, 0)) for j in rows])
+        return
+    if not rows:
+        console.print("no jobs yet — `orch submit job.yaml` queues one")
+        return
+    sweeps = app.store.sweep_counts({j.sweep_id for j in rows if j.sweep_id})
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE"):
+        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    shown: set[str] = set()
+    for j in rows:
+        if j.sweep_id:
+            if j.sweep_id in shown:
+                continue
+            shown.add(j.sweep_id)
+            points = [r for r in rows if r.sweep_id == j.sweep_id]
+            counts = sweeps.get(j.sweep_id, {})
+            name = (j.extra.get("sweep") or {}).get("name", j.name)
+            state = sweep_mod.overall_state(counts)
+            where = sorted({r.platform for r in points if r.platform})
+            table.add_row(j.sweep_id[:8], f"{name} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
+                          str(sum(r.attempts for r in points)), "-", ago(min(r.created_at for r in points)),
+                          sweep_mod.progress(counts))
+            if expand:
+                for r in sorted(points, key=lambda r: r.created_at):
+                    _status_row(table, r, latest.get(r.id), chains.get(r.id, 0), indent=True,
+                                total=chain_time.get(r.id))
+            continue
+        _status_row(table, j, latest.get(j.id), chains.get(j.id, 0), total=chain_time.get(j.id))
+    console.print(table)
+    counts = app.store.counts()
+    if not show_all and sum(counts.values()) > len(rows):
+        console.print(f"[dim]showing the latest {len(rows)} of {sum(counts.values())} jobs; --all for every one[/]")
+
+
+def _status_row(table: Table, j: JobRow, a, segments: int, indent: bool = False, total: float | None = None) -> None:
+    runtime = a.runtime_s if a and a.runtime_s else (time.time() - a.started_at if a and a.started_at and j.state.active else None)
+    if segments and total is not None:  # a chain: the time of all its segments
+        runtime = total + (runtime if j.state.active and runtime and not (a and a.runtime_s) else 0.0)
+    tries = f"{j.attempts} ({segments} seg)" if segments else str(j.attempts)
+    params = (j.extra.get("sweep") or {}).get("params")
+    note = _escape(j.message)
+    if indent and params:
+        note = _escape(sweep_mod.label(params)) + (f" — {note}" if note else "")
+    table.add_row(("  " if indent else "") + j.short_id, j.name, styled_state(j.state.value), j.platform or "-",
+                  (a.gpu_name or "-") if a else "-", tries, format_duration(runtime), ago(j.created_at), note)
+
+
+def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) -> None:
+    latest = app.store.latest_attempts([j.id for j in rows])
+    counts = app.store.sweep_counts([sweep_id]).get(sweep_id, {})
+    name = (rows[0].extra.get("sweep") or {}).get("name", rows[0].name)
+    if as_json:
+        print_json({"sweep_id": sweep_id, "name": name, "state": sweep_mod.overall_state(counts),
+                    "counts": counts, "jobs": [job_json(j, latest.get(j.id)) for j in rows]})
+        return
+    console.print(f"[bold]{name}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
+                  f"{sweep_mod.progress(counts)}")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE"):
+        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    for j in rows:
+        _status_row(table, j, latest.get(j.id), 0, indent=True)
+    console.print(table)
+
+
+def _status_one(app: App, job: JobRow, as_json: bool) -> None:
+    attempts = app.store.attempts_of(job.id)
+    events = app.store.events_of(job.id)
+    if as_json:
+        doc = job_json(job, attempts[-1] if attempts else None)
+        doc["spec"] = job.spec
+        doc["attempts_detail"] = [
+            {"number": a.number, "key": a.key, "platform": a.platform, "state": a.state.value,
+             "exit_code": a.exit_code, "failure_class": a.failure_class, "message": a.message,
+             "runtime_s": a.runtime_s, "gpu": a.gpu_name, "created_at": a.created_at, "ended_at": a.ended_at}
+            for a in attempts]
+        doc["events"] = [{k: e[k] for k in ("at", "kind", "from_state", "to_state", "reason", "actor")} for e in events]
+        results = actions.results_dir(app, job)
+        doc["results"] = str(results) if results else None
+        print_json(doc)
+        return
+    console.print(f"[bold]{job.name}[/] {job.id}")
+    console.print(f"  state     {styled_state(job.state.value)}" + (f" — {_escape(job.message)}" if job.message else ""))
+    console.print(f"  platform  {job.platform or '-'}   attempts {job.attempts}   priority {job.priority}")
+    console.print(f"  submitted {ago(job.created_at)} by {job.submitted_by}@{job.submitted_host}")
+    res = job.spec.get("resources", {})
+    gpu = "/".join(res.get("gpu") or []) or "none"
+    console.print(f"  needs     gpu {gpu}, max_runtime {format_duration(res.get('max_runtime'))}")
+    params = (job.extra.get("sweep") or {}).get("params")
+    if params:
+        console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {_escape(sweep_mod.label(params))}")
+    segments = [a for a in attempts if a.state.value == "CHECKPOINTED"]
+    if segments:
+        total = sum(a.runtime_s or 0 for a in attempts if a.state.value in ("CHECKPOINTED", "SUCCEEDED", "FAILED"))
+        console.print(f"  chain     {len(segments)} checkpointed segment(s) so far, {format_duration(total)} run of "
+                      f"{format_duration(res.get('max_runtime'))} max_runtime, on "
+                      f"{', '.join(dict.fromkeys(a.platform for a in segments))}")
+    if attempts:
+        t = Table(box=None, header_style="bold", title="attempts" if not segments else "segments and attempts",
+                  title_justify="left")
+        for col in ("#", "PLATFORM", "STATE", "EXIT", "RUNTIME", "GPU", "MESSAGE"):
+            t.add_column(col)
+        seg = 0
+        for a in attempts:
+            label = str(a.number)
+            if segments and a.state.value in ("CHECKPOINTED", "SUCCEEDED"):
+                seg += 1
+                label += f" seg {seg}"
+            t.add_row(label, a.platform, styled_state(a.state.value),
+                      "-" if a.exit_code is None else str(a.exit_code), format_duration(a.runtime_s),
+                      a.gpu_name or "-", _escape(a.message))
+        console.print(t)
+    t = Table(box=None, header_style="bold", title="events", title_justify="left")
+    for col in ("WHEN", "WHAT", "CHANGE", "REASON"):
+        t.add_column(col)
+    for e in events:
+        change = f"{e['from_state'] or '·'} → {e['to_state']}"
+        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, _escape(e["reason"]))
+    console.print(t)
+    results = actions.results_dir(app, job)
+    if results:
+        console.print(f"  results stored in {results} — `orch fetch {job.short_id}` copies them here")
+
+
+# ---------------------------------------------------------------------------- logs
+
+
+@main.command()
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
+@pass_app
+def logs(app: App, job: str, follow: bool, interval: float) -> None:
+    """Print a job's log (the latest attempt), optionally following it.
+
+    \b
+    Example:
+      orch logs 3f9c -f
+    """
+    row = app.store.resolve(job)
+    offset = 0
+    current_key = None
+    while True:
+        row = app.store.job(row.id)
+        done = row.state.terminal
+        attempts = app.store.attempts_of(row.id)
+        att = attempts[-1] if attempts else None
+        if att is not None and att.key != current_key:
+            if current_key is not None:
+                click.echo(f"\n[orch] --- attempt {att.number} on {att.platform} ---")
+            current_key, offset = att.key, 0
+        stored = app.home.results / row.id / f"attempt-{att.number}" / "job.log" if att else None
+        if stored is not None and stored.is_file():
+            data = stored.read_bytes()[offset:]
+            offset += len(data)
+            click.echo(data.decode("utf-8", "replace"), nl=False)
+        elif att is not None and att.handle:
+            try:
+                chunk = app.platform(att.platform).logs(Handle.from_json(att.handle), offset)
+            except OrchError as exc:
+                if not follow:
+                    raise
+                err_console.print(f"[dim]log not readable yet: {_escape(str(exc))}[/]")
+            else:
+                click.echo(chunk.text, nl=False)
+                offset = chunk.offset
+        elif not follow:
+            raise NotFoundError(f"job {row.short_id} has no log yet ({row.state.value}); use -f to wait for it")
+        if not follow or done:
+            return
+        time.sleep(interval)

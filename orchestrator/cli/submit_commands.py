@@ -1,0 +1,206 @@
+"""`orch submit`: package a job, queue it, and with --wait see it through to its results."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import click
+from click import UsageError
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from .. import actions, controller
+from ..app import App
+from ..durations import format_duration
+from ..errors import NotFoundError
+from ..scheduler import Place
+from ..states import JobState
+from ..store import JobRow
+from . import main
+from .common import console, err_console, json_option, pass_app, print_json, styled_state, transfer_bars
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+@main.command()
+@click.argument("job_yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Tick until the job ends, then fetch its results.")
+@click.option("--platform", "pin", metavar="NAME", help="Run only on this configured platform.")
+@click.option("--dry-run", is_flag=True, help="Show the bundle and where the job would go; queue nothing.")
+@click.option("--allow-file", multiple=True, metavar="NAME",
+              help="Bundle this credential-looking file anyway (it holds no secret).")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between ticks with --wait.")
+@json_option
+@pass_app
+def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool, allow_file: tuple[str, ...],
+           interval: float, as_json: bool) -> None:
+    """Package a job (code + datasets), queue it, and place it where capacity is left.
+
+    \b
+    Example:
+      orch submit jobs/els-pricer/job.yaml --wait
+      orch submit job.yaml --platform kaggle --json
+    """
+    with _bundle_progress(quiet=as_json) as (progress, total):
+        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run,
+                                progress=progress, total=total)
+    b = res.bundle
+    if dry_run:
+        where = res.decision.platform if isinstance(res.decision, Place) else None
+        doc = {"name": res.name, "digest": b.digest, "size": b.size, "files": [f for f, _ in b.code_files],
+               "datasets": [{"name": d.name, "digest": d.digest, "size": d.size, "files": len(d.files)} for d in b.datasets],
+               "placement": {"platform": where, "reason": getattr(res.decision, "reason", "")}}
+        if as_json:
+            print_json(doc)
+            return
+        console.print(f"[bold]{res.name}[/]  bundle {b.digest[:16]}  {_size(b.size)}")
+        for rel, size in b.code_files:
+            console.print(f"  {_size(size):>9}  {rel}")
+        for d in b.datasets:
+            console.print(f"  {_size(d.size):>9}  $ORCH_DATA/{d.name}/  ({len(d.files)} files, {d.digest[:12]})")
+        if where:
+            console.print(f"would run on [bold]{where}[/]")
+        else:
+            console.print(f"would wait: {res.decision.reason}")
+        return
+    job_id = res.job_id
+    assert job_id
+    if res.sweep_id:
+        if wait:
+            raise UsageError("--wait follows one job; for a sweep, follow it with `orch status SWEEP`")
+        if as_json:
+            print_json({"id": res.sweep_id, "sweep_id": res.sweep_id, "jobs": res.job_ids})
+        else:
+            console.print(f"queued sweep [bold]{res.sweep_id[:8]}[/] ({res.name}): {len(res.job_ids)} jobs sharing "
+                          f"bundle {b.digest[:12]}, {_size(b.size)} — `orch status {res.sweep_id[:8]}` shows them")
+        return
+    if as_json and not wait:
+        print_json({"id": job_id})
+        return
+    if not as_json:
+        console.print(f"queued [bold]{job_id[:8]}[/] ({res.name}), bundle {b.digest[:12]}, {_size(b.size)}")
+    if not wait:
+        return
+    job = _wait(app, job_id, interval, quiet=as_json)
+    target = None
+    try:
+        target = actions.fetch(app, job, None)
+    except NotFoundError:
+        pass
+    att = app.store.attempts_of(job.id)
+    result = att[-1].result if att else None
+    if as_json:
+        print_json({"id": job.id, "state": job.state.value, "results": str(target) if target else None,
+                    "exit_code": result.get("exit_code") if result else None})
+    else:
+        _print_outcome(job, result, target)
+    if job.state != JobState.SUCCEEDED:
+        sys.exit(1)
+
+
+def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
+    """Tick until the job is terminal, with a live status line."""
+    ctl_status = None if quiet else console.status("starting", spinner="dots")
+    if ctl_status:
+        ctl_status.start()
+    started = time.time()
+
+    @contextlib.contextmanager
+    def spinner_paused():
+        ctl_status.stop()
+        try:
+            yield
+        finally:
+            ctl_status.start()
+
+    try:
+        while True:
+            with transfer_bars(not quiet, spinner_paused if ctl_status else None):
+                controller.Controller(app).tick()
+            job = app.store.job(job_id)
+            if job.state.terminal:
+                return job
+            if ctl_status:
+                where = f" on {job.platform}" if job.platform else ""
+                note = f" — {job.message}" if job.message else ""
+                ctl_status.update(f"{job.name} {styled_state(job.state.value)}{where} "
+                                  f"[dim]{format_duration(time.time() - started)}{note}[/]")
+            time.sleep(interval)
+    finally:
+        if ctl_status:
+            ctl_status.stop()
+
+
+def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> None:
+    console.print(f"{job.name} {job.short_id}: {styled_state(job.state.value)}"
+                  + (f" — {job.message}" if job.message else ""))
+    if result:
+        gpu = result.get("gpu") or {}
+        gpu_text = f"{gpu.get('count', 1)}x {gpu['name']}" if gpu.get("name") else "no GPU"
+        console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))} "
+                      f"on {job.platform} ({gpu_text})")
+    if target and (target / "job.log").is_file():
+        lines = [ln for ln in (target / "job.log").read_text(errors="replace").splitlines()
+                 if ln.strip() and not ln.startswith("[orch]")]
+        if lines:
+            console.print("  last lines of its output:")
+            for ln in lines[-8:]:
+                console.print(f"    {ln}", markup=False)
+    if target:
+        outputs = sorted(p.relative_to(target / "outputs").as_posix() for p in (target / "outputs").rglob("*") if p.is_file()) \
+            if (target / "outputs").is_dir() else []
+        console.print(f"  results: [bold]{target}/[/] ({len(outputs)} output files, job.log, result.json)")
+        for name in outputs[:10]:
+            console.print(f"    outputs/{name}")
+        if len(outputs) > 10:
+            console.print(f"    ... and {len(outputs) - 10} more")
+        summary = target / "outputs" / "summary.txt"
+        if summary.is_file() and summary.stat().st_size < 4000:
+            console.print(summary.read_text(errors="replace").rstrip(), markup=False)
+
+
+class _bundle_progress:
+    """A progress bar for archiving large datasets; silent for small ones."""
+
+    THRESHOLD = 64 * 1024 * 1024
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def __enter__(self):
+        return self._advance, self._total
+
+    def _total(self, n: int) -> None:
+        if self.quiet or n < self.THRESHOLD:
+            return
+        if self.progress is None:
+            self.progress = Progress(TextColumn("archiving datasets"), BarColumn(), DownloadColumn(),
+                                     TransferSpeedColumn(), TimeRemainingColumn(), console=err_console)
+            self.progress.start()
+            self.task = self.progress.add_task("datasets", total=n)
+        else:
+            self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + n)
+
+    def _advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, n)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False
+
+
+def _size(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
