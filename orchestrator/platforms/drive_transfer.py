@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -315,6 +316,15 @@ class Transfers:
             raise HttpError(resp, content, uri=req.uri)
         if not content and end > start:
             raise TransientError(f"empty reply for bytes {start}-{end - 1}", self.platform)
+        if resp.status == 206:
+            # Never trust a reply's bytes to be the ones asked for: a stale or cut reply on
+            # a reused connection would otherwise shift the rest of the file.
+            m = re.match(r"bytes (\d+)-(\d+)/", resp.get("content-range", ""))
+            if not m or int(m.group(1)) != start or len(content) != int(m.group(2)) - start + 1 \
+                    or len(content) != end - start:
+                raise TransientError(f"reply for bytes {start}-{end - 1} came back as "
+                                     f"{resp.get('content-range', 'no Content-Range')} with {len(content)} bytes",
+                                     self.platform)
         return resp.status, content
 
     def read_range(self, file_id: str, start: int, end: int) -> bytes:
@@ -358,6 +368,11 @@ class Transfers:
                 offset += len(content)
                 advance(len(content))
                 failures = 0
+        got = part.stat().st_size
+        if got != size:
+            part.unlink(missing_ok=True)
+            raise TransientError(f"{what}: got {got} bytes, expected {size}; the partial file was removed",
+                                 self.platform)
         if sha256 and sha256_file(part) != sha256:
             part.unlink(missing_ok=True)
             raise TransientError(f"{what}: sha256 mismatch; the partial file was removed", self.platform)
