@@ -9,7 +9,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import bundle as bundle_mod
 from . import scheduler
@@ -39,8 +38,7 @@ class SubmitResult:
 
 
 def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str, ...] = (),
-           dry_run: bool = False, progress: Callable[[int], None] | None = None,
-           total: Callable[[int], None] | None = None) -> SubmitResult:
+           dry_run: bool = False) -> SubmitResult:
     """Validate ``path``, bundle it and queue it (or, with ``dry_run``, only explain)."""
     spec = spec_mod.load(path)
     configured = app.config.names
@@ -52,7 +50,7 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     if not dry_run:
         _check_feasible(app, spec, pin)
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
-    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, progress, total)
+    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files)
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
     if not dry_run and app.store.shared:
         share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import pathspec
 
 from .errors import BundleError
+from .progress import transfer
 
 #: Never bundled: VCS data, virtualenvs, caches, previous results.
 DEFAULT_IGNORES = (
@@ -252,9 +253,7 @@ class DatasetCache:
                     out[rel] = (path, st)
         return out
 
-    def add(self, name: str, source: Path, progress: Progress | None = None,
-            total: Callable[[int], None] | None = None,
-            check: Callable[[list[str]], None] | None = None) -> DatasetBlob:
+    def add(self, name: str, source: Path, check: Callable[[list[str]], None] | None = None) -> DatasetBlob:
         """Archive ``source`` (file or directory) unless its content is already cached.
 
         ``check`` sees every relative file name before anything is archived (the
@@ -279,12 +278,12 @@ class DatasetCache:
             if archive.is_file() and archive.stat().st_size == index.get("archive_size"):
                 return DatasetBlob(name, digest, archive, index["archive_sha256"], index["archive_size"],
                                    {rel: v[3] for rel, v in known.items()})
-        if total:
-            total(sum(st.st_size for _, st in scan.values()))
         fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.blobs)
         try:
             with os.fdopen(fd, "wb") as out:
-                hashes = write_archive(out, [(rel, p) for rel, (p, _) in scan.items()], compress=False, progress=progress)
+                with transfer(f"archiving dataset {name}", sum(st.st_size for _, st in scan.values())) as advance:
+                    hashes = write_archive(out, [(rel, p) for rel, (p, _) in scan.items()], compress=False,
+                                           progress=advance)
             digest = tree_digest(hashes)
             archive = self.blobs / f"data-{digest}.tar"
             archive_sha = sha256_file(Path(tmp))
@@ -335,8 +334,7 @@ def run_section(spec) -> dict:
     }
 
 
-def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = (),
-          progress: Progress | None = None, total: Callable[[int], None] | None = None) -> Bundle:
+def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = ()) -> Bundle:
     """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``.
 
     Raises:
@@ -348,7 +346,7 @@ def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[st
         allowed = tuple(allow_files)
         check_credentials([rel for rel, _ in files], allowed)
         datasets = tuple(
-            cache.add(ds.name, Path(ds.path), progress, total, check=lambda names: check_credentials(names, allowed))
+            cache.add(ds.name, Path(ds.path), check=lambda names: check_credentials(names, allowed))
             for ds in spec.datasets
         )
         bundles_dir.mkdir(parents=True, exist_ok=True)

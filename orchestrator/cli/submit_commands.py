@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 from click import UsageError
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from .. import actions, controller
 from ..app import App
@@ -19,7 +18,7 @@ from ..scheduler import Place
 from ..states import JobState
 from ..store import JobRow
 from . import main
-from .common import console, err_console, json_option, pass_app, print_json, styled_state, transfer_bars
+from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
 
 
 # ---------------------------------------------------------------------------- submit
@@ -44,9 +43,8 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
       orch submit jobs/els-pricer/job.yaml --wait
       orch submit job.yaml --platform kaggle --json
     """
-    with _bundle_progress(quiet=as_json) as (progress, total):
-        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run,
-                                progress=progress, total=total)
+    with transfer_bars(not as_json):  # archiving a large dataset shows a bar
+        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run)
     b = res.bundle
     if dry_run:
         where = res.decision.platform if isinstance(res.decision, Place) else None
@@ -160,40 +158,6 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> Non
         summary = target / "outputs" / "summary.txt"
         if summary.is_file() and summary.stat().st_size < 4000:
             console.print(summary.read_text(errors="replace").rstrip(), markup=False)
-
-
-class _bundle_progress:
-    """A progress bar for archiving large datasets; silent for small ones."""
-
-    THRESHOLD = 64 * 1024 * 1024
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.progress: Progress | None = None
-        self.task = None
-
-    def __enter__(self):
-        return self._advance, self._total
-
-    def _total(self, n: int) -> None:
-        if self.quiet or n < self.THRESHOLD:
-            return
-        if self.progress is None:
-            self.progress = Progress(TextColumn("archiving datasets"), BarColumn(), DownloadColumn(),
-                                     TransferSpeedColumn(), TimeRemainingColumn(), console=err_console)
-            self.progress.start()
-            self.task = self.progress.add_task("datasets", total=n)
-        else:
-            self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + n)
-
-    def _advance(self, n: int) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task, n)
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
-        return False
 
 
 def _size(n: int | float | None) -> str:
