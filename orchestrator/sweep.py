@@ -95,6 +95,20 @@ def resolve(app: "App", ref: str) -> tuple[str, list["JobRow"]] | None:
     return (sweep_id, rows) if rows else None
 
 
+def resolve_job_or_sweep(app: "App", ref: str) -> tuple["JobRow | None", tuple[str, list["JobRow"]] | None]:
+    """``(job, None)`` when ``ref`` names a job, else ``(None, (sweep id, points))`` when it
+    names a sweep; NotFoundError (about the job) when it names neither."""
+    from .errors import NotFoundError
+
+    try:
+        return app.store.resolve(ref), None
+    except NotFoundError:
+        found = resolve(app, ref)
+        if found is None:
+            raise
+        return None, found
+
+
 def cancel(app: "App", sweep_id: str) -> list[str]:
     """Cancel every point of the sweep that has not ended; one sentence per point."""
     from .actions import cancel as cancel_job

@@ -9,7 +9,6 @@ import click
 from .. import actions, controller
 from .. import sweep as sweep_mod
 from ..app import App
-from ..errors import NotFoundError
 from . import main
 from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
 
@@ -56,12 +55,8 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
     """
     out = []
     for ref in jobs:
-        try:
-            row = app.store.resolve(ref)
-        except NotFoundError:
-            found = sweep_mod.resolve(app, ref)
-            if found is None:
-                raise
+        row, found = sweep_mod.resolve_job_or_sweep(app, ref)
+        if found is not None:
             for msg in sweep_mod.cancel(app, found[0]):
                 out.append({"id": found[0], "message": msg})
                 if not as_json:

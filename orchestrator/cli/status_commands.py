@@ -56,12 +56,8 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
       orch status --mine
     """
     if job:
-        try:
-            row = app.store.resolve(job)
-        except NotFoundError:
-            found = sweep_mod.resolve(app, job)
-            if found is None:
-                raise
+        row, found = sweep_mod.resolve_job_or_sweep(app, job)
+        if found is not None:
             _status_sweep(app, found[0], found[1], as_json)
             return
         _status_one(app, row, as_json)
