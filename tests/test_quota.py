@@ -8,11 +8,9 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
 
 from orchestrator import quota
 from orchestrator.platforms.base import QuotaReading
-from orchestrator.store import SCHEMA_VERSION, Store
 from tests.conftest import make_job, open_app, orch_process, tick_until
 
 
@@ -213,28 +211,6 @@ def test_a_running_job_reserves_its_max_runtime_and_a_second_that_would_overrun_
     orch("cancel", first)
     doc = json.loads(orch("quota", "--json").output)[0]
     assert doc["reserved"] == 0 and 0 < doc["used"] < 0.05
-
-
-def test_the_schema_moves_from_version_1_to_2_keeping_the_data(tmp_path):
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    store = Store(url)
-    job_id = store.add_job(name="old", spec={"run": "x"}, bundle="b" * 64)
-    with store.engine.begin() as conn:  # what a version-1 database looked like
-        for index in ("ix_attempts_session", "ix_ledger_attempt", "ix_ledger_kind_end", "ix_jobs_sweep", "ix_jobs_bundle"):
-            conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
-        conn.execute(text("ALTER TABLE attempts DROP COLUMN session_s"))
-        conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
-    store.close()
-    store = Store(url)
-    try:
-        assert store.schema_version == SCHEMA_VERSION
-        assert store.job(job_id).name == "old"
-        with store.engine.connect() as conn:
-            columns = [r[1] for r in conn.execute(text("PRAGMA table_info(attempts)"))]
-            indexes = {r[1] for r in conn.execute(text("PRAGMA index_list(ledger)"))}
-        assert "session_s" in columns and {"ix_ledger_attempt", "ix_ledger_kind_end"} <= indexes
-    finally:
-        store.close()
 
 
 def test_live_readings_are_cached_in_the_store_between_ticks(orch_home, config):

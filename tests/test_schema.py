@@ -12,6 +12,8 @@ from orchestrator.store import Store
 def _downgrade_to_v1(store: Store) -> None:
     """Make the database look like one written by the first release."""
     with store.engine.begin() as conn:
+        for index in ("ix_ledger_attempt", "ix_ledger_kind_end", "ix_jobs_sweep", "ix_jobs_bundle"):
+            conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
         for table, column in (("attempts", "session_s"), ("attempts", "host"), ("jobs", "lease_owner"),
                               ("jobs", "lease_until")):
             for index in inspect(conn).get_indexes(table):
@@ -45,6 +47,9 @@ def test_a_version_1_database_is_migrated_to_the_current_version_keeping_its_job
         assert {"lease_owner", "lease_until"} <= jobs_cols
         assert {"session_s", "host"} <= attempt_cols
         assert {"platform_locks", "blobs", "blob_chunks"} <= tables
+        with store.engine.connect() as conn:
+            indexes = {i["name"] for t in ("ledger", "jobs", "attempts") for i in inspect(conn).get_indexes(t)}
+        assert {"ix_ledger_attempt", "ix_ledger_kind_end", "ix_jobs_sweep", "ix_jobs_lease"} <= indexes
     finally:
         store.close()
 

@@ -195,7 +195,7 @@ def test_a_nearly_spent_quota_keeps_the_job_off_kaggle_and_status_says_why(kaggl
     for _ in range(2):
         assert orch("tick").exit_code == 0
     row, = json.loads(orch("status", "--json").output)
-    assert row["state"] == "QUEUED"
+    assert row["id"] == job_id and row["state"] == "QUEUED"
     assert "kaggle: 0.2 GPU h left this week, job needs 1.0 GPU h" in row["message"]
     assert "refresh Sat 00:00 UTC" in row["message"]
     assert "0.2 GPU h left this week" in " ".join(orch("status").output.split())

@@ -196,3 +196,16 @@ digest = hashlib.sha256(data.read_bytes()).hexdigest() if data.exists() else "no
 print("job", os.environ["ORCH_JOB_NAME"], "sees", digest)
 pathlib.Path(os.environ["ORCH_OUTPUT_DIR"], "digest.txt").write_text(digest)
 """
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (or time runs out); returns its value."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()

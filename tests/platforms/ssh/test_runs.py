@@ -11,16 +11,7 @@ import pytest
 
 from orchestrator.platforms.ssh_runs import detached_status, kill_detached, start_detached
 from orchestrator.platforms.ssh_transport import connect
-
-
-def _wait(predicate, timeout: float = 5.0, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+from tests.platforms.ssh.conftest import wait_for as _wait
 
 
 def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(via_relay, relay, tmp_path):

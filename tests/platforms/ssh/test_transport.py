@@ -13,22 +13,13 @@ import pytest
 from orchestrator.errors import LostError, TransientError
 from orchestrator.platforms.ssh_link import Backoff, Link
 from orchestrator.platforms.ssh_transport import connect, file_sha256, sh
+from tests.platforms.ssh.conftest import wait_for as _wait
 from tests.platforms.ssh.conftest import FAST
 
 
 def _blob(path: Path, size: int) -> tuple[Path, str]:
     path.write_bytes(os.urandom(size))
     return path, file_sha256(path)
-
-
-def _wait(predicate, timeout: float = 5.0, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 # --------------------------------------------------------------------------- dead and stalled tunnels
