@@ -146,7 +146,7 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> Non
         if lines:
             console.print("  last lines of its output:")
             for ln in lines[-8:]:
-                console.print(f"    {ln}", markup=False)
+                console.print(f"    {ln}", markup=False, soft_wrap=True)
     if target:
         outputs = sorted(p.relative_to(target / "outputs").as_posix() for p in (target / "outputs").rglob("*") if p.is_file()) \
             if (target / "outputs").is_dir() else []
