@@ -35,14 +35,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import quota, scheduler  # noqa: E402
+from orchestrator import gpus as gpu_catalogue, quota, scheduler  # noqa: E402
 from orchestrator.platforms.base import Offer  # noqa: E402
 from orchestrator.spec import JobSpec  # noqa: E402
 
 HOUR = 3600.0
 #: Monday 2025-01-06 00:00 UTC: the Kaggle reset falls on the fifth day.
 START = datetime(2025, 1, 6, tzinfo=timezone.utc).timestamp()
-SPEEDS = quota.DEFAULT_SPEEDS
+SPEEDS = gpu_catalogue.DEFAULT_SPEEDS
 
 
 # ---------------------------------------------------------------------------- model
@@ -455,13 +455,13 @@ def lower_bound(jobs: list[SimJob], platforms: dict[str, SimPlatform], start: fl
     bound = 0.0
     for j in jobs:
         fastest = max(SPEEDS[g] for p in platforms.values() for g in p.gpus
-                      if not j.big or quota.GPU_MAX_MEMORY_GB.get(g, 0) >= 40 and p.gpu_memory_gb >= 40)
+                      if not j.big or gpu_catalogue.MAX_MEMORY_GB.get(g, 0) >= 40 and p.gpu_memory_gb >= 40)
         bound = max(bound, j.arrival - start + j.work / fastest)
     where = {j.id: frozenset(n for n in names if eligible(j, platforms[n])) for j in jobs}
 
     def rates(p: SimPlatform, big: bool) -> tuple[float, float]:
         """(T4-seconds of work per second while open, T4-seconds per budget unit)."""
-        gpus = [g for g in p.gpus if not big or quota.GPU_MAX_MEMORY_GB.get(g, 0) >= 40 and p.gpu_memory_gb >= 40]
+        gpus = [g for g in p.gpus if not big or gpu_catalogue.MAX_MEMORY_GB.get(g, 0) >= 40 and p.gpu_memory_gb >= 40]
         if not gpus:
             return 0.0, 0.0
         speed = max(SPEEDS[g] for g in gpus)

@@ -6,7 +6,7 @@ anywhere else with Python >= 3.9 and google-api-python-client. It imports nothin
 from ``orchestrator``: inside Colab this file and ``runner.py`` are all there is.
 
 Mailbox layout under the orch folder (``--folder-id``), shared with the controller
-(``orchestrator/platforms/colab_drive.py``)::
+(``orchestrator/platforms/colab_drive/platform.py``)::
 
     blobs/                       code archives, manifests, datasets, by content hash
     agents/<agent>/heartbeat.json  this agent: GPU, session start, time left, current job
@@ -80,7 +80,7 @@ def sha256_file(path: str) -> str:
 
 
 # --------------------------------------------------------------------------- Drive client
-# The same three fixes as orchestrator/platforms/drive_client.py (kept separate: this
+# The same three fixes as orchestrator/platforms/colab_drive/client.py (kept separate: this
 # file must run alone in Colab): a 308-safe httplib2, upload URLs kept on an http
 # endpoint's scheme, and chunk bodies read into bytes so a re-send repeats them.
 

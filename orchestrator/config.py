@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .durations import parse_duration
 from .errors import ConfigError
-from .platforms.base import PlatformSettings, platform_class
+from .platforms.base import TYPE_ALIASES, PlatformSettings, platform_class
 from .yamlfile import first_error, parse_yaml
 
 DOCS = "docs/operations.md"
@@ -156,11 +156,12 @@ def load(home: Home) -> Config:
     for name, entry in entries.items():
         prefix = ("platforms", name)
         if not isinstance(entry, dict) or "type" not in entry:
-            raise ConfigError(f"{_at(path, lines, prefix)}: platforms.{name}: needs a `type:` (local, kaggle, ssh, colab, colab-drive)")
+            raise ConfigError(f"{_at(path, lines, prefix)}: platforms.{name}: needs a `type:` (local, kaggle, ssh, colab, colab_drive)")
         try:
             cls = platform_class(str(entry["type"]))
         except ConfigError as exc:
             raise ConfigError(f"{_at(path, lines, prefix + ('type',))}: platforms.{name}.type: {exc}") from None
+        entry = {**entry, "type": TYPE_ALIASES.get(entry["type"], entry["type"])}
         try:
             platforms[name] = cls.settings_model.model_validate(entry)
         except ValidationError as exc:

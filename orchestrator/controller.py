@@ -28,6 +28,7 @@ from . import failpoints, leases, quota, scheduler
 from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, materialize_bundle, share_artifacts
+from .gpus import gpu_type
 from .errors import (
     CapacityError, ConfigError, LostError, NotFoundError, OrchError, PrecheckError, SpecError, TransientError,
 )
@@ -305,14 +306,14 @@ class Controller:
             return {}
         runs: dict[str, dict[str, list[float]]] = {}
         for digest, gpu_name, seconds in self.store.runtimes(set(digests.values()), limit=5000):
-            runs.setdefault(digest, {}).setdefault(quota.gpu_type(gpu_name) or "CPU", []).append(seconds)
+            runs.setdefault(digest, {}).setdefault(gpu_type(gpu_name) or "CPU", []).append(seconds)
         medians = {d: {g: sorted(v)[len(v) // 2] for g, v in per.items()} for d, per in runs.items()}
         return {job_id: medians.get(digest, {}) for job_id, digest in digests.items()}
 
     def speeds(self) -> dict[str, float]:
         """GPU speed factors learned from the latest finished runs of GPU jobs."""
         rows = self.store.runtimes(None, limit=2000, gpu_jobs_only=True)
-        return scheduler.learn_speeds((d, quota.gpu_type(g), r) for d, g, r in rows if quota.gpu_type(g))
+        return scheduler.learn_speeds((d, gpu_type(g), r) for d, g, r in rows if gpu_type(g))
 
     def dispatch(self) -> None:
         queued = self.store.queued()

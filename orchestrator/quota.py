@@ -31,18 +31,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .durations import format_duration
+from .gpus import CU_RATES, DEFAULT_SPEEDS, MAX_MEMORY_GB, gpu_type
 
 if TYPE_CHECKING:  # pragma: no cover
     from .platforms.base import Offer, PlatformSettings, QuotaReading
     from .spec import JobSpec
-
-#: Approximate Colab compute units per hour by GPU (as users measured them in 2024;
-#: ``colab usage`` shows the real burn rate). An unknown GPU is charged at the highest.
-CU_RATES: dict[str, float] = {"T4": 1.84, "V100": 4.91, "L4": 4.82, "A100": 11.77, "H100": 18.0}
-
-#: Default per-GPU speed, relative to a T4 (what the scheduler uses before it has learned better).
-DEFAULT_SPEEDS: dict[str, float] = {"T4": 1.0, "P100": 1.55, "V100": 2.8, "L4": 1.75, "A100": 2.5, "H100": 4.0,
-                                    "CPU": 0.1}
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UNIT_NAMES = {"gpu_hours": "GPU h", "compute_units": "CU"}
@@ -240,14 +233,10 @@ def default_budget(settings: "PlatformSettings") -> Budget:
         return Budget(limit=float(getattr(settings, "weekly_gpu_hours", 30.0)), window=Window("weekly", 5),
                       per_gpu=False, source="default for kaggle")
     tier = getattr(settings, "tier", None)
-    if settings.type in ("colab", "colab-drive") and tier in ("pro", "pro+"):
+    if settings.type in ("colab", "colab_drive") and tier in ("pro", "pro+"):
         return Budget(unit="compute_units", limit=100.0 if tier == "pro" else 500.0, window=Window("monthly"),
                       source=f"default for Colab {tier.title()}")
     return Budget(source="unlimited")
-
-
-#: The largest memory (GB) each GPU type comes with, to keep a job that needs more off it.
-GPU_MAX_MEMORY_GB: dict[str, float] = {"T4": 16, "P100": 16, "V100": 32, "L4": 24, "A100": 80, "H100": 80}
 
 
 def reservation_rate(budget: Budget, spec: "JobSpec", offer: "Offer",
@@ -276,7 +265,7 @@ def pick_gpu(spec: "JobSpec", offer: "Offer", budget: Budget | None = None,
         if g in offer.gpus:
             return g
     need = spec.resources.min_gpu_memory_gb or 0
-    fits = [g for g in offer.gpus if GPU_MAX_MEMORY_GB.get(g, 1e9) >= need] or list(offer.gpus)
+    fits = [g for g in offer.gpus if MAX_MEMORY_GB.get(g, 1e9) >= need] or list(offer.gpus)
     if budget is None:
         return max(fits, key=lambda g: speeds.get(g, 1.0))
 
@@ -286,19 +275,6 @@ def pick_gpu(spec: "JobSpec", offer: "Offer", budget: Budget | None = None,
         return (speed / rate if rate > 0 else float("inf"), speed)
 
     return max(fits, key=value)
-
-
-def gpu_type(name: str | None) -> str | None:
-    """A GPU name as nvidia-smi prints it ("Tesla T4", "NVIDIA A100-SXM4-40GB") -> "T4", "A100"."""
-    if not name:
-        return None
-    squashed = name.upper().replace(" ", "").replace("-", "")
-    for kind in ("H100", "A100", "V100", "P100", "L4", "T4"):
-        if kind in squashed:
-            if kind == "L4" and "L40" in squashed:
-                continue
-            return kind
-    return None
 
 
 # ---------------------------------------------------------------------------- headroom

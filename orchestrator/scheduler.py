@@ -23,8 +23,9 @@ from typing import Iterable, Mapping, Sequence
 
 from .durations import format_duration
 from .platforms.base import Offer
-from .quota import DEFAULT_SPEEDS, BudgetState, format_when, pick_gpu, reservation_rate
-from .spec import GPU_TYPES, JobSpec
+from .gpus import DEFAULT_SPEEDS, GPU_TYPES
+from .quota import BudgetState, format_when, pick_gpu, reservation_rate
+from .spec import JobSpec
 
 #: Wait for a busy platform only if it is expected to finish the job in at most this
 #: fraction of the time a free platform would take.
@@ -242,7 +243,7 @@ def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
         running: active attempts (``Running``), or just their count per platform.
         now: epoch seconds.
         ledger: platform -> its budget state; a platform without one is unlimited.
-        speeds: GPU type -> speed relative to a T4 (defaults: quota.DEFAULT_SPEEDS).
+        speeds: GPU type -> speed relative to a T4 (defaults: gpus.DEFAULT_SPEEDS).
 
     Returns:
         One Place or Wait per job, in the same order. Each Place is booked against the

@@ -16,10 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .durations import parse_duration
 from .errors import SpecError
+from .gpus import GPU_TYPES
 from .yamlfile import first_error, parse_yaml, where
 
-#: GPU types a job may ask for, slowest first.
-GPU_TYPES = ("T4", "P100", "V100", "L4", "A100", "H100")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOCS = "docs/job-spec.md"

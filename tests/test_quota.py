@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator import quota
+from orchestrator import gpus, quota
 from orchestrator.platforms.base import QuotaReading
 from tests.conftest import make_job, open_app, orch_process, tick_until
 
@@ -102,18 +102,18 @@ def test_a_live_reading_overrides_the_configured_limit_used_and_reset():
 
 def test_compute_units_are_charged_at_the_rate_of_the_gpu_the_run_got():
     colab = quota.Budget(unit="compute_units", limit=100.0, window=quota.Window("monthly"))
-    reserve = {"start": 1000.0, "end": 1000.0 + 7200, "amount": 2 * quota.CU_RATES["T4"]}
+    reserve = {"start": 1000.0, "end": 1000.0 + 7200, "amount": 2 * gpus.CU_RATES["T4"]}
     result = {"started_at": 1010.0, "ended_at": 1010.0 + 3600, "gpu": {"name": "NVIDIA A100-SXM4-40GB", "count": 1}}
     span = quota.charge_span(reserve, colab, result, 1005.0, 5000.0)
     assert (span.start, span.end) == (1010.0, 4610.0)
-    assert span.amount == pytest.approx(quota.CU_RATES["A100"])
+    assert span.amount == pytest.approx(gpus.CU_RATES["A100"])
     # no result (a lost run): from its start to when it was found gone, at the reserved rate
     lost = quota.charge_span(reserve, colab, None, 1005.0, 2805.0)
-    assert lost.amount == pytest.approx(quota.CU_RATES["T4"] / 2)
+    assert lost.amount == pytest.approx(gpus.CU_RATES["T4"] / 2)
 
 
 def test_gpu_names_from_nvidia_smi_map_to_types():
-    assert [quota.gpu_type(n) for n in ("Tesla T4", "NVIDIA A100-SXM4-80GB", "NVIDIA L4", "NVIDIA L40S",
+    assert [gpus.gpu_type(n) for n in ("Tesla T4", "NVIDIA A100-SXM4-80GB", "NVIDIA L4", "NVIDIA L40S",
                                         "Tesla P100-PCIE-16GB", "NVIDIA H100 80GB HBM3", None)] == \
         ["T4", "A100", "L4", None, "P100", "H100", None]
 

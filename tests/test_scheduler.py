@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import simulate as sim
-from orchestrator import quota
+from orchestrator import gpus, quota
 from orchestrator.platforms.base import Offer
 from orchestrator.scheduler import Candidate, Place, Running, Wait, estimate, learn_speeds, place
 from orchestrator.spec import JobSpec
@@ -190,8 +190,8 @@ def test_on_compute_units_any_gpu_means_the_most_work_per_unit_unless_memory_say
     ledger = {"colab": budget_state("colab", 100.0, unit="compute_units", window="monthly")}
     d_any, d_big = place([job("any"), job("big", resources={"min_gpu_memory_gb": 40})],
                          {"colab": Offer(**{**colab.__dict__, "max_concurrent": 2})}, {}, NOW, ledger)
-    assert (d_any.gpu, d_any.rate) == ("T4", quota.CU_RATES["T4"])
-    assert (d_big.gpu, d_big.rate) == ("A100", quota.CU_RATES["A100"])
+    assert (d_any.gpu, d_any.rate) == ("T4", gpus.CU_RATES["T4"])
+    assert (d_big.gpu, d_big.rate) == ("A100", gpus.CU_RATES["A100"])
 
 
 # ---------------------------------------------------------------------------- the property

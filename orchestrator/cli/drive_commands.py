@@ -1,7 +1,7 @@
 """``orch auth drive NAME`` and ``orch colab agent-notebook NAME``: setting up Colab-through-Drive.
 
-Both are thin: the OAuth flow lives in ``platforms/drive_client.py`` and the notebook
-in ``platforms/drive_notebook.py``; Google libraries are imported only when used.
+Both are thin: the OAuth flow lives in ``platforms/colab_drive/client.py`` and the notebook
+in ``platforms/colab_drive/notebook.py``; Google libraries are imported only when used.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def register(main: click.Group) -> None:
 
 
 def _drive_platform(app, name: str):
-    from ..platforms.colab_drive import ColabDrivePlatform
+    from ..platforms.colab_drive.platform import ColabDrivePlatform
 
     platform = app.platform(name)
     if not isinstance(platform, ColabDrivePlatform):
         raise ConfigError(f"platform '{name}' is of type {platform.settings.type}; this command is for "
-                          f"`type: colab-drive` platforms (see docs/platforms/colab-drive.md)")
+                          f"`type: colab_drive` platforms (see docs/platforms/colab_drive.md)")
     return platform
 
 
@@ -41,7 +41,7 @@ def _drive_platform(app, name: str):
 @click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
 @pass_app
 def drive(app, name: str, no_browser: bool) -> None:
-    """Sign in to Google Drive for colab-drive platform NAME and save the token.
+    """Sign in to Google Drive for colab_drive platform NAME and save the token.
 
     Runs Google's installed-app OAuth flow with the client file named by the
     platform's `credentials` key, then stores the token (mode 0600) under the orch
@@ -51,7 +51,7 @@ def drive(app, name: str, no_browser: bool) -> None:
     Example:
       orch auth drive gdrive
     """
-    from ..platforms.drive_client import run_consent_flow
+    from ..platforms.colab_drive.client import run_consent_flow
 
     platform = _drive_platform(app, name)
     secrets = Path(platform.settings.credentials).expanduser()
@@ -63,7 +63,7 @@ def drive(app, name: str, no_browser: bool) -> None:
 @click.argument("name")
 @pass_app
 def agent_notebook(app, name: str) -> None:
-    """Print the Colab notebook that runs an orch agent for colab-drive platform NAME.
+    """Print the Colab notebook that runs an orch agent for colab_drive platform NAME.
 
     Open the notebook in Colab on a paid GPU runtime and run all cells; it signs in
     to Drive, then runs the jobs orch puts in its inbox until the session nears its
@@ -75,8 +75,8 @@ def agent_notebook(app, name: str) -> None:
     """
     import nbformat
 
-    from ..platforms.colab_drive import agent_settings_problem
-    from ..platforms.drive_notebook import agent_notebook as build, kernel_sources
+    from ..platforms.colab_drive.platform import agent_settings_problem
+    from ..platforms.colab_drive.notebook import agent_notebook as build, kernel_sources
 
     platform = _drive_platform(app, name)
     agent_settings_problem(platform.settings, name)

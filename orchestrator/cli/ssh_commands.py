@@ -49,9 +49,9 @@ def trust(app, name: str, expected: str | None, yes: bool) -> None:
       orch ssh trust lab
       orch ssh trust lab --fingerprint SHA256:4Xq3...
     """
-    from ..platforms.ssh import SSHPlatform
-    from ..platforms.ssh_hostkeys import fingerprint, pin_host_key
-    from ..platforms.ssh_transport import connect, pinned_keys, scan_host_key
+    from ..platforms.ssh.platform import SSHPlatform
+    from ..platforms.ssh.hostkeys import fingerprint, pin_host_key
+    from ..platforms.ssh.connection import connect, pinned_keys, scan_host_key
 
     platform = app.platform(name)
     if type(platform) is not SSHPlatform:
@@ -107,8 +107,8 @@ def setup_cell(app, name: str, user_key: str, gpu: str, known_hosts: Path | None
     """
     import paramiko
 
-    from ..platforms.ssh_hostkeys import pin_host_key
-    from ..platforms.ssh_transport import ACCEPTED_KEY_TYPES
+    from ..platforms.ssh.hostkeys import pin_host_key
+    from ..platforms.ssh.connection import ACCEPTED_KEY_TYPES
 
     if name in app.config.platforms and app.config.platforms[name].type != "ssh":
         raise ConfigError(f"platform '{name}' exists with type {app.config.platforms[name].type}; pick a new name")

@@ -66,7 +66,7 @@ class BudgetSettings(BaseModel):
     #: gpu_hours only: multiply session hours by the job's GPU count (Kaggle counts
     #: session hours whatever the GPU count: its default budget sets this false).
     per_gpu: bool = True
-    #: compute_units only: units per hour for each GPU type (defaults: quota.CU_RATES).
+    #: compute_units only: units per hour for each GPU type (defaults: gpus.CU_RATES).
     rates: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("reset")
@@ -364,19 +364,22 @@ class Platform(Protocol):
 #: type name in config.yaml -> "module:Class", imported only when configured.
 PLATFORM_TYPES: dict[str, str] = {
     "local": "orchestrator.platforms.local:LocalPlatform",
-    "kaggle": "orchestrator.platforms.kaggle:KagglePlatform",
-    "ssh": "orchestrator.platforms.ssh:SSHPlatform",
-    "colab": "orchestrator.platforms.colab:ColabPlatform",
-    "colab-drive": "orchestrator.platforms.colab_drive:ColabDrivePlatform",
+    "kaggle": "orchestrator.platforms.kaggle.platform:KagglePlatform",
+    "ssh": "orchestrator.platforms.ssh.platform:SSHPlatform",
+    "colab": "orchestrator.platforms.colab.platform:ColabPlatform",
+    "colab_drive": "orchestrator.platforms.colab_drive.platform:ColabDrivePlatform",
 }
 
 
-_EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab-drive": "drive"}
+#: Earlier spellings of a type, still accepted in config.yaml.
+TYPE_ALIASES: dict[str, str] = {"colab-drive": "colab_drive"}
+
+_EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab_drive": "drive"}
 
 
 def platform_class(type_name: str) -> type[Platform]:
     """The backend class for a config ``type``; an unknown type lists the valid ones."""
-    target = PLATFORM_TYPES.get(type_name)
+    target = PLATFORM_TYPES.get(TYPE_ALIASES.get(type_name, type_name))
     if target is None:
         raise ConfigError(
             f"unknown platform type '{type_name}'; expected one of {', '.join(sorted(PLATFORM_TYPES))}"

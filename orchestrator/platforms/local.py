@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import TransientError
+from ..gpus import reported_type
 from ..results import copy_regular
 from .base import (
     ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus,
@@ -43,12 +44,10 @@ def detect_gpus() -> tuple[tuple[str, ...], float | None]:
                              capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return (), None
-    from ..spec import GPU_TYPES
-
     names, mem = [], None
     for line in out.strip().splitlines():
         name, _, total = line.partition(",")
-        kind = next((t for t in GPU_TYPES if t in name.upper().replace(" ", "")), name.strip())
+        kind = reported_type(name)
         names.append(kind)
         try:
             mem = float(total) / 1024

@@ -6,8 +6,8 @@ import paramiko
 import pytest
 
 from orchestrator.errors import PrecheckError
-from orchestrator.platforms.ssh_hostkeys import fingerprint, pin_host_key
-from orchestrator.platforms.ssh_transport import connect, scan_host_key
+from orchestrator.platforms.ssh.hostkeys import fingerprint, pin_host_key
+from orchestrator.platforms.ssh.connection import connect, scan_host_key
 from tests.emulators.sshd import generate_ed25519
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.platforms.ssh_runs import detached_status, kill_detached, start_detached
-from orchestrator.platforms.ssh_transport import connect
-from tests.platforms.ssh.conftest import wait_for as _wait
+from orchestrator.platforms.ssh.runs import detached_status, kill_detached, start_detached
+from orchestrator.platforms.ssh.connection import connect
+from tests.platforms.conftest import wait_for as _wait
 
 
 def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(via_relay, relay, tmp_path):

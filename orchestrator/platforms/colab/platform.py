@@ -1,0 +1,296 @@
+"""Google Colab runtimes allocated with the official ``colab`` CLI and driven over SSH.
+
+Each attempt gets its own runtime, ``orch-<attempt key>``: ``colab new -s NAME --gpu
+T4`` allocates it, the SSH machinery of ``ssh.py`` reaches it through ``colab ssh
+--proxy-mode -s NAME`` as its ProxyCommand, and ``colab stop`` releases it when the
+attempt ends. Runtimes orch created but no active attempt owns (a tick that crashed,
+a cancel) are stopped by ``reconcile``. ``colab usage`` gives the compute-unit balance.
+
+Terms: Colab's FAQ forbids SSH / remote control on free runtimes without a positive
+compute-unit balance, so ``tier: free`` is refused, and a paid tier is refused while
+the balance is not positive. See docs/platforms/colab.md.
+
+Design choices:
+
+* Every status read first lists ``colab sessions``: ``colab ssh -s NAME`` *creates*
+  NAME when it is missing, so connecting to a runtime that Colab recycled would
+  silently start (and bill) a new, empty one.
+* The runtime's sshd key cannot be learnt in advance; it is pinned at first contact
+  with a runtime this controller just created (over Google's authenticated tunnel)
+  and checked on every later connection.
+* The CLI may hand out other hardware than asked (an unknown ``--gpu`` becomes an
+  A100); ``submit`` checks ``colab sessions`` and stops a runtime with the wrong GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock
+from pydantic import field_validator
+
+from ... import failpoints
+from ...errors import CapacityError, LostError, PlatformError, PrecheckError, TransientError
+from ..base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
+from .cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
+from ..ssh import runs
+from ..ssh.platform import RemoteSettings, SSHPlatform, seconds_setting
+from ..ssh.connection import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
+
+PREFIX = "orch-"
+#: How long one `colab sessions` listing is reused within a tick.
+SESSIONS_TTL_S = 3.0
+#: Longest runtime per tier, in hours (Colab publishes "up to"; real ones can be shorter).
+SESSION_HOURS = {"free": 12.0, "pro": 24.0, "pro+": 24.0}
+GPU_MEMORY_GB = {"T4": 15.0, "L4": 22.5, "A100": 40.0, "H100": 80.0}
+FREE_TIER_REFUSAL = (
+    "Colab's terms forbid SSH and remote control on free runtimes without a positive compute-unit "
+    "balance, so orch will not drive a free runtime over SSH; with a paid plan set `tier: pro` "
+    "(or `pro+`), otherwise use the `kaggle` or `colab_drive` platform"
+)
+
+
+class ColabSettings(RemoteSettings):
+    """A ``type: colab`` entry of config.yaml."""
+
+    type: Literal["colab"] = "colab"
+    gpu: Literal["T4", "L4", "A100", "H100"] = "T4"
+    tier: Literal["free", "pro", "pro+"] = "free"
+    #: The official CLI (`pipx install google-colab-cli`); a name on PATH or a path.
+    colab_bin: str = "colab"
+    #: The key `colab ssh` sends to the runtime; Colab refuses RSA.
+    key: str | None = "~/.ssh/id_ed25519"
+    remote_dir: str = "/content/orch"
+    user: str = "root"
+    cli_timeout: float = 120.0
+    new_timeout: float = 600.0
+
+    @field_validator("cli_timeout", "new_timeout", mode="before")
+    @classmethod
+    def _cli_duration(cls, value: Any) -> float:
+        return seconds_setting(value)
+
+
+def session_name(key: str) -> str:
+    return PREFIX + key
+
+
+class ColabPlatform(SSHPlatform):
+    """One Colab runtime per attempt, reached with ``colab ssh --proxy-mode``."""
+
+    settings_model = ColabSettings
+    settings: ColabSettings
+    #: The controller calls reconcile() every tick, even when no attempt used Colab.
+    reconcile_every_tick = True
+
+    def __init__(self, name: str, settings: ColabSettings, home: Any):
+        super().__init__(name, settings, home)
+        self.cli = ColabCLI(settings.colab_bin, platform=name, timeout_s=settings.cli_timeout,
+                            new_timeout_s=settings.new_timeout)
+        self._listed: tuple[float, list[ColabSession]] | None = None
+
+    # ------------------------------------------------------------------ connecting
+    @property
+    def known_hosts(self) -> Path:
+        """Pins of runtime host keys, one per session, kept by this platform."""
+        return self.state_dir / "known_hosts"
+
+    def endpoint(self, handle: Handle | None = None) -> Endpoint:
+        session = handle.data["session"] if handle is not None else ""
+        return self.session_endpoint(session)
+
+    def session_endpoint(self, session: str) -> Endpoint:
+        key = Path(self.settings.key).expanduser() if self.settings.key else None
+        return Endpoint(
+            name=self.name, host="colab-runtime", user=self.settings.user, key=key,
+            known_hosts=self.known_hosts, host_key_name=f"colab-{session}",
+            proxy=tuple(self.cli.proxy_argv(session, key)), timeouts=self.settings.timeouts.to_timeouts(),
+            proxy_errors=proxy_error_class,
+        )
+
+
+    # ------------------------------------------------------------------ describe
+    def offer(self) -> Offer:
+        s = self.settings
+        available, reason = True, ""
+        if s.tier == "free":
+            available, reason = False, FREE_TIER_REFUSAL
+        elif self.cli.path() is None:
+            available, reason = False, f"the `colab` CLI is not installed; {INSTALL_HINT}"
+        hours = s.session_hours or SESSION_HOURS[s.tier]
+        return Offer(
+            platform=self.name, type="colab", gpus=(s.gpu,), gpu_memory_gb=GPU_MEMORY_GB.get(s.gpu), gpu_count=1,
+            max_concurrent=s.max_concurrent, session_seconds=hours * 3600, internet=True, tier=s.tier,
+            available=available, reason=reason,
+        )
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.settings.tier == "free":
+            problems.append(FREE_TIER_REFUSAL)
+        if self.cli.path() is None:
+            problems.append(f"the `colab` CLI was not found ({self.settings.colab_bin}); {INSTALL_HINT}, "
+                            "or set `colab_bin:` to its path")
+        try:
+            load_key(self.session_endpoint("check"))
+        except PrecheckError as exc:
+            problems.append(str(exc))
+        if self.settings.key is None:
+            problems.append(f"set `key:` to an Ed25519 or ECDSA private key ({', '.join(ACCEPTED_KEY_TYPES[:2])})")
+        return problems
+
+    def quota(self) -> QuotaReading | None:
+        """The compute-unit balance as ``limit`` (what is left from now on), or None."""
+        if self.cli.path() is None:
+            return None
+        try:
+            usage = self.cli.usage()
+        except PlatformError:
+            return None  # an unclear read must not exclude the platform
+        if usage is None:
+            return None
+        return QuotaReading(unit="compute_units", used=0.0, limit=usage.balance,
+                            source=f"colab usage (burning {usage.rate_per_hour:g}/h)")
+
+    # ------------------------------------------------------------------ lifecycle
+    def _gate(self) -> None:
+        """Refuse what Colab's terms forbid: SSH without a positive compute-unit balance."""
+        if self.settings.tier == "free":
+            raise PrecheckError(f"{self.name}: {FREE_TIER_REFUSAL}", self.name)
+        usage = self.cli.usage()
+        if usage is not None and usage.balance <= 0:
+            raise CapacityError(
+                f"{self.name}: the compute-unit balance is {usage.balance:g}; Colab allows SSH only with a "
+                "positive balance: buy compute units (`colab pay`) or let the job go elsewhere",
+                self.name,
+            )
+
+    def _sessions(self) -> list[ColabSession]:
+        """``colab sessions``, reused for a few seconds (one tick polls many attempts)."""
+        now = time.monotonic()
+        if self._listed is None or now - self._listed[0] > SESSIONS_TTL_S:
+            self._listed = (now, self.cli.sessions())
+        return self._listed[1]
+
+    def _session(self, name: str) -> ColabSession | None:
+        return next((s for s in self._sessions() if s.name == name), None)
+
+    # The ledger: runtimes this controller created and has not stopped yet. Written
+    # before `colab new` (intent first), so a crash right after it leaves a trace.
+    def _ledger(self, add: str | None = None, remove: str | None = None) -> set[str]:
+        path = self.state_dir / "sessions.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            try:
+                names = set(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                names = set()
+            if add is None and remove is None:
+                return names
+            names = (names | {add}) - {remove} if add else names - {remove}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sorted(names)))
+            os.replace(tmp, path)
+            return names
+
+    def submit(self, launch: Launch) -> Handle:
+        self._gate()
+        name = session_name(launch.key)
+        session = self._session(name)
+        if session is None:
+            self._ledger(add=name)
+            self._listed = None
+            self.cli.new(name, self.settings.gpu)
+            failpoints.hit("colab_after_new")
+            self._listed = None
+            session = self._session(name)
+            if session is None:
+                raise CapacityError(f"{self.name}: `colab new -s {name}` reported no runtime", self.name)
+        if session.hardware.upper() != self.settings.gpu:
+            self.cli.stop(name)
+            raise CapacityError(
+                f"{self.name}: asked Colab for a {self.settings.gpu} and got {session.hardware}; stopped it",
+                self.name,
+            )
+        # First contact with a runtime we created, through Google's authenticated
+        # tunnel: its sshd key is pinned now and checked on every later connection.
+        endpoint = dataclasses.replace(self.session_endpoint(name), pin_first_contact=True)
+        return self.link(endpoint).call(lambda conn: self.start(conn, launch, {"session": name}))
+
+    def find(self, key: str) -> Handle | None:
+        name = session_name(key)
+        if self._session(name) is None:
+            return None
+        endpoint = self.session_endpoint(name)
+        if not pinned_keys(endpoint):
+            return None  # never reached: nothing can have started there
+
+        def look(conn):
+            workdir = self.attempt_dir(conn, key)
+            status = runs.detached_status(conn, workdir)
+            if not status.exists or status.pid is None:
+                return None
+            return Handle(key, {"dir": workdir, "root": self.root(conn), "pid": status.pid, "session": name})
+
+        try:
+            return self.link(endpoint).call(look)
+        except PrecheckError as exc:  # looking, not starting: see SSHPlatform.call
+            raise TransientError(str(exc), self.name) from exc
+
+    def poll(self, handle: Handle) -> RemoteStatus:
+        if self._session(handle.data["session"]) is None:
+            return RemoteStatus(RemoteState.LOST, "the Colab runtime is gone (idle or lifetime limit, or stopped)")
+        return super().poll(handle)
+
+    def fetch(self, handle: Handle, dest: Path) -> None:
+        if self._session(handle.data["session"]) is None:
+            raise LostError(f"{self.name}: the Colab runtime is gone before its results were fetched", self.name)
+        super().fetch(handle, dest)
+
+    def cancel(self, handle: Handle) -> None:
+        """Stop the runtime: that ends the run and the billing at once."""
+        self._stop(handle.data["session"])
+
+    def release(self, handle: Handle) -> None:
+        """Stop the runtime (its disk goes with it) and forget its host key."""
+        self._stop(handle.data["session"])
+        shutil.rmtree(self.state_dir / "fetch" / handle.key, ignore_errors=True)
+
+    def _stop(self, name: str) -> None:
+        self.drop_link(self.session_endpoint(name))
+        self.cli.stop(name)
+        self._listed = None
+        self._ledger(remove=name)
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        path = self.known_hosts
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines(keepends=True) if not line.startswith(f"colab-{name} ")]
+        path.write_text("".join(kept))
+
+    def reconcile(self, active_keys: set[str]) -> None:
+        """Stop every runtime this controller created that no active attempt owns.
+
+        Runs every tick (``reconcile_every_tick``) but costs nothing while the ledger is
+        empty. Only runtimes in the ledger are touched: other ``orch-*`` runtimes may
+        belong to another controller on the same account.
+        """
+        ours = self._ledger()
+        if not ours:
+            return
+        active = {session_name(k) for k in active_keys}
+        live = {s.name for s in self.cli.sessions()}
+        for name in sorted(ours):
+            if name not in live:
+                self._ledger(remove=name)  # gone already (stopped, or recycled by Colab)
+                self._forget(name)
+            elif name not in active:
+                self._stop(name)

@@ -1,0 +1,224 @@
+"""The controller's side of the Drive mailbox that ``kernels/colab_agent.py`` reads.
+
+Layout under the configured folder in My Drive (the agent's docstring has the same
+map)::
+
+    <folder>/                      orch_kind=root
+      blobs/                       bundle files, datasets, checkpoints; tagged by content hash
+      agents/<agent>/heartbeat.json  orch_kind=heartbeat; its properties carry the state
+      agents/<agent>/inbox/        ticket-<key>.json, written here and nowhere else
+      runs/<key>/                  orch_kind=run; status.json and artefacts from the agent,
+                                   cancel.json from the controller
+
+Design choice: Drive has no compare-and-swap and allows duplicate names, so no agent
+ever claims a shared job. The controller picks one agent (fresh heartbeat, idle, enough
+time left) and writes the ticket into that agent's inbox; only that agent reads it.
+Every tag is a ``properties`` entry, not ``appProperties``: the agent writes through
+Colab's OAuth client, and ``appProperties`` are private to the client that set them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+from ...errors import LostError, PlatformError
+from ...gpus import reported_type
+from ..base import Handle, Launch
+from .transfer import FOLDER_MIME, Transfers, quote, sha256_file
+
+def drive_time(text: str | None) -> float:
+    """Epoch seconds of an RFC 3339 time as Drive prints it (0 when absent)."""
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """One agent as its heartbeat file describes it.
+
+    ``modified`` is Drive's own clock (the file's ``modifiedTime``), so an agent with a
+    wrong clock cannot look fresh; ``time_left_s`` was true at that moment.
+    """
+
+    id: str
+    heartbeat_id: str
+    inbox: str
+    state: str
+    job: str
+    time_left_s: float
+    modified: float
+    gpu: str
+    gpu_memory_gb: float | None
+    gpu_count: int
+
+    @classmethod
+    def from_file(cls, f: Mapping[str, Any]) -> "AgentInfo":
+        p = f.get("properties") or {}
+        gpu_name = p.get("orch_gpu", "")
+        mb = float(p.get("orch_gpu_mb") or 0)
+        return cls(
+            id=p.get("orch_agent", "?"), heartbeat_id=f["id"], inbox=p.get("orch_inbox", ""),
+            state=p.get("orch_state", "unknown"), job=p.get("orch_job", ""),
+            time_left_s=float(p.get("orch_time_left") or 0), modified=drive_time(f.get("modifiedTime")),
+            gpu=reported_type(gpu_name) if gpu_name else "", gpu_memory_gb=round(mb / 1024, 1) if mb else None,
+            gpu_count=int(p.get("orch_gpu_count") or 0),
+        )
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.modified)
+
+    def time_left(self, now: float) -> float:
+        return self.time_left_s - self.age(now)
+
+    def fresh(self, now: float, stale_after: float) -> bool:
+        return self.age(now) <= stale_after and self.state != "stopped"
+
+
+class Mailbox:
+    """Folders, heartbeats, tickets and run folders of one orch folder in Drive.
+
+    Args:
+        transfers: the retrying Drive wrapper.
+        folder: the folder's name in My Drive (created on first use).
+    """
+
+    def __init__(self, transfers: Transfers, folder: str):
+        self.t = transfers
+        self.folder_name = folder
+        self._ids: dict[str, str] = {}
+
+    # ---- folders (ids cached for the life of this object: one tick)
+    @property
+    def root(self) -> str:
+        if "root" not in self._ids:
+            self._ids["root"] = self.t.folder(self.folder_name, "root", {"orch_kind": "root"})["id"]
+        return self._ids["root"]
+
+    def sub(self, name: str) -> str:
+        if name not in self._ids:
+            self._ids[name] = self.t.folder(name, self.root, {"orch_kind": name})["id"]
+        return self._ids[name]
+
+    def _tagged(self, kind: str, **props: str) -> str:
+        terms = [f"properties has {{ key='orch_kind' and value={quote(kind)} }}",
+                 f"properties has {{ key='orch_root' and value={quote(self.root)} }}"]
+        terms += [f"properties has {{ key={quote(k)} and value={quote(v)} }}" for k, v in props.items()]
+        return " and ".join(terms) + " and trashed = false"
+
+    # ---- agents
+    def agents(self) -> list[AgentInfo]:
+        """Every agent that ever wrote a heartbeat here (one list call)."""
+        return [AgentInfo.from_file(f) for f in self.t.list(self._tagged("heartbeat"))]
+
+    def agent(self, heartbeat_id: str) -> AgentInfo:
+        """One agent's current heartbeat; LostError when its heartbeat file is gone."""
+        return AgentInfo.from_file(self.t.get(heartbeat_id))
+
+    def tickets(self, **props: str) -> list[dict[str, Any]]:
+        return self.t.list(self._tagged("ticket", **props))
+
+    # ---- runs
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run folder in this mailbox (one list call)."""
+        return self.t.list(self._tagged("run"), fields="id,name,properties")
+
+    def run_folder(self, key: str) -> dict[str, Any] | None:
+        found = self.t.list(self._tagged("run", orch_key=key))
+        return found[0] if found else None
+
+    def run_files(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The files of a run folder by name (the newest wins if a name repeats)."""
+        files = self.t.list(f"{quote(run_id)} in parents and trashed = false")
+        return {f["name"]: f for f in files}
+
+    def status(self, files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The agent's ``status.json`` for a run, or None before the agent took it."""
+        f = files.get("status.json")
+        if f is None:
+            return None
+        try:
+            return json.loads(self.t.read_bytes(f["id"]))
+        except ValueError:
+            return None  # caught mid-write by a non-atomic writer: read it next time
+
+    def handle(self, folder: Mapping[str, Any]) -> Handle:
+        p = folder.get("properties") or {}
+        return Handle(p["orch_key"], {"run": folder["id"], "agent": p.get("orch_agent", ""),
+                                      "heartbeat": p.get("orch_heartbeat", ""), "inbox": p.get("orch_inbox", "")})
+
+    # ---- posting work
+    def upload_inputs(self, launch: Launch) -> dict[str, Any]:
+        """Put the bundle, datasets and checkpoint in ``blobs/`` (each once, by content)."""
+        blobs = self.sub("blobs")
+        bundle = launch.bundle
+        files = []
+        for path, sha in ((bundle.manifest_path, None), (bundle.code_archive, bundle.code_sha256)):
+            sha = sha or sha256_file(path)
+            f, _ = self.t.ensure_blob(path, parent=blobs, name=f"{sha[:16]}-{path.name}",
+                                      identity=("orch_sha256", sha), sha256=sha)
+            files.append({"name": path.name, "id": f["id"], "sha256": sha, "size": path.stat().st_size})
+        datasets = []
+        for ds in bundle.datasets:
+            f, _ = self.t.ensure_blob(ds.archive, parent=blobs, name=ds.filename, identity=("orch_digest", ds.digest),
+                                      properties={"orch_sha256": ds.sha256}, sha256=ds.sha256)
+            datasets.append({"digest": ds.digest, "id": f["id"], "sha256": ds.sha256, "size": ds.size})
+        checkpoint = None
+        if launch.checkpoint is not None:
+            sha = sha256_file(launch.checkpoint)
+            f, _ = self.t.ensure_blob(launch.checkpoint, parent=blobs, name=f"checkpoint-{sha[:16]}.tar.gz",
+                                      identity=("orch_sha256", sha), sha256=sha)
+            checkpoint = {"id": f["id"], "sha256": sha, "size": launch.checkpoint.stat().st_size}
+        return {"bundle": {"digest": bundle.digest, "files": files}, "datasets": datasets, "checkpoint": checkpoint}
+
+    def open_run(self, launch: Launch, agent: AgentInfo) -> dict[str, Any]:
+        """The run folder for ``launch.key`` (found again after a crash, else created)."""
+        existing = self.run_folder(launch.key)
+        if existing is not None:
+            return existing
+        props = {"orch_kind": "run", "orch_root": self.root, "orch_key": launch.key, "orch_agent": agent.id,
+                 "orch_heartbeat": agent.heartbeat_id, "orch_inbox": agent.inbox, "orch_job": launch.job_id}
+        body = {"name": launch.key, "mimeType": FOLDER_MIME, "parents": [self.sub("runs")], "properties": props}
+        self.t.call(f"create run folder {launch.key}", lambda: self.t.service.files().create(body=body, fields="id"))
+        found = self.run_folder(launch.key)
+        if found is None:  # pragma: no cover - Drive lists what it just created
+            raise PlatformError(f"run folder {launch.key} vanished right after it was created")
+        return found
+
+    def post_ticket(self, launch: Launch, agent: AgentInfo, run: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+        """Write the ticket into ``agent``'s inbox unless it is already there."""
+        if self.tickets(orch_key=launch.key):
+            return
+        ticket = {
+            "key": launch.key, "job_id": launch.job_id, "job_name": launch.job_name, "attempt": launch.attempt,
+            "runner_args": launch.runner_args(), "max_runtime_s": launch.max_runtime_s, "grace_s": launch.grace_s,
+            "session_seconds": launch.session_seconds, "env": dict(launch.env), "run_folder": run["id"],
+            "created_at": time.time(), **inputs,
+        }
+        props = {"orch_kind": "ticket", "orch_root": self.root, "orch_key": launch.key, "orch_agent": agent.id}
+        self.t.put_bytes(json.dumps(ticket, indent=1).encode(), name=f"ticket-{launch.key}.json",
+                         parent=agent.inbox, properties=props)
+
+    def cancel(self, handle: Handle) -> None:
+        """Ask the agent to stop: drop an untaken ticket, leave cancel.json in the run folder."""
+        for ticket in self.tickets(orch_key=handle.key):
+            self.t.delete(ticket["id"])
+        run = handle.data.get("run")
+        if run:
+            try:
+                self.t.put_bytes(b'{"cancel": true}', name="cancel.json", parent=run,
+                                 properties={"orch_kind": "cancel", "orch_key": handle.key})
+            except LostError:
+                pass  # the run folder is gone already
+
+    def release(self, handle: Handle) -> None:
+        """Delete the run folder and any ticket left for it; blobs stay for later jobs."""
+        for ticket in self.tickets(orch_key=handle.key):
+            self.t.delete(ticket["id"])
+        run = handle.data.get("run")
+        if run:
+            self.t.delete(run)

@@ -1,0 +1,344 @@
+"""Colab through Google Drive: jobs go into a Drive mailbox, an agent notebook runs them.
+
+Many Colab users keep a notebook open and move files through Drive. This backend
+serves them: ``submit`` uploads the bundle to Drive (datasets once, by content hash)
+and writes a ticket into the inbox of one agent (``kernels/colab_agent.py``, started
+from the notebook ``orch colab agent-notebook NAME`` writes), chosen because its
+heartbeat is fresh, it is idle, its GPU fits and its session has time left for the
+job. The agent runs the job with ``kernels/runner.py`` and puts status and artefacts
+back in the run's folder; ``poll``/``logs``/``fetch`` read them. See
+``mailbox.py`` for the layout and ``docs/platforms/colab_drive.md`` for setup.
+
+Tier rule: Colab's FAQ bans "running distributed computing workers" on free runtimes
+without a positive compute-unit balance, and a notebook polling a queue is one; with
+``tier: free`` the platform is unavailable and says why.
+
+Config::
+
+    platforms:
+      gdrive: {type: colab_drive, folder: orch, credentials: ~/client_secret.json, tier: pro}
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import google_auth_httplib2
+from googleapiclient.http import build_http
+from pydantic import Field, field_validator
+
+from ...durations import parse_duration
+from ...errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
+from ..base import Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus
+from .client import build_drive, drive_errors, load_credentials, save_credentials
+from .mailbox import AgentInfo, Mailbox
+from .transfer import Backoff, Transfers, UploadJournal
+
+PAID_TIERS = ("pro", "pro+", "pay-as-you-go")
+FREE_TIER_REASON = (
+    "Colab's terms ban running distributed-computing workers on free runtimes, and an agent notebook "
+    "polling a Drive queue is one (research.google.com/colaboratory/faq.html); set tier: pro, pro+ or "
+    "pay-as-you-go (with compute units left), or use the kaggle platform"
+)
+UNSUPPORTED = {
+    "secrets": "the Drive mailbox would keep secrets in a Drive file; run jobs with secrets on an ssh or kaggle platform",
+}
+
+
+class ColabDriveSettings(PlatformSettings):
+    """``type: colab_drive`` entries of config.yaml."""
+
+    type: Literal["colab_drive"] = "colab_drive"
+    #: Folder in My Drive that holds the mailbox (created on first use).
+    folder: str = "orch"
+    #: The OAuth client file (Desktop app) from Google Cloud console, for ``orch auth drive``.
+    credentials: str
+    #: Your Colab plan; ``free`` is refused (see FREE_TIER_REASON).
+    tier: Literal["free", "pro", "pro+", "pay-as-you-go"]
+    #: At most this many agents work for orch at once.
+    max_concurrent: int = Field(default=8, ge=1)
+    #: An agent whose heartbeat is older than this is not given work, and its jobs
+    #: read UNKNOWN (the controller's unknown_window then makes them LOST). Durations
+    #: are written like "3m" or "45s".
+    heartbeat_stale: float = 180.0
+    #: Reserved per job on top of max_runtime (download, setup, upload, grace).
+    setup_margin: float = 120.0
+    chunk_mb: int = Field(default=8, ge=1, le=1024)
+    #: Tries of one Drive call (truncated exponential backoff with jitter from backoff_base).
+    retries: int = Field(default=6, ge=1, le=20)
+    backoff_base: float = 1.0
+    timeout: float = 60.0
+    #: Drive API root and OAuth token endpoint; only for tests and proxies.
+    endpoint: str | None = None
+    token_uri: str | None = None
+
+    @field_validator("heartbeat_stale", "setup_margin", "backoff_base", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class ColabDrivePlatform(Platform):
+    """Jobs run by agent notebooks in Colab, through a Drive mailbox."""
+
+    settings_model = ColabDriveSettings
+    settings: ColabDriveSettings
+
+    def __init__(self, name: str, settings: PlatformSettings, home: Any) -> None:
+        super().__init__(name, settings, home)
+        self._mailbox: Mailbox | None = None
+
+    # ---- plumbing
+    @property
+    def token_path(self) -> Path:
+        """Where ``orch auth drive NAME`` keeps the OAuth token (mode 0600)."""
+        return self.home.platform_dir(self.name) / "token.json"
+
+    @property
+    def session_seconds(self) -> float:
+        hours = self.settings.session_hours or 24.0  # paid runtimes: up to 24 h
+        return hours * 3600.0
+
+    def mailbox(self) -> Mailbox:
+        """The Drive mailbox, built once per platform object (one CLI call or tick).
+
+        Raises:
+            PrecheckError: no token, or one Google refuses to refresh (run ``orch auth drive``).
+        """
+        if self._mailbox is None:
+            creds = load_credentials(self.token_path, self.name, self.settings.token_uri)
+            if not creds.valid:
+                with drive_errors("refresh the Google token", self.name):
+                    creds.refresh(google_auth_httplib2.Request(build_http()))
+                save_credentials(creds, self.token_path)
+            s = self.settings
+            service = build_drive(creds, s.endpoint, s.timeout)
+            journal = UploadJournal(self.home.platform_dir(self.name) / "uploads")
+            backoff = Backoff(base=s.backoff_base, cap=32.0 * s.backoff_base, attempts=s.retries)
+            transfers = Transfers(service, journal, self.name, backoff, chunk_size=s.chunk_mb * 1024 * 1024)
+            self._mailbox = Mailbox(transfers, s.folder)
+        return self._mailbox
+
+    def _reading(self) -> Mailbox:
+        """The mailbox for a status read: a credential problem reads as transient, since a
+        failed read must never fail a job."""
+        try:
+            return self.mailbox()
+        except PrecheckError as exc:
+            raise TransientError(str(exc), self.name) from exc
+
+    # ---- capabilities
+    def offer(self) -> Offer:
+        base = dict(platform=self.name, type="colab_drive", tier=self.settings.tier, internet=True,
+                    unsupported=UNSUPPORTED, session_seconds=self.session_seconds)
+        if self.settings.tier not in PAID_TIERS:
+            return Offer(**base, available=False, reason=FREE_TIER_REASON)
+        try:
+            agents = self.mailbox().agents()
+        except PlatformError as exc:
+            return Offer(**base, available=False, reason=str(exc))
+        now = time.time()
+        fresh = [a for a in agents if a.fresh(now, self.settings.heartbeat_stale)]
+        if not fresh:
+            return Offer(**base, available=False, reason=self._no_agent_reason())
+        idle = [a for a in fresh if _idle(a)]
+        left = max((a.time_left(now) for a in idle), default=0.0) - self.settings.setup_margin
+        mem = [a.gpu_memory_gb for a in fresh if a.gpu_memory_gb]
+        return Offer(
+            **base,
+            gpus=tuple(sorted({a.gpu for a in fresh if a.gpu})),
+            gpu_memory_gb=max(mem) if mem else None,
+            gpu_count=max((a.gpu_count for a in fresh), default=0),
+            max_concurrent=min(len(fresh), self.settings.max_concurrent),
+            time_left_seconds=max(0.0, left),
+            available=bool(idle),
+            reason="" if idle else f"all {len(fresh)} agent(s) are busy",
+        )
+
+    def _no_agent_reason(self) -> str:
+        return (f"no agent has sent a heartbeat to Drive folder '{self.settings.folder}' in the last "
+                f"{self.settings.heartbeat_stale:g}s; open the agent notebook in Colab "
+                f"(orch colab agent-notebook {self.name})")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not Path(self.settings.credentials).expanduser().is_file():
+            problems.append(f"platforms.{self.name}.credentials: {self.settings.credentials} does not exist; "
+                            f"download the Desktop OAuth client JSON (see docs/platforms/colab_drive.md)")
+        if self.settings.tier not in PAID_TIERS:
+            return [FREE_TIER_REASON, *problems]  # refused: do not even touch Drive
+        try:
+            agents = self.mailbox().agents()
+        except PlatformError as exc:
+            problems.append(str(exc))
+        else:
+            if not any(a.fresh(time.time(), self.settings.heartbeat_stale) for a in agents):
+                problems.append(self._no_agent_reason())
+        return problems
+
+    # ---- submit
+    def submit(self, launch: Launch) -> Handle:
+        if self.settings.tier not in PAID_TIERS:
+            raise PrecheckError(FREE_TIER_REASON, self.name)
+        if launch.secrets:
+            raise PrecheckError(f"job {launch.job_name}: {UNSUPPORTED['secrets']}", self.name)
+        try:
+            mb = self.mailbox()
+        except PrecheckError as exc:
+            # The job is fine; the token is not. Keep the job queued (it may go elsewhere).
+            raise CapacityError(str(exc), self.name) from exc
+        existing = mb.run_folder(launch.key)
+        if existing is not None:
+            if self._posted(mb, launch.key, existing["id"]):
+                return mb.handle(existing)  # submitted before: never start a second run
+            mb.t.delete(existing["id"])  # a crash left a run folder without its ticket
+        agent = self._choose_agent(mb, launch)
+        inputs = mb.upload_inputs(launch)
+        run = mb.open_run(launch, agent)
+        mb.post_ticket(launch, agent, run, inputs)
+        return mb.handle(run)
+
+    def _choose_agent(self, mb: Mailbox, launch: Launch) -> AgentInfo:
+        """The idle agent with the least time left that still fits the job (best fit)."""
+        now = time.time()
+        runtime = launch.max_runtime_s
+        if launch.session_seconds:
+            runtime = min(runtime, launch.session_seconds)
+        need = runtime + launch.grace_s + self.settings.setup_margin
+        pending = {t.get("properties", {}).get("orch_agent") for t in mb.tickets()}
+        fresh = [a for a in mb.agents() if a.fresh(now, self.settings.heartbeat_stale)]
+        if not fresh:
+            raise CapacityError(self._no_agent_reason(), self.name)
+        idle = [a for a in fresh if _idle(a) and a.id not in pending]
+        fitting = [a for a in idle if a.time_left(now) >= need and _gpu_fits(a, launch)]
+        if not fitting:
+            best = max((a.time_left(now) for a in idle), default=None)
+            why = (f"all {len(fresh)} agent(s) are busy" if best is None else
+                   f"no idle agent fits: the job needs {need:.0f}s (max_runtime + grace + setup margin) "
+                   f"and the best idle agent has {best:.0f}s left, or its GPU does not match")
+            raise CapacityError(why, self.name)
+        return min(fitting, key=lambda a: (a.time_left(now), a.id))
+
+    def find(self, key: str) -> Handle | None:
+        """The run for ``key`` if its ticket was posted (a run folder without a ticket is
+        what a crash between the two writes leaves: submit then starts over)."""
+        mb = self._reading()
+        folder = mb.run_folder(key)
+        if folder is None or not self._posted(mb, key, folder["id"]):
+            return None
+        return mb.handle(folder)
+
+    @staticmethod
+    def _posted(mb: Mailbox, key: str, run_id: str) -> bool:
+        """Whether the ticket for ``key`` is in an inbox or an agent took it.
+
+        The agent writes status.json before it deletes the ticket, so reading the run
+        folder after seeing no ticket cannot miss a run that was taken meanwhile.
+        """
+        return bool(mb.tickets(orch_key=key)) or "status.json" in mb.run_files(run_id)
+
+    # ---- status
+    def poll(self, handle: Handle) -> RemoteStatus:
+        mb = self._reading()
+        files = self._run_files(mb, handle)
+        status = mb.status(files)
+        if status is not None and status.get("state") == "exited":
+            return RemoteStatus(RemoteState.EXITED, status.get("message", ""), exit_code=status.get("exit_code"),
+                                heartbeat_at=status.get("updated_at"))
+        if status is not None and status.get("state") == "rejected":
+            return RemoteStatus(RemoteState.LOST, f"agent {status.get('agent')} refused it: {status.get('message')}")
+        try:
+            agent = mb.agent(handle.data["heartbeat"])
+        except LostError as exc:
+            raise LostError(f"agent {handle.data.get('agent')} is gone (its heartbeat file was deleted)",
+                            self.name) from exc
+        now = time.time()
+        if agent.state == "stopped":
+            return RemoteStatus(RemoteState.LOST, f"agent {agent.id} stopped before the job finished")
+        if not agent.fresh(now, self.settings.heartbeat_stale):
+            return RemoteStatus(RemoteState.UNKNOWN, f"agent {agent.id} silent for {agent.age(now):.0f}s")
+        telemetry = {"agent": agent.id, "gpu": agent.gpu, "time_left_s": round(agent.time_left(now))}
+        if status is None:
+            if not self._posted(mb, handle.key, handle.data["run"]):
+                return RemoteStatus(RemoteState.LOST, f"the ticket left agent {agent.id}'s inbox untaken "
+                                                      "(deleted by a clean-up or a cancel)")
+            return RemoteStatus(RemoteState.PENDING, f"in agent {agent.id}'s inbox", heartbeat_at=agent.modified,
+                                telemetry=telemetry)
+        telemetry.update(status.get("telemetry") or {})
+        return RemoteStatus(RemoteState.RUNNING, status.get("message", ""), heartbeat_at=agent.modified,
+                            telemetry=telemetry)
+
+    def _run_files(self, mb: Mailbox, handle: Handle) -> dict[str, dict[str, Any]]:
+        run = handle.data.get("run")
+        if not run:
+            raise LostError(f"{handle.key}: no run folder recorded", self.name)
+        files = mb.run_files(run)
+        if not files:
+            mb.t.get(run, "id")  # an empty listing may mean the folder is gone: LostError then
+        return files
+
+    def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
+        mb = self._reading()
+        files = self._run_files(mb, handle)
+        status = mb.status(files) or {}
+        done = status.get("state") == "exited"
+        log = files.get("job.log")
+        size = int(log.get("size", 0)) if log else 0
+        if log is None or offset >= size:
+            return LogChunk("", offset, complete=done)
+        data = mb.t.read_range(log["id"], offset, size)
+        return LogChunk(data.decode("utf-8", "replace"), offset, complete=done and offset + len(data) >= size)
+
+    def fetch(self, handle: Handle, dest: Path) -> None:
+        mb = self._reading()
+        status = mb.status(self._run_files(mb, handle)) or {}
+        if status.get("state") != "exited":
+            raise TransientError(f"{handle.key}: the run has not finished yet", self.name)
+        for name, art in (status.get("artefacts") or {}).items():
+            if "/" in name or name.startswith("."):
+                raise LostError(f"{handle.key}: refusing artefact name {name!r}", self.name)
+            mb.t.download(art["id"], dest / name, size=int(art["size"]), sha256=art["sha256"])
+
+    def cancel(self, handle: Handle) -> None:
+        self._reading().cancel(handle)
+
+    def release(self, handle: Handle) -> None:
+        self._reading().release(handle)
+
+    def reconcile(self, active_keys: set[str]) -> None:
+        """Delete tickets and run folders that no active attempt owns (a cancelled job, a
+        crashed tick): an agent drops a ticket whose run folder is gone and stops a job
+        whose run folder disappears, so no agent keeps working for nobody."""
+        if self.settings.tier not in PAID_TIERS:
+            return
+        mb = self._reading()
+        for ticket in mb.tickets():
+            if (ticket.get("properties") or {}).get("orch_key") not in active_keys:
+                mb.t.delete(ticket["id"])
+        for run in mb.runs():
+            if (run.get("properties") or {}).get("orch_key") not in active_keys:
+                mb.t.delete(run["id"])
+
+
+def _idle(agent: AgentInfo) -> bool:
+    return agent.state == "idle" and not agent.job
+
+
+def _gpu_fits(agent: AgentInfo, launch: Launch) -> bool:
+    """Whether the agent's GPU is one the job accepts (the scheduler only sees the union)."""
+    res = getattr(getattr(launch, "spec", None), "resources", None)
+    if res is None:
+        return True
+    wanted = [g for g in (getattr(res, "gpu", None) or []) if g not in ("any", "none")]
+    if wanted and agent.gpu not in wanted:
+        return False
+    need_mem = getattr(res, "min_gpu_memory_gb", None)
+    return not (need_mem and agent.gpu_memory_gb and agent.gpu_memory_gb < need_mem)
+
+
+def agent_settings_problem(settings: ColabDriveSettings, name: str) -> None:
+    """Raise ConfigError when this platform must not start an agent (free tier)."""
+    if settings.tier not in PAID_TIERS:
+        raise ConfigError(f"platforms.{name}.tier: {FREE_TIER_REASON}")

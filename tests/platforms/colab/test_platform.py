@@ -1,0 +1,184 @@
+"""`type: colab` end to end through the fake `colab` CLI (bridging to the real sshd)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import orch_process
+from tests.platforms.conftest import (
+    DONE, fetched, job_state, kill_remote_runs, ssh_job, submit, tick_until_state, write_config,
+)
+
+
+@pytest.fixture
+def colab_platform(colab, sshd, tmp_path):
+    def make(**overrides) -> dict:
+        entry = {
+            "type": "colab",
+            "gpu": "T4",
+            "tier": "pro",
+            "colab_bin": str(colab.executable),
+            "key": str(sshd.client_key.private),
+            "user": sshd.user,
+            "remote_dir": str(tmp_path / "content"),
+            "python": sys.executable,
+            "heartbeat_interval": "0.5s",
+            "heartbeat_timeout": "5s",
+            "reconnect_tries": 2,
+            "reconnect_delay": "0.1s",
+            "cli_timeout": "10s",
+            "new_timeout": "10s",
+        }
+        entry.update(overrides)
+        return entry
+
+    yield make
+    kill_remote_runs(tmp_path)  # the fake "runtime" is this machine
+
+
+def _platforms(orch) -> list[dict]:
+    result = orch("platforms", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _crash_after_colab_new(orch) -> None:
+    crashed = orch_process("tick", env={"ORCH_FAILPOINTS": "colab_after_new"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+
+
+def test_submit_to_fetch_on_colab_then_the_runtime_is_stopped(orch, config, colab, colab_platform, tmp_path):
+    data = os.urandom(500_000)
+    write_config(config, {"colab": colab_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", dataset=data, platforms=("colab",)))
+    job = tick_until_state(orch, job_id, DONE, timeout=40)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    target = fetched(orch, job_id, tmp_path / "out")
+    assert (target / "outputs" / "digest.txt").read_text() == hashlib.sha256(data).hexdigest()
+    [new] = colab.calls("new")
+    session = new[new.index("-s") + 1]
+    assert new[new.index("--gpu") + 1] == "T4" and session.startswith("orch-")
+    assert colab.sessions() == [] and ["stop", "-s", session] in colab.calls("stop")
+    proxies = colab.calls("ssh")
+    assert proxies and all("--proxy-mode" in c and "-i" in c and session in c for c in proxies)
+    assert colab.bridge_pids() == []
+
+
+def test_an_orphaned_runtime_from_a_crashed_tick_is_stopped_by_the_next_tick(orch, config, colab, colab_platform,
+                                                                            tmp_path):
+    write_config(config, {"colab": colab_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    _crash_after_colab_new(orch)
+    [session] = [s["name"] for s in colab.sessions()]
+    assert orch("cancel", job_id).exit_code == 0  # the attempt is gone; its runtime is nobody's now
+    assert [s["name"] for s in colab.sessions()] == [session]
+    assert orch("tick").exit_code == 0
+    assert colab.sessions() == []
+    assert ["stop", "-s", session] in colab.calls("stop")
+
+
+def test_a_crash_after_new_reuses_the_runtime_instead_of_creating_another(orch, config, colab, colab_platform,
+                                                                          tmp_path):
+    write_config(config, {"colab": colab_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    _crash_after_colab_new(orch)
+    job = tick_until_state(orch, job_id, DONE, timeout=40)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(colab.calls("new")) == 1 and colab.sessions() == []
+
+
+def test_tier_free_is_refused_and_says_why(orch, config, colab, colab_platform, tmp_path):
+    write_config(config, {"colab": colab_platform(tier="free")})
+    [entry] = _platforms(orch)
+    assert entry["available"] is False and "terms forbid SSH" in entry["reason"]
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    assert job["state"] == "QUEUED" and "terms" in job["message"]
+    assert colab.calls("new") == [] and colab.calls("ssh") == []
+
+
+def test_missing_cli_is_reported_with_the_install_command(orch, config, colab_platform, tmp_path):
+    write_config(config, {"colab": colab_platform(colab_bin=str(tmp_path / "no" / "colab"))})
+    [entry] = _platforms(orch)
+    assert not entry["available"] and "pipx install google-colab-cli" in entry["reason"]
+    assert any("pipx install google-colab-cli" in p for p in entry["problems"])
+
+
+def test_the_compute_unit_balance_is_the_quota_and_zero_creates_no_runtime(orch, config, colab, colab_platform,
+                                                                           tmp_path):
+    colab.update(balance=12.5)
+    write_config(config, {"colab": colab_platform()})
+    [entry] = _platforms(orch)
+    assert entry["quota"]["unit"] == "compute_units" and entry["quota"]["limit"] == 12.5
+    colab.update(balance=0.0)
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    # The scheduler's quota ledger (fed by `colab usage`) or the platform's own gate says no.
+    assert job["state"] == "QUEUED" and ("CU left" in job["message"] or "compute-unit balance" in job["message"])
+    assert colab.calls("new") == []
+
+
+def test_hardware_other_than_asked_is_stopped_at_once(orch, config, colab, colab_platform, tmp_path):
+    write_config(config, {"colab": colab_platform(gpu="T4")})
+    colab.update(substitute={"T4": "A100"})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    assert job["state"] == "QUEUED" and "got A100" in job["message"]
+    assert len(colab.calls("new")) == 1 and colab.sessions() == [] and colab.calls("ssh") == []
+
+
+def test_an_accelerator_the_account_cannot_get_requeues_the_job(orch, config, colab, colab_platform, tmp_path):
+    write_config(config, {"colab": colab_platform(gpu="H100")})
+    colab.update(eligible=["T4"])
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    assert job["state"] == "QUEUED" and "rejected accelerator" in job["message"]
+    assert colab.sessions() == []
+
+
+def test_a_recycled_runtime_makes_the_attempt_lost_without_creating_a_new_one(orch, config, colab, colab_platform,
+                                                                              tmp_path):
+    write_config(config, {"colab": colab_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",), script="import time; time.sleep(30)",
+                                  extra="retries: 0\n"))
+    tick_until_state(orch, job_id, {"RUNNING", "PENDING"}, timeout=30)
+    [session] = colab.sessions()
+    subprocess.run([str(colab.executable), "stop", "-s", session["name"]], check=True, capture_output=True)
+    kill_remote_runs(tmp_path)  # a stopped runtime takes its processes with it
+    job = tick_until_state(orch, job_id, {"LOST"}, timeout=20)
+    assert "runtime is gone" in job["message"]
+    assert len(colab.calls("new")) == 1 and colab.sessions() == []
+
+
+def _launch(key: str):
+    from orchestrator.platforms.base import Launch
+
+    return Launch(key=key, job_id="j" * 8, job_name="demo", attempt=1, spec=None, bundle=None, max_runtime_s=60)
+
+
+def test_the_platform_itself_refuses_free_tier_and_an_empty_balance(orch_home, config, colab, colab_platform):
+    from orchestrator.app import App
+    from orchestrator.errors import CapacityError, PrecheckError
+
+    write_config(config, {"free": colab_platform(tier="free"), "paid": colab_platform()})
+    colab.update(balance=0.0)
+    app = App.open()
+    try:
+        with pytest.raises(PrecheckError, match="terms forbid SSH"):
+            app.platform("free").submit(_launch("oabc-1"))
+        with pytest.raises(CapacityError, match="compute-unit balance is 0"):
+            app.platform("paid").submit(_launch("oabc-2"))
+    finally:
+        app.close()
+    assert colab.calls("new") == [] and colab.calls("ssh") == []
