@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import gpus as gpu_catalogue, quota, scheduler  # noqa: E402
+from orchestrator import gpus as gpu_catalogue, quota, scheduler, windows  # noqa: E402
 from orchestrator.platforms.base import Offer  # noqa: E402
 from orchestrator.spec import JobSpec  # noqa: E402
 
@@ -67,8 +67,8 @@ class SimPlatform:
                   gpu_count=self.gpu_count, max_concurrent=self.max_concurrent, session_seconds=self.session_s,
                   min_segment_seconds=self.min_segment)
         if self.hours:  # as the controller shapes it (controller._with_settings)
-            o = Offer(**{**o.__dict__, "session_seconds": min(self.session_s or math.inf, quota.hours_length(self.hours))})
-            inside, change = quota.open_hours(self.hours, now)
+            o = Offer(**{**o.__dict__, "session_seconds": min(self.session_s or math.inf, windows.hours_length(self.hours))})
+            inside, change = windows.open_hours(self.hours, now)
             if not inside:
                 return Offer(**{**o.__dict__, "available": False, "available_at": change, "reason": "closed"})
             return Offer(**{**o.__dict__, "time_left_seconds": change - now})
@@ -78,10 +78,10 @@ class SimPlatform:
 def default_platforms() -> list[SimPlatform]:
     return [
         SimPlatform("kaggle", ("T4",), 15.0, 2, 12 * HOUR,
-                    quota.Budget(limit=30.0, window=quota.Window("weekly", 5), per_gpu=False, source="kaggle"),
+                    quota.Budget(limit=30.0, window=windows.Window("weekly", 5), per_gpu=False, source="kaggle"),
                     gpu_count=2),
         SimPlatform("colab", ("T4", "L4", "A100"), 40.0, 2, 24 * HOUR,
-                    quota.Budget(unit="compute_units", limit=100.0, window=quota.Window("monthly"), source="colab")),
+                    quota.Budget(unit="compute_units", limit=100.0, window=windows.Window("monthly"), source="colab")),
         SimPlatform("lab", ("A100",), 80.0, 1, None, quota.Budget(source="lab"), hours="22:00-06:00"),
     ]
 
@@ -325,7 +325,7 @@ class Sim:
                 if t is not None and t <= now:
                     for r in [r for r in self.running if r.platform is p]:
                         self.finish(r, now, killed=True)
-                if p.hours and not quota.open_hours(p.hours, now)[0]:
+                if p.hours and not windows.open_hours(p.hours, now)[0]:
                     for r in [r for r in self.running if r.platform is p]:
                         self.finish(r, now, killed=True)
             wake = None
@@ -355,7 +355,7 @@ class Sim:
             if t is not None:
                 times.append(t)
             if p.hours:
-                times.append(quota.open_hours(p.hours, now)[1])
+                times.append(windows.open_hours(p.hours, now)[1])
         later = [t for t in times if t > now + 1e-6]
         return min(later) if later else self.horizon
 
@@ -427,7 +427,7 @@ def open_hours_between(p: SimPlatform, lo: float, hi: float) -> float:
         return max(0.0, hi - lo) / HOUR
     total, t = 0.0, lo
     while t < hi:
-        inside, change = quota.open_hours(p.hours, t)
+        inside, change = windows.open_hours(p.hours, t)
         nxt = min(change, hi)
         if inside:
             total += nxt - t
@@ -482,7 +482,7 @@ def lower_bound(jobs: list[SimJob], platforms: dict[str, SimPlatform], start: fl
                     while done < work - 1e-6 and t < horizon:
                         for n in subset:
                             p = platforms[n]
-                            if p.hours and not quota.open_hours(p.hours, t)[0]:
+                            if p.hours and not windows.open_hours(p.hours, t)[0]:
                                 continue
                             w = cap[n][0] * step
                             if p.budget.limit is not None:

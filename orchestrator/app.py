@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from .config import Config, Home
+from .config import Config
+from .home import Home
 from .errors import NotFoundError
 from .platforms.base import Platform, platform_class
 from .store import Store

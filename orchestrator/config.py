@@ -1,8 +1,9 @@
-"""The orch home directory and the user config (``$ORCH_HOME/config.yaml``).
+"""Loading the user config (``$ORCH_HOME/config.yaml``) into validated settings.
 
-``$ORCH_HOME`` overrides everything (config, state DB, caches, work dirs); without it
-the home is the platform's user data dir (``~/.local/share/orch`` on Linux). With no
-config file at all there is one implicit platform, ``local``.
+The models live in ``settings.py`` (shared keys) and in each platform package (its
+own keys); this module reads the file, picks each entry's model by its ``type`` and
+turns the first error into one line naming ``config.yaml:line``. With no config file
+at all there is one implicit platform, ``local``.
 """
 
 from __future__ import annotations
@@ -10,107 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from .durations import parse_duration
 from .errors import ConfigError
-from .platforms.base import TYPE_ALIASES, PlatformSettings, platform_class
+from .home import Home
+from .platforms.base import TYPE_ALIASES, platform_class
+from .settings import ConfigFile, ControllerSettings, PlatformSettings
 from .yamlfile import first_error, parse_yaml
 
 DOCS = "docs/operations.md"
-
-
-@dataclass(frozen=True)
-class Home:
-    """Every path orch writes to, derived from one root."""
-
-    root: Path
-
-    @classmethod
-    def discover(cls) -> "Home":
-        env = os.environ.get("ORCH_HOME")
-        root = Path(env).expanduser() if env else Path(platformdirs.user_data_dir("orch", appauthor=False))
-        return cls(root.resolve())
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def db_path(self) -> Path:
-        return self.root / "state.db"
-
-    @property
-    def blobs(self) -> Path:
-        """Content-addressed archives: datasets, checkpoints."""
-        return self.root / "blobs"
-
-    @property
-    def bundles(self) -> Path:
-        return self.root / "bundles"
-
-    @property
-    def index(self) -> Path:
-        """Stat index of dataset sources (see bundle.DatasetCache)."""
-        return self.root / "index"
-
-    @property
-    def results(self) -> Path:
-        """Fetched results, one directory per job (``orch fetch`` copies from here)."""
-        return self.root / "results"
-
-    @property
-    def staging(self) -> Path:
-        return self.root / "staging"
-
-    def platform_dir(self, name: str) -> Path:
-        """Private working space of one configured platform."""
-        return self.root / "platforms" / name
-
-    def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            os.chmod(self.root, 0o700)
-        except OSError:
-            pass
-
-
-class ControllerSettings(BaseModel):
-    """Timing knobs of ``orch tick`` (all durations, e.g. "30m")."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: How long status reads may fail before an attempt is declared LOST.
-    unknown_window: float = 1800.0
-    #: SIGTERM -> SIGKILL grace given to jobs (and the lead before a session end).
-    grace: float = 30.0
-    #: How long a platform that lost an attempt is avoided for that job.
-    failover_backoff: float = 1800.0
-    #: How long a controller's claim on a job lasts; a controller that dies mid-tick
-    #: holds its jobs this long at most (see leases.py).
-    lease_seconds: float = 300.0
-    #: Jobs claimed at a time, so that several controllers share the work.
-    claim_batch: int = Field(default=8, ge=1, le=1000)
-
-    @field_validator("unknown_window", "grace", "failover_backoff", "lease_seconds", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
-            return 0.0
-        return parse_duration(value)
-
-
-class ConfigFile(BaseModel):
-    """config.yaml as written by the user; platform entries are validated per type."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    state: str | None = None
-    platforms: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    controller: ControllerSettings = ControllerSettings()
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import bundle as bundle_mod
-from . import failpoints, leases, quota, scheduler
+from . import failpoints, leases, quota, scheduler, windows
 from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, materialize_bundle, share_artifacts
@@ -633,9 +633,9 @@ def _with_settings(offer: Offer, settings, now: float) -> Offer:
     offer = dataclasses.replace(offer, min_segment_seconds=settings.min_segment)
     if not settings.available_hours:
         return offer
-    inside, change = quota.open_hours(settings.available_hours, now)
+    inside, change = windows.open_hours(settings.available_hours, now)
     # No attempt can outlast the daily window: it is this platform's longest session.
-    window = quota.hours_length(settings.available_hours)
+    window = windows.hours_length(settings.available_hours)
     if offer.session_seconds is None or offer.session_seconds > window:
         offer = dataclasses.replace(offer, session_seconds=window)
     if not inside:
@@ -643,7 +643,7 @@ def _with_settings(offer: Offer, settings, now: float) -> Offer:
             return offer
         return dataclasses.replace(offer, available=False, available_at=change,
                                    reason=f"outside its hours ({settings.available_hours} UTC); opens "
-                                          f"{quota.format_when(change, now)}")
+                                          f"{windows.format_when(change, now)}")
     left = change - now
     if offer.time_left_seconds is not None:
         left = min(left, offer.time_left_seconds)

@@ -24,8 +24,9 @@ from typing import Iterable, Mapping, Sequence
 from .durations import format_duration
 from .platforms.base import Offer
 from .gpus import DEFAULT_SPEEDS, GPU_TYPES
-from .quota import BudgetState, format_when, pick_gpu, reservation_rate
+from .quota import BudgetState, pick_gpu, reservation_rate
 from .spec import JobSpec
+from .windows import format_when
 
 #: Wait for a busy platform only if it is expected to finish the job in at most this
 #: fraction of the time a free platform would take.

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .durations import parse_duration
 from .errors import SpecError
 from .gpus import GPU_TYPES
+from .settings import Duration, PositiveDuration
 from .yamlfile import first_error, parse_yaml, where
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -38,7 +38,7 @@ class Resources(_Model):
     gpu_count: int = Field(default=1, ge=0, le=16)
     min_gpu_memory_gb: float | None = Field(default=None, gt=0)
     #: seconds; written as "2h30m" in job.yaml.
-    max_runtime: float = 3600.0
+    max_runtime: PositiveDuration = 3600.0
 
     @model_validator(mode="before")
     @classmethod
@@ -80,11 +80,6 @@ class Resources(_Model):
                 )
             out.append(canonical)
         return tuple(out)
-
-    @field_validator("max_runtime", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
     @model_validator(mode="after")
     def _count(self) -> "Resources":
@@ -217,7 +212,7 @@ class JobSpec(_Model):
     secrets_from: Literal["local", "kaggle"] = "local"
     #: seconds between SIGTERM and SIGKILL, and how long before a session ends the job is
     #: told to checkpoint; None = the platform's or controller's grace.
-    grace: float | None = None
+    grace: Duration | None = None
     sweep: Sweep | None = None
 
     _source: Path | None = PrivateAttr(default=None)
@@ -291,11 +286,6 @@ class JobSpec(_Model):
         if isinstance(value, str):
             return (value,)
         return value
-
-    @field_validator("grace", mode="before")
-    @classmethod
-    def _grace(cls, value: Any) -> Any:
-        return None if value is None else parse_duration(value)
 
     @field_validator("checkpoint")
     @classmethod

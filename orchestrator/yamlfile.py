@@ -34,7 +34,40 @@ def parse_yaml(text: str, source: Path, error: type[Exception], what: str) -> tu
         if key_node.tag != "tag:yaml.org,2002:str":
             raise error(f"{source}:{key_node.start_mark.line + 1}: key {key_node.value!r} is not a string; "
                         "keys are names such as run, resources")
+    duplicate = first_duplicate(node)
+    if duplicate:
+        key, first, second = duplicate
+        raise error(f"{source}:{second}: duplicate key '{key}' (first on line {first}); "
+                    "YAML keeps only one of them — delete or rename one")
     return data, node_lines(node)
+
+
+def first_duplicate(node: yaml.Node) -> tuple[str, int, int] | None:
+    """(key, first line, second line) of the first key written twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys (a second ``run:`` wins, the
+    first of two platforms with one name is dropped), so orch refuses the file.
+    """
+    found: list[tuple[int, str, int]] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in current.value:
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in seen:
+                        found.append((line, key_node.value, seen[key_node.value]))
+                    else:
+                        seen[key_node.value] = line
+                stack.append(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    if not found:
+        return None
+    line, key, first = min(found)
+    return key, first, line
 
 
 def node_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:

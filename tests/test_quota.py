@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator import gpus, quota
+from orchestrator import gpus, quota, windows
 from orchestrator.platforms.base import QuotaReading
 from tests.conftest import make_job, open_app, orch_process, tick_until
 
@@ -18,14 +18,14 @@ def ts(text_: str) -> float:
     return datetime.fromisoformat(text_).replace(tzinfo=timezone.utc).timestamp()
 
 
-WEEKLY = quota.Budget(limit=30.0, window=quota.Window("weekly", 5), per_gpu=False)
+WEEKLY = quota.Budget(limit=30.0, window=windows.Window("weekly", 5), per_gpu=False)
 
 
 # ---------------------------------------------------------------------------- windows
 
 
 def test_a_weekly_window_resets_on_saturday_midnight_utc():
-    w = quota.Window("weekly", 5)
+    w = windows.Window("weekly", 5)
     assert w.bounds(ts("2025-01-10T23:59:59")) == (ts("2025-01-04T00:00:00"), ts("2025-01-11T00:00:00"))
     assert w.bounds(ts("2025-01-11T00:00:00")) == (ts("2025-01-11T00:00:00"), ts("2025-01-18T00:00:00"))
     assert w.describe() == "weekly, resets Sat 00:00 UTC"
@@ -39,7 +39,7 @@ def test_a_weekly_window_resets_on_saturday_midnight_utc():
     ("weekly", "mon 08:00", "2025-01-06T07:59:00", ("2024-12-30T08:00:00", "2025-01-06T08:00:00")),
 ])
 def test_monthly_daily_and_weekly_windows_with_custom_resets(kind, reset, at, expected):
-    w = quota.parse_reset(kind, reset)
+    w = windows.parse_reset(kind, reset)
     assert w.bounds(ts(at)) == (ts(expected[0]), ts(expected[1]))
 
 
@@ -51,7 +51,7 @@ def test_monthly_daily_and_weekly_windows_with_custom_resets(kind, reset, at, ex
 ])
 def test_a_bad_reset_names_the_accepted_form(kind, reset, message):
     with pytest.raises(ValueError, match=message):
-        quota.parse_reset(kind, reset)
+        windows.parse_reset(kind, reset)
 
 
 def test_a_bad_budget_in_config_is_one_line_with_file_and_line(orch, orch_home, tmp_path, config):
@@ -101,7 +101,7 @@ def test_a_live_reading_overrides_the_configured_limit_used_and_reset():
 
 
 def test_compute_units_are_charged_at_the_rate_of_the_gpu_the_run_got():
-    colab = quota.Budget(unit="compute_units", limit=100.0, window=quota.Window("monthly"))
+    colab = quota.Budget(unit="compute_units", limit=100.0, window=windows.Window("monthly"))
     reserve = {"start": 1000.0, "end": 1000.0 + 7200, "amount": 2 * gpus.CU_RATES["T4"]}
     result = {"started_at": 1010.0, "ended_at": 1010.0 + 3600, "gpu": {"name": "NVIDIA A100-SXM4-40GB", "count": 1}}
     span = quota.charge_span(reserve, colab, result, 1005.0, 5000.0)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import simulate as sim
-from orchestrator import gpus, quota
+from orchestrator import gpus, quota, windows
 from orchestrator.platforms.base import Offer
 from orchestrator.scheduler import Candidate, Place, Running, Wait, estimate, learn_speeds, place
 from orchestrator.spec import JobSpec
@@ -35,7 +35,7 @@ def offer(name: str, gpus=("T4",), **kw) -> Offer:
 
 def budget_state(name: str, limit: float | None, used: float = 0.0, per_gpu: bool = False,
                  unit: str = "gpu_hours", window: str = "weekly") -> quota.BudgetState:
-    b = quota.Budget(unit=unit, limit=limit, window=quota.parse_reset(window, None), per_gpu=per_gpu)
+    b = quota.Budget(unit=unit, limit=limit, window=windows.parse_reset(window, None), per_gpu=per_gpu)
     charges = [(used, NOW - 2 * H, NOW - H)] if used else []
     return quota.state(name, b, NOW, charges, [])
 
@@ -222,9 +222,9 @@ def platform_sets(draw):
     window = draw(st.sampled_from(["weekly", "daily", "monthly"]))
     return [
         sim.SimPlatform("kaggle", ("T4",), 15.0, draw(st.integers(1, 3)), 12 * H,
-                        quota.Budget(limit=kaggle_h, window=quota.parse_reset(window, None), per_gpu=False), gpu_count=2),
+                        quota.Budget(limit=kaggle_h, window=windows.parse_reset(window, None), per_gpu=False), gpu_count=2),
         sim.SimPlatform("colab", ("T4", "L4", "A100"), 40.0, draw(st.integers(1, 2)), 24 * H,
-                        quota.Budget(unit="compute_units", limit=colab_cu, window=quota.Window("monthly"))),
+                        quota.Budget(unit="compute_units", limit=colab_cu, window=windows.Window("monthly"))),
         sim.SimPlatform("lab", ("A100",), 80.0, 1, None, quota.Budget(source="lab"),
                         hours=draw(st.sampled_from([None, "22:00-06:00", "09:30-10:15"]))),
     ]
@@ -251,7 +251,7 @@ def test_the_simulated_week_meets_its_targets():
 
 def test_a_job_that_would_overrun_the_next_window_waits_for_the_reset_and_says_so():
     friday = datetime(2025, 1, 10, 20, 0, tzinfo=timezone.utc).timestamp()
-    b = quota.Budget(limit=30.0, window=quota.Window("weekly", 5), per_gpu=False)
+    b = quota.Budget(limit=30.0, window=windows.Window("weekly", 5), per_gpu=False)
     spill = quota.Span(friday - 8 * H, friday + 28 * H, 1.0)  # 24 h of it after Saturday 00:00
     ledger = {"kaggle": quota.state("kaggle", b, friday, [], [spill])}
     offers = {"kaggle": offer("kaggle", session_seconds=12 * H, max_concurrent=2)}

@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import controller, quota, scheduler
+from .. import controller, quota, scheduler, windows
 from ..app import App
 from ..durations import format_duration
 from .common import console, json_option, pass_app, print_json
@@ -68,7 +68,7 @@ def plan(app: App, as_json: bool) -> None:
         if r["platform"]:
             would = f"[green]run on {escape(r['platform'])}[/]"
         elif r["until"]:
-            would = f"[yellow]wait[/] until {quota.format_when(r['until'], now)}"
+            would = f"[yellow]wait[/] until {windows.format_when(r['until'], now)}"
         else:
             would = "[yellow]wait[/]"
         table.add_row(r["id"][:8], escape(r["name"]), str(r["priority"]), would, escape(r["reason"]))

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from .. import controller
 from ..app import App
-from ..config import STARTER, Home
+from ..config import STARTER
+from ..home import Home
 from ..durations import format_duration
 from ..errors import ConfigError, OrchError
 from . import main

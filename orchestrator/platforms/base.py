@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
+from ..settings import PlatformSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import Bundle
-    from ..config import Home
+    from ..home import Home
     from ..spec import JobSpec
 
 #: Files fetch() brings back from an attempt directory.
@@ -42,85 +42,6 @@ def runner_path() -> Path:
     import kernels
 
     return Path(kernels.__file__).resolve().parent / "runner.py"
-
-
-class BudgetSettings(BaseModel):
-    """``budget:`` of a platform entry: how much it may be used per window.
-
-    Example (Colab Pro)::
-
-        budget: {unit: compute_units, limit: 100, window: monthly, reset: "1 00:00",
-                 rates: {T4: 1.84, L4: 4.82, A100: 11.77}}
-
-    ``reset`` is UTC: ``"sat 00:00"`` for weekly windows, ``"<day> HH:MM"`` for monthly,
-    ``"HH:MM"`` for daily. See ``orchestrator/quota.py`` and docs/scheduling.md.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    unit: Literal["gpu_hours", "compute_units"] = "gpu_hours"
-    #: Units per window; None = unlimited (usage is still recorded and shown).
-    limit: float | None = Field(default=None, ge=0)
-    window: Literal["weekly", "monthly", "daily", "none"] = "weekly"
-    reset: str | None = None
-    #: gpu_hours only: multiply session hours by the job's GPU count (Kaggle counts
-    #: session hours whatever the GPU count: its default budget sets this false).
-    per_gpu: bool = True
-    #: compute_units only: units per hour for each GPU type (defaults: gpus.CU_RATES).
-    rates: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("reset")
-    @classmethod
-    def _reset(cls, value: str | None, info: Any) -> str | None:
-        if value is None:
-            return None
-        from ..quota import parse_reset
-
-        parse_reset(info.data.get("window", "weekly"), value)  # raises ValueError with the accepted forms
-        return value
-
-
-def _seconds(value: Any) -> Any:
-    """A duration setting: "90s", "10m" (a bare number is refused, as everywhere in orch)."""
-    from ..durations import parse_duration
-
-    return None if value is None else parse_duration(value)
-
-
-class PlatformSettings(BaseModel):
-    """Config keys every platform entry accepts; backends subclass it with their own."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str
-    max_concurrent: int = 1
-    #: Longest single session in hours; None = no limit.
-    session_hours: float | None = None
-    #: Usage budget per window (unset: the type's default, see quota.default_budget).
-    budget: BudgetSettings | None = None
-    #: Daily UTC hours when the platform may run work, e.g. "22:00-06:00" (a lab
-    #: machine at night); unset = always. Attempts end (checkpointing) before it closes.
-    available_hours: str | None = None
-    #: SIGTERM -> SIGKILL grace, and how long before a session end a job is told to
-    #: checkpoint; unset = the job's `grace:` or controller.grace.
-    grace: float | None = None
-    #: The shortest chain segment worth starting here (a checkpointing job is not given
-    #: a slice of session or quota shorter than this).
-    min_segment: float = 600.0
-
-    @field_validator("grace", "min_segment", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> Any:
-        return _seconds(value)
-
-    @field_validator("available_hours")
-    @classmethod
-    def _hours(cls, value: str | None) -> str | None:
-        if value is not None:
-            from ..quota import parse_hours
-
-            parse_hours(value)
-        return value
 
 
 @dataclass(frozen=True)

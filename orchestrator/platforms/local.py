@@ -22,10 +22,8 @@ from typing import Literal
 from ..errors import TransientError
 from ..gpus import reported_type
 from ..results import copy_regular
-from .base import (
-    ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus,
-    runner_path,
-)
+from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus, runner_path
+from ..settings import PlatformSettings
 
 
 class LocalSettings(PlatformSettings):

@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock
-from pydantic import field_validator
 
 from ... import failpoints
 from ...errors import CapacityError, LostError, PlatformError, PrecheckError, TransientError
 from ..base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
 from .cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
 from ..ssh import runs
-from ..ssh.platform import RemoteSettings, SSHPlatform, seconds_setting
+from ...settings import PositiveDuration
+from ..ssh.platform import RemoteSettings, SSHPlatform
 from ..ssh.connection import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
 
 PREFIX = "orch-"
@@ -68,13 +68,8 @@ class ColabSettings(RemoteSettings):
     key: str | None = "~/.ssh/id_ed25519"
     remote_dir: str = "/content/orch"
     user: str = "root"
-    cli_timeout: float = 120.0
-    new_timeout: float = 600.0
-
-    @field_validator("cli_timeout", "new_timeout", mode="before")
-    @classmethod
-    def _cli_duration(cls, value: Any) -> float:
-        return seconds_setting(value)
+    cli_timeout: PositiveDuration = 120.0
+    new_timeout: PositiveDuration = 600.0
 
 
 def session_name(key: str) -> str:

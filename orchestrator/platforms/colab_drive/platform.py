@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 import google_auth_httplib2
 from googleapiclient.http import build_http
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ...durations import parse_duration
 from ...errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
-from ..base import Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus
+from ..base import Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus
+from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import build_drive, drive_errors, load_credentials, save_credentials
 from .mailbox import AgentInfo, Mailbox
 from .transfer import Backoff, Transfers, UploadJournal
@@ -62,22 +62,17 @@ class ColabDriveSettings(PlatformSettings):
     #: An agent whose heartbeat is older than this is not given work, and its jobs
     #: read UNKNOWN (the controller's unknown_window then makes them LOST). Durations
     #: are written like "3m" or "45s".
-    heartbeat_stale: float = 180.0
+    heartbeat_stale: PositiveDuration = 180.0
     #: Reserved per job on top of max_runtime (download, setup, upload, grace).
-    setup_margin: float = 120.0
+    setup_margin: Duration = 120.0
     chunk_mb: int = Field(default=8, ge=1, le=1024)
     #: Tries of one Drive call (truncated exponential backoff with jitter from backoff_base).
     retries: int = Field(default=6, ge=1, le=20)
-    backoff_base: float = 1.0
-    timeout: float = 60.0
+    backoff_base: PositiveDuration = 1.0
+    timeout: PositiveDuration = 60.0
     #: Drive API root and OAuth token endpoint; only for tests and proxies.
     endpoint: str | None = None
     token_uri: str | None = None
-
-    @field_validator("heartbeat_stale", "setup_margin", "backoff_base", "timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class ColabDrivePlatform(Platform):

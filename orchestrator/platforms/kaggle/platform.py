@@ -34,13 +34,11 @@ from typing import Any, Callable, Literal, Mapping
 from pydantic import field_validator
 
 from ...bundle import sha256_file
-from ...durations import format_duration, parse_duration
+from ...durations import format_duration
 from ...errors import CapacityError, PrecheckError, TransientError
 from . import script as kaggle_script
-from ..base import (
-    Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, QuotaReading, RemoteState, RemoteStatus,
-    runner_path,
-)
+from ..base import Handle, Launch, LogChunk, Offer, Platform, QuotaReading, RemoteState, RemoteStatus, runner_path
+from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import Backoff, KaggleAccount, KernelState, MissingError
 from .credentials import find_credentials, permission_warning
 from .transfer import download_outputs, ensure_dataset, log_text
@@ -99,10 +97,10 @@ class KaggleSettings(PlatformSettings):
     max_concurrent: int = 2
     session_hours: float = 12.0
     #: First retry delay of Kaggle calls (doubles per try, with jitter).
-    retry_base: float = 1.0
+    retry_base: PositiveDuration = 1.0
     #: How long a submit waits for a new dataset to be processed before trying again next tick.
-    dataset_wait: float = 900.0
-    dataset_poll: float = 5.0
+    dataset_wait: Duration = 900.0
+    dataset_poll: PositiveDuration = 5.0
     #: Outputs per listing page.
     page_size: int = 50
 
@@ -110,11 +108,6 @@ class KaggleSettings(PlatformSettings):
     @classmethod
     def _accelerator(cls, value: str) -> str:
         return machine_shape(value)
-
-    @field_validator("retry_base", "dataset_wait", "dataset_poll", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value) if isinstance(value, str) else float(value)
 
 
 def machine_shape(name: str) -> str:

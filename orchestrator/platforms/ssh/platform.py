@@ -29,11 +29,11 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
-from ...durations import parse_duration
 from ...errors import LostError, PlatformError, PrecheckError, TransientError
-from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, PlatformSettings, RemoteState, RemoteStatus, runner_path
+from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus, runner_path
+from ...settings import PlatformSettings, PositiveDuration
 from . import runs
 from .link import Backoff, Link
 from ...bundle import sha256_file
@@ -43,30 +43,19 @@ from .connection import Connection, Endpoint, Timeouts, connect, pinned_keys
 _WATCHED = ("heartbeat.json", "result.json", "job.log", "runner.out", ".started")
 
 
-def seconds_setting(value: Any) -> float:
-    """A duration setting: "90s", "2m", or a plain number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"{value} must be longer than zero")
-        return float(value)
-    return parse_duration(value)
-
-
 class TimeoutSettings(BaseModel):
     """Per-operation deadlines (``timeouts:`` in a platform entry)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    connect: float = 15.0
-    banner: float = 15.0
-    auth: float = 20.0
-    channel: float = 15.0
-    command: float = 60.0
-    sftp: float = 30.0
-    probe: float = 10.0
-    keepalive: float = 15.0
-
-    _parse = field_validator("*", mode="before")(lambda cls, v: seconds_setting(v))
+    connect: PositiveDuration = 15.0
+    banner: PositiveDuration = 15.0
+    auth: PositiveDuration = 20.0
+    channel: PositiveDuration = 15.0
+    command: PositiveDuration = 60.0
+    sftp: PositiveDuration = 30.0
+    probe: PositiveDuration = 10.0
+    keepalive: PositiveDuration = 15.0
 
     def to_timeouts(self) -> Timeouts:
         return Timeouts(**self.model_dump())
@@ -84,18 +73,13 @@ class RemoteSettings(PlatformSettings):
     #: Interpreter that runs the runner (>= 3.9); e.g. ~/venv/bin/python.
     python: str = "python3"
     #: A run whose heartbeat is older than this while the host answers is LOST.
-    heartbeat_timeout: float = 120.0
+    heartbeat_timeout: PositiveDuration = 120.0
     #: How often the runner refreshes heartbeat.json.
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: PositiveDuration = 5.0
     #: Connection attempts per operation, with exponential backoff from ``reconnect_delay``.
     reconnect_tries: int = 3
-    reconnect_delay: float = 1.0
+    reconnect_delay: PositiveDuration = 1.0
     timeouts: TimeoutSettings = TimeoutSettings()
-
-    @field_validator("heartbeat_timeout", "heartbeat_interval", "reconnect_delay", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return seconds_setting(value)
 
 
 class SSHSettings(RemoteSettings):

@@ -19,7 +19,7 @@ import pytest
 from google.oauth2.credentials import Credentials
 
 from orchestrator.app import App
-from orchestrator.config import Home
+from orchestrator.home import Home
 from orchestrator.platforms.colab_drive.client import build_drive, save_credentials
 from orchestrator.platforms.colab_drive.transfer import Backoff, Transfers, UploadJournal
 from tests.emulators.drive import DriveServer
