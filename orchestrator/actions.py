@@ -50,7 +50,7 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     if not dry_run:
         _check_feasible(app, spec, pin)
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
-    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files)
+    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root])
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
     if not dry_run and app.store.shared:
         share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it

@@ -30,6 +30,7 @@ from .progress import transfer
 DEFAULT_IGNORES = (
     ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".venv/", "venv/", ".mypy_cache/",
     ".pytest_cache/", ".ipynb_checkpoints/", ".DS_Store", "results/", ".orch/", "*.egg-info/",
+    ".hypothesis/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/",
 )
 
 #: File names that usually hold credentials; refused unless explicitly allowed.
@@ -84,6 +85,7 @@ class Bundle:
     code_sha256: str
     datasets: tuple[DatasetBlob, ...]
     code_files: tuple[tuple[str, int], ...] = ()  # (path, size) for --dry-run
+    skipped: tuple[str, ...] = ()  # links out of the code directory, FIFOs, devices: shown at submit
 
     @property
     def manifest_path(self) -> Path:
@@ -118,18 +120,27 @@ def tree_digest(files: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------- listing
 
 
-def _ignore_spec(root: Path) -> pathspec.PathSpec:
+def _ignore_spec(root: Path, exclude: Iterable[Path] = ()) -> pathspec.PathSpec:
+    """The defaults, then ``.gitignore``, then ``.orchignore`` (whose ``!name`` lines can
+    bring back what ``.gitignore`` leaves out), then ``exclude`` (the orch home when it
+    lies inside the code: its state DB and bundles must never be bundled)."""
     lines = list(DEFAULT_IGNORES)
-    ignore_file = root / ".orchignore"
-    if ignore_file.is_file():
-        lines += ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    for name in (".gitignore", ".orchignore"):
+        ignore_file = root / name
+        if ignore_file.is_file():
+            lines += ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    root_real = root.resolve()
+    for path in exclude:
+        path = Path(path).resolve()
+        if path == root_real or root_real in path.parents:
+            lines.append("/" + path.relative_to(root_real).as_posix().rstrip("/") + "/")
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def list_code_files(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Files to bundle under ``root`` honouring ``.orchignore``; returns (files, skipped
-    symlinks that point outside ``root``)."""
-    spec = _ignore_spec(root)
+def list_code_files(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Files to bundle under ``root`` honouring ``.gitignore`` and ``.orchignore``; returns
+    (files, skipped: symlinks that point outside ``root`` and special files)."""
+    spec = _ignore_spec(root, exclude)
     root_real = root.resolve()
     files: list[tuple[str, Path]] = []
     skipped: list[str] = []
@@ -148,6 +159,7 @@ def list_code_files(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
                     skipped.append(rel)
                     continue
             elif not path.is_file():
+                skipped.append(rel)  # a FIFO, socket or device: reading it could block or never end
                 continue
             files.append((rel, path))
     return files, skipped
@@ -334,15 +346,17 @@ def run_section(spec) -> dict:
     }
 
 
-def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = ()) -> Bundle:
-    """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``.
+def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = (),
+          exclude: Iterable[Path] = ()) -> Bundle:
+    """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``; ``exclude``
+    names directories never bundled (the orch home).
 
     Raises:
         BundleError: a credential-looking file, or an unreadable path.
     """
     code_root = Path(spec.code)
     try:
-        files, _skipped = list_code_files(code_root)
+        files, skipped = list_code_files(code_root, exclude)
         allowed = tuple(allow_files)
         check_credentials([rel for rel, _ in files], allowed)
         datasets = tuple(
@@ -380,7 +394,7 @@ def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[st
     else:
         os.unlink(tmp)
     sizes = tuple((rel, p.stat().st_size) for rel, p in sorted(files))
-    return Bundle(digest, directory, directory / code_name, code_sha, datasets, sizes)
+    return Bundle(digest, directory, directory / code_name, code_sha, datasets, sizes, tuple(skipped))
 
 
 def load_bundle(directory: Path, blobs: Path) -> Bundle:

@@ -7,7 +7,9 @@ import re
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?[dhms])+$")
-_CLOCK = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+_CLOCK = re.compile(r"^(\d{1,6}):([0-5]\d):([0-5]\d)$")
+#: The longest duration orch takes (a year and a day); past it a typo is likelier than intent.
+MAX_SECONDS = 366 * 86400
 
 
 def parse_duration(text: object) -> float:
@@ -23,15 +25,22 @@ def parse_duration(text: object) -> float:
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a duration; write e.g. '2h30m', '90m' or '45s'")
     s = text.strip().lower().replace(" ", "")
+    text = text if len(text) <= 40 else text[:37] + "..."
     clock = _CLOCK.match(s)
     if clock:
         h, m, sec = (int(g) for g in clock.groups())
-        return float(h * 3600 + m * 60 + sec)
-    if not s or not _WHOLE.match(s):
+        return _checked(text, float(h * 3600 + m * 60 + sec))
+    if not s or len(s) > 64 or not _WHOLE.match(s):
         raise ValueError(f"'{text}' is not a duration; write e.g. '2h30m', '90m', '45s' or '1d'")
-    total = sum(float(n) * _UNITS[u] for n, u in _PART.findall(s))
+    return _checked(text, sum(float(n) * _UNITS[u] for n, u in _PART.findall(s)))
+
+
+def _checked(text: str, total: float) -> float:
+    """Refuse zero (every way of writing it) and anything past MAX_SECONDS (or inf)."""
     if total <= 0:
         raise ValueError(f"'{text}' must be longer than zero")
+    if not total <= MAX_SECONDS:
+        raise ValueError(f"'{text}' is longer than {MAX_SECONDS // 86400} days, the most orch takes")
     return total
 
 

@@ -359,7 +359,7 @@ def _resolve_paths(spec: JobSpec, source: Path) -> JobSpec:
         raise SpecError(f"{spec.where('code')}: code: directory '{spec.code}' does not exist (relative to {base})")
     datasets = []
     for i, ds in enumerate(spec.datasets):
-        p = (base / ds.path).expanduser().resolve()
+        p = (base / Path(ds.path).expanduser()).resolve()  # ~ first: base / '~/x' is ./~/x
         if not p.exists():
             raise SpecError(f"{spec.where('datasets', i, 'path')}: datasets[{i}].path: '{ds.path}' does not exist (relative to {base})")
         datasets.append(ds.model_copy(update={"path": str(p)}))

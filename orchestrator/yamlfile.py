@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+#: Limits for a hand-written job.yaml or config.yaml; they stop alias bombs ("billion
+#: laughs"), recursive aliases and deep nesting before they exhaust memory or the stack.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 20_000
 from pydantic import BaseModel, ValidationError
 
 
@@ -17,8 +23,13 @@ def parse_yaml(text: str, source: Path, error: type[Exception], what: str) -> tu
 
     ``what`` completes the message for an empty file ("a job needs ...").
     """
+    if len(text) > MAX_BYTES:
+        raise error(f"{source}: the file is {len(text) // 1024} KiB; the limit is {MAX_BYTES // 1024} KiB "
+                    "— keep data in datasets, not in the YAML")
     try:
+        _check_depth(text, source, error)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(node, source, error)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -40,6 +51,37 @@ def parse_yaml(text: str, source: Path, error: type[Exception], what: str) -> tu
         raise error(f"{source}:{second}: duplicate key '{key}' (first on line {first}); "
                     "YAML keeps only one of them — delete or rename one")
     return data, node_lines(node)
+
+
+def _check_depth(text: str, source: Path, error: type[Exception]) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, from the parser's events (no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 1
+                raise error(f"{source}:{line}: nested more than {MAX_DEPTH} levels deep; "
+                            "a job or config file never needs that — flatten it")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_size(node: yaml.Node | None, source: Path, error: type[Exception]) -> None:
+    """Refuse a document whose aliases expand past MAX_NODES nodes (or loop forever)."""
+    count = 0
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise error(f"{source}:{current.start_mark.line + 1}: the YAML expands to more than {MAX_NODES} "
+                        "values (aliases repeated inside aliases?); write the values out plainly")
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                stack.extend((key_node, value_node))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
 
 
 def first_duplicate(node: yaml.Node) -> tuple[str, int, int] | None:

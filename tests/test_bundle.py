@@ -145,3 +145,35 @@ def test_symlink_pointing_outside_code_is_not_bundled(tmp_path):
     (code / "link.txt").symlink_to(tmp_path / "outside.txt")
     files, skipped = b.list_code_files(code)
     assert [rel for rel, _ in files] == ["main.py"] and skipped == ["link.txt"]
+
+
+def test_gitignore_is_honoured_and_orchignore_can_bring_a_file_back(tmp_path):
+    code = tmp_path / "code"
+    make_tree(code, {"main.py": "", "data/big.bin": "x", "data/small.csv": "", ".hypothesis/db": "",
+                     ".gitignore": "data/*\n", ".orchignore": "!data/small.csv\n"})
+    names = [rel for rel, _ in b.list_code_files(code)[0]]
+    assert sorted(names) == [".gitignore", ".orchignore", "data/small.csv", "main.py"]
+
+
+def test_an_orch_home_inside_the_code_directory_is_never_bundled(tmp_path):
+    code = tmp_path / "code"
+    make_tree(code, {"main.py": "", "home/state.db": "x", "home/bundles/old/code.tar.gz": "y"})
+    names = [rel for rel, _ in b.list_code_files(code, exclude=[code / "home"])[0]]
+    assert names == ["main.py"]
+
+
+def test_fifos_are_skipped_and_listed(tmp_path):
+    code = tmp_path / "code"
+    make_tree(code, {"main.py": ""})
+    os.mkfifo(code / "pipe")
+    files, skipped = b.list_code_files(code)
+    assert [rel for rel, _ in files] == ["main.py"] and skipped == ["pipe"]
+
+
+def test_a_dataset_path_with_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    (tmp_path / "me" / "data").mkdir(parents=True)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "job.yaml").write_text("run: echo\ndatasets:\n  - {path: ~/data}\n")
+    s = spec_mod.load(tmp_path / "job" / "job.yaml")
+    assert s.datasets[0].path == str((tmp_path / "me" / "data").resolve())

@@ -57,6 +57,12 @@ EXPECT = {
     "39-resources-string": "resources:",
     "40-key-not-string": "key '1' is not a string",
     "41-secrets-from-unknown": "secrets_from:",
+    "42-alias-bomb": "expands to more than",
+    "43-recursive-alias": "expands to more than",
+    "44-deep-nesting": "nested more than 64 levels",
+    "45-runtime-zero-clock": "must be longer than zero",
+    "46-runtime-huge": "is not a duration",
+    "47-runtime-past-a-year": "the most orch takes",
 }
 
 
