@@ -10,9 +10,9 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 from .gpus import GPU_TYPES
@@ -22,6 +22,36 @@ from .yamlfile import first_error, parse_yaml, where
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOCS = "docs/job-spec.md"
+#: The longest ``run:`` command: Linux refuses one argument over 128 KiB (MAX_ARG_STRLEN).
+MAX_RUN_BYTES = 128 * 1024 - 1
+#: Names a secret may not take: the job's own loader and interpreter read them, and
+#: ``ORCH_*`` is orch's (a "secret" PATH or LD_PRELOAD would run the controller's value).
+RESERVED_NAMES = frozenset({"PATH", "HOME", "SHELL", "USER", "LOGNAME", "IFS", "ENV", "BASH_ENV",
+                            "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH",
+                            "LD_AUDIT"})
+#: Integers orch stores (priority): the state DB's INTEGER column.
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML reads ``retries: true`` as a bool, which pydantic would take as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {str(value).lower()}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_bool)]
+
+
+def _reserved(name: str, what: str) -> None:
+    if name.upper().startswith("ORCH_"):
+        raise ValueError(f"{what} '{name}': names starting with ORCH_ are orch's own; rename it")
+
+
+def _no_nul(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL byte, which no shell or environment can carry")
+    return value
 
 
 class _Model(BaseModel):
@@ -35,7 +65,7 @@ class Resources(_Model):
     gpu: tuple[str, ...] = ()
     #: Also run without a GPU when no GPU platform can take the job (``gpu: [any, none]``).
     cpu_fallback: bool = False
-    gpu_count: int = Field(default=1, ge=0, le=16)
+    gpu_count: Count = Field(default=1, ge=0, le=16)
     min_gpu_memory_gb: float | None = Field(default=None, gt=0)
     #: seconds; written as "2h30m" in job.yaml.
     max_runtime: PositiveDuration = 3600.0
@@ -116,6 +146,19 @@ class Setup(_Model):
 
     requirements: tuple[str, ...] = ()
     file: str | None = None
+    #: Allow pip options (``--index-url=...``, ``-e``) among the requirements: they change
+    #: where packages come from, so a job must say so.
+    allow_pip_options: bool = False
+
+    @model_validator(mode="after")
+    def _options(self) -> "Setup":
+        for item in self.requirements:
+            if not item.strip():
+                raise ValueError(f"{item!r} is not a pip requirement string")
+            if item.lstrip().startswith("-") and not self.allow_pip_options:
+                raise ValueError(f"'{item}' is a pip option, not a requirement; if you mean it, write "
+                                 "setup: {requirements: [...], allow_pip_options: true}")
+        return self
 
 
 def _param_value(name: str, value: Any) -> str:
@@ -202,9 +245,9 @@ class JobSpec(_Model):
     outputs: tuple[str, ...] = ()
     resources: Resources = Resources()
     platforms: tuple[str, ...] = ()
-    retries: int = Field(default=2, ge=0, le=100)
-    retries_on_error: int = Field(default=0, ge=0, le=100)
-    priority: int = 0
+    retries: Count = Field(default=2, ge=0, le=100)
+    retries_on_error: Count = Field(default=0, ge=0, le=100)
+    priority: Count = Field(default=0, ge=INT32[0], le=INT32[1])
     checkpoint: str | None = None
     internet: bool = True
     #: Where secret values come from: this controller's environment ("local"), or the
@@ -223,7 +266,10 @@ class JobSpec(_Model):
     def _run(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("is empty; give the shell command that runs the job")
-        return value
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_RUN_BYTES:
+            raise ValueError(f"is {len(value.encode('utf-8', 'surrogatepass')) // 1024} KiB; a command line "
+                             "holds at most 128 KiB — put the commands in a script and run that")
+        return _no_nul(value, "run:")
 
     @field_validator("name")
     @classmethod
@@ -243,7 +289,7 @@ class JobSpec(_Model):
             for item in value:
                 if not isinstance(item, str) or not item.strip():
                     raise ValueError(f"{item!r} is not a pip requirement string")
-            return Setup(requirements=tuple(value))
+            return {"requirements": tuple(value)}
         if isinstance(value, dict):
             return value
         raise ValueError("expected a list of pip requirements or the path of a requirements file")
@@ -259,9 +305,10 @@ class JobSpec(_Model):
         for key, val in value.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
                 raise ValueError(f"'{key}' is not a valid environment variable name")
+            _reserved(key, "env")
             if isinstance(val, (dict, list)) or val is None:
                 raise ValueError(f"{key}: value must be a string, number or boolean")
-            out[key] = str(val).lower() if isinstance(val, bool) else str(val)
+            out[key] = _no_nul(str(val).lower() if isinstance(val, bool) else str(val), f"env {key}")
         return out
 
     @field_validator("secrets", mode="before")
@@ -276,6 +323,10 @@ class JobSpec(_Model):
         for item in value:
             if not isinstance(item, str) or not _ENV_NAME.match(item):
                 raise ValueError(f"{item!r} is not an environment variable name")
+            _reserved(item, "secret")
+            if item.upper() in RESERVED_NAMES or item.upper().startswith("LD_"):
+                raise ValueError(f"secret '{item}': the job's shell and loader read this name; "
+                                 "a secret must have a name of its own")
         return tuple(value)
 
     @field_validator("outputs", "platforms", mode="before")
@@ -293,9 +344,19 @@ class JobSpec(_Model):
         if value is None:
             return None
         p = Path(value)
-        if p.is_absolute() or ".." in p.parts or not value.strip():
-            raise ValueError(f"'{value}' must be a relative directory inside the code directory")
+        if p.is_absolute() or ".." in p.parts or not value.strip() or not p.parts:
+            raise ValueError(f"'{value}' must be a relative directory inside the code directory "
+                             "(a subdirectory such as ckpt/, not the code directory itself)")
         return value.rstrip("/")
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            p = Path(item)
+            if not item.strip() or p.is_absolute() or item.startswith("~") or ".." in p.parts:
+                raise ValueError(f"'{item}' must be a relative path or pattern inside the job's directory")
+        return value
 
     @model_validator(mode="after")
     def _unique_datasets(self) -> "JobSpec":
@@ -303,6 +364,9 @@ class JobSpec(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"datasets: two datasets are named '{dupes[0]}'; give each a distinct name")
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(f"'{both[0]}' is both in env: and in secrets:; keep it in one of them")
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -362,6 +426,9 @@ def _resolve_paths(spec: JobSpec, source: Path) -> JobSpec:
         p = (base / Path(ds.path).expanduser()).resolve()  # ~ first: base / '~/x' is ./~/x
         if not p.exists():
             raise SpecError(f"{spec.where('datasets', i, 'path')}: datasets[{i}].path: '{ds.path}' does not exist (relative to {base})")
+        if not (p.is_file() or p.is_dir()):
+            raise SpecError(f"{spec.where('datasets', i, 'path')}: datasets[{i}].path: '{ds.path}' is not a regular "
+                            "file or directory (a FIFO, socket or device cannot be bundled)")
         datasets.append(ds.model_copy(update={"path": str(p)}))
     if spec.setup.file:
         req = (code / spec.setup.file).resolve()

@@ -63,6 +63,17 @@ EXPECT = {
     "45-runtime-zero-clock": "must be longer than zero",
     "46-runtime-huge": "is not a duration",
     "47-runtime-past-a-year": "the most orch takes",
+    "48-run-nul": "NUL byte",
+    "49-env-orch-name": "names starting with ORCH_ are orch's own",
+    "50-secret-loader-name": "secret 'LD_PRELOAD'",
+    "51-env-and-secret": "'TOKEN' is both in env: and in secrets:",
+    "52-outputs-absolute": "must be a relative path",
+    "53-outputs-parent": "must be a relative path",
+    "54-checkpoint-code-dir": "not the code directory itself",
+    "55-setup-pip-option": "is a pip option",
+    "56-retries-bool": "expected a whole number, got true",
+    "57-priority-huge": "priority:",
+    "58-secret-orch-name": "secret 'ORCH_TOKEN'",
 }
 
 
@@ -152,3 +163,27 @@ def test_durations(text, seconds):
 def test_example_jobs_in_the_repo_are_valid():
     for path in sorted((REPO / "jobs").glob("*/job.yaml")):
         assert spec.load(path).run
+
+
+def test_a_run_command_over_the_argument_limit_is_refused_at_load(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("run: echo " + "x" * (130 * 1024) + "\n")
+    with pytest.raises(SpecError, match="holds at most 128 KiB"):
+        spec.load(path)
+
+
+def test_pip_options_pass_when_the_job_allows_them(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("run: echo\nsetup: {requirements: ['--index-url=https://pypi.org/simple', numpy], "
+                    "allow_pip_options: true}\n")
+    assert spec.load(path).setup.requirements[0].startswith("--index-url")
+
+
+def test_a_fifo_as_dataset_is_refused_at_load(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    path = tmp_path / "job.yaml"
+    path.write_text("run: echo\ndatasets: [{path: pipe}]\n")
+    with pytest.raises(SpecError, match="not a regular file or directory"):
+        spec.load(path)
