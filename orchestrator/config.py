@@ -9,6 +9,7 @@ at all there is one implicit platform, ``local``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class Config:
 
 
 IMPLICIT = {"local": {"type": "local"}}
+#: A platform name becomes a folder under the orch home and part of remote names.
+PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def load(home: Home) -> Config:
@@ -65,6 +68,9 @@ def load(home: Home) -> Config:
     platforms: dict[str, PlatformSettings] = {}
     for name, entry in entries.items():
         prefix = ("platforms", name)
+        if not PLATFORM_NAME.match(str(name)):
+            raise ConfigError(f"{_at(path, lines, prefix)}: platforms: '{name}' is not a usable platform name; use "
+                              "letters, digits, '_' and '-' (it names folders and remote resources)")
         if not isinstance(entry, dict) or "type" not in entry:
             raise ConfigError(f"{_at(path, lines, prefix)}: platforms.{name}: needs a `type:` (local, kaggle, ssh, colab, colab_drive)")
         try:

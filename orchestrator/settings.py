@@ -90,6 +90,22 @@ class PlatformSettings(BaseModel):
     #: a slice of session or quota shorter than this).
     min_segment: Duration = 600.0
 
+    @field_validator("max_concurrent", check_fields=False)
+    @classmethod
+    def _concurrent(cls, value: int) -> int:
+        """Inherited by every platform's settings, whatever default it gives the field."""
+        if not 1 <= value <= 1000:
+            raise ValueError("must be between 1 and 1000 (0 would never run anything; "
+                             "to pause a platform, remove it or set available_hours)")
+        return value
+
+    @field_validator("session_hours", check_fields=False)
+    @classmethod
+    def _session(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 24 * 366:
+            raise ValueError("must be a positive number of hours")
+        return value
+
     @field_validator("available_hours")
     @classmethod
     def _hours(cls, value: str | None) -> str | None:
