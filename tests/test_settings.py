@@ -18,7 +18,12 @@ from orchestrator.platforms.colab_drive.platform import ColabDriveSettings
 from orchestrator.platforms.kaggle.platform import KaggleSettings
 from orchestrator.platforms.local import LocalSettings
 from orchestrator.platforms.ssh.platform import SSHSettings, TimeoutSettings
-from orchestrator.settings import ConfigFile, ControllerSettings, Duration, PositiveDuration
+from orchestrator.settings import (
+    ConfigFile,
+    ControllerSettings,
+    Duration,
+    PositiveDuration,
+)
 from tests.conftest import make_job
 
 MODELS = [ControllerSettings, LocalSettings, SSHSettings, TimeoutSettings, ColabSettings, ColabDriveSettings,
