@@ -173,3 +173,14 @@ def make_job(directory: Path, yaml_text: str, files: dict[str, str] | None = Non
 
 
 from tests.pg import pg_server, pg_url  # noqa: E402,F401  (fixtures for team-mode tests)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path: Path):
+    """A fresh :class:`~orchestrator.store.Store`, once on SQLite and once on PostgreSQL."""
+    from orchestrator.store import Store
+
+    url = f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    yield s
+    s.close()

@@ -163,19 +163,21 @@ def test_a_bare_number_in_job_yaml_gives_the_same_one_line_error(orch, orch_home
                                 f"write e.g. '{number}s' or '{number}m'")
 
 
-def test_a_duplicate_key_in_job_yaml_names_both_lines_and_exits_2(orch, orch_home, tmp_path):
-    path = make_job(tmp_path / "job", "run: echo one\nname: twice\nrun: echo two\n")
-    r = orch("submit", str(path), "--dry-run")
+@pytest.mark.parametrize(("where", "text", "line", "key", "first"), [
+    ("job.yaml", "run: echo one\nname: twice\nrun: echo two\n", 3, "run", 1),
+    ("config.yaml", "platforms:\n  box: {type: local}\n  other: {type: local}\n  box: {type: local, max_concurrent: 2}\n",
+     4, "box", 2),
+])
+def test_a_duplicate_key_names_both_lines_and_exits_2(orch, orch_home, config, tmp_path, where, text, line, key,
+                                                      first):
+    if where == "job.yaml":
+        path = make_job(tmp_path / "job", text)
+        r = orch("submit", str(path), "--dry-run")
+    else:
+        path = config(text)
+        r = orch("status")
     assert r.exit_code == 2
-    assert r.output.strip() == (f"Error: {path}:3: duplicate key 'run' (first on line 1); "
-                                "YAML keeps only one of them — delete or rename one")
-
-
-def test_two_platforms_with_one_name_in_config_yaml_name_both_lines_and_exit_2(orch, orch_home, config):
-    path = config("platforms:\n  box: {type: local}\n  other: {type: local}\n  box: {type: local, max_concurrent: 2}\n")
-    r = orch("status")
-    assert r.exit_code == 2
-    assert r.output.strip() == (f"Error: {path}:4: duplicate key 'box' (first on line 2); "
+    assert r.output.strip() == (f"Error: {path}:{line}: duplicate key '{key}' (first on line {first}); "
                                 "YAML keeps only one of them — delete or rename one")
 
 

@@ -40,22 +40,18 @@ def test_every_state_has_a_row_in_its_table():
     assert set(ATTEMPT_TRANSITIONS) == set(AttemptState)
 
 
-@pytest.mark.parametrize(("old", "new"), JOB_PAIRS, ids=lambda s: s.value)
-def test_a_job_move_is_allowed_exactly_when_the_table_declares_it(old, new):
-    if new in JOB_TRANSITIONS[old]:
-        check_job_transition(old, new)
-    else:
-        with pytest.raises(StateError, match=f"job cannot go from {old.value} to {new.value}"):
-            check_job_transition(old, new)
+CASES = [("job", JOB_TRANSITIONS, check_job_transition, old, new) for old, new in JOB_PAIRS] + \
+        [("attempt", ATTEMPT_TRANSITIONS, check_attempt_transition, old, new) for old, new in ATTEMPT_PAIRS]
 
 
-@pytest.mark.parametrize(("old", "new"), ATTEMPT_PAIRS, ids=lambda s: s.value)
-def test_an_attempt_move_is_allowed_exactly_when_the_table_declares_it(old, new):
-    if new in ATTEMPT_TRANSITIONS[old]:
-        check_attempt_transition(old, new)
+@pytest.mark.parametrize(("what", "table", "check", "old", "new"), CASES,
+                         ids=[f"{c[0]}-{c[3].value}-{c[4].value}" for c in CASES])
+def test_a_move_is_allowed_exactly_when_its_table_declares_it(what, table, check, old, new):
+    if new in table[old]:
+        check(old, new)
     else:
-        with pytest.raises(StateError, match=f"attempt cannot go from {old.value} to {new.value}"):
-            check_attempt_transition(old, new)
+        with pytest.raises(StateError, match=f"{what} cannot go from {old.value} to {new.value}"):
+            check(old, new)
 
 
 def test_the_checks_accept_the_stored_string_values_too():
