@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from orchestrator.app import App
@@ -77,17 +78,20 @@ def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request, state_ba
     kill_runners(home)
 
 
-def write_config(home: Path, text: str) -> Path:
-    """Write ``config.yaml`` into ``home`` (text is dedented)."""
+def write_config(home: Path, text: str | None = None, **sections) -> Path:
+    """Write ``config.yaml`` into ``home``: ``text`` (dedented) as written, or else the
+    keyword ``sections`` dumped as YAML (``platforms={"lab": {...}}``)."""
+    if text is None:
+        text = yaml.safe_dump(sections, sort_keys=False)
     path = home / "config.yaml"
     path.write_text(textwrap.dedent(text))
     return path
 
 
 @pytest.fixture
-def config(orch_home: Path) -> Callable[[str], Path]:
-    """``config(yaml_text)`` writes the test's config.yaml."""
-    return lambda text: write_config(orch_home, text)
+def config(orch_home: Path) -> Callable[..., Path]:
+    """``config(yaml_text)`` or ``config(platforms={...})`` writes the test's config.yaml."""
+    return lambda text=None, **sections: write_config(orch_home, text, **sections)
 
 
 @pytest.fixture
@@ -104,6 +108,33 @@ def orch(orch_home: Path):
     return run
 
 
+def submit(orch, job_yaml: Path, *extra: str) -> str:
+    """``orch submit JOB_YAML --json [extra]``; fails the test unless it exits 0; returns the job id."""
+    return submitted(orch, job_yaml, *extra)["id"]
+
+
+def submitted(orch, job_yaml: Path, *extra: str) -> dict:
+    """Like :func:`submit`, but returns the whole JSON document (a sweep's ``jobs`` too)."""
+    result = orch("submit", str(job_yaml), "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.05):
+    """Call ``predicate`` until it returns something truthy and return that; fails the test
+    with ``what`` once ``timeout`` seconds have passed (the predicate is called at least once,
+    and once more at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached within {timeout:g}s")
+        time.sleep(interval)
+
+
 def orch_process(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `orch` as a separate process (for crash tests and concurrency)."""
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
@@ -114,20 +145,19 @@ def open_app() -> App:
     return App.open()
 
 
-def tick_until(predicate: Callable[[App], bool], timeout: float = 60, interval: float = 0.2) -> App:
+def tick_until(predicate: Callable[[App], bool], timeout: float = 60, interval: float = 0.2,
+               what: str = "condition") -> App:
     """Tick (in-process) until ``predicate(app)`` holds; fails the test on timeout."""
-    deadline = time.time() + timeout
-    while True:
+
+    def tick() -> App | None:
         app = App.open()
         try:
             Controller(app).tick()
-            if predicate(app):
-                return app
+            return app if predicate(app) else None
         finally:
             app.close()
-        if time.time() > deadline:
-            raise AssertionError(f"condition not reached within {timeout}s")
-        time.sleep(interval)
+
+    return wait_until(tick, timeout, what, interval)
 
 
 def make_job(directory: Path, yaml_text: str, files: dict[str, str] | None = None) -> Path:
@@ -143,3 +173,14 @@ def make_job(directory: Path, yaml_text: str, files: dict[str, str] | None = Non
 
 
 from tests.pg import pg_server, pg_url  # noqa: E402,F401  (fixtures for team-mode tests)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path: Path):
+    """A fresh :class:`~orchestrator.store.Store`, once on SQLite and once on PostgreSQL."""
+    from orchestrator.store import Store
+
+    url = f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    yield s
+    s.close()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.states import AttemptState, JobState
-from tests.conftest import REPO, make_job, tick_until
+from tests.conftest import REPO, make_job, submit, tick_until
 
 DEMO = REPO / "jobs" / "chain-demo"
 
@@ -54,7 +54,7 @@ def test_a_chain_of_three_segments_across_two_platforms_ends_with_the_uninterrup
     code = tmp_path / "job"
     shutil.copytree(DEMO, code)
     path = make_job(code, JOB)
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
 
     app = tick_until(lambda app: app.store.job(job_id).state.terminal, timeout=90, interval=0.3)
 
@@ -97,7 +97,7 @@ def test_a_job_longer_than_every_session_without_checkpoint_is_refused_or_waits_
     assert "sessions last 7s, job needs 1m" in r.output and "declare checkpoint:" in r.output
     # queued before the sessions were shortened, it waits with the same explanation
     config("platforms:\n  a: {type: local}\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     config("platforms:\n  a: {type: local, session_hours: 0.002}\n")
     orch("tick")
     r = orch("plan", "--json")
@@ -116,7 +116,7 @@ def test_a_status_read_between_a_segments_last_heartbeat_and_its_result_keeps_it
 
     config("platforms:\n  a: {type: local}\ncontroller: {grace: 1s}\n")
     path = make_job(tmp_path / "job", "name: s\nrun: sleep 30\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     tick_until(lambda app: app.store.job(job_id).state == JobState.RUNNING)
     attempt_dir = next((orch_home / "platforms" / "a" / "attempts").iterdir())
     pid = json.loads((attempt_dir / "runner.pid.json").read_text())["pid"]

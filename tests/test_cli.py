@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import make_job
+from tests.conftest import make_job, submit, submitted
 
 
 def test_dry_run_shows_files_size_digest_and_placement_and_queues_nothing(orch, orch_home, tmp_path):
@@ -12,14 +12,14 @@ def test_dry_run_shows_files_size_digest_and_placement_and_queues_nothing(orch, 
     r = orch("submit", str(path), "--dry-run")
     assert r.exit_code == 0, r.output
     assert "main.py" in r.output and "lib/util.py" in r.output and "would run on local" in r.output
-    doc = json.loads(orch("submit", str(path), "--dry-run", "--json").output)
+    doc = submitted(orch, path, "--dry-run")
     assert doc["placement"]["platform"] == "local" and len(doc["digest"]) == 64 and doc["size"] > 0
     assert json.loads(orch("status", "--json").output) == []
 
 
 def test_status_json_has_stable_keys_and_upper_case_states(orch, orch_home, tmp_path):
     path = make_job(tmp_path / "job", "name: s\nrun: 'true'\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     row, = json.loads(orch("status", "--json").output)
     assert {"id", "name", "state", "platform", "attempts"} <= set(row)
     assert row["id"] == job_id and row["state"] == "QUEUED" and row["attempts"] == 0
@@ -27,7 +27,7 @@ def test_status_json_has_stable_keys_and_upper_case_states(orch, orch_home, tmp_
 
 def test_job_ids_match_by_prefix_and_an_unknown_one_is_one_clear_error(orch, orch_home, tmp_path):
     path = make_job(tmp_path / "job", "name: p\nrun: 'true'\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     assert json.loads(orch("status", job_id[:5], "--json").output)["id"] == job_id
     assert json.loads(orch("status", "p", "--json").output)["id"] == job_id  # by name too
     r = orch("status", "ffffffff")
@@ -37,14 +37,14 @@ def test_job_ids_match_by_prefix_and_an_unknown_one_is_one_clear_error(orch, orc
 
 def test_fetch_of_an_unfinished_job_says_when_results_arrive(orch, orch_home, tmp_path):
     path = make_job(tmp_path / "job", "name: f\nrun: 'true'\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     r = orch("fetch", job_id)
     assert r.exit_code == 1 and "QUEUED" in r.output and "orch logs -f" in r.output
 
 
 def test_cancel_of_a_queued_job_and_retry_put_it_back(orch, orch_home, tmp_path):
     path = make_job(tmp_path / "job", "name: c\nrun: 'true'\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     assert "before it started" in orch("cancel", job_id).output
     assert json.loads(orch("status", job_id, "--json").output)["state"] == "CANCELLED"
     r = orch("cancel", job_id)
@@ -109,6 +109,6 @@ def test_gpu_with_a_trailing_none_falls_back_to_the_cpu(orch, orch_home, tmp_pat
     from tests.conftest import tick_until
 
     path = make_job(tmp_path / "job", "name: fb\nrun: echo ran > $ORCH_OUTPUT_DIR/r\nresources: {gpu: [any, none]}\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     app = tick_until(lambda app: app.store.job(job_id).state.terminal)
     assert app.store.job(job_id).state.value == "SUCCEEDED"

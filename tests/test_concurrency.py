@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from orchestrator.states import JobState
-from tests.conftest import backends, make_job, open_app
+from tests.conftest import backends, make_job, open_app, submit
 
 #: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
 state_backend = backends
@@ -23,7 +23,7 @@ def test_ten_concurrent_ticks_run_each_attempt_exactly_once(orch, orch_home, tmp
         name: crowd
         run: echo "$ORCH_JOB_ID $ORCH_ATTEMPT" >> {runs}
         """)
-    job_ids = [json.loads(orch("submit", str(path), "--json").output)["id"] for _ in range(20)]
+    job_ids = [submit(orch, path) for _ in range(20)]
 
     deadline = time.time() + 120
     waves = 0

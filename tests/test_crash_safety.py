@@ -11,7 +11,14 @@ import pytest
 
 from orchestrator.failpoints import POINTS
 from orchestrator.states import JobState
-from tests.conftest import backends, make_job, open_app, orch_process
+from tests.conftest import (
+    backends,
+    make_job,
+    open_app,
+    orch_process,
+    submit,
+    wait_until,
+)
 
 #: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
 state_backend = backends
@@ -33,7 +40,7 @@ def test_tick_killed_at_each_step_completes_every_job_exactly_once(point, orch, 
         name: once
         run: echo "$ORCH_JOB_ID $ORCH_ATTEMPT" >> {runs}; echo done > $ORCH_OUTPUT_DIR/out.txt
         """)
-    job_ids = [json.loads(orch("submit", str(path), "--json").output)["id"] for _ in range(3)]
+    job_ids = [submit(orch, path) for _ in range(3)]
 
     crashed = 0
     deadline = time.time() + 60
@@ -68,13 +75,9 @@ def test_tick_killed_at_each_step_completes_every_job_exactly_once(point, orch, 
 
 def test_results_fetched_before_a_crash_are_kept(orch, orch_home, tmp_path):
     path = make_job(tmp_path / "job", "name: keep\nrun: echo kept > $ORCH_OUTPUT_DIR/k.txt\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        proc = orch_process("tick", env={"ORCH_FAILPOINTS": "after_fetch"})
-        if proc.returncode == -9:
-            break
-        time.sleep(0.2)
+    job_id = submit(orch, path)
+    wait_until(lambda: orch_process("tick", env={"ORCH_FAILPOINTS": "after_fetch"}).returncode == -9, 30,
+               "a tick killed after the fetch", interval=0.2)
     stored = orch_home / "results" / job_id / "attempt-1" / "outputs" / "k.txt"
     assert stored.read_text() == "kept\n"
     assert orch_process("tick").returncode == 0

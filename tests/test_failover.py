@@ -7,7 +7,7 @@ import json
 import shutil
 
 from orchestrator.states import AttemptState, JobState
-from tests.conftest import make_job, open_app, tick_until
+from tests.conftest import make_job, open_app, submit, tick_until
 
 TWO = """\
 platforms:
@@ -28,7 +28,7 @@ run: |
 def test_a_lost_attempt_fails_over_to_the_second_platform_and_avoids_the_first(orch, orch_home, tmp_path, config):
     config(TWO)
     path = make_job(tmp_path / "job", LOSES_FIRST)
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
 
     app = tick_until(lambda app: app.store.job(job_id).state.terminal, timeout=60)
 
@@ -47,7 +47,7 @@ def test_a_lost_attempt_fails_over_to_the_second_platform_and_avoids_the_first(o
 def test_the_avoided_platform_is_explained_and_used_again_by_other_jobs(orch, orch_home, tmp_path, config):
     config("platforms:\n  first: {type: local}\ncontroller: {failover_backoff: 1h}\n")
     path = make_job(tmp_path / "job", LOSES_FIRST)
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     tick_until(lambda app: app.store.job(job_id).state == JobState.QUEUED and app.store.job(job_id).attempts == 1,
                timeout=60)
     plan = json.loads(orch("plan", "--json").output)
@@ -56,7 +56,7 @@ def test_the_avoided_platform_is_explained_and_used_again_by_other_jobs(orch, or
         or "first: lost an attempt of this job; avoided for 1h00m" in plan[0]["reason"]
     assert plan[0]["until"] is not None
     other = make_job(tmp_path / "other", "name: other\nrun: echo ok\n")
-    other_id = json.loads(orch("submit", str(other), "--json").output)["id"]
+    other_id = submit(orch, other)
     doc = json.loads(orch("plan", "--json").output)[1]
     assert doc["id"] == other_id and doc["platform"] == "first"
 
@@ -68,7 +68,7 @@ def test_a_platform_out_of_quota_sends_the_job_to_the_next_one(orch, orch_home, 
           lab: {type: local, gpu: T4}
         """)
     path = make_job(tmp_path / "job", "name: g\nrun: echo ok\nresources: {gpu: T4, max_runtime: 1h}\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     plan = json.loads(orch("plan", "--json").output)[0]
     assert plan["platform"] == "lab"
     assert plan["verdicts"]["kag"] == "0.5 GPU h left, job needs 1.0 GPU h"
@@ -80,7 +80,7 @@ def test_a_platform_out_of_quota_sends_the_job_to_the_next_one(orch, orch_home, 
 def test_a_precheck_failure_is_never_retried(orch, orch_home, tmp_path, config):
     config(TWO)
     path = make_job(tmp_path / "job", "name: p\nrun: echo ok\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     shutil.rmtree(orch_home / "bundles")  # what a wiped cache looks like to submit()
     app = tick_until(lambda app: app.store.job(job_id).state.terminal, timeout=30)
     job = app.store.job(job_id)
@@ -96,7 +96,7 @@ def test_a_precheck_failure_is_never_retried(orch, orch_home, tmp_path, config):
 def test_a_failing_job_is_not_retried_elsewhere_without_retries_on_error(orch, orch_home, tmp_path, config):
     config(TWO)
     path = make_job(tmp_path / "job", "name: bad\nrun: exit 4\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     app = tick_until(lambda app: app.store.job(job_id).state.terminal)
     job = app.store.job(job_id)
     assert job.state == JobState.FAILED and job.avoid == {}

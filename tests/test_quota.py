@@ -11,7 +11,15 @@ import pytest
 
 from orchestrator import gpus, quota, windows
 from orchestrator.platforms.base import QuotaReading
-from tests.conftest import make_job, open_app, orch_process, tick_until
+from tests.conftest import (
+    make_job,
+    open_app,
+    orch_process,
+    submit,
+    submitted,
+    tick_until,
+    wait_until,
+)
 
 
 def ts(text_: str) -> float:
@@ -159,15 +167,10 @@ def test_the_ledger_after_a_crash_and_a_retry_holds_one_charge_per_attempt(orch,
         resources: {gpu: any, max_runtime: 30m}
         """)
     fine = make_job(tmp_path / "fine", "name: fine\nrun: sleep 1\nresources: {gpu: any, max_runtime: 2h}\n")
-    ids = [json.loads(orch("submit", str(p), "--json").output)["id"] for p in (lost, fine)]
+    ids = [submit(orch, p) for p in (lost, fine)]
     for point in ("after_intent", "after_fetch"):
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if orch_process("tick", env={"ORCH_FAILPOINTS": point}).returncode == -9:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"never crashed at {point}")
+        wait_until(lambda point=point: orch_process("tick", env={"ORCH_FAILPOINTS": point}).returncode == -9, 30,
+                   f"a tick killed at {point}", interval=0.3)
     app = tick_until(lambda app: all(app.store.job(j).state.terminal for j in ids), timeout=60)
     try:
         atts = {j: app.store.attempts_of(j) for j in ids}
@@ -200,8 +203,8 @@ def test_a_running_job_reserves_its_max_runtime_and_a_second_that_would_overrun_
         controller: {grace: 1s}
         """)
     path = make_job(tmp_path / "job", "name: hour\nrun: sleep 30\nresources: {gpu: any, max_runtime: 1h}\n")
-    first = json.loads(orch("submit", str(path), "--json").output)["id"]
-    second = json.loads(orch("submit", str(path), "--json").output)["id"]
+    first = submit(orch, path)
+    second = submit(orch, path)
     tick_until(lambda app: app.store.job(first).state.active)
     doc = json.loads(orch("quota", "--json").output)[0]
     assert doc["reserved"] == pytest.approx(1.0, abs=0.01) and doc["left"] == pytest.approx(0.5, abs=0.01)
@@ -239,7 +242,7 @@ def test_ledger_sweeps_and_the_live_cache_work_on_postgresql(orch, orch_home, tm
         resources: {gpu: any, max_runtime: 1h}
         sweep: {points: [{N: 1}, {N: 2}]}
         """)
-    doc = json.loads(orch("submit", str(path), "--json").output)
+    doc = submitted(orch, path)
     app = tick_until(lambda app: all(app.store.job(j).state.terminal for j in doc["jobs"]), timeout=60)
     try:
         assert app.store.url.startswith("postgresql")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.results import extract_archive, safe_name
-from tests.conftest import make_job, tick_until
+from tests.conftest import make_job, submit, tick_until
 
 
 def hostile_tar(path: Path, victim: Path) -> None:
@@ -77,7 +77,7 @@ def test_job_writing_links_fifos_and_devices_gets_only_its_regular_files_back(or
           ln -s /etc/passwd pw.txt
         outputs: ["*.txt", "../*"]
         """)
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     tick_until(lambda app: app.store.job(job_id).state.terminal)
     out = tmp_path / "fetched"
     assert orch("fetch", job_id, "-o", str(out)).exit_code == 0

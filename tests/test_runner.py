@@ -15,6 +15,7 @@ import pytest
 from orchestrator import bundle as b
 from orchestrator import spec as spec_mod
 from orchestrator.platforms.base import runner_path
+from tests.conftest import wait_until
 
 
 def make_bundle(tmp: Path, yaml: str, files: dict[str, str] | None = None) -> b.Bundle:
@@ -133,9 +134,7 @@ def test_a_second_runner_for_the_same_attempt_refuses(tmp_path):
     assert first.returncode == 0 and json.loads(first.stdout)["pid"] > 0
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert second.returncode == 75
-    deadline = time.time() + 20
-    while not (attempt / "result.json").exists() and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until((attempt / "result.json").exists, 20, "result.json written")
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert third.returncode == 75, "a finished attempt must not run again"
     assert json.loads((attempt / "result.json").read_text())["status"] == "succeeded"

@@ -16,7 +16,7 @@ from orchestrator import gpus, quota, windows
 from orchestrator.platforms.base import Offer
 from orchestrator.scheduler import Candidate, Place, Running, Wait, estimate, learn_speeds, place
 from orchestrator.spec import JobSpec
-from tests.conftest import make_job
+from tests.conftest import make_job, submit
 
 NOW = datetime(2025, 1, 8, 12, 0, tzinfo=timezone.utc).timestamp()  # a Wednesday noon
 H = 3600.0
@@ -77,8 +77,8 @@ def test_plan_explains_each_queued_job_through_the_cli(orch, orch_home, tmp_path
         """ % _closed_hours())
     big = make_job(tmp_path / "big", "name: big\nrun: x\nresources: {gpu: any, max_runtime: 3h}\npriority: 5\n")
     small = make_job(tmp_path / "small", "name: small\nrun: x\nresources: {gpu: T4, max_runtime: 1h}\n")
-    small_id = json.loads(orch("submit", str(small), "--json").output)["id"]
-    big_id = json.loads(orch("submit", str(big), "--json").output)["id"]
+    small_id = submit(orch, small)
+    big_id = submit(orch, big)
     r = orch("plan", "--json")
     assert r.exit_code == 0, r.output
     by_id = {d["id"]: d for d in json.loads(r.output)}
@@ -116,7 +116,7 @@ def test_priorities_order_the_queue_and_equal_priorities_are_fifo(orch, orch_hom
     ids = []
     for name, prio in (("a", 0), ("b", 3), ("c", 0), ("d", 3)):
         path = make_job(tmp_path / name, f"name: {name}\nrun: x\npriority: {prio}\n")
-        ids.append(json.loads(orch("submit", str(path), "--json").output)["id"])
+        ids.append(submit(orch, path))
     order = [d["id"] for d in json.loads(orch("plan", "--json").output)]
     assert order == [ids[1], ids[3], ids[0], ids[2]]
     plan = json.loads(orch("plan", "--json").output)

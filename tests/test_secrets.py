@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from orchestrator.states import JobState
-from tests.conftest import backends, make_job, open_app, tick_until
+from tests.conftest import backends, make_job, open_app, submit, tick_until
 
 #: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
 state_backend = backends
@@ -37,7 +37,7 @@ def test_secret_values_never_reach_db_logs_or_bundle(orch, orch_home, tmp_path, 
           python -c "import os; print('split', os.environ['MY_TOKEN'][:6], end=''); print(os.environ['MY_TOKEN'][6:])";
           python -c "import os,hashlib; open(os.environ['ORCH_OUTPUT_DIR']+'/seen.txt','w').write(hashlib.sha256(os.environ['MY_TOKEN'].encode()).hexdigest())"
         """)
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     app = tick_until(lambda app: app.store.job(job_id).state.terminal)
     assert app.store.job(job_id).state == JobState.SUCCEEDED
     out = tmp_path / "out"
@@ -56,7 +56,7 @@ def test_secret_values_never_reach_db_logs_or_bundle(orch, orch_home, tmp_path, 
 def test_job_waits_with_a_reason_when_the_secret_is_not_set(orch, orch_home, tmp_path, monkeypatch):
     monkeypatch.delenv("ABSENT_TOKEN", raising=False)
     path = make_job(tmp_path / "job", "name: needs\nsecrets: [ABSENT_TOKEN]\nrun: echo\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     orch("tick")
     app = open_app()
     try:

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.spec import loads
 from orchestrator.sweep import expand, point_name, progress
-from tests.conftest import make_job, open_app, tick_until
+from tests.conftest import make_job, open_app, submitted, tick_until
 
 SWEEP = """\
 name: grid
@@ -23,9 +23,7 @@ sweep:
 def test_a_sweep_of_six_points_runs_each_point_once_with_its_parameters(orch, orch_home, tmp_path, config):
     config("platforms:\n  local: {type: local, max_concurrent: 3}\n")
     path = make_job(tmp_path / "job", SWEEP)
-    r = orch("submit", str(path), "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = submitted(orch, path)
     sweep_id, job_ids = doc["sweep_id"], doc["jobs"]
     assert doc["id"] == sweep_id and len(job_ids) == 6
 
@@ -67,7 +65,7 @@ def test_cancelling_a_sweep_cancels_every_point_that_has_not_ended(orch, orch_ho
         sweep:
           points: [{N: 1}, {N: 2}, {N: 3}]
         """)
-    doc = json.loads(orch("submit", str(path), "--json").output)
+    doc = submitted(orch, path)
     tick_until(lambda app: app.store.job(doc["jobs"][0]).state.value == "RUNNING")
     r = orch("cancel", doc["sweep_id"][:8])
     assert r.exit_code == 0, r.output

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.states import JobState
-from tests.conftest import make_job, open_app, orch_process
+from tests.conftest import make_job, open_app, orch_process, submit, wait_until
 
 state_backend = pytest.fixture(lambda: "postgres")
 
@@ -84,7 +84,7 @@ def test_three_controllers_run_thirty_jobs_exactly_once_within_every_limit(orch,
         """)
     log = tmp_path / "runs.log"
     path = make_job(tmp_path / "job", TIMED.format(log=log, sleep=0.3, resources="{max_runtime: 1m}"))
-    job_ids = [json.loads(orch("submit", str(path), "--json").output)["id"] for _ in range(30)]
+    job_ids = [submit(orch, path) for _ in range(30)]
 
     wait_all(start_controllers(3, timeout=150), timeout=180)
 
@@ -118,7 +118,7 @@ def test_quota_reservations_hold_across_controllers(orch, orch_home, tmp_path, c
         """)
     log = tmp_path / "runs.log"
     path = make_job(tmp_path / "job", TIMED.format(log=log, sleep=1.5, resources="{gpu: T4, max_runtime: 30m}"))
-    job_ids = [json.loads(orch("submit", str(path), "--json").output)["id"] for _ in range(6)]
+    job_ids = [submit(orch, path) for _ in range(6)]
     wait_all(start_controllers(3, timeout=120), timeout=150)
     runs = run_log(log)
     assert sorted(runs) == sorted(job_ids)
@@ -134,7 +134,7 @@ def test_a_controller_killed_while_holding_leases_is_finished_by_another(orch, o
         """)
     log = tmp_path / "runs.log"
     path = make_job(tmp_path / "job", TIMED.format(log=log, sleep=0.1, resources="{max_runtime: 1m}"))
-    job_ids = [json.loads(orch("submit", str(path), "--json").output)["id"] for _ in range(4)]
+    job_ids = [submit(orch, path) for _ in range(4)]
 
     killed = orch_process("tick", env={"ORCH_CONTROLLER_ID": "alpha", "ORCH_FAILPOINTS": "after_intent"})
     assert killed.returncode == -signal.SIGKILL
@@ -157,17 +157,16 @@ def test_a_controller_killed_while_holding_leases_is_finished_by_another(orch, o
     if time.time() - killed_at < 2.9:
         assert snapshot() == after_kill, "beta worked on jobs leased by alpha before the leases expired"
     # ... and finishes all of them once they expire
-    deadline = time.time() + 60
-    while time.time() < deadline:
+
+    def beta_ticked_to_the_end() -> bool:
         assert orch_process("tick", env={"ORCH_CONTROLLER_ID": "beta"}).returncode == 0
         app = open_app()
         try:
-            done = all(app.store.job(j).state.terminal for j in job_ids)
+            return all(app.store.job(j).state.terminal for j in job_ids)
         finally:
             app.close()
-        if done:
-            break
-        time.sleep(0.3)
+
+    wait_until(beta_ticked_to_the_end, 60, "beta finished every job", interval=0.3)
     app = open_app()
     try:
         for j in job_ids:
@@ -199,15 +198,15 @@ def test_another_member_dispatches_and_a_third_fetches_through_the_shared_store(
         """)
     monkeypatch.setenv("ORCH_HOME", str(homes["A"]))
     monkeypatch.setenv("ORCH_USER", "alice")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     monkeypatch.setenv("ORCH_HOME", str(homes["B"]))
     monkeypatch.setenv("ORCH_USER", "bob")
-    deadline = time.time() + 60
-    while time.time() < deadline:
+
+    def ticked_to_the_end() -> bool:
         assert orch("tick").exit_code == 0
-        if json.loads(orch("status", job_id, "--json").output)["state"] in ("SUCCEEDED", "FAILED", "LOST"):
-            break
-        time.sleep(0.2)
+        return json.loads(orch("status", job_id, "--json").output)["state"] in ("SUCCEEDED", "FAILED", "LOST")
+
+    wait_until(ticked_to_the_end, 60, f"job {job_id} finished", interval=0.2)
     status = json.loads(orch("status", job_id, "--json").output)
     assert status["state"] == "SUCCEEDED", status
     assert status["submitted_by"] == "alice"
@@ -232,7 +231,7 @@ def test_a_job_whose_secret_this_controller_lacks_waits_with_the_reason(orch, or
 
     monkeypatch.delenv("TEAM_TOKEN", raising=False)
     path = make_job(tmp_path / "job", "name: s\nsecrets: [TEAM_TOKEN]\nrun: echo\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     orch("tick")
     status = json.loads(orch("status", job_id, "--json").output)
     assert status["state"] == "QUEUED"

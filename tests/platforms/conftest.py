@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import yaml
 
 from orchestrator.platforms.ssh.connection import Endpoint, Timeouts
 from tests.conftest import make_job, tick_until
@@ -87,12 +86,6 @@ def via_relay(endpoint, relay: Relay, sshd: SSHD) -> Callable[..., Endpoint]:
 DONE = {"SUCCEEDED", "FAILED", "LOST", "CANCELLED"}
 
 
-def submit(orch, job_yaml: Path, *extra: str) -> str:
-    result = orch("submit", str(job_yaml), "--json", *extra)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)["id"]
-
-
 def job_state(orch, job_id: str) -> dict:
     """The job as `orch status JOB --json` shows it (state, message, attempts...)."""
     result = orch("status", job_id, "--json")
@@ -121,10 +114,6 @@ def outputs(orch, job_id: str, dest: Path) -> dict[str, bytes]:
     """The job's output files as `orch fetch` delivers them (unpacked under outputs/)."""
     target = fetched(orch, job_id, dest) / "outputs"
     return {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
-
-
-def write_config(config, platforms: dict) -> None:
-    config(yaml.safe_dump({"platforms": platforms}, sort_keys=False))
 
 
 def kill_remote_runs(remote: Path) -> None:
@@ -186,16 +175,3 @@ digest = hashlib.sha256(data.read_bytes()).hexdigest() if data.exists() else "no
 print("job", os.environ["ORCH_JOB_NAME"], "sees", digest)
 pathlib.Path(os.environ["ORCH_OUTPUT_DIR"], "digest.txt").write_text(digest)
 """
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy (or time runs out); returns its value."""
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()

@@ -11,10 +11,8 @@ import sys
 
 import pytest
 
-from tests.conftest import orch_process
-from tests.platforms.conftest import (
-    DONE, fetched, job_state, kill_remote_runs, ssh_job, submit, tick_until_state, write_config,
-)
+from tests.conftest import orch_process, submit
+from tests.platforms.conftest import DONE, fetched, job_state, kill_remote_runs, ssh_job, tick_until_state
 
 
 @pytest.fixture
@@ -56,7 +54,7 @@ def _crash_after_colab_new(orch) -> None:
 
 def test_submit_to_fetch_on_colab_then_the_runtime_is_stopped(orch, config, colab, colab_platform, tmp_path):
     data = os.urandom(500_000)
-    write_config(config, {"colab": colab_platform()})
+    config(platforms={"colab": colab_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", dataset=data, platforms=("colab",)))
     job = tick_until_state(orch, job_id, DONE, timeout=40)
     assert job["state"] == "SUCCEEDED", job["message"]
@@ -73,7 +71,7 @@ def test_submit_to_fetch_on_colab_then_the_runtime_is_stopped(orch, config, cola
 
 def test_an_orphaned_runtime_from_a_crashed_tick_is_stopped_by_the_next_tick(orch, config, colab, colab_platform,
                                                                             tmp_path):
-    write_config(config, {"colab": colab_platform()})
+    config(platforms={"colab": colab_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     _crash_after_colab_new(orch)
     [session] = [s["name"] for s in colab.sessions()]
@@ -86,7 +84,7 @@ def test_an_orphaned_runtime_from_a_crashed_tick_is_stopped_by_the_next_tick(orc
 
 def test_a_crash_after_new_reuses_the_runtime_instead_of_creating_another(orch, config, colab, colab_platform,
                                                                           tmp_path):
-    write_config(config, {"colab": colab_platform()})
+    config(platforms={"colab": colab_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     _crash_after_colab_new(orch)
     job = tick_until_state(orch, job_id, DONE, timeout=40)
@@ -95,7 +93,7 @@ def test_a_crash_after_new_reuses_the_runtime_instead_of_creating_another(orch, 
 
 
 def test_tier_free_is_refused_and_says_why(orch, config, colab, colab_platform, tmp_path):
-    write_config(config, {"colab": colab_platform(tier="free")})
+    config(platforms={"colab": colab_platform(tier="free")})
     [entry] = _platforms(orch)
     assert entry["available"] is False and "terms forbid SSH" in entry["reason"]
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
@@ -106,7 +104,7 @@ def test_tier_free_is_refused_and_says_why(orch, config, colab, colab_platform, 
 
 
 def test_missing_cli_is_reported_with_the_install_command(orch, config, colab_platform, tmp_path):
-    write_config(config, {"colab": colab_platform(colab_bin=str(tmp_path / "no" / "colab"))})
+    config(platforms={"colab": colab_platform(colab_bin=str(tmp_path / "no" / "colab"))})
     [entry] = _platforms(orch)
     assert not entry["available"] and "pipx install google-colab-cli" in entry["reason"]
     assert any("pipx install google-colab-cli" in p for p in entry["problems"])
@@ -115,7 +113,7 @@ def test_missing_cli_is_reported_with_the_install_command(orch, config, colab_pl
 def test_the_compute_unit_balance_is_the_quota_and_zero_creates_no_runtime(orch, config, colab, colab_platform,
                                                                            tmp_path):
     colab.update(balance=12.5)
-    write_config(config, {"colab": colab_platform()})
+    config(platforms={"colab": colab_platform()})
     [entry] = _platforms(orch)
     assert entry["quota"]["unit"] == "compute_units" and entry["quota"]["limit"] == 12.5
     colab.update(balance=0.0)
@@ -128,7 +126,7 @@ def test_the_compute_unit_balance_is_the_quota_and_zero_creates_no_runtime(orch,
 
 
 def test_hardware_other_than_asked_is_stopped_at_once(orch, config, colab, colab_platform, tmp_path):
-    write_config(config, {"colab": colab_platform(gpu="T4")})
+    config(platforms={"colab": colab_platform(gpu="T4")})
     colab.update(substitute={"T4": "A100"})
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     assert orch("tick").exit_code == 0
@@ -138,7 +136,7 @@ def test_hardware_other_than_asked_is_stopped_at_once(orch, config, colab, colab
 
 
 def test_an_accelerator_the_account_cannot_get_requeues_the_job(orch, config, colab, colab_platform, tmp_path):
-    write_config(config, {"colab": colab_platform(gpu="H100")})
+    config(platforms={"colab": colab_platform(gpu="H100")})
     colab.update(eligible=["T4"])
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     assert orch("tick").exit_code == 0
@@ -149,7 +147,7 @@ def test_an_accelerator_the_account_cannot_get_requeues_the_job(orch, config, co
 
 def test_a_recycled_runtime_makes_the_attempt_lost_without_creating_a_new_one(orch, config, colab, colab_platform,
                                                                               tmp_path):
-    write_config(config, {"colab": colab_platform()})
+    config(platforms={"colab": colab_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",), script="import time; time.sleep(30)",
                                   extra="retries: 0\n"))
     tick_until_state(orch, job_id, {"RUNNING", "PENDING"}, timeout=30)
@@ -171,7 +169,7 @@ def test_the_platform_itself_refuses_free_tier_and_an_empty_balance(orch_home, c
     from orchestrator.app import App
     from orchestrator.errors import CapacityError, PrecheckError
 
-    write_config(config, {"free": colab_platform(tier="free"), "paid": colab_platform()})
+    config(platforms={"free": colab_platform(tier="free"), "paid": colab_platform()})
     colab.update(balance=0.0)
     app = App.open()
     try:

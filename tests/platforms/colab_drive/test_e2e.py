@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.app import App
 from orchestrator.states import AttemptState, JobState
-from tests.conftest import make_job, tick_until
+from tests.conftest import make_job, submit, tick_until
 from tests.platforms.colab_drive.conftest import MiB
 
 JOB = """\
@@ -56,9 +56,7 @@ def _job(tmp_path: Path, name: str, tag: str = "out", env: dict[str, str] | None
 
 
 def _submit(orch, path: Path) -> str:
-    result = orch("submit", str(path), "--platform", "gdrive", "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)["id"]
+    return submit(orch, path, "--platform", "gdrive")
 
 
 def _state(job_id: str) -> JobState:

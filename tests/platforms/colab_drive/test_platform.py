@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import stat
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -16,7 +15,7 @@ from orchestrator.app import App
 from orchestrator.errors import CapacityError, PrecheckError
 from orchestrator.platforms.base import Launch, RemoteState
 from orchestrator.states import AttemptState, JobState
-from tests.conftest import make_job, orch_process, tick_until
+from tests.conftest import make_job, orch_process, tick_until, wait_until
 from tests.platforms.colab_drive.conftest import REPO
 from tests.platforms.colab_drive.test_e2e import _attempts, _job, _state, _submit
 
@@ -131,17 +130,11 @@ def test_logs_stream_while_running_and_cancel_stops_the_job_on_the_agent(orch, a
     job = _submit(orch, path)
     tick_until(lambda app: app.store.job(job).state == JobState.RUNNING, timeout=30)
 
-    deadline = time.monotonic() + 20
-    while "step one" not in orch("logs", job).output:
-        assert time.monotonic() < deadline, orch("logs", job).output
-        time.sleep(0.2)
+    wait_until(lambda: "step one" in orch("logs", job).output, 20, "'step one' in the logs", interval=0.2)
     assert orch("cancel", job).exit_code == 0
 
-    deadline = time.monotonic() + 20
-    while "stopping the runner" not in agents.output("a1") or gdrive.find("heartbeat.json", orch_agent="a1")[
-            0].properties["orch_state"] != "idle":
-        assert time.monotonic() < deadline, agents.output("a1")
-        time.sleep(0.1)
+    wait_until(lambda: "stopping the runner" in agents.output("a1") and gdrive.find(
+        "heartbeat.json", orch_agent="a1")[0].properties["orch_state"] == "idle", 20, "agent a1 idle", interval=0.1)
     assert _state(job) == JobState.CANCELLED
     (status,) = gdrive.find("status.json")
     assert json.loads(status.content)["state"] == "exited"  # the runner was stopped, its results kept

@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from tests.conftest import wait_until
 from tests.emulators.kaggle import BLOB_PUT, LOGS_STREAM, OUTPUT_FILE
 from tests.platforms.kaggle.conftest import USERNAME
 from tests.platforms.kaggle.helpers import dataset_folder, kernel_folder, wait_status
@@ -78,10 +79,7 @@ def test_a_dataset_is_processing_then_ready_and_mounts_in_either_layout(kaggle_a
     resp = kaggle_api.dataset_create_new(str(dataset_folder(tmp_path, "orch-data-x1", {"a.bin": b"abc"})), quiet=True)
     assert resp.status == "Ok", resp.error
     assert kaggle_api.dataset_status(f"{USERNAME}/orch-data-x1") != "ready"
-    deadline = time.monotonic() + 5
-    while kaggle_api.dataset_status(f"{USERNAME}/orch-data-x1") != "ready":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: kaggle_api.dataset_status(f"{USERNAME}/orch-data-x1") == "ready", 5, "dataset ready")
     code = ("import os\nroot = os.environ['ORCH_KAGGLE_ROOT']\n"
             f"print(open(os.path.join(root, {where!r}, 'a.bin')).read())\n")
     push(kaggle_api, tmp_path, code, dataset_sources=[f"{USERNAME}/orch-data-x1"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.store import attempt_key
-from tests.conftest import make_job, orch_process, tick_until
+from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
 from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
 from tests.platforms.kaggle.conftest import USERNAME
 from tests.platforms.kaggle.helpers import kernel_folder
@@ -51,12 +51,6 @@ def job(tmp_path: Path, name: str = "demo", run: str = "python3 train.py", extra
         resources: {{gpu: T4, max_runtime: 10m}}
         {extra}
         """, {"train.py": TRAIN, "data/rows.csv": data})
-
-
-def submit(orch, path: Path) -> str:
-    result = orch("submit", str(path), "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)["id"]
 
 
 def finished(job_id: str, timeout: float = 60):
@@ -235,13 +229,7 @@ def test_cancel_explains_that_kaggle_cannot_stop_the_run_and_its_results_are_ign
 def test_logs_of_a_running_kernel_come_from_the_live_stream(kaggle, orch, tmp_path):
     job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 30"))
     tick_until(lambda app: app.store.job(job_id).state.value == "RUNNING", timeout=30, interval=0.1)
-    deadline = time.monotonic() + 15
-    while True:
-        shown = orch("logs", job_id)
-        if "training on 3 rows" in shown.output:
-            break
-        assert time.monotonic() < deadline, shown.output
-        time.sleep(0.2)
+    wait_until(lambda: "training on 3 rows" in orch("logs", job_id).output, 15, "the live log line", interval=0.2)
 
 
 def test_a_retry_after_a_checkpoint_attaches_the_previous_kernel(kaggle, config, orch, tmp_path):

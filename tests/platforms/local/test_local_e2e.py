@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from orchestrator.states import JobState
-from tests.conftest import backends, make_job, tick_until
+from tests.conftest import backends, make_job, submit, tick_until, wait_until
 
 #: The core end-to-end suite must pass on PostgreSQL (team mode) as well as SQLite.
 state_backend = backends
@@ -51,9 +51,7 @@ def make_corpus(root: Path) -> Path:
 def test_submit_tick_fetch_with_dataset_and_outputs(orch, orch_home, tmp_path):
     make_corpus(tmp_path)
     path = make_job(tmp_path / "job", JOB, {"count.py": COUNT})
-    r = orch("submit", str(path), "--json")
-    assert r.exit_code == 0, r.output
-    job_id = json.loads(r.output)["id"]
+    job_id = submit(orch, path)
 
     tick_until(lambda app: app.store.job(job_id).state.terminal)
 
@@ -105,7 +103,7 @@ def test_retries_on_error_reruns_a_failing_job(orch, orch_home, tmp_path):
         run: test "$ORCH_ATTEMPT" -ge 2
         retries_on_error: 1
         """)
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     app = tick_until(lambda app: app.store.job(job_id).state.terminal)
     assert app.store.job(job_id).state == JobState.SUCCEEDED
     assert [a.state.value for a in app.store.attempts_of(job_id)] == ["FAILED", "SUCCEEDED"]
@@ -114,7 +112,7 @@ def test_retries_on_error_reruns_a_failing_job(orch, orch_home, tmp_path):
 def test_max_runtime_is_enforced_by_the_runner(orch, orch_home, tmp_path, config):
     config("platforms:\n  local: {type: local}\ncontroller: {grace: 1s}\n")
     path = make_job(tmp_path / "job", "name: slow\nrun: sleep 30\nresources: {max_runtime: 2s}\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     app = tick_until(lambda app: app.store.job(job_id).state.terminal, timeout=30)
     att = app.store.attempts_of(job_id)[-1]
     assert app.store.job(job_id).state == JobState.FAILED
@@ -124,17 +122,14 @@ def test_max_runtime_is_enforced_by_the_runner(orch, orch_home, tmp_path, config
 def test_cancel_kills_the_running_job(orch, orch_home, tmp_path, config):
     config("platforms:\n  local: {type: local}\ncontroller: {grace: 1s}\n")
     path = make_job(tmp_path / "job", "name: long\nrun: echo $$ > $ORCH_OUTPUT_DIR/pid; sleep 60\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     tick_until(lambda app: app.store.job(job_id).state == JobState.RUNNING)
     r = orch("cancel", job_id[:8])
     assert r.exit_code == 0 and "cancelled" in r.output
     assert json.loads(orch("status", job_id, "--json").output)["state"] == "CANCELLED"
     # the runner stops the job's whole process group within the grace period
     attempt_dir = next((orch_home / "platforms" / "local" / "attempts").iterdir())
-    import time
-    deadline = time.time() + 15
-    while time.time() < deadline and not (attempt_dir / "result.json").is_file():
-        time.sleep(0.2)
+    wait_until((attempt_dir / "result.json").is_file, 15, "result.json written")
     result = json.loads((attempt_dir / "result.json").read_text())
     assert result["status"] == "cancelled"
     pid = int((attempt_dir / "work" / "out" / "pid").read_text())
@@ -149,7 +144,7 @@ def test_cancel_kills_the_running_job(orch, orch_home, tmp_path, config):
 
 def test_logs_follow_prints_output_until_the_job_ends(orch, orch_home, tmp_path):
     path = make_job(tmp_path / "job", "name: chatty\nrun: for i in 1 2 3; do echo line$i; sleep 0.3; done\n")
-    job_id = json.loads(orch("submit", str(path), "--json").output)["id"]
+    job_id = submit(orch, path)
     import threading
 
     def ticker():

@@ -9,12 +9,11 @@ import paramiko
 
 from tests.emulators.relay import Relay
 from tests.emulators.sshd import SSHD
-from tests.platforms.conftest import write_config
 
 
 def test_trust_shows_the_fingerprint_and_pins_only_after_confirmation(orch, config, ssh_platform, sshd, tmp_path):
     known = tmp_path / "pins"
-    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    config(platforms={"lab": ssh_platform(known_hosts=str(known))})
     fp = paramiko.PKey.from_path(sshd.host_key.private).fingerprint
 
     declined = orch("ssh", "trust", "lab", input="n\n")
@@ -28,21 +27,21 @@ def test_trust_shows_the_fingerprint_and_pins_only_after_confirmation(orch, conf
 
 def test_trust_with_a_different_fingerprint_pins_nothing(orch, config, ssh_platform, tmp_path):
     known = tmp_path / "pins"
-    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    config(platforms={"lab": ssh_platform(known_hosts=str(known))})
     result = orch("ssh", "trust", "lab", "--fingerprint", "SHA256:not-the-right-one")
     assert result.exit_code == 1 and "nothing was pinned" in result.output and not known.exists()
 
 
 def test_trust_with_the_checked_fingerprint_pins_without_asking(orch, config, ssh_platform, sshd, tmp_path):
     known = tmp_path / "pins"
-    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    config(platforms={"lab": ssh_platform(known_hosts=str(known))})
     fp = paramiko.PKey.from_path(sshd.host_key.private).fingerprint
     assert "login OK" in orch("ssh", "trust", "lab", "--fingerprint", fp).output and known.exists()
 
 
 def test_setup_cell_pins_the_key_it_installs_so_the_runtime_needs_no_trust(orch, config, ssh_platform, sshd, tmp_path):
     known = tmp_path / "pins"
-    write_config(config, {"local": {"type": "local"}})
+    config(platforms={"local": {"type": "local"}})
     result = orch("colab", "setup-cell", "tunnel", "--key", str(sshd.client_key.private), "--known-hosts", str(known))
     cell = result.stdout
     compile(cell, "cell.py", "exec")
@@ -55,7 +54,7 @@ def test_setup_cell_pins_the_key_it_installs_so_the_runtime_needs_no_trust(orch,
     tunnel = Relay(control=tmp_path / "tunnel", port=runtime.port)
     try:
         (runtime.workdir / "authorized_keys").write_text(sshd.client_key.public + "\n")
-        write_config(config, {"tunnel": ssh_platform(
+        config(platforms={"tunnel": ssh_platform(
             host="random-words.trycloudflare.com", port=22, known_hosts=str(known),
             host_key_alias="colab-tunnel-tunnel", proxy_command=" ".join(tunnel.argv))})
         [entry] = json.loads(orch("platforms", "--json").output)

@@ -15,7 +15,7 @@ from orchestrator.platforms.ssh.link import Backoff, Link
 from orchestrator.bundle import sha256_file as file_sha256
 from orchestrator.platforms.ssh.connection import connect
 from orchestrator.platforms.ssh.shell import sh
-from tests.platforms.conftest import wait_for as _wait
+from tests.conftest import wait_until
 from tests.platforms.conftest import FAST
 
 
@@ -33,7 +33,7 @@ def test_dead_relay_ends_the_connection_without_spinning(via_relay, relay):
         assert conn.run("true").rc == 0
         cpu = time.process_time()
         relay.cut()
-        assert _wait(lambda: not conn.alive, timeout=3.0), "transport still active after the proxy died"
+        wait_until(lambda: not conn.alive, 3.0, "transport closed after the proxy died")
         time.sleep(1.0)
         # paramiko 5.1's own ProxyCommand burns a whole core here (~1 s per second).
         assert time.process_time() - cpu < 0.3
@@ -58,7 +58,7 @@ def test_relay_that_never_answers_times_out_at_the_banner(via_relay, relay):
     with pytest.raises(TransientError):
         connect(via_relay())
     assert time.monotonic() - started < 6  # banner timeout 2 s, watchdog at most 8 s
-    assert _wait(lambda: relay.pids() == [], timeout=3.0), "the hung proxy was not killed"
+    wait_until(lambda: relay.pids() == [], 3.0, "the hung proxy killed")
 
 
 @pytest.mark.parametrize("operation", ["sftp", "exec"])

@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 
-from tests.conftest import orch_process
-from tests.platforms.conftest import (
-    DONE, fetched, job_state, outputs, ssh_job, submit, tick_until_state, write_config,
-)
+from tests.conftest import orch_process, submit, wait_until
+from tests.platforms.conftest import DONE, fetched, job_state, outputs, ssh_job, tick_until_state
 
 
 def _attempt_dirs(remote: Path) -> list[Path]:
@@ -22,18 +20,9 @@ def _attempt_dirs(remote: Path) -> list[Path]:
     return sorted(attempts.iterdir()) if attempts.is_dir() else []
 
 
-def _wait_for(predicate, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def test_submit_tick_fetch_over_ssh_then_the_same_dataset_is_never_sent_again(orch, config, ssh_platform, relay, tmp_path):
     data = os.urandom(2_000_000)
-    write_config(config, {"lab": ssh_platform(proxy_command=" ".join(relay.argv))})
+    config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv))})
     first = submit(orch, ssh_job(tmp_path / "a", name="first", dataset=data))
     job = tick_until_state(orch, first, DONE)
     assert job["state"] == "SUCCEEDED", job["message"]
@@ -59,7 +48,7 @@ def test_cuts_mid_upload_mid_poll_and_mid_fetch_still_complete_the_job_exactly_o
         "pathlib.Path(os.environ['ORCH_OUTPUT_DIR'], 'big.bin').write_bytes("
         "(pathlib.Path(os.environ['ORCH_DATA']) / 'ds' / 'blob.bin').read_bytes())\n"
     )
-    write_config(config, {"lab": ssh_platform(proxy_command=" ".join(relay.argv))})
+    config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv))})
     job_id = submit(orch, ssh_job(tmp_path / "j", script=script, dataset=data))
 
     relay.cut_after("up", 1_000_000)          # the tunnel dies a third into the upload
@@ -77,7 +66,7 @@ def test_cuts_mid_upload_mid_poll_and_mid_fetch_still_complete_the_job_exactly_o
 
 
 def test_a_killed_relay_spins_no_cpu_goes_unknown_and_recovers_when_it_returns(orch, config, ssh_platform, relay, tmp_path):
-    write_config(config, {"lab": ssh_platform(proxy_command=" ".join(relay.argv), heartbeat_timeout="30s")})
+    config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv), heartbeat_timeout="30s")})
     job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(2.5); print('slept')"))
     tick_until_state(orch, job_id, {"RUNNING", "PENDING"})
 
@@ -101,7 +90,7 @@ def test_wrong_host_key_fails_the_precheck_showing_the_fingerprint_and_uploads_n
     impostor = generate_ed25519(tmp_path / "impostor")
     known = tmp_path / "wrong_known_hosts"
     known.write_text(f"{sshd.host_key_name} {impostor.key_type} {impostor.base64}\n")
-    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    config(platforms={"lab": ssh_platform(known_hosts=str(known))})
     job_id = submit(orch, ssh_job(tmp_path / "j"))
     job = tick_until_state(orch, job_id, DONE)
     real = __import__("paramiko").PKey.from_path(sshd.host_key.private).fingerprint
@@ -115,7 +104,7 @@ def test_a_host_key_that_changes_during_a_run_makes_it_unknown_not_failed(orch, 
 
     known = tmp_path / "pins"
     sshd.write_known_hosts(known)
-    write_config(config, {"lab": ssh_platform(known_hosts=str(known))})
+    config(platforms={"lab": ssh_platform(known_hosts=str(known))})
     job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(1.5)"))
     tick_until_state(orch, job_id, {"RUNNING", "PENDING"})
     impostor = generate_ed25519(tmp_path / "impostor")
@@ -131,7 +120,7 @@ def test_shell_metacharacters_in_paths_and_values_inject_nothing(orch, config, o
                                                                    monkeypatch):
     evil_dir = tmp_path / "it's a $(touch PWNED1) `touch PWNED2` dir"
     monkeypatch.setenv("ORCH_TEST_SECRET", "s3cr3t $(touch PWNED3); 'quoted'")
-    write_config(config, {"lab": ssh_platform(remote_dir=str(evil_dir))})
+    config(platforms={"lab": ssh_platform(remote_dir=str(evil_dir))})
     script = (
         "import os, pathlib\n"
         "pathlib.Path(os.environ['ORCH_OUTPUT_DIR'], 'seen.txt').write_text("
@@ -149,7 +138,7 @@ def test_shell_metacharacters_in_paths_and_values_inject_nothing(orch, config, o
 
 
 def test_a_stale_heartbeat_on_a_reachable_host_makes_the_attempt_lost_and_kills_it(orch, config, ssh_platform, tmp_path):
-    write_config(config, {"lab": ssh_platform(heartbeat_timeout="2s")})
+    config(platforms={"lab": ssh_platform(heartbeat_timeout="2s")})
     job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(60)", extra="retries: 0\n"))
     tick_until_state(orch, job_id, {"RUNNING"})
     [attempt] = _attempt_dirs(tmp_path / "remote")
@@ -163,7 +152,7 @@ def test_a_stale_heartbeat_on_a_reachable_host_makes_the_attempt_lost_and_kills_
         except ProcessLookupError:
             pass
     assert "heartbeat" in job["message"]
-    assert _wait_for(lambda: not _session_alive(pid))
+    wait_until(lambda: not _session_alive(pid), 10, "remote session gone")
 
 
 def _session_alive(sid: int) -> bool:
@@ -178,20 +167,20 @@ def _session_alive(sid: int) -> bool:
 
 
 def test_cancel_stops_the_remote_run_and_its_process_group(orch, config, ssh_platform, tmp_path):
-    write_config(config, {"lab": ssh_platform()})
+    config(platforms={"lab": ssh_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(120)"))
     tick_until_state(orch, job_id, {"RUNNING"})
     [attempt] = _attempt_dirs(tmp_path / "remote")
     pid = int((attempt / "pid").read_text())
     orch("cancel", job_id)
     assert job_state(orch, job_id)["state"] == "CANCELLED"
-    assert _wait_for(lambda: not _session_alive(pid))
+    wait_until(lambda: not _session_alive(pid), 10, "remote session gone")
     # SIGTERM first: the runner had time to stop the job itself and say so.
     assert json.loads((attempt / "result.json").read_text())["status"] == "cancelled"
 
 
 def test_logs_follow_tails_the_running_job_over_ssh(orch, config, ssh_platform, tmp_path):
-    write_config(config, {"lab": ssh_platform()})
+    config(platforms={"lab": ssh_platform()})
     script = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n"
     job_id = submit(orch, ssh_job(tmp_path / "j", script=script))
     tick_until_state(orch, job_id, {"RUNNING"})
@@ -207,7 +196,7 @@ def test_logs_follow_tails_the_running_job_over_ssh(orch, config, ssh_platform, 
 
 def test_a_tick_killed_after_submitting_is_adopted_by_the_next_one(orch, config, ssh_platform, tmp_path):
     ledger = tmp_path / "runs.log"
-    write_config(config, {"lab": ssh_platform()})
+    config(platforms={"lab": ssh_platform()})
     script = f"import os\nwith open({str(ledger)!r}, 'a') as f: f.write(os.environ['ORCH_ATTEMPT'] + '\\n')\n"
     job_id = submit(orch, ssh_job(tmp_path / "j", script=script))
     crashed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"})
@@ -220,7 +209,7 @@ def test_a_tick_killed_after_submitting_is_adopted_by_the_next_one(orch, config,
 def test_no_secret_lands_in_the_home_the_remote_dir_or_status(orch, config, orch_home, ssh_platform, tmp_path,
                                                                 monkeypatch):
     monkeypatch.setenv("ORCH_TEST_TOKEN", "tok-" + os.urandom(6).hex())
-    write_config(config, {"lab": ssh_platform()})
+    config(platforms={"lab": ssh_platform()})
     script = "import os\nprint('token is', os.environ['ORCH_TEST_TOKEN'])\n"
     job_id = submit(orch, ssh_job(tmp_path / "j", script=script, extra="secrets: [ORCH_TEST_TOKEN]\n"))
     assert tick_until_state(orch, job_id, DONE)["state"] == "SUCCEEDED"

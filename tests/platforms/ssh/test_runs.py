@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.platforms.ssh.runs import detached_status, kill_detached, start_detached
 from orchestrator.platforms.ssh.connection import connect
-from tests.platforms.conftest import wait_for as _wait
+from tests.conftest import wait_until
 
 
 def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(via_relay, relay, tmp_path):
@@ -22,7 +22,7 @@ def test_detached_run_survives_a_disconnect_and_writes_its_exit_code_atomically(
     relay.cut()  # the tunnel dies while the run goes on
     conn.close()
     assert pid > 0 and not (workdir / "rc").exists()
-    assert _wait(lambda: (workdir / "rc").exists(), timeout=5)
+    wait_until(lambda: (workdir / "rc").exists(), 5, "rc written")
     assert (workdir / "rc").read_text() == "7\n" and not (workdir / "rc.tmp").exists()
     conn = connect(via_relay())
     try:
@@ -54,7 +54,7 @@ def test_detached_stdin_reaches_the_run_but_never_the_disk(endpoint, tmp_path):
         start_detached(conn, str(workdir), ["python3", "-c",
                             "import sys,hashlib;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"],
                             stdin=secret)
-        assert _wait(lambda: (workdir / "rc").exists())
+        wait_until(lambda: (workdir / "rc").exists(), 5, "rc written")
     finally:
         conn.close()
     assert (workdir / "runner.out").read_text().strip() == hashlib.sha256(secret).hexdigest()
@@ -77,7 +77,7 @@ def test_kill_detached_sends_sigterm_first_and_returns_once_the_run_exits(endpoi
     try:
         start_detached(conn, str(workdir), ["sh", "-c", "trap 'echo term > got_term; exit 0' TERM; "
                                            "echo up > ready; while :; do sleep 0.1; done"])
-        assert _wait(lambda: (workdir / "ready").exists())
+        wait_until(lambda: (workdir / "ready").exists(), 5, "ready written")
         started = time.monotonic()
         kill_detached(conn, str(workdir), grace_s=20)
         took = time.monotonic() - started
@@ -91,7 +91,7 @@ def test_kill_detached_stops_the_whole_process_group(endpoint, tmp_path):
     conn = connect(endpoint())
     try:
         start_detached(conn, str(workdir), ["sh", "-c", "sleep 30 & echo $! > child; trap '' TERM; sleep 30"])
-        assert _wait(lambda: (workdir / "child").exists())
+        wait_until(lambda: (workdir / "child").exists(), 5, "child written")
         child = int((workdir / "child").read_text())
         kill_detached(conn, str(workdir), grace_s=0.5)
         status = detached_status(conn, str(workdir))
