@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from .. import actions, controller
-from .. import sweep as sweep_mod
 from ..app import App
 from . import main
 from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
@@ -55,9 +54,9 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
     """
     out = []
     for ref in jobs:
-        row, found = sweep_mod.resolve_job_or_sweep(app, ref)
+        row, found = actions.resolve_job_or_sweep(app, ref)
         if found is not None:
-            for msg in sweep_mod.cancel(app, found[0]):
+            for msg in actions.cancel_sweep(app, found[0]):
                 out.append({"id": found[0], "message": msg})
                 if not as_json:
                     console.print(msg)

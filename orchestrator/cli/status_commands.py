@@ -56,7 +56,7 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
       orch status --mine
     """
     if job:
-        row, found = sweep_mod.resolve_job_or_sweep(app, job)
+        row, found = actions.resolve_job_or_sweep(app, job)
         if found is not None:
             _status_sweep(app, found[0], found[1], as_json)
             return
