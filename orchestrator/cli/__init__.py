@@ -78,8 +78,11 @@ def colab() -> None:
     """Google Colab helpers (runtimes over SSH, the Drive agent notebook)."""
 
 
-# The core commands register themselves on `main` when imported.
-from . import control_commands, setup_commands, status_commands, submit_commands  # noqa: E402,F401
+# Every command module attaches its commands with register(main); none imports this one.
+from . import control_commands, setup_commands, status_commands, submit_commands  # noqa: E402
+
+for _mod in (submit_commands, status_commands, control_commands, setup_commands):
+    _mod.register(main)
 
 for _name in PLUGIN_MODULES:
     try:

@@ -8,14 +8,13 @@ import click
 
 from .. import actions, controller
 from ..app import App
-from . import main
 from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
 
 
 # ---------------------------------------------------------------------------- fetch / cancel / retry
 
 
-@main.command()
+@click.command()
 @click.argument("job")
 @click.option("-o", "--output", "dest", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write into (default ./results/<name>-<id>/).")
@@ -39,7 +38,7 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
         console.print(f"{row.name} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
 
 
-@main.command()
+@click.command()
 @click.argument("jobs", nargs=-1, required=True)
 @json_option
 @pass_app
@@ -69,7 +68,7 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
         print_json(out)
 
 
-@main.command()
+@click.command()
 @click.argument("job")
 @json_option
 @pass_app
@@ -88,7 +87,7 @@ def retry(app: App, job: str, as_json: bool) -> None:
 # ---------------------------------------------------------------------------- tick
 
 
-@main.command()
+@click.command()
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems (for cron).")
 @json_option
 @pass_app
@@ -114,3 +113,11 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
         return
     console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "
                   f"{len(report.requeued)} requeued ({report.seconds:.2f}s)")
+
+
+def register(main: click.Group) -> None:
+    """Attach ``fetch``, ``cancel``, ``retry``, ``tick`` to the CLI."""
+    main.add_command(fetch)
+    main.add_command(cancel)
+    main.add_command(retry)
+    main.add_command(tick)

@@ -14,7 +14,6 @@ from ..durations import format_duration
 from ..errors import NotFoundError, OrchError
 from ..platforms.base import Handle
 from ..store import JobRow, user
-from . import main
 from .common import ago, console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state
 
 
@@ -35,7 +34,7 @@ def job_json(job: JobRow, att, segments: int = 0) -> dict:
     }
 
 
-@main.command()
+@click.command()
 @click.argument("job", required=False)
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not only the latest 50.")
 @click.option("--expand", is_flag=True, help="List each point of a sweep under its line.")
@@ -200,7 +199,7 @@ def _status_one(app: App, job: JobRow, as_json: bool) -> None:
 # ---------------------------------------------------------------------------- logs
 
 
-@main.command()
+@click.command()
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
@@ -244,3 +243,9 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
         if not follow or done:
             return
         time.sleep(interval)
+
+
+def register(main: click.Group) -> None:
+    """Attach ``status``, ``logs`` to the CLI."""
+    main.add_command(status)
+    main.add_command(logs)

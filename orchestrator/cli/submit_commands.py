@@ -17,14 +17,13 @@ from ..errors import NotFoundError
 from ..scheduler import Place
 from ..states import JobState
 from ..store import JobRow
-from . import main
 from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
 
 
 # ---------------------------------------------------------------------------- submit
 
 
-@main.command()
+@click.command()
 @click.argument("job_yaml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Tick until the job ends, then fetch its results.")
 @click.option("--platform", "pin", metavar="NAME", help="Run only on this configured platform.")
@@ -168,3 +167,8 @@ def _size(n: int | float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def register(main: click.Group) -> None:
+    """Attach ``submit`` to the CLI."""
+    main.add_command(submit)
