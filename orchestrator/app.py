@@ -8,28 +8,53 @@ kaggle client.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import config as config_mod
 from .config import Config
-from .home import Home
 from .errors import NotFoundError
+from .home import Home
 from .platforms.base import Platform, platform_class
-from .store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
 
 
 @dataclass
 class App:
     home: Home
     config: Config
-    store: Store
+    _store: Store | None = None
     _platforms: dict[str, Platform] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, home: Home | None = None) -> "App":
+    def open(cls, home: Home | None = None, *, store: bool = True) -> "App":
+        """Read the home's config; open the store now, or with ``store=False`` on first use."""
         home = home or Home.discover()
         home.ensure()
-        cfg = config_mod.load(home)
-        return cls(home=home, config=cfg, store=Store(cfg.state_url))
+        app = cls(home=home, config=config_mod.load(home))
+        if store:
+            app._open_store()  # now, so that a bad state URL fails before the command starts
+        return app
+
+    @property
+    def store(self) -> Store:
+        """The state store, opened (created or migrated) on first use."""
+        return self._store if self._store is not None else self._open_store()
+
+    def _open_store(self) -> Store:
+        from .store import (
+            Store,  # SQLAlchemy: imported only by commands that read the state
+        )
+
+        self._store = Store(self.config.state_url)
+        return self._store
+
+    def has_state(self) -> bool:
+        """False only while the state is the default SQLite file and that file does not exist:
+        nothing was ever queued in this home, so there is nothing to read."""
+        return self._store is not None or self.config.state_url != f"sqlite:///{self.home.db_path}" \
+            or self.home.db_path.exists()
 
     def platform(self, name: str) -> Platform:
         """The configured platform ``name``; NotFoundError lists the configured ones."""
@@ -54,4 +79,5 @@ class App:
                 except Exception:  # closing must never hide the command's own outcome
                     pass
         self._platforms.clear()
-        self.store.close()
+        if self._store is not None:
+            self._store.close()

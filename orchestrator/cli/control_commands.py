@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .. import actions, controller
-from ..app import App
 from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
 
 
 # ---------------------------------------------------------------------------- fetch / cancel / retry
@@ -30,6 +32,8 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
     Example:
       orch fetch 3f9c -o ./out
     """
+    from .. import actions
+
     row = app.store.resolve(job)
     target = actions.fetch(app, row, dest)
     if as_json:
@@ -51,6 +55,8 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
       orch cancel 3f9c 8a1e
       orch cancel SWEEP_ID
     """
+    from .. import actions
+
     out = []
     for ref in jobs:
         row, found = actions.resolve_job_or_sweep(app, ref)
@@ -79,6 +85,8 @@ def retry(app: App, job: str, as_json: bool) -> None:
     Example:
       orch retry 3f9c
     """
+    from .. import actions
+
     row = app.store.resolve(job)
     msg = actions.retry(app, row)
     print_json({"id": row.id, "state": "QUEUED"}) if as_json else console.print(msg)
@@ -102,6 +110,8 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
       orch tick
       */5 * * * * orch tick --quiet   (see `orch cron`)
     """
+    from .. import controller
+
     with transfer_bars(not (quiet or as_json)):
         report = controller.Controller(app).tick()
     if as_json:

@@ -6,17 +6,17 @@ import shlex
 import shutil
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
-from .. import controller
-from ..app import App
-from ..config import STARTER
 from ..home import Home
 from ..durations import format_duration
 from ..errors import ConfigError, OrchError
 from .common import console, escape_markup as _escape, json_option, pass_app, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
 
 
 # ---------------------------------------------------------------------------- platforms
@@ -32,6 +32,10 @@ def platforms(app: App, as_json: bool) -> None:
     Example:
       orch platforms
     """
+    from rich.table import Table
+
+    from .. import controller
+
     ctl = controller.Controller(app)
     offers = ctl.offers()
     running = app.store.active_counts()
@@ -128,6 +132,9 @@ def init(force: bool, state_url: str | None) -> None:
       orch init
       ORCH_HOME=~/orch-team orch init --state postgresql+psycopg://me@db/orch
     """
+    from ..app import App
+    from ..config import STARTER
+
     home = Home.discover()
     home.ensure()
     path = home.config_path

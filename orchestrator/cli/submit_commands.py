@@ -6,18 +6,19 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click import UsageError
 
-from .. import actions, controller
-from ..app import App
 from ..durations import format_duration
 from ..errors import NotFoundError
-from ..scheduler import Place
 from ..states import JobState
-from ..store import JobRow
 from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
+    from ..store import JobRow
 
 
 # ---------------------------------------------------------------------------- submit
@@ -42,6 +43,9 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
       orch submit jobs/els-pricer/job.yaml --wait
       orch submit job.yaml --platform kaggle --json
     """
+    from .. import actions
+    from ..scheduler import Place
+
     with transfer_bars(not as_json):  # archiving a large dataset shows a bar
         res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run)
     b = res.bundle
@@ -100,6 +104,8 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
 
 def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
     """Tick until the job is terminal, with a live status line."""
+    from .. import controller
+
     ctl_status = None if quiet else console.status("starting", spinner="dots")
     if ctl_status:
         ctl_status.start()
