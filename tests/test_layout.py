@@ -1,4 +1,5 @@
-"""The package layout: no module imports a module that imports it back.
+"""The package layout: no module imports a module that imports it back, and the quick
+commands import no more than they need.
 
 Imports are read with ``ast``, at module level and inside functions alike (a
 function-level import only hides a circle until the function runs); imports under
@@ -8,7 +9,12 @@ function-level import only hides a circle until the function runs); imports unde
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("orchestrator", "kernels")
@@ -123,3 +129,22 @@ def test_the_cycle_finder_sees_function_level_imports_and_skips_type_checking():
     names = _imported_names(tree, "pkg.a", is_package=False)
     assert {"pkg.b", "pkg.d"} <= names and "pkg.c" not in names
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+HEAVY = ("pydantic", "sqlalchemy", "yaml")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["status"]])
+def test_quick_commands_on_an_empty_home_import_no_config_models_or_store(argv, tmp_path):
+    # Start-up time is measured in bench/cli_startup.py; this only keeps the heavy imports out.
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['orch', *{argv!r}]\n"
+        "try:\n    runpy.run_module('orchestrator', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ORCH_HOME": str(tmp_path / "home")}
+    env.pop("ORCH_STATE_URL", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+    assert not (tmp_path / "home" / "state.db").exists()

@@ -22,14 +22,14 @@ STATE_STYLE = {
 }
 
 
-def pass_app(fn: Callable | None = None, *, store: bool = True) -> Callable:
+def pass_app(fn: Callable | None = None, *, lazy: bool = False) -> Callable:
     """Open the App (home, config, store) once and pass it as the first argument.
 
-    ``@pass_app(store=False)`` opens the store on first use instead (``orch status`` on a
-    home where nothing was ever queued then never loads SQLAlchemy).
+    ``@pass_app(lazy=True)`` reads the config and opens the store on first use instead
+    (``orch status`` on a home where nothing was ever queued then loads neither).
     """
     if fn is None:
-        return functools.partial(pass_app, store=store)
+        return functools.partial(pass_app, lazy=lazy)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,7 +37,7 @@ def pass_app(fn: Callable | None = None, *, store: bool = True) -> Callable:
             App,  # imported here: `orch --help` needs no config, store or platforms
         )
 
-        app = App.open(store=store)
+        app = App.open(lazy=lazy)
         try:
             return fn(app, *args, **kwargs)
         finally:

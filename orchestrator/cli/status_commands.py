@@ -44,7 +44,7 @@ def job_json(job: JobRow, att, segments: int = 0) -> dict:
 @click.option("--expand", is_flag=True, help="List each point of a sweep under its line.")
 @click.option("--mine", is_flag=True, help="Only jobs I submitted (user name, or $ORCH_USER).")
 @json_option
-@pass_app(store=False)
+@pass_app(lazy=True)
 def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, as_json: bool) -> None:
     """Show every job (or one job's attempts and events, or one sweep's points).
 
