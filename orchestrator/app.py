@@ -42,7 +42,8 @@ class App:
     def config(self) -> Config:
         """The loaded config.yaml (or the implicit one), read on first use."""
         if self._config is None:
-            from . import config as config_mod  # pydantic: imported only by commands that need the config
+            # pydantic: imported only by commands that need the config
+            from . import config as config_mod
 
             self._config = config_mod.load(self.home)
         return self._config
@@ -53,7 +54,8 @@ class App:
         return self._store if self._store is not None else self._open_store()
 
     def _open_store(self) -> Store:
-        from .store import Store  # SQLAlchemy: imported only by commands that read the state
+        # SQLAlchemy: imported only by commands that read the state
+        from .store import Store
 
         self._store = Store(self.config.state_url)
         return self._store
