@@ -17,6 +17,7 @@ from ..states import JobState
 from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..actions import SubmitResult
     from ..app import App
     from ..store import JobRow
 
@@ -44,47 +45,66 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
       orch submit job.yaml --platform kaggle --json
     """
     from .. import actions
-    from ..scheduler import Place
 
     with transfer_bars(not as_json):  # archiving a large dataset shows a bar
         res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run)
-    b = res.bundle
     if dry_run:
-        where = res.decision.platform if isinstance(res.decision, Place) else None
-        doc = {"name": res.name, "digest": b.digest, "size": b.size, "files": [f for f, _ in b.code_files],
-               "datasets": [{"name": d.name, "digest": d.digest, "size": d.size, "files": len(d.files)} for d in b.datasets],
-               "placement": {"platform": where, "reason": getattr(res.decision, "reason", "")}}
-        if as_json:
-            print_json(doc)
-            return
-        console.print(f"[bold]{res.name}[/]  bundle {b.digest[:16]}  {_size(b.size)}")
-        for rel, size in b.code_files:
-            console.print(f"  {_size(size):>9}  {rel}")
-        for d in b.datasets:
-            console.print(f"  {_size(d.size):>9}  $ORCH_DATA/{d.name}/  ({len(d.files)} files, {d.digest[:12]})")
-        if where:
-            console.print(f"would run on [bold]{where}[/]")
-        else:
-            console.print(f"would wait: {res.decision.reason}")
+        _print_dry_run(res, as_json)
         return
     job_id = res.job_id
     assert job_id
     if res.sweep_id:
         if wait:
             raise UsageError("--wait follows one job; for a sweep, follow it with `orch status SWEEP`")
-        if as_json:
-            print_json({"id": res.sweep_id, "sweep_id": res.sweep_id, "jobs": res.job_ids})
-        else:
-            console.print(f"queued sweep [bold]{res.sweep_id[:8]}[/] ({res.name}): {len(res.job_ids)} jobs sharing "
-                          f"bundle {b.digest[:12]}, {_size(b.size)} — `orch status {res.sweep_id[:8]}` shows them")
+        _print_sweep_queued(res, as_json)
         return
     if as_json and not wait:
         print_json({"id": job_id})
         return
     if not as_json:
+        b = res.bundle
         console.print(f"queued [bold]{job_id[:8]}[/] ({res.name}), bundle {b.digest[:12]}, {_size(b.size)}")
     if not wait:
         return
+    _see_through(app, job_id, interval, as_json)
+
+
+def _print_dry_run(res: SubmitResult, as_json: bool) -> None:
+    """What --dry-run found: the bundle's files and datasets, and where the job would go."""
+    from ..scheduler import Place
+
+    b = res.bundle
+    where = res.decision.platform if isinstance(res.decision, Place) else None
+    doc = {"name": res.name, "digest": b.digest, "size": b.size, "files": [f for f, _ in b.code_files],
+           "datasets": [{"name": d.name, "digest": d.digest, "size": d.size, "files": len(d.files)} for d in b.datasets],
+           "placement": {"platform": where, "reason": getattr(res.decision, "reason", "")}}
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"[bold]{res.name}[/]  bundle {b.digest[:16]}  {_size(b.size)}")
+    for rel, size in b.code_files:
+        console.print(f"  {_size(size):>9}  {rel}")
+    for d in b.datasets:
+        console.print(f"  {_size(d.size):>9}  $ORCH_DATA/{d.name}/  ({len(d.files)} files, {d.digest[:12]})")
+    if where:
+        console.print(f"would run on [bold]{where}[/]")
+    else:
+        console.print(f"would wait: {res.decision.reason}")
+
+
+def _print_sweep_queued(res: SubmitResult, as_json: bool) -> None:
+    b = res.bundle
+    if as_json:
+        print_json({"id": res.sweep_id, "sweep_id": res.sweep_id, "jobs": res.job_ids})
+    else:
+        console.print(f"queued sweep [bold]{res.sweep_id[:8]}[/] ({res.name}): {len(res.job_ids)} jobs sharing "
+                      f"bundle {b.digest[:12]}, {_size(b.size)} — `orch status {res.sweep_id[:8]}` shows them")
+
+
+def _see_through(app: App, job_id: str, interval: float, as_json: bool) -> None:
+    """--wait: tick until the job ends, fetch its results, show the outcome; exit 1 unless it succeeded."""
+    from .. import actions
+
     job = _wait(app, job_id, interval, quiet=as_json)
     target = None
     try:
