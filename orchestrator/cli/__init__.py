@@ -6,8 +6,7 @@ traceback instead. The core commands live in ``submit_commands.py``,
 ``status_commands.py`` (status, logs), ``control_commands.py`` (fetch, cancel,
 retry, tick) and ``setup_commands.py`` (platforms, cron, init); the others in
 sibling modules (``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``,
-``schedule_commands.py``), which are skipped when their optional dependencies are
-missing. Every command module has a ``register(main)`` function (none imports this
+``schedule_commands.py``), which import their optional dependencies lazily. Every command module has a ``register(main)`` function (none imports this
 package back) and imports the library inside its commands, so that ``orch --help``
 loads no config, store or platform (``bench/cli_startup.py`` times it).
 
