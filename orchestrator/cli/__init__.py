@@ -6,9 +6,10 @@ traceback instead. The core commands live in ``submit_commands.py``,
 ``status_commands.py`` (status, logs), ``control_commands.py`` (fetch, cancel,
 retry, tick) and ``setup_commands.py`` (platforms, cron, init); the others in
 sibling modules (``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``,
-``schedule_commands.py``), which import their optional dependencies lazily. Every command module has a ``register(main)`` function (none imports this
-package back) and imports the library inside its commands, so that ``orch --help``
-loads no config, store or platform (``bench/cli_startup.py`` times it).
+``schedule_commands.py``), which import their optional dependencies lazily. Every
+command module has a ``register(main)`` function (none imports this package back)
+and imports the library inside its commands, so that ``orch --help`` loads no
+config, store or platform (``bench/cli_startup.py`` times it).
 
 Exit codes: 0 success; 1 failure (including a job that ended FAILED/LOST/CANCELLED
 under ``--wait``); 2 bad input (job.yaml, config, usage); 130 interrupted.
