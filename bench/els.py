@@ -30,8 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.els import ELSProduct, create_sample_els, price_els  # noqa: E402
-from kernels.probe import cpu_model  # noqa: E402
-from kernels.xp import gpu_status  # noqa: E402
+from kernels.xp import cpu_model, gpu_status  # noqa: E402
 
 GRIDS = [(40, 40, 80), (80, 80, 150), (100, 100, 200), (200, 200, 1080)]
 PUBLISHED_CPU = {(40, 40, 80): 0.70, (80, 80, 150): 3.70, (100, 100, 200): 8.0}

@@ -12,7 +12,6 @@ counts bytes read plus bytes written by one large array copy, the usual STREAM "
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -25,26 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kernels.xp import cpu_model
+
 __all__ = ["cpu_info", "cpu_model", "gpu_info", "main", "run_probe"]
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), else the arch."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
-            if out.stdout.strip():
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _best(fn: Callable[[], float], repeats: int) -> float:

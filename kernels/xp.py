@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +40,7 @@ __all__ = [
     "DEVICES",
     "ENV_VAR",
     "DeviceError",
+    "cpu_model",
     "device_label",
     "get_xp",
     "gpu_status",
@@ -127,9 +132,26 @@ def device_label(device: str) -> str:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         return f"gpu: {name} (cupy {cupy.__version__})"
-    from kernels.probe import cpu_model
-
     return f"cpu: {cpu_model()} (numpy {numpy.__version__})"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), else the arch."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""What a user does to jobs: submit them, cancel them, retry them, fetch their results.
+"""What a user does to jobs and sweeps: submit them, cancel them, retry them, fetch their results.
 
 The CLI calls these; ``controller.py`` moves the jobs along in between.
 """
@@ -121,6 +121,36 @@ def cancel(app: App, job: JobRow) -> str:
         except Conflict:
             time.sleep(0.05)
     raise StateError(f"job {job.short_id} keeps changing state; try again")
+
+
+def resolve_job_or_sweep(app: App, ref: str) -> tuple[JobRow | None, tuple[str, list[JobRow]] | None]:
+    """``(job, None)`` when ``ref`` names a job, else ``(None, (sweep id, points))`` when it
+    names a sweep; NotFoundError (about the job) when it names neither."""
+    try:
+        return app.store.resolve(ref), None
+    except NotFoundError:
+        found = sweep_mod.resolve(app, ref)
+        if found is None:
+            raise
+        return None, found
+
+
+def cancel_sweep(app: App, sweep_id: str) -> list[str]:
+    """Cancel every point of the sweep that has not ended; one sentence per point."""
+    rows = app.store.sweep_jobs(sweep_id)
+    if not rows:
+        raise NotFoundError(f"no sweep {sweep_id}")
+    out = []
+    for row in rows:
+        if row.state.terminal:
+            continue
+        try:
+            out.append(cancel(app, row))
+        except StateError as exc:  # it ended meanwhile
+            out.append(str(exc))
+    if not out:
+        raise StateError(f"every point of sweep {sweep_id[:8]} has already ended")
+    return out
 
 
 def retry(app: App, job: JobRow) -> str:

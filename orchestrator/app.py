@@ -7,29 +7,71 @@ kaggle client.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from . import config as config_mod
-from .config import Config
-from .home import Home
 from .errors import NotFoundError
-from .platforms.base import Platform, platform_class
-from .store import Store
+from .home import Home
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+    from .platforms.base import Platform
+    from .store import Store
 
 
 @dataclass
 class App:
     home: Home
-    config: Config
-    store: Store
+    _config: Config | None = None
+    _store: Store | None = None
     _platforms: dict[str, Platform] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, home: Home | None = None) -> "App":
+    def open(cls, home: Home | None = None, *, lazy: bool = False) -> "App":
+        """Read the home's config and open the store now (so that a bad config or state URL
+        fails before the command starts), or with ``lazy`` each on first use."""
         home = home or Home.discover()
         home.ensure()
-        cfg = config_mod.load(home)
-        return cls(home=home, config=cfg, store=Store(cfg.state_url))
+        app = cls(home=home)
+        if not lazy:
+            app._open_store()
+        return app
+
+    @property
+    def config(self) -> Config:
+        """The loaded config.yaml (or the implicit one), read on first use."""
+        if self._config is None:
+            # pydantic: imported only by commands that need the config
+            from . import config as config_mod
+
+            self._config = config_mod.load(self.home)
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        """The state store, opened (created or migrated) on first use."""
+        return self._store if self._store is not None else self._open_store()
+
+    def _open_store(self) -> Store:
+        # SQLAlchemy: imported only by commands that read the state
+        from .store import Store
+
+        self._store = Store(self.config.state_url)
+        return self._store
+
+    def has_state(self) -> bool:
+        """False only while the state is the default SQLite file and that file does not exist:
+        nothing was ever queued in this home, so there is nothing to read.
+
+        With no config.yaml and no ``$ORCH_STATE_URL`` the state is that default file (see
+        ``config.load``), so the answer needs no config loaded.
+        """
+        if self._store is not None or self.home.db_path.exists():
+            return True
+        if self._config is None and not self.home.config_path.exists() and not os.environ.get("ORCH_STATE_URL"):
+            return False
+        return self.config.state_url != f"sqlite:///{self.home.db_path}"
 
     def platform(self, name: str) -> Platform:
         """The configured platform ``name``; NotFoundError lists the configured ones."""
@@ -40,6 +82,8 @@ class App:
                     f"no platform named '{name}'; configured: {', '.join(self.config.names)} "
                     f"(edit {self.home.config_path})"
                 )
+            from .platforms.base import platform_class
+
             cls = platform_class(settings.type)
             self._platforms[name] = cls(name, settings, self.home)
         return self._platforms[name]
@@ -54,4 +98,5 @@ class App:
                 except Exception:  # closing must never hide the command's own outcome
                     pass
         self._platforms.clear()
-        self.store.close()
+        if self._store is not None:
+            self._store.close()

@@ -14,8 +14,6 @@ import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Mapping
 
-from .errors import NotFoundError, StateError
-
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App
     from .spec import JobSpec, Sweep
@@ -93,37 +91,3 @@ def resolve(app: "App", ref: str) -> tuple[str, list["JobRow"]] | None:
         return None
     rows = app.store.sweep_jobs(sweep_id)
     return (sweep_id, rows) if rows else None
-
-
-def resolve_job_or_sweep(app: "App", ref: str) -> tuple["JobRow | None", tuple[str, list["JobRow"]] | None]:
-    """``(job, None)`` when ``ref`` names a job, else ``(None, (sweep id, points))`` when it
-    names a sweep; NotFoundError (about the job) when it names neither."""
-    from .errors import NotFoundError
-
-    try:
-        return app.store.resolve(ref), None
-    except NotFoundError:
-        found = resolve(app, ref)
-        if found is None:
-            raise
-        return None, found
-
-
-def cancel(app: "App", sweep_id: str) -> list[str]:
-    """Cancel every point of the sweep that has not ended; one sentence per point."""
-    from .actions import cancel as cancel_job
-
-    rows = app.store.sweep_jobs(sweep_id)
-    if not rows:
-        raise NotFoundError(f"no sweep {sweep_id}")
-    out = []
-    for row in rows:
-        if row.state.terminal:
-            continue
-        try:
-            out.append(cancel_job(app, row))
-        except StateError as exc:  # it ended meanwhile
-            out.append(str(exc))
-    if not out:
-        raise StateError(f"every point of sweep {sweep_id[:8]} has already ended")
-    return out

@@ -6,8 +6,10 @@ traceback instead. The core commands live in ``submit_commands.py``,
 ``status_commands.py`` (status, logs), ``control_commands.py`` (fetch, cancel,
 retry, tick) and ``setup_commands.py`` (platforms, cron, init); the others in
 sibling modules (``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``,
-``schedule_commands.py``), each with a ``register(main)`` function, which import
-their optional dependencies lazily.
+``schedule_commands.py``), which import their optional dependencies lazily. Every
+command module has a ``register(main)`` function (none imports this package back)
+and imports the library inside its commands, so that ``orch --help`` loads no
+config, store or platform (``bench/cli_startup.py`` times it).
 
 Exit codes: 0 success; 1 failure (including a job that ended FAILED/LOST/CANCELLED
 under ``--wait``); 2 bad input (job.yaml, config, usage); 130 interrupted.
@@ -78,8 +80,11 @@ def colab() -> None:
     """Google Colab helpers (runtimes over SSH, the Drive agent notebook)."""
 
 
-# The core commands register themselves on `main` when imported.
-from . import control_commands, setup_commands, status_commands, submit_commands  # noqa: E402,F401
+# Every command module attaches its commands with register(main); none imports this one.
+from . import control_commands, setup_commands, status_commands, submit_commands  # noqa: E402
+
+for _mod in (submit_commands, status_commands, control_commands, setup_commands):
+    _mod.register(main)
 
 for _name in PLUGIN_MODULES:
     try:

@@ -12,8 +12,6 @@ from typing import Any, Callable
 import click
 from rich.console import Console
 
-from ..app import App
-
 console = Console(highlight=False, soft_wrap=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -24,12 +22,22 @@ STATE_STYLE = {
 }
 
 
-def pass_app(fn: Callable) -> Callable:
-    """Open the App (home, config, store) once and pass it as the first argument."""
+def pass_app(fn: Callable | None = None, *, lazy: bool = False) -> Callable:
+    """Open the App (home, config, store) once and pass it as the first argument.
+
+    ``@pass_app(lazy=True)`` reads the config and opens the store on first use instead
+    (``orch status`` on a home where nothing was ever queued then loads neither).
+    """
+    if fn is None:
+        return functools.partial(pass_app, lazy=lazy)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        app = App.open()
+        from ..app import (
+            App,  # imported here: `orch --help` needs no config, store or platforms
+        )
+
+        app = App.open(lazy=lazy)
         try:
             return fn(app, *args, **kwargs)
         finally:
@@ -75,7 +83,12 @@ class TransferBars:
     @contextlib.contextmanager
     def __call__(self, label: str, total: int):
         from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
         )
 
         with (self.pause() if self.pause else contextlib.nullcontext()):

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .. import actions, controller
-from .. import sweep as sweep_mod
-from ..app import App
-from . import main
 from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
 
 
 # ---------------------------------------------------------------------------- fetch / cancel / retry
 
 
-@main.command()
+@click.command()
 @click.argument("job")
 @click.option("-o", "--output", "dest", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write into (default ./results/<name>-<id>/).")
@@ -32,6 +32,8 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
     Example:
       orch fetch 3f9c -o ./out
     """
+    from .. import actions
+
     row = app.store.resolve(job)
     target = actions.fetch(app, row, dest)
     if as_json:
@@ -40,7 +42,7 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
         console.print(f"{row.name} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
 
 
-@main.command()
+@click.command()
 @click.argument("jobs", nargs=-1, required=True)
 @json_option
 @pass_app
@@ -53,11 +55,13 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
       orch cancel 3f9c 8a1e
       orch cancel SWEEP_ID
     """
+    from .. import actions
+
     out = []
     for ref in jobs:
-        row, found = sweep_mod.resolve_job_or_sweep(app, ref)
+        row, found = actions.resolve_job_or_sweep(app, ref)
         if found is not None:
-            for msg in sweep_mod.cancel(app, found[0]):
+            for msg in actions.cancel_sweep(app, found[0]):
                 out.append({"id": found[0], "message": msg})
                 if not as_json:
                     console.print(msg)
@@ -70,7 +74,7 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
         print_json(out)
 
 
-@main.command()
+@click.command()
 @click.argument("job")
 @json_option
 @pass_app
@@ -81,6 +85,8 @@ def retry(app: App, job: str, as_json: bool) -> None:
     Example:
       orch retry 3f9c
     """
+    from .. import actions
+
     row = app.store.resolve(job)
     msg = actions.retry(app, row)
     print_json({"id": row.id, "state": "QUEUED"}) if as_json else console.print(msg)
@@ -89,7 +95,7 @@ def retry(app: App, job: str, as_json: bool) -> None:
 # ---------------------------------------------------------------------------- tick
 
 
-@main.command()
+@click.command()
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems (for cron).")
 @json_option
 @pass_app
@@ -104,6 +110,8 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
       orch tick
       */5 * * * * orch tick --quiet   (see `orch cron`)
     """
+    from .. import controller
+
     with transfer_bars(not (quiet or as_json)):
         report = controller.Controller(app).tick()
     if as_json:
@@ -115,3 +123,11 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
         return
     console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "
                   f"{len(report.requeued)} requeued ({report.seconds:.2f}s)")
+
+
+def register(main: click.Group) -> None:
+    """Attach ``fetch``, ``cancel``, ``retry``, ``tick`` to the CLI."""
+    main.add_command(fetch)
+    main.add_command(cancel)
+    main.add_command(retry)
+    main.add_command(tick)

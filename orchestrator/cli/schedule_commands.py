@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
-from .. import controller, quota, scheduler, windows
-from ..app import App
+from .. import windows
 from ..durations import format_duration
 from .common import console, json_option, pass_app, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
 
 
 def register(main: click.Group) -> None:
@@ -35,6 +37,10 @@ def plan(app: App, as_json: bool) -> None:
       orch plan
       orch plan --json
     """
+    from rich.table import Table
+
+    from .. import controller, scheduler
+
     ctl = controller.Controller(app)
     queued = app.store.queued()
     waits: dict[str, str] = {}
@@ -90,6 +96,10 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
       orch quota
       orch quota --refresh --json
     """
+    from rich.table import Table
+
+    from .. import controller, quota
+
     ctl = controller.Controller(app)
     now = time.time()
     if refresh:

@@ -6,24 +6,23 @@ import shlex
 import shutil
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
-from .. import controller
-from ..app import App
-from ..config import STARTER
 from ..home import Home
 from ..durations import format_duration
 from ..errors import ConfigError, OrchError
-from . import main
 from .common import console, escape_markup as _escape, json_option, pass_app, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
 
 
 # ---------------------------------------------------------------------------- platforms
 
 
-@main.command()
+@click.command()
 @json_option
 @pass_app
 def platforms(app: App, as_json: bool) -> None:
@@ -33,6 +32,10 @@ def platforms(app: App, as_json: bool) -> None:
     Example:
       orch platforms
     """
+    from rich.table import Table
+
+    from .. import controller
+
     ctl = controller.Controller(app)
     offers = ctl.offers()
     running = app.store.active_counts()
@@ -88,7 +91,7 @@ def cron_line(home: Home, every: int) -> str:
             f">> {shlex.quote(str(log))} 2>&1 {CRON_MARK}")
 
 
-@main.command()
+@click.command()
 @click.option("--install", is_flag=True, help="Add the line to your crontab (idempotent).")
 @click.option("--every", type=click.IntRange(1, 59), default=5, show_default=True, help="Minutes between ticks.")
 @pass_app
@@ -118,7 +121,7 @@ def cron(app: App, install: bool, every: int) -> None:
     console.print(f"installed: {line}")
 
 
-@main.command()
+@click.command()
 @click.option("--force", is_flag=True, help="Overwrite an existing config.yaml.")
 @click.option("--state", "state_url", metavar="URL", help="State database URL (default: SQLite in the orch home).")
 def init(force: bool, state_url: str | None) -> None:
@@ -129,6 +132,9 @@ def init(force: bool, state_url: str | None) -> None:
       orch init
       ORCH_HOME=~/orch-team orch init --state postgresql+psycopg://me@db/orch
     """
+    from ..app import App
+    from ..config import STARTER
+
     home = Home.discover()
     home.ensure()
     path = home.config_path
@@ -145,3 +151,10 @@ def init(force: bool, state_url: str | None) -> None:
         console.print(f"state database ready (schema version {app.store.schema_version})")
     finally:
         app.close()
+
+
+def register(main: click.Group) -> None:
+    """Attach ``platforms``, ``cron``, ``init`` to the CLI."""
+    main.add_command(platforms)
+    main.add_command(cron)
+    main.add_command(init)

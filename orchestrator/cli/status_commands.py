@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
-from .. import actions
 from .. import sweep as sweep_mod
-from ..app import App
 from ..durations import format_duration
 from ..errors import NotFoundError, OrchError
-from ..platforms.base import Handle
-from ..store import JobRow, user
-from . import main
 from .common import ago, console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from ..app import App
+    from ..store import JobRow
+
+COLUMNS = ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE")
 
 
 # ---------------------------------------------------------------------------- status
@@ -35,13 +38,13 @@ def job_json(job: JobRow, att, segments: int = 0) -> dict:
     }
 
 
-@main.command()
+@click.command()
 @click.argument("job", required=False)
 @click.option("--all", "show_all", is_flag=True, help="Show every job, not only the latest 50.")
 @click.option("--expand", is_flag=True, help="List each point of a sweep under its line.")
 @click.option("--mine", is_flag=True, help="Only jobs I submitted (user name, or $ORCH_USER).")
 @json_option
-@pass_app
+@pass_app(lazy=True)
 def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, as_json: bool) -> None:
     """Show every job (or one job's attempts and events, or one sweep's points).
 
@@ -56,55 +59,92 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
       orch status --mine
     """
     if job:
-        row, found = sweep_mod.resolve_job_or_sweep(app, job)
-        if found is not None:
-            _status_sweep(app, found[0], found[1], as_json)
-            return
-        _status_one(app, row, as_json)
+        _status_ref(app, job, as_json)
         return
+    if not app.has_state():  # nothing was ever queued here: no database to read (or create)
+        print_json([]) if as_json else console.print(NO_JOBS)
+        return
+    from ..store import user
+
     rows = app.store.jobs(limit=None if show_all else 50, submitted_by=user() if mine else None)
     latest = app.store.latest_attempts([j.id for j in rows])
-    chains: dict[str, int] = {}
-    chain_time: dict[str, float] = {}
-    for j in rows:
-        if j.checkpoint:  # a chain: count its segments and add up their time
-            atts = app.store.attempts_of(j.id)
-            chains[j.id] = sum(1 for a in atts if a.state.value == "CHECKPOINTED")
-            chain_time[j.id] = sum(a.runtime_s or 0 for a in atts)
+    chains, chain_time = _chains(app, rows)
     if as_json:
         print_json([job_json(j, latest.get(j.id), chains.get(j.id, 0)) for j in rows])
         return
     if not rows:
-        console.print("no jobs yet — `orch submit job.yaml` queues one")
+        console.print(NO_JOBS)
         return
-    sweeps = app.store.sweep_counts({j.sweep_id for j in rows if j.sweep_id})
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE"):
-        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
-    shown: set[str] = set()
-    for j in rows:
-        if j.sweep_id:
-            if j.sweep_id in shown:
-                continue
-            shown.add(j.sweep_id)
-            points = [r for r in rows if r.sweep_id == j.sweep_id]
-            counts = sweeps.get(j.sweep_id, {})
-            name = (j.extra.get("sweep") or {}).get("name", j.name)
-            state = sweep_mod.overall_state(counts)
-            where = sorted({r.platform for r in points if r.platform})
-            table.add_row(j.sweep_id[:8], f"{name} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
-                          str(sum(r.attempts for r in points)), "-", ago(min(r.created_at for r in points)),
-                          sweep_mod.progress(counts))
-            if expand:
-                for r in sorted(points, key=lambda r: r.created_at):
-                    _status_row(table, r, latest.get(r.id), chains.get(r.id, 0), indent=True,
-                                total=chain_time.get(r.id))
-            continue
-        _status_row(table, j, latest.get(j.id), chains.get(j.id, 0), total=chain_time.get(j.id))
-    console.print(table)
+    console.print(_jobs_table(app, rows, latest, chains, chain_time, expand))
     counts = app.store.counts()
     if not show_all and sum(counts.values()) > len(rows):
         console.print(f"[dim]showing the latest {len(rows)} of {sum(counts.values())} jobs; --all for every one[/]")
+
+
+NO_JOBS = "no jobs yet — `orch submit job.yaml` queues one"
+
+
+def _status_ref(app: App, ref: str, as_json: bool) -> None:
+    """`orch status REF`: one job, or one sweep when REF names a sweep."""
+    from .. import actions
+
+    row, found = actions.resolve_job_or_sweep(app, ref)
+    if found is not None:
+        _status_sweep(app, found[0], found[1], as_json)
+        return
+    _status_one(app, row, as_json)
+
+
+def _chains(app: App, rows: list[JobRow]) -> tuple[dict[str, int], dict[str, float]]:
+    """For each job that runs as a chain: its checkpointed segments, and their time added up."""
+    chains: dict[str, int] = {}
+    chain_time: dict[str, float] = {}
+    for j in rows:
+        if j.checkpoint:
+            atts = app.store.attempts_of(j.id)
+            chains[j.id] = sum(1 for a in atts if a.state.value == "CHECKPOINTED")
+            chain_time[j.id] = sum(a.runtime_s or 0 for a in atts)
+    return chains, chain_time
+
+
+def _table() -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    return table
+
+
+def _jobs_table(app: App, rows: list[JobRow], latest: dict, chains: dict[str, int], chain_time: dict[str, float],
+                expand: bool) -> Table:
+    """One line per job, and one per sweep (with its points under it when ``expand``)."""
+    sweeps = app.store.sweep_counts({j.sweep_id for j in rows if j.sweep_id})
+    table = _table()
+    shown: set[str] = set()
+    for j in rows:
+        if not j.sweep_id:
+            _status_row(table, j, latest.get(j.id), chains.get(j.id, 0), total=chain_time.get(j.id))
+            continue
+        if j.sweep_id in shown:
+            continue
+        shown.add(j.sweep_id)
+        points = [r for r in rows if r.sweep_id == j.sweep_id]
+        _sweep_row(table, j, points, sweeps.get(j.sweep_id, {}))
+        if expand:
+            for r in sorted(points, key=lambda r: r.created_at):
+                _status_row(table, r, latest.get(r.id), chains.get(r.id, 0), indent=True, total=chain_time.get(r.id))
+    return table
+
+
+def _sweep_row(table: Table, first: JobRow, points: list[JobRow], counts: dict[str, int]) -> None:
+    """The one line of a sweep: its overall state, where its points run, its progress."""
+    name = (first.extra.get("sweep") or {}).get("name", first.name)
+    state = sweep_mod.overall_state(counts)
+    where = sorted({r.platform for r in points if r.platform})
+    table.add_row(first.sweep_id[:8], f"{name} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
+                  str(sum(r.attempts for r in points)), "-", ago(min(r.created_at for r in points)),
+                  sweep_mod.progress(counts))
 
 
 def _status_row(table: Table, j: JobRow, a, segments: int, indent: bool = False, total: float | None = None) -> None:
@@ -130,30 +170,46 @@ def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) ->
         return
     console.print(f"[bold]{name}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
                   f"{sweep_mod.progress(counts)}")
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("ID", "NAME", "STATE", "PLATFORM", "GPU", "TRIES", "TIME", "AGE", "NOTE"):
-        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    table = _table()
     for j in rows:
         _status_row(table, j, latest.get(j.id), 0, indent=True)
     console.print(table)
 
 
 def _status_one(app: App, job: JobRow, as_json: bool) -> None:
+    """`orch status JOB`: the job, its attempts (segments of a chain) and its events."""
+    from .. import actions
+
     attempts = app.store.attempts_of(job.id)
     events = app.store.events_of(job.id)
+    results = actions.results_dir(app, job)
     if as_json:
-        doc = job_json(job, attempts[-1] if attempts else None)
-        doc["spec"] = job.spec
-        doc["attempts_detail"] = [
-            {"number": a.number, "key": a.key, "platform": a.platform, "state": a.state.value,
-             "exit_code": a.exit_code, "failure_class": a.failure_class, "message": a.message,
-             "runtime_s": a.runtime_s, "gpu": a.gpu_name, "created_at": a.created_at, "ended_at": a.ended_at}
-            for a in attempts]
-        doc["events"] = [{k: e[k] for k in ("at", "kind", "from_state", "to_state", "reason", "actor")} for e in events]
-        results = actions.results_dir(app, job)
-        doc["results"] = str(results) if results else None
-        print_json(doc)
+        print_json(_one_json(job, attempts, events, results))
         return
+    segments = [a for a in attempts if a.state.value == "CHECKPOINTED"]
+    _print_summary(job, attempts, segments)
+    if attempts:
+        console.print(_attempts_table(attempts, segments))
+    console.print(_events_table(events))
+    if results:
+        console.print(f"  results stored in {results} — `orch fetch {job.short_id}` copies them here")
+
+
+def _one_json(job: JobRow, attempts: list, events: list, results) -> dict:
+    doc = job_json(job, attempts[-1] if attempts else None)
+    doc["spec"] = job.spec
+    doc["attempts_detail"] = [
+        {"number": a.number, "key": a.key, "platform": a.platform, "state": a.state.value,
+         "exit_code": a.exit_code, "failure_class": a.failure_class, "message": a.message,
+         "runtime_s": a.runtime_s, "gpu": a.gpu_name, "created_at": a.created_at, "ended_at": a.ended_at}
+        for a in attempts]
+    doc["events"] = [{k: e[k] for k in ("at", "kind", "from_state", "to_state", "reason", "actor")} for e in events]
+    doc["results"] = str(results) if results else None
+    return doc
+
+
+def _print_summary(job: JobRow, attempts: list, segments: list) -> None:
+    """The job's header lines: state, platform, who submitted it, what it needs, its sweep or chain."""
     console.print(f"[bold]{job.name}[/] {job.id}")
     console.print(f"  state     {styled_state(job.state.value)}" + (f" — {_escape(job.message)}" if job.message else ""))
     console.print(f"  platform  {job.platform or '-'}   attempts {job.attempts}   priority {job.priority}")
@@ -164,43 +220,48 @@ def _status_one(app: App, job: JobRow, as_json: bool) -> None:
     params = (job.extra.get("sweep") or {}).get("params")
     if params:
         console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {_escape(sweep_mod.label(params))}")
-    segments = [a for a in attempts if a.state.value == "CHECKPOINTED"]
     if segments:
         total = sum(a.runtime_s or 0 for a in attempts if a.state.value in ("CHECKPOINTED", "SUCCEEDED", "FAILED"))
         console.print(f"  chain     {len(segments)} checkpointed segment(s) so far, {format_duration(total)} run of "
                       f"{format_duration(res.get('max_runtime'))} max_runtime, on "
                       f"{', '.join(dict.fromkeys(a.platform for a in segments))}")
-    if attempts:
-        t = Table(box=None, header_style="bold", title="attempts" if not segments else "segments and attempts",
-                  title_justify="left")
-        for col in ("#", "PLATFORM", "STATE", "EXIT", "RUNTIME", "GPU", "MESSAGE"):
-            t.add_column(col)
-        seg = 0
-        for a in attempts:
-            label = str(a.number)
-            if segments and a.state.value in ("CHECKPOINTED", "SUCCEEDED"):
-                seg += 1
-                label += f" seg {seg}"
-            t.add_row(label, a.platform, styled_state(a.state.value),
-                      "-" if a.exit_code is None else str(a.exit_code), format_duration(a.runtime_s),
-                      a.gpu_name or "-", _escape(a.message))
-        console.print(t)
+
+
+def _attempts_table(attempts: list, segments: list) -> Table:
+    from rich.table import Table
+
+    t = Table(box=None, header_style="bold", title="attempts" if not segments else "segments and attempts",
+              title_justify="left")
+    for col in ("#", "PLATFORM", "STATE", "EXIT", "RUNTIME", "GPU", "MESSAGE"):
+        t.add_column(col)
+    seg = 0
+    for a in attempts:
+        label = str(a.number)
+        if segments and a.state.value in ("CHECKPOINTED", "SUCCEEDED"):
+            seg += 1
+            label += f" seg {seg}"
+        t.add_row(label, a.platform, styled_state(a.state.value),
+                  "-" if a.exit_code is None else str(a.exit_code), format_duration(a.runtime_s),
+                  a.gpu_name or "-", _escape(a.message))
+    return t
+
+
+def _events_table(events: list) -> Table:
+    from rich.table import Table
+
     t = Table(box=None, header_style="bold", title="events", title_justify="left")
     for col in ("WHEN", "WHAT", "CHANGE", "REASON"):
         t.add_column(col)
     for e in events:
         change = f"{e['from_state'] or '·'} → {e['to_state']}"
         t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, _escape(e["reason"]))
-    console.print(t)
-    results = actions.results_dir(app, job)
-    if results:
-        console.print(f"  results stored in {results} — `orch fetch {job.short_id}` copies them here")
+    return t
 
 
 # ---------------------------------------------------------------------------- logs
 
 
-@main.command()
+@click.command()
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
@@ -212,6 +273,8 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
     Example:
       orch logs 3f9c -f
     """
+    from ..platforms.base import Handle
+
     row = app.store.resolve(job)
     offset = 0
     current_key = None
@@ -244,3 +307,9 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
         if not follow or done:
             return
         time.sleep(interval)
+
+
+def register(main: click.Group) -> None:
+    """Attach ``status``, ``logs`` to the CLI."""
+    main.add_command(status)
+    main.add_command(logs)

@@ -6,25 +6,26 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click import UsageError
 
-from .. import actions, controller
-from ..app import App
 from ..durations import format_duration
 from ..errors import NotFoundError
-from ..scheduler import Place
 from ..states import JobState
-from ..store import JobRow
-from . import main
 from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..actions import SubmitResult
+    from ..app import App
+    from ..store import JobRow
 
 
 # ---------------------------------------------------------------------------- submit
 
 
-@main.command()
+@click.command()
 @click.argument("job_yaml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Tick until the job ends, then fetch its results.")
 @click.option("--platform", "pin", metavar="NAME", help="Run only on this configured platform.")
@@ -43,45 +44,67 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
       orch submit jobs/els-pricer/job.yaml --wait
       orch submit job.yaml --platform kaggle --json
     """
+    from .. import actions
+
     with transfer_bars(not as_json):  # archiving a large dataset shows a bar
         res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run)
-    b = res.bundle
     if dry_run:
-        where = res.decision.platform if isinstance(res.decision, Place) else None
-        doc = {"name": res.name, "digest": b.digest, "size": b.size, "files": [f for f, _ in b.code_files],
-               "datasets": [{"name": d.name, "digest": d.digest, "size": d.size, "files": len(d.files)} for d in b.datasets],
-               "placement": {"platform": where, "reason": getattr(res.decision, "reason", "")}}
-        if as_json:
-            print_json(doc)
-            return
-        console.print(f"[bold]{res.name}[/]  bundle {b.digest[:16]}  {_size(b.size)}")
-        for rel, size in b.code_files:
-            console.print(f"  {_size(size):>9}  {rel}")
-        for d in b.datasets:
-            console.print(f"  {_size(d.size):>9}  $ORCH_DATA/{d.name}/  ({len(d.files)} files, {d.digest[:12]})")
-        if where:
-            console.print(f"would run on [bold]{where}[/]")
-        else:
-            console.print(f"would wait: {res.decision.reason}")
+        _print_dry_run(res, as_json)
         return
     job_id = res.job_id
     assert job_id
     if res.sweep_id:
         if wait:
             raise UsageError("--wait follows one job; for a sweep, follow it with `orch status SWEEP`")
-        if as_json:
-            print_json({"id": res.sweep_id, "sweep_id": res.sweep_id, "jobs": res.job_ids})
-        else:
-            console.print(f"queued sweep [bold]{res.sweep_id[:8]}[/] ({res.name}): {len(res.job_ids)} jobs sharing "
-                          f"bundle {b.digest[:12]}, {_size(b.size)} — `orch status {res.sweep_id[:8]}` shows them")
+        _print_sweep_queued(res, as_json)
         return
     if as_json and not wait:
         print_json({"id": job_id})
         return
     if not as_json:
+        b = res.bundle
         console.print(f"queued [bold]{job_id[:8]}[/] ({res.name}), bundle {b.digest[:12]}, {_size(b.size)}")
     if not wait:
         return
+    _see_through(app, job_id, interval, as_json)
+
+
+def _print_dry_run(res: SubmitResult, as_json: bool) -> None:
+    """What --dry-run found: the bundle's files and datasets, and where the job would go."""
+    from ..scheduler import Place
+
+    b = res.bundle
+    where = res.decision.platform if isinstance(res.decision, Place) else None
+    doc = {"name": res.name, "digest": b.digest, "size": b.size, "files": [f for f, _ in b.code_files],
+           "datasets": [{"name": d.name, "digest": d.digest, "size": d.size, "files": len(d.files)} for d in b.datasets],
+           "placement": {"platform": where, "reason": getattr(res.decision, "reason", "")}}
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"[bold]{res.name}[/]  bundle {b.digest[:16]}  {_size(b.size)}")
+    for rel, size in b.code_files:
+        console.print(f"  {_size(size):>9}  {rel}")
+    for d in b.datasets:
+        console.print(f"  {_size(d.size):>9}  $ORCH_DATA/{d.name}/  ({len(d.files)} files, {d.digest[:12]})")
+    if where:
+        console.print(f"would run on [bold]{where}[/]")
+    else:
+        console.print(f"would wait: {res.decision.reason}")
+
+
+def _print_sweep_queued(res: SubmitResult, as_json: bool) -> None:
+    b = res.bundle
+    if as_json:
+        print_json({"id": res.sweep_id, "sweep_id": res.sweep_id, "jobs": res.job_ids})
+    else:
+        console.print(f"queued sweep [bold]{res.sweep_id[:8]}[/] ({res.name}): {len(res.job_ids)} jobs sharing "
+                      f"bundle {b.digest[:12]}, {_size(b.size)} — `orch status {res.sweep_id[:8]}` shows them")
+
+
+def _see_through(app: App, job_id: str, interval: float, as_json: bool) -> None:
+    """--wait: tick until the job ends, fetch its results, show the outcome; exit 1 unless it succeeded."""
+    from .. import actions
+
     job = _wait(app, job_id, interval, quiet=as_json)
     target = None
     try:
@@ -101,6 +124,8 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
 
 def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
     """Tick until the job is terminal, with a live status line."""
+    from .. import controller
+
     ctl_status = None if quiet else console.status("starting", spinner="dots")
     if ctl_status:
         ctl_status.start()
@@ -168,3 +193,8 @@ def _size(n: int | float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def register(main: click.Group) -> None:
+    """Attach ``submit`` to the CLI."""
+    main.add_command(submit)
