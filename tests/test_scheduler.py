@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench import simulate as sim
 from orchestrator import gpus, quota, windows
-from orchestrator.platforms.base import Offer
+from orchestrator.platforms.base import Feature, Offer
 from orchestrator.scheduler import Candidate, Place, Running, Wait, estimate, learn_speeds, place
 from orchestrator.spec import JobSpec
 from tests.conftest import make_job
@@ -61,8 +61,11 @@ def test_a_waiting_job_is_told_each_platforms_obstacle_and_when_it_lifts():
     ({"resources": {"max_runtime": "13h"}}, {"session_seconds": 12 * H},
      "sessions last 12h00m, job needs 13h00m; declare checkpoint: to run it as a chain"),
     ({}, {"time_left_seconds": 1800.0}, "30m left in its session, job needs 1h00m"),
-    ({"secrets": ["TOKEN"]}, {"unsupported": {"secrets": "no secrets on this one"}}, "no secrets on this one"),
-    ({"internet": True}, {"internet": False, "unsupported": {"internet": "offline"}}, "offline"),
+    ({"secrets": ["TOKEN"]}, {"unsupported": {Feature.SECRETS: "no secrets on this one"}}, "no secrets on this one"),
+    ({"internet": True}, {"internet": False, "unsupported": {Feature.INTERNET: "offline"}}, "offline"),
+    ({"checkpoint": "ckpt", "resources": {"max_runtime": "13h"}},
+     {"session_seconds": 12 * H, "unsupported": {Feature.CHECKPOINT: "no checkpoints kept here"}},
+     "sessions last 12h00m, job needs 13h00m; no checkpoints kept here"),
 ])
 def test_capability_filters_say_why_a_platform_cannot_run_the_job(spec, offer_kw, why):
     [d] = place([job("j", **spec)], {"p": offer("p", **offer_kw)}, {}, NOW)

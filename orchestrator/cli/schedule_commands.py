@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import controller, quota, scheduler, windows
+from .. import planning, quota, scheduler, windows
 from ..app import App
 from ..durations import format_duration
 from .common import console, json_option, pass_app, print_json
@@ -35,10 +35,10 @@ def plan(app: App, as_json: bool) -> None:
       orch plan
       orch plan --json
     """
-    ctl = controller.Controller(app)
+    planner = planning.Planner(app)
     queued = app.store.queued()
     waits: dict[str, str] = {}
-    decisions = ctl.plan(queued=queued, waits=waits) if queued else []
+    decisions = planner.plan(queued=queued, waits=waits) if queued else []
     by_id = {d.job_id: d for d in decisions}
     now = time.time()
     rows = []
@@ -90,12 +90,12 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
       orch quota
       orch quota --refresh --json
     """
-    ctl = controller.Controller(app)
+    planner = planning.Planner(app)
     now = time.time()
     if refresh:
         for name in app.config.names:
-            ctl.live_quota(name, refresh=True)
-    states, _running = ctl.budget_states(now, usage_for_all=True)
+            planner.live_quota(name, refresh=True)
+    states, _running = planner.budget_states(now, usage_for_all=True)
     docs = []
     for name, st in states.items():
         b = st.budget

@@ -10,7 +10,7 @@ import sys
 import click
 from rich.table import Table
 
-from .. import controller
+from .. import planning
 from ..app import App
 from ..config import STARTER
 from ..home import Home
@@ -33,8 +33,7 @@ def platforms(app: App, as_json: bool) -> None:
     Example:
       orch platforms
     """
-    ctl = controller.Controller(app)
-    offers = ctl.offers()
+    offers = planning.Planner(app).offers()
     running = app.store.active_counts()
     docs = []
     for name, offer in offers.items():

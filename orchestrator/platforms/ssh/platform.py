@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ...errors import LostError, PlatformError, PrecheckError, TransientError
-from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus, runner_path
+from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ...settings import PlatformSettings, PositiveDuration
 from . import runs
 from .link import Backoff, Link
@@ -127,7 +127,7 @@ def _close_links(links: dict[str, Link]) -> None:
     links.clear()
 
 
-class SSHPlatform(Platform):
+class SSHPlatform(PlatformBase):
     """Runs attempts on one SSH host. Holds at most one connection per endpoint."""
 
     settings_model = SSHSettings
