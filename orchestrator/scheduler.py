@@ -131,8 +131,9 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
             return f"GPU has {offer.gpu_memory_gb:g} GB, job needs {res.min_gpu_memory_gb:g} GB"
         if offer.gpu_count and res.gpu_count > offer.gpu_count:
             return f"has {offer.gpu_count} GPU(s), job needs {res.gpu_count}"
-    if spec.internet and not offer.internet and Feature.INTERNET in offer.unsupported:
-        return offer.unsupported[Feature.INTERNET]
+    if spec.internet and (not offer.internet or Feature.INTERNET in offer.unsupported):
+        why = offer.unsupported.get(Feature.INTERNET) or "has no internet"
+        return f"{why}; the job sets internet: true (the default)"
     if spec.secrets and spec.secrets_from == "kaggle":
         if offer.type != "kaggle":
             return "the job's secrets live in Kaggle Secrets (secrets_from: kaggle); it runs on Kaggle only"
