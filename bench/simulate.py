@@ -66,7 +66,7 @@ class SimPlatform:
         o = Offer(platform=self.name, type="sim", gpus=self.gpus, gpu_memory_gb=self.gpu_memory_gb,
                   gpu_count=self.gpu_count, max_concurrent=self.max_concurrent, session_seconds=self.session_s,
                   min_segment_seconds=self.min_segment)
-        if self.hours:  # as the controller shapes it (controller._with_settings)
+        if self.hours:  # as the controller shapes it (planning.with_settings)
             o = Offer(**{**o.__dict__, "session_seconds": min(self.session_s or math.inf, windows.hours_length(self.hours))})
             inside, change = windows.open_hours(self.hours, now)
             if not inside:

@@ -17,8 +17,9 @@ from . import sweep as sweep_mod
 from .app import App
 from .blobstore import BlobStore, restore_artifacts, share_bundle
 from .controller import Controller
+from .planning import Planner
 from .errors import NotFoundError, SpecError, StateError
-from .platforms.base import Handle
+from .platforms.base import Feature, Handle
 from .results import install_attempt
 from .states import AttemptState, JobState
 from .store import Conflict, JobRow
@@ -56,7 +57,7 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
         share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it
     if dry_run:
         candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
-        decision = Controller(app).plan([candidate])[0]
+        decision = Planner(app).plan([candidate])[0]
         return SubmitResult(None, spec.name, bundle, decision)
     if points:
         sweep_id, job_ids = sweep_mod.submit(app.store, spec, bundle.digest, points, pin)
@@ -69,7 +70,7 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
 def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> None:
     """Refuse a job that no allowed platform could ever run as configured (a GPU job and
     only CPU platforms, say): queued, it would wait forever."""
-    offers = Controller(app).offers()
+    offers = Planner(app).offers()
     names = scheduler.allowed_platforms(scheduler.Candidate("(new)", spec, pin), list(offers))
     reasons = []
     for name in names:
@@ -108,11 +109,11 @@ def cancel(app: App, job: JobRow) -> str:
             if att.handle:
                 platform = app.platform(att.platform)
                 offer = platform.offer()
-                if "cancel" in offer.unsupported:
-                    note = f"; {offer.unsupported['cancel']}"
-                ctl._best_effort_cancel(att.platform, Handle.from_json(att.handle))
+                if Feature.CANCEL in offer.unsupported:
+                    note = f"; {offer.unsupported[Feature.CANCEL]}"
+                ctl.best_effort_cancel(att.platform, Handle.from_json(att.handle))
             # A run that cannot be stopped goes on to its deadline: charge all of it.
-            closing = ctl._ledger_close(att, None, time.time(), charge=bool(att.handle), whole=bool(note))
+            closing = ctl.ledger_close(att, None, time.time(), charge=bool(att.handle), whole=bool(note))
             with app.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, att.state, A.CANCELLED, "cancelled by user", ended_at=time.time())
                 tx.move_job(job.id, job.state, J.CANCELLED, "cancelled by user", message="cancelled")

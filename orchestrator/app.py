@@ -17,6 +17,8 @@ from .home import Home
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
     from .platforms.base import Platform
+    from .quota import Budget
+    from .settings import PlatformSettings
     from .store import Store
 
 
@@ -73,30 +75,61 @@ class App:
             return False
         return self.config.state_url != f"sqlite:///{self.home.db_path}"
 
+    def settings(self, name: str) -> PlatformSettings:
+        """The config entry of platform ``name``; NotFoundError lists the configured ones."""
+        settings = self.config.platforms.get(name)
+        if settings is None:
+            raise NotFoundError(
+                f"no platform named '{name}'; configured: {', '.join(self.config.names)} "
+                f"(edit {self.home.config_path})"
+            )
+        return settings
+
     def platform(self, name: str) -> Platform:
         """The configured platform ``name``; NotFoundError lists the configured ones."""
         if name not in self._platforms:
-            settings = self.config.platforms.get(name)
-            if settings is None:
-                raise NotFoundError(
-                    f"no platform named '{name}'; configured: {', '.join(self.config.names)} "
-                    f"(edit {self.home.config_path})"
-                )
+            settings = self.settings(name)
             from .platforms.base import platform_class
 
             cls = platform_class(settings.type)
             self._platforms[name] = cls(name, settings, self.home)
         return self._platforms[name]
 
+    def in_use(self, name: str) -> bool:
+        """Whether this command has already created platform ``name`` (used it)."""
+        return name in self._platforms
+
+    def host_bound(self, name: str) -> bool:
+        """Whether runs on platform ``name`` live on the machine that started them
+        (False for a platform no longer configured)."""
+        from .platforms.base import platform_class
+
+        settings = self.config.platforms.get(name)
+        return settings is not None and platform_class(settings.type).host_bound
+
+    def reconcile_every_tick(self, name: str) -> bool:
+        """Whether platform ``name`` asks to be cleaned up every tick, used or not."""
+        from .platforms.base import platform_class
+
+        return platform_class(self.settings(name).type).reconcile_every_tick
+
+    def budget(self, name: str) -> Budget:
+        """Platform ``name``'s budget: its ``budget:`` entry, else its type's default."""
+        from .platforms.base import platform_class
+        from .quota import Budget
+
+        settings = self.settings(name)
+        if settings.budget is not None:
+            return Budget.from_settings(settings.budget)
+        return platform_class(settings.type).default_budget(settings)
+
     def close(self) -> None:
         """Close platform connections (SSH sessions, HTTP pools) and the store."""
         for platform in self._platforms.values():
-            closer = getattr(platform, "close", None)
-            if callable(closer):
-                try:
-                    closer()
-                except Exception:  # closing must never hide the command's own outcome
-                    pass
+            try:
+                platform.close()
+            except Exception:  # closing must never hide the command's own outcome
+                pass
         self._platforms.clear()
         if self._store is not None:
             self._store.close()

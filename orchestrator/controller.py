@@ -14,9 +14,6 @@ every transition is still a compare-and-set, so no attempt is ever submitted twi
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,18 +21,20 @@ from pathlib import Path
 from typing import Callable
 
 from . import bundle as bundle_mod
-from . import failpoints, leases, quota, scheduler, windows
+from . import failpoints, leases, quota, scheduler
+from . import launch as launch_mod
 from . import spec as spec_mod
 from .app import App
-from .blobstore import BlobStore, materialize_bundle, share_artifacts
-from .gpus import gpu_type
+from .blobstore import BlobStore, share_artifacts
 from .errors import (
-    CapacityError, ConfigError, LostError, NotFoundError, OrchError, PrecheckError, SpecError, TransientError,
+    CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
 )
-from .platforms.base import Handle, Launch, Offer, RemoteState, RemoteStatus, platform_class
+from .launch import job_spec
+from .planning import Planner
+from .platforms.base import Handle, Offer, RemoteState, RemoteStatus
 from .results import install_attempt, read_result
 from .states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
-from .store import AttemptRow, Conflict, JobRow, attempt_key, host
+from .store import AttemptRow, Conflict, JobRow, host
 
 A, J = AttemptState, JobState
 
@@ -66,78 +65,11 @@ class Controller:
         self.report = TickReport()
         self.owner = leases.owner_id()
         self.void_owners: list[str] = []
+        self.planner = Planner(app, self.report.problems)
 
     # ------------------------------------------------------------------ helpers
-    def offers(self) -> dict[str, Offer]:
-        """Every configured platform's offer; a platform that cannot even describe
-        itself is shown unavailable with the reason, never dropped silently."""
-        out: dict[str, Offer] = {}
-        now = time.time()
-        for name, settings in self.app.config.platforms.items():
-            try:
-                offer = self.app.platform(name).offer()
-            except OrchError as exc:
-                offer = Offer(platform=name, type=settings.type, available=False, reason=str(exc))
-            out[name] = _with_settings(offer, settings, now)
-        return out
-
     def _spec(self, job: JobRow) -> spec_mod.JobSpec:
-        return spec_mod.from_public_dict(job.spec)
-
-    def _remaining(self, job: JobRow, spec: spec_mod.JobSpec) -> float:
-        """What is left of ``max_runtime`` for a chain's next segment (at least a minute)."""
-        if not job.checkpoint:
-            return spec.resources.max_runtime
-        used = sum(a.runtime_s or 0 for a in self.store.attempts_of(job.id) if a.state == A.CHECKPOINTED)
-        return max(spec.resources.max_runtime - used, 60.0) if used else spec.resources.max_runtime
-
-    def grace(self, spec: spec_mod.JobSpec, platform_name: str) -> float:
-        """The job's ``grace:``, else the platform's, else ``controller.grace``."""
-        if spec.grace is not None:
-            return spec.grace
-        settings = self.app.config.platforms.get(platform_name)
-        if settings is not None and settings.grace is not None:
-            return settings.grace
-        return self.settings.grace
-
-    def _launch(self, job: JobRow, att: AttemptRow, offer: Offer | None) -> Launch:
-        spec = self._spec(job)
-        directory = self.app.home.bundles / job.bundle
-        if not (directory / "manifest.json").is_file() and self.store.shared:
-            try:  # submitted on another machine of the team
-                materialize_bundle(BlobStore(self.store), job.bundle, self.app.home.bundles, self.app.home.blobs)
-            except NotFoundError as exc:
-                raise PrecheckError(f"the bundle of job {job.short_id} is not in the shared store ({exc}); "
-                                    "resubmit the job") from exc
-        if not (directory / "manifest.json").is_file():
-            raise PrecheckError(f"the bundle of job {job.short_id} is missing from {directory}; resubmit the job")
-        bundle = bundle_mod.load_bundle(directory, self.app.home.blobs)
-        # With secrets_from: kaggle the values are read inside the kernel, never here.
-        secrets = ({} if spec.secrets_from == "kaggle" else
-                   {name: os.environ[name] for name in spec.secrets if name in os.environ})
-        previous = [a for a in self.store.attempts_of(job.id) if a.state == A.CHECKPOINTED]
-        if self.store.reservations([att.id]):
-            # Placement decided the deadline and the segment at dispatch (see dispatch()).
-            remaining = att.max_runtime_s or self._remaining(job, spec)
-            session = att.session_s
-        else:  # an attempt written before schema v2
-            remaining = self._remaining(job, spec)
-            session = offer.session_seconds if offer else None
-            if not (spec.checkpoint is not None and session is not None and remaining > session):
-                session = None
-        checkpoint = self.app.home.blobs / f"checkpoint-{job.checkpoint}.tar.gz" if job.checkpoint else None
-        if checkpoint is not None and not checkpoint.is_file() and self.store.shared:
-            try:  # the previous segment was fetched by another controller
-                BlobStore(self.store).get(job.checkpoint, checkpoint)
-            except NotFoundError:
-                pass
-        return Launch(
-            key=attempt_key(job.id, att.number), job_id=job.id, job_name=job.name, attempt=att.number, spec=spec,
-            bundle=bundle, max_runtime_s=remaining, session_seconds=session,
-            grace_s=self.grace(spec, att.platform), env=job.extra.get("env", {}), secrets=secrets,
-            checkpoint=checkpoint if checkpoint and checkpoint.is_file() else None,
-            previous=Handle.from_json(previous[-1].handle) if previous and previous[-1].handle else None,
-        )
+        return job_spec(job)
 
     def _problem(self, text: str) -> None:
         self.report.problems.append(text)
@@ -162,7 +94,7 @@ class Controller:
         """Yield (freshly re-read) attempts whose jobs this tick claims, a batch at a
         time, skipping attempts another machine must handle (see ``host_bound``)."""
         me = host()
-        mine = [a for a in atts if not (a.host and a.host != me and self._host_bound(a.platform))]
+        mine = [a for a in atts if not (a.host and a.host != me and self.app.host_bound(a.platform))]
         batch = max(1, self.settings.claim_batch)
         for i in range(0, len(mine), batch):
             chunk = mine[i:i + batch]
@@ -171,11 +103,6 @@ class Controller:
             for a in chunk:
                 if a.job_id in got:
                     yield self.store.attempt(a.id)
-
-    def _host_bound(self, platform_name: str) -> bool:
-        """Runs on this platform live on the machine that started them (``local``)."""
-        settings = self.app.config.platforms.get(platform_name)
-        return settings is not None and getattr(platform_class(settings.type), "host_bound", False)
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> None:
@@ -191,7 +118,7 @@ class Controller:
                 self._problem(f"{att.key}: cannot check {att.platform} yet: {exc}")
                 continue
             if handle is None:
-                offer = self.offers().get(att.platform)
+                offer = self.planner.offers().get(att.platform)
                 self._submit(job, att, offer)
             else:
                 self._record_submitted(job, att, handle, "adopted after a controller crash")
@@ -206,9 +133,10 @@ class Controller:
                 tx.move_job(job.id, J.SUBMITTING, J.PENDING, reason, message="")
         except Conflict:
             # Cancelled while we were submitting: stop what we just started.
-            self._best_effort_cancel(att.platform, handle)
+            self.best_effort_cancel(att.platform, handle)
 
-    def _best_effort_cancel(self, platform_name: str, handle: Handle) -> None:
+    def best_effort_cancel(self, platform_name: str, handle: Handle) -> None:
+        """Ask the platform to stop the run; a failure is reported, never raised."""
         try:
             platform = self.app.platform(platform_name)
             platform.cancel(handle)
@@ -216,112 +144,13 @@ class Controller:
             self._problem(f"{handle.key}: cancel on {platform_name} failed: {exc}")
 
     # ------------------------------------------------------------------ dispatch
-    def plan(self, extra: list[scheduler.Candidate] | None = None,
-             queued: list[JobRow] | None = None, offers: dict[str, Offer] | None = None,
-             waits: dict[str, str] | None = None) -> list[scheduler.Decision]:
-        """Placement decisions for the queue (or only for ``extra`` candidates, as
-        ``submit --dry-run`` asks), with the ledger, running attempts and learned speeds:
-        exactly what dispatch would do now. Pure reads; nothing is changed."""
-        now = time.time()
-        offers = self.offers() if offers is None else offers
-        ledger, running = self.budget_states(now)
-        if extra is not None:
-            candidates = extra
-        else:
-            candidates = self.candidates(self.store.queued() if queued is None else queued, waits)
-        history = self._history(candidates)
-        candidates = [dataclasses.replace(c, history=history.get(c.id, {})) for c in candidates]
-        return scheduler.place(candidates, offers, running, now, ledger, self.speeds())
-
-    def candidates(self, queued: list[JobRow], waits: dict[str, str] | None = None) -> list[scheduler.Candidate]:
-        """Queued jobs that could run now, as placement candidates; the others get a reason in ``waits``."""
-        waits = {} if waits is None else waits
-        out = []
-        for job in queued:
-            try:
-                spec = self._spec(job)
-            except Exception as exc:  # a stored spec this version cannot read
-                waits[job.id] = f"stored spec unreadable: {exc}"
-                continue
-            missing = [s for s in spec.secrets if s not in os.environ] if spec.secrets_from == "local" else []
-            if missing:
-                waits[job.id] = (f"secret {', '.join(missing)} is not set in the environment of the controller "
-                                 f"on {host()} (export it where `orch tick` runs)")
-                continue
-            out.append(scheduler.Candidate(job.id, spec, job.pin, job.avoid, remaining=self._remaining(job, spec),
-                                           digest=job.bundle))
-        return out
-
-    def budget_states(self, now: float, usage_for_all: bool = False
-                      ) -> tuple[dict[str, quota.BudgetState], list[scheduler.Running]]:
-        """Each platform's budget in its current window, and the active attempts (only
-        these and the current windows' charges are read, never the whole history).
-        Charges are read for limited platforms only, unless ``usage_for_all`` (``orch quota``)."""
-        active = self.store.attempts_in(ACTIVE_ATTEMPT_STATES)
-        reserved = self.store.reservations([a.id for a in active])
-        budgets = {name: quota.default_budget(s) for name, s in self.app.config.platforms.items()}
-        limited = [n for n, b in budgets.items() if b.limit is not None or (usage_for_all and b.window.kind != "none")]
-        since = min((budgets[n].window.bounds(now)[0] for n in limited), default=now)
-        charges: dict[str, list[tuple[float, float, float]]] = {}
-        for platform, amount, start, end in self.store.ledger_charges(limited, since):
-            charges.setdefault(platform, []).append((amount, start, end))
-        spans: dict[str, list[quota.Span]] = {}
-        running = []
-        for a in active:
-            row = reserved.get(a.id)
-            end = row["end"] if row else (a.started_at or a.created_at) + (a.session_s or a.max_runtime_s or 3600.0)
-            running.append(scheduler.Running(a.platform, end))
-            if row and row["amount"] > 0 and row["end"] > row["start"]:
-                rate = row["amount"] * 3600 / (row["end"] - row["start"])
-                spans.setdefault(a.platform, []).append(quota.Span(row["start"], row["end"], rate))
-        states = {
-            name: quota.state(name, budget, now, charges.get(name, []), spans.get(name, []),
-                              self.live_quota(name) if budget.limit is not None else None)
-            for name, budget in budgets.items()
-        }
-        return states, running
-
-    def live_quota(self, name: str, refresh: bool = False, ttl: float = 600.0):
-        """The platform's own quota reading, read at most every ``ttl`` seconds (cached in
-        the store, so cron ticks share it); None when it has none or the read failed."""
-        key = f"quota:{name}"
-        cached = self.store.meta_get(key)
-        now = time.time()
-        if cached and not refresh:
-            doc = json.loads(cached)
-            if now - doc.get("at", 0) < ttl:
-                return quota.reading_from_json(doc.get("reading"))
-        try:
-            reading = self.app.platform(name).quota()
-        except OrchError as exc:  # an unclear read never excludes a platform
-            self._problem(f"{name}: quota read failed: {exc}")
-            reading = None
-        self.store.meta_set(key, json.dumps({"at": now, "reading": quota.reading_to_json(reading)}))
-        return reading
-
-    def _history(self, candidates: list[scheduler.Candidate]) -> dict[str, dict[str, float]]:
-        """job id -> {GPU type: median runtime} of earlier successful runs of its bundle."""
-        digests = {c.id: c.digest for c in candidates if c.digest}
-        if not digests:
-            return {}
-        runs: dict[str, dict[str, list[float]]] = {}
-        for digest, gpu_name, seconds in self.store.runtimes(set(digests.values()), limit=5000):
-            runs.setdefault(digest, {}).setdefault(gpu_type(gpu_name) or "CPU", []).append(seconds)
-        medians = {d: {g: sorted(v)[len(v) // 2] for g, v in per.items()} for d, per in runs.items()}
-        return {job_id: medians.get(digest, {}) for job_id, digest in digests.items()}
-
-    def speeds(self) -> dict[str, float]:
-        """GPU speed factors learned from the latest finished runs of GPU jobs."""
-        rows = self.store.runtimes(None, limit=2000, gpu_jobs_only=True)
-        return scheduler.learn_speeds((d, gpu_type(g), r) for d, g, r in rows if gpu_type(g))
-
     def dispatch(self) -> None:
         queued = self.store.queued()
         if not queued:
             return
-        offers = self.offers()
+        offers = self.planner.offers()
         waits: dict[str, str] = {}
-        decisions = self.plan(queued=queued, offers=offers, waits=waits)
+        decisions = self.planner.plan(queued=queued, offers=offers, waits=waits)
         by_id = {j.id: j for j in queued}
         placed = []
         for decision in decisions:
@@ -346,7 +175,7 @@ class Controller:
         if job.state != J.QUEUED:
             return
         number = job.attempts + 1
-        budget = quota.default_budget(self.app.config.platforms[decision.platform])
+        budget = self.app.budget(decision.platform)
         reserve = decision.reserve_s or decision.max_runtime_s or 0.0
         now = time.time()
         try:
@@ -381,7 +210,7 @@ class Controller:
         if running >= offer.max_concurrent:
             return f"{decision.platform}: busy ({running}/{offer.max_concurrent} running)"
         if budget.limit is not None and reserve > 0:
-            states, _ = self.budget_states(now)
+            states, _ = self.planner.budget_states(now)
             if states[decision.platform].shortfall(now, now + reserve, decision.rate) is not None:
                 return f"{decision.platform}: its quota was taken by another job meanwhile"
         return None
@@ -390,7 +219,7 @@ class Controller:
         """The remote call of a dispatch (or of its reconcile)."""
         try:
             platform = self.app.platform(att.platform)
-            launch = self._launch(job, att, offer)
+            launch = launch_mod.build(self.app, job, att, offer)
             handle = platform.submit(launch)
         except TransientError as exc:
             # Stays SUBMITTING: the next tick's reconcile finds or resubmits it.
@@ -408,7 +237,7 @@ class Controller:
         self.report.dispatched.append(job.id)
 
     def _reject(self, job: JobRow, att: AttemptRow, message: str, requeue: bool) -> None:
-        closing = self._ledger_close(att, None, time.time(), charge=False)
+        closing = self.ledger_close(att, None, time.time(), charge=False)
         try:
             with self.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, A.SUBMITTING, A.REJECTED, message, message=message, ended_at=time.time())
@@ -480,7 +309,7 @@ class Controller:
         job = self.store.job(att.job_id)
         spec = self._spec(job)
         now = time.time()
-        closing = self._ledger_close(att, None, now)
+        closing = self.ledger_close(att, None, now)
         with self.store.transaction() as tx:
             tx.move_attempt(att.id, job.id, att.state, A.LOST, reason, message=reason, ended_at=now)
             closing(tx)
@@ -566,7 +395,7 @@ class Controller:
             else:
                 j_new = J.FAILED
         job_fields["message"] = "" if j_new == J.SUCCEEDED else why
-        closing = self._ledger_close(att, result, now)
+        closing = self.ledger_close(att, result, now)
         try:
             with self.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, A.FETCHING, a_new, why, **fields)
@@ -577,7 +406,7 @@ class Controller:
         self.report.finished.append(job.id)
         self._release(att)
 
-    def _ledger_close(self, att: AttemptRow, result: dict | None, now: float, charge: bool = True,
+    def ledger_close(self, att: AttemptRow, result: dict | None, now: float, charge: bool = True,
                       whole: bool = False) -> Callable:
         """What to write to the ledger when ``att`` ends: a charge for what it ran (none
         when it never started) and the release of its reservation. Returned as a function
@@ -586,8 +415,7 @@ class Controller:
         reserve = self.store.reservations([att.id]).get(att.id)
         if reserve is None:
             return lambda tx: None
-        settings = self.app.config.platforms.get(att.platform)
-        budget = quota.default_budget(settings) if settings is not None else None
+        budget = self.app.budget(att.platform) if att.platform in self.app.config.platforms else None
         span = quota.charge_span(reserve, budget, result, att.started_at, now, whole=whole) if charge else None
 
         def write(tx) -> None:
@@ -610,11 +438,9 @@ class Controller:
     def platform_cleanup(self) -> None:
         active = {a.key for a in self.store.attempts_in(ACTIVE_ATTEMPT_STATES)}
         for name in self.app.config.names:
-            settings = self.app.config.platforms[name]
             # Untouched this tick: nothing of ours to clean, unless the platform asks to be
             # swept every tick (Colab: a runtime left by a crashed tick costs money).
-            if name not in self.app._platforms and not getattr(
-                    platform_class(settings.type), "reconcile_every_tick", False):
+            if not self.app.in_use(name) and not self.app.reconcile_every_tick(name):
                 continue
             try:
                 self.app.platform(name).reconcile(active)
@@ -624,27 +450,3 @@ class Controller:
 
 class _NoRoom(Exception):
     """A placement no longer fits once the platform is locked (see _dispatch_one)."""
-
-
-def _with_settings(offer: Offer, settings, now: float) -> Offer:
-    """The offer as the generic platform settings shape it: ``min_segment``, and
-    ``available_hours`` (closed: unavailable until it opens; open: attempts must end,
-    or checkpoint, before it closes)."""
-    offer = dataclasses.replace(offer, min_segment_seconds=settings.min_segment)
-    if not settings.available_hours:
-        return offer
-    inside, change = windows.open_hours(settings.available_hours, now)
-    # No attempt can outlast the daily window: it is this platform's longest session.
-    window = windows.hours_length(settings.available_hours)
-    if offer.session_seconds is None or offer.session_seconds > window:
-        offer = dataclasses.replace(offer, session_seconds=window)
-    if not inside:
-        if not offer.available:
-            return offer
-        return dataclasses.replace(offer, available=False, available_at=change,
-                                   reason=f"outside its hours ({settings.available_hours} UTC); opens "
-                                          f"{windows.format_when(change, now)}")
-    left = change - now
-    if offer.time_left_seconds is not None:
-        left = min(left, offer.time_left_seconds)
-    return dataclasses.replace(offer, time_left_seconds=left)

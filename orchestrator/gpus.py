@@ -46,6 +46,9 @@ MAX_MEMORY_GB: dict[str, float] = {g.name: g.max_memory_gb for g in CATALOGUE}
 DEFAULT_SPEEDS: dict[str, float] = {**{g.name: g.speed for g in CATALOGUE}, "CPU": 0.1}
 #: Colab compute units per hour by GPU. An unknown GPU is charged at the highest.
 CU_RATES: dict[str, float] = {g.name: g.cu_rate for g in CATALOGUE if g.cu_rate is not None}
+#: Compute units a month in each paid Colab plan (``tier:`` of ``colab`` and ``colab_drive``
+#: entries); a tier not listed has no default budget.
+COLAB_PLAN_UNITS: dict[str, float] = {"pro": 100.0, "pro+": 500.0}
 
 #: Names a device may report, longest match first; more than orch schedules for, so
 #: that an agent on an A10G or H200 still reports something a person can read.

@@ -44,7 +44,7 @@ def dead_local_owners(store: Store) -> list[str]:
     One query; a tick computes it once and passes it to every :func:`claim`."""
     me = host()
     now = time.time()
-    with store._read() as conn:
+    with store.read() as conn:
         rows = list(conn.execute(select(jobs.c.lease_owner).distinct().where(
             jobs.c.lease_until >= now, jobs.c.lease_owner.like(f"%@{me}:%"))).scalars())
     dead = []
@@ -99,7 +99,7 @@ def release(store: Store, owner: str, job_ids: Iterable[str] | None = None) -> N
 
 def ensure_platform_rows(store: Store, names: Iterable[str]) -> None:
     """Create the lock rows of configured platforms (once; racing controllers are fine)."""
-    with store._read() as conn:
+    with store.read() as conn:
         have = set(conn.execute(select(platform_locks.c.name)).scalars())
     for name in names:
         if name in have:

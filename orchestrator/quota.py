@@ -3,8 +3,9 @@
 A platform's **budget** is a limit per **window** (weekly with a reset such as Saturday
 00:00 UTC, monthly, daily, or none) in a **unit** (GPU hours, or compute units at a
 rate per GPU type). Defaults come from config (``budget:`` of a platform entry, or the
-type's default: Kaggle 30 GPU hours a week); a live reading from the platform
-(Kaggle's quota endpoint, ``colab usage``) overrides them when present.
+type's ``default_budget``: Kaggle 30 GPU hours a week); a live reading from the platform
+(Kaggle's quota endpoint, ``colab usage``) overrides them when present. This module
+knows no platform type: each platform class supplies its own defaults as data.
 
 The **ledger** (the ``ledger`` table) holds one ``reserve`` row per attempt, written in
 the same transaction as the attempt itself, for the longest it may run; when the attempt
@@ -32,8 +33,8 @@ from .gpus import CU_RATES, DEFAULT_SPEEDS, MAX_MEMORY_GB, gpu_type
 from .windows import INF, Window, parse_reset
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .platforms.base import Offer, QuotaReading
-    from .settings import PlatformSettings
+    from .platforms.base import Offer
+    from .settings import BudgetSettings
     from .spec import JobSpec
 
 UNIT_NAMES = {"gpu_hours": "GPU h", "compute_units": "CU"}
@@ -76,23 +77,23 @@ class Budget:
     def fmt(self, units: float) -> str:
         return f"{units:.1f} {UNIT_NAMES.get(self.unit, self.unit)}"
 
+    @classmethod
+    def from_settings(cls, b: "BudgetSettings") -> "Budget":
+        """The ``budget:`` of a platform entry."""
+        return cls(unit=b.unit, limit=b.limit, window=parse_reset(b.window, b.reset), per_gpu=b.per_gpu,
+                   rates=dict(b.rates), source="config")
 
-def default_budget(settings: "PlatformSettings") -> Budget:
-    """The budget of a platform entry: its ``budget:``, else its type's known limits."""
-    b = getattr(settings, "budget", None)
-    if b is not None:
-        return Budget(unit=b.unit, limit=b.limit, window=parse_reset(b.window, b.reset), per_gpu=b.per_gpu,
-                      rates=dict(b.rates), source="config")
-    if settings.type == "kaggle":
-        # Kaggle's weekly GPU quota refills on Saturday 00:00 UTC and counts session
-        # hours, whatever the GPU count (T4 x2 uses one hour per hour).
-        return Budget(limit=float(getattr(settings, "weekly_gpu_hours", 30.0)), window=Window("weekly", 5),
-                      per_gpu=False, source="default for kaggle")
-    tier = getattr(settings, "tier", None)
-    if settings.type in ("colab", "colab_drive") and tier in ("pro", "pro+"):
-        return Budget(unit="compute_units", limit=100.0 if tier == "pro" else 500.0, window=Window("monthly"),
-                      source=f"default for Colab {tier.title()}")
-    return Budget(source="unlimited")
+
+@dataclass(frozen=True)
+class QuotaReading:
+    """A live quota reading from the platform itself (it overrides config defaults)."""
+
+    unit: str  # "gpu_hours" or "compute_units"
+    used: float
+    limit: float | None
+    reserved: float = 0.0
+    resets_at: datetime | None = None
+    source: str = ""
 
 
 def reservation_rate(budget: Budget, spec: "JobSpec", offer: "Offer",
@@ -328,8 +329,6 @@ def reading_to_json(reading: "QuotaReading | None") -> dict | None:
 
 
 def reading_from_json(doc: Mapping[str, Any] | None) -> "QuotaReading | None":
-    from .platforms.base import QuotaReading
-
     if not doc:
         return None
     resets = datetime.fromtimestamp(doc["resets_at"], timezone.utc) if doc.get("resets_at") else None

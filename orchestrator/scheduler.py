@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from .durations import format_duration
-from .platforms.base import Offer
+from .platforms.base import Feature, Offer
 from .gpus import DEFAULT_SPEEDS, GPU_TYPES
 from .quota import BudgetState, pick_gpu, reservation_rate
 from .spec import JobSpec
@@ -131,17 +131,25 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
             return f"GPU has {offer.gpu_memory_gb:g} GB, job needs {res.min_gpu_memory_gb:g} GB"
         if offer.gpu_count and res.gpu_count > offer.gpu_count:
             return f"has {offer.gpu_count} GPU(s), job needs {res.gpu_count}"
-    if spec.internet and not offer.internet and "internet" in offer.unsupported:
-        return offer.unsupported["internet"]
+    if spec.internet and (not offer.internet or Feature.INTERNET in offer.unsupported):
+        why = offer.unsupported.get(Feature.INTERNET) or "has no internet"
+        return f"{why}; the job sets internet: true (the default)"
     if spec.secrets and spec.secrets_from == "kaggle":
         if offer.type != "kaggle":
             return "the job's secrets live in Kaggle Secrets (secrets_from: kaggle); it runs on Kaggle only"
-    elif spec.secrets and "secrets" in offer.unsupported:
-        return offer.unsupported["secrets"]
-    if spec.checkpoint is None and offer.session_seconds and res.max_runtime > offer.session_seconds:
+    elif spec.secrets and Feature.SECRETS in offer.unsupported:
+        return offer.unsupported[Feature.SECRETS]
+    if not chains(spec, offer) and offer.session_seconds and res.max_runtime > offer.session_seconds:
+        fix = (offer.unsupported[Feature.CHECKPOINT] if spec.checkpoint is not None
+               else "declare checkpoint: to run it as a chain")
         return (f"sessions last {format_duration(offer.session_seconds)}, job needs "
-                f"{format_duration(res.max_runtime)}; declare checkpoint: to run it as a chain")
+                f"{format_duration(res.max_runtime)}; {fix}")
     return None
+
+
+def chains(spec: JobSpec, offer: Offer) -> bool:
+    """Whether ``spec`` may run on ``offer`` as a chain of checkpointed segments."""
+    return spec.checkpoint is not None and Feature.CHECKPOINT not in offer.unsupported
 
 
 # ---------------------------------------------------------------------------- speeds
@@ -368,7 +376,7 @@ def _captive_demand(jobs: Sequence[Candidate], offers: Mapping[str, Offer], budg
                 continue
             _gpu, _count, rate = reservation_rate(b.budget, c.spec, offers[n], speeds)
             session = offers[n].session_seconds
-            length = min(c.runtime, session) if (c.spec.checkpoint and session) else c.runtime
+            length = min(c.runtime, session) if (chains(c.spec, offers[n]) and session) else c.runtime
             if rate > 0:
                 out.setdefault(n, {})[c.id] = rate * length / 3600
     return out
@@ -403,7 +411,7 @@ def _consider(c: Candidate, offer: Offer, budget: BudgetState | None, offer_quot
     remaining = c.runtime
     caps = [s for s in (offer.session_seconds, offer.time_left_seconds) if s is not None]
     cap = min(caps) if caps else None
-    chain = c.spec.checkpoint is not None
+    chain = chains(c.spec, offer)
     if cap is not None and cap < remaining:
         if not chain:
             return None, f"{format_duration(cap)} left in its session, job needs {format_duration(remaining)}", \

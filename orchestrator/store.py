@@ -272,7 +272,7 @@ class Store:
 
     # ------------------------------------------------------------------ connections
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def read(self) -> Iterator[Connection]:
         """A connection for reads: the open transaction's, when this thread has one
         (SQLite would otherwise wait on the write lock this very thread holds)."""
         bound = getattr(self._local, "conn", None)
@@ -344,7 +344,7 @@ class Store:
 
     # ------------------------------------------------------------------ reads
     def job(self, job_id: str) -> JobRow:
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
             raise NotFoundError(f"no job {job_id}")
@@ -355,7 +355,7 @@ class Store:
         ref = ref.strip()
         if not ref:
             raise NotFoundError("give a job id (or a unique prefix of it) or a job name")
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(jobs).where(jobs.c.id.like(ref.lower() + "%")).limit(6)).fetchall()
             if not rows:
                 rows = conn.execute(select(jobs).where(jobs.c.name == ref).order_by(jobs.c.created_at.desc()).limit(6)).fetchall()
@@ -376,30 +376,30 @@ class Store:
         q = q.order_by(jobs.c.created_at.desc())
         if limit:
             q = q.limit(limit)
-        with self._read() as conn:
+        with self.read() as conn:
             return [_job(r) for r in conn.execute(q)]
 
     def queued(self) -> list[JobRow]:
         """Queued jobs in dispatch order: priority first, then FIFO."""
         q = (select(jobs).where(jobs.c.state == JobState.QUEUED.value)
              .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id))
-        with self._read() as conn:
+        with self.read() as conn:
             return [_job(r) for r in conn.execute(q)]
 
     def attempts_of(self, job_id: str) -> list[AttemptRow]:
-        with self._read() as conn:
+        with self.read() as conn:
             q = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
             return [_attempt(r) for r in conn.execute(q)]
 
     def attempt(self, attempt_id: int) -> AttemptRow:
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(select(attempts).where(attempts.c.id == attempt_id)).first()
         if row is None:
             raise NotFoundError(f"no attempt {attempt_id}")
         return _attempt(row)
 
     def attempts_in(self, states: Iterable[AttemptState]) -> list[AttemptRow]:
-        with self._read() as conn:
+        with self.read() as conn:
             q = select(attempts).where(attempts.c.state.in_([s.value for s in states])).order_by(attempts.c.id)
             return [_attempt(r) for r in conn.execute(q)]
 
@@ -407,7 +407,7 @@ class Store:
         if not job_ids:
             return {}
         out: dict[str, AttemptRow] = {}
-        with self._read() as conn:
+        with self.read() as conn:
             for i in range(0, len(job_ids), 500):
                 chunk = job_ids[i:i + 500]
                 for r in conn.execute(select(attempts).where(attempts.c.job_id.in_(chunk)).order_by(attempts.c.number)):
@@ -417,13 +417,13 @@ class Store:
 
     def active_counts(self) -> dict[str, int]:
         """Active attempts per platform (for concurrency limits)."""
-        with self._read() as conn:
+        with self.read() as conn:
             q = (select(attempts.c.platform, func.count()).where(
                 attempts.c.state.in_([s.value for s in ACTIVE_ATTEMPT_STATES])).group_by(attempts.c.platform))
             return {p: n for p, n in conn.execute(q)}
 
     def events_of(self, job_id: str) -> list[dict]:
-        with self._read() as conn:
+        with self.read() as conn:
             q = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
             return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -433,7 +433,7 @@ class Store:
             q = q.where(ledger.c.platform == platform)
         if since is not None:
             q = q.where(or_(ledger.c.end >= since, ledger.c.kind == "reserve"))
-        with self._read() as conn:
+        with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(ledger.c.id))]
 
     def ledger_charges(self, platforms: Iterable[str], since: float) -> list[tuple[str, float, float, float]]:
@@ -444,14 +444,14 @@ class Store:
             return []
         q = select(ledger.c.platform, ledger.c.amount, ledger.c.start, ledger.c.end).where(
             ledger.c.kind == "charge", ledger.c.end > since, ledger.c.platform.in_(names))
-        with self._read() as conn:
+        with self.read() as conn:
             return [tuple(r) for r in conn.execute(q)]
 
     def reservations(self, attempt_ids: Iterable[int]) -> dict[int, dict]:
         """The reserve row of each of these attempts (the active ones, in practice)."""
         ids = list(attempt_ids)
         out: dict[int, dict] = {}
-        with self._read() as conn:
+        with self.read() as conn:
             for i in range(0, len(ids), 500):
                 q = select(ledger).where(ledger.c.kind == "reserve", ledger.c.attempt_id.in_(ids[i:i + 500]))
                 for r in conn.execute(q):
@@ -478,13 +478,13 @@ class Store:
             if not names:
                 return []
             q = q.where(jobs.c.bundle.in_(names))
-        with self._read() as conn:
+        with self.read() as conn:
             return [tuple(r) for r in conn.execute(q)]
 
     def sweep_jobs(self, sweep_id: str) -> list[JobRow]:
         """The points of one sweep, in submission order."""
         q = select(jobs).where(jobs.c.sweep_id == sweep_id).order_by(jobs.c.created_at, jobs.c.id)
-        with self._read() as conn:
+        with self.read() as conn:
             return [_job(r) for r in conn.execute(q)]
 
     def resolve_sweep(self, ref: str) -> str | None:
@@ -493,7 +493,7 @@ class Store:
         ref = ref.strip()
         if not ref:
             return None
-        with self._read() as conn:
+        with self.read() as conn:
             ids = [r[0] for r in conn.execute(select(jobs.c.sweep_id).where(jobs.c.sweep_id.like(ref.lower() + "%"))
                                               .group_by(jobs.c.sweep_id).limit(6))]
             if not ids:  # the sweep's name: its points are called <name>-<index>
@@ -513,14 +513,14 @@ class Store:
         out: dict[str, dict[str, int]] = {}
         q = (select(jobs.c.sweep_id, jobs.c.state, func.count()).where(jobs.c.sweep_id.in_(ids))
              .group_by(jobs.c.sweep_id, jobs.c.state))
-        with self._read() as conn:
+        with self.read() as conn:
             for sweep_id, st, n in conn.execute(q):
                 out.setdefault(sweep_id, {})[st] = n
         return out
 
     def meta_get(self, key: str) -> str | None:
         """A small key-value setting kept with the state (e.g. a cached quota reading)."""
-        with self._read() as conn:
+        with self.read() as conn:
             return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def meta_set(self, key: str, value: str) -> None:
@@ -529,7 +529,7 @@ class Store:
                 conn.execute(insert(meta).values(key=key, value=value))
 
     def counts(self) -> dict[str, int]:
-        with self._read() as conn:
+        with self.read() as conn:
             return {s: n for s, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))}
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from orchestrator import gpus, quota, windows
-from orchestrator.platforms.base import QuotaReading
+from orchestrator.quota import QuotaReading
 from tests.conftest import (
     make_job,
     open_app,
@@ -131,13 +131,21 @@ def test_kaggle_and_colab_pro_have_default_budgets_and_other_platforms_none(orch
         platforms:
           k: {type: kaggle}
           l: {type: local}
+          pro: {type: colab, tier: pro}
+          plus: {type: colab_drive, credentials: client.json, tier: pro+}
+          payg: {type: colab_drive, credentials: client.json, tier: pay-as-you-go}
+          own: {type: kaggle, budget: {limit: 5}}
         """)
     app = open_app()
     try:
-        k = quota.default_budget(app.config.platforms["k"])
+        k = app.budget("k")
         assert (k.limit, k.unit, k.per_gpu, k.window.describe()) == (30.0, "gpu_hours", False,
                                                                     "weekly, resets Sat 00:00 UTC")
-        assert quota.default_budget(app.config.platforms["l"]).limit is None
+        assert app.budget("l").limit is None
+        assert [(b.unit, b.limit, b.window.kind) for b in (app.budget("pro"), app.budget("plus"))] == \
+            [("compute_units", 100.0, "monthly"), ("compute_units", 500.0, "monthly")]
+        assert app.budget("payg").limit is None
+        assert (app.budget("own").limit, app.budget("own").source) == (5.0, "config")  # budget: wins
     finally:
         app.close()
 
@@ -217,12 +225,12 @@ def test_a_running_job_reserves_its_max_runtime_and_a_second_that_would_overrun_
 
 
 def test_live_readings_are_cached_in_the_store_between_ticks(orch_home, config):
-    from orchestrator.controller import Controller
+    from orchestrator.planning import Planner
 
     config("platforms:\n  l: {type: local, budget: {limit: 5}}\n")
     app = open_app()
     try:
-        ctl = Controller(app)
+        ctl = Planner(app)
         assert ctl.live_quota("l") is None  # the local platform has no live reading
         cached = json.loads(app.store.meta_get("quota:l"))
         assert cached["reading"] is None and time.time() - cached["at"] < 5

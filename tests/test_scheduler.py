@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench import simulate as sim
 from orchestrator import gpus, quota, windows
-from orchestrator.platforms.base import Offer
+from orchestrator.platforms.base import Feature, Offer
 from orchestrator.scheduler import Candidate, Place, Running, Wait, estimate, learn_speeds, place
 from orchestrator.spec import JobSpec
 from tests.conftest import make_job, submit
@@ -61,8 +61,13 @@ def test_a_waiting_job_is_told_each_platforms_obstacle_and_when_it_lifts():
     ({"resources": {"max_runtime": "13h"}}, {"session_seconds": 12 * H},
      "sessions last 12h00m, job needs 13h00m; declare checkpoint: to run it as a chain"),
     ({}, {"time_left_seconds": 1800.0}, "30m left in its session, job needs 1h00m"),
-    ({"secrets": ["TOKEN"]}, {"unsupported": {"secrets": "no secrets on this one"}}, "no secrets on this one"),
-    ({"internet": True}, {"internet": False, "unsupported": {"internet": "offline"}}, "offline"),
+    ({"secrets": ["TOKEN"]}, {"unsupported": {Feature.SECRETS: "no secrets on this one"}}, "no secrets on this one"),
+    ({"internet": True}, {"internet": False, "unsupported": {Feature.INTERNET: "offline"}},
+     "offline; the job sets internet: true (the default)"),
+    ({}, {"internet": False}, "has no internet; the job sets internet: true (the default)"),
+    ({"checkpoint": "ckpt", "resources": {"max_runtime": "13h"}},
+     {"session_seconds": 12 * H, "unsupported": {Feature.CHECKPOINT: "no checkpoints kept here"}},
+     "sessions last 12h00m, job needs 13h00m; no checkpoints kept here"),
 ])
 def test_capability_filters_say_why_a_platform_cannot_run_the_job(spec, offer_kw, why):
     [d] = place([job("j", **spec)], {"p": offer("p", **offer_kw)}, {}, NOW)
@@ -90,6 +95,36 @@ def test_plan_explains_each_queued_job_through_the_cli(orch, orch_home, tmp_path
     assert by_id[small_id]["platform"] == "kag" and by_id[small_id]["reason"] == "est. 1h00m on T4"
     text = orch("plan").output
     assert "run on kag" in text and "wait" in text
+
+
+def test_a_job_that_needs_the_internet_never_goes_to_a_platform_without_it(orch, orch_home, tmp_path, config):
+    pytest.importorskip("paramiko")
+    config("""\
+        platforms:
+          lab: {type: ssh, host: gpu.example.org, internet: true}
+        """)
+    pinned = make_job(tmp_path / "pinned", "name: pinned\nrun: x\nplatforms: [lab]\nresources: {gpu: none}\n")
+    pinned_id = json.loads(orch("submit", str(pinned), "--json").output)["id"]
+    # The host loses its internet after the job was queued.
+    config("""\
+        platforms:
+          lab: {type: ssh, host: gpu.example.org, internet: false}
+          laptop: {type: local, gpu: none}
+        """)
+    why = "platform lab has no internet (internet: false in config.yaml); the job sets internet: true (the default)"
+    online = make_job(tmp_path / "online", "name: online\nrun: x\nresources: {gpu: none}\n")
+    offline = make_job(tmp_path / "offline", "name: offline\nrun: x\ninternet: false\nresources: {gpu: none}\n")
+    online_id = json.loads(orch("submit", str(online), "--json").output)["id"]
+    offline_id = json.loads(orch("submit", str(offline), "--json").output)["id"]
+    r = orch("plan", "--json")
+    assert r.exit_code == 0, r.output
+    plan = {d["id"]: d for d in json.loads(r.output)}
+    assert plan[pinned_id]["platform"] is None and plan[pinned_id]["reason"] == f"lab: {why}"
+    assert plan[online_id]["platform"] == "laptop" and plan[online_id]["verdicts"] == {"lab": why}
+    assert plan[offline_id]["platform"] == "lab"  # a job that needs no internet may go there
+    # Submitting a job that only the offline host may run is refused with the same reason.
+    r = orch("submit", str(pinned))
+    assert r.exit_code != 0 and why in r.output
 
 
 def _closed_hours() -> str:

@@ -39,12 +39,12 @@ def plan(app: App, as_json: bool) -> None:
     """
     from rich.table import Table
 
-    from .. import controller, scheduler
+    from .. import planning, scheduler
 
-    ctl = controller.Controller(app)
+    planner = planning.Planner(app)
     queued = app.store.queued()
     waits: dict[str, str] = {}
-    decisions = ctl.plan(queued=queued, waits=waits) if queued else []
+    decisions = planner.plan(queued=queued, waits=waits) if queued else []
     by_id = {d.job_id: d for d in decisions}
     now = time.time()
     rows = []
@@ -98,14 +98,14 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
     """
     from rich.table import Table
 
-    from .. import controller, quota
+    from .. import planning, quota
 
-    ctl = controller.Controller(app)
+    planner = planning.Planner(app)
     now = time.time()
     if refresh:
         for name in app.config.names:
-            ctl.live_quota(name, refresh=True)
-    states, _running = ctl.budget_states(now, usage_for_all=True)
+            planner.live_quota(name, refresh=True)
+    states, _running = planner.budget_states(now, usage_for_all=True)
     docs = []
     for name, st in states.items():
         b = st.budget

@@ -34,10 +34,9 @@ def platforms(app: App, as_json: bool) -> None:
     """
     from rich.table import Table
 
-    from .. import controller
+    from .. import planning
 
-    ctl = controller.Controller(app)
-    offers = ctl.offers()
+    offers = planning.Planner(app).offers()
     running = app.store.active_counts()
     docs = []
     for name, offer in offers.items():

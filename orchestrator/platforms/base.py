@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
 
-
 from ..errors import ConfigError
+from ..quota import Budget, QuotaReading
 from ..settings import PlatformSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +41,16 @@ def runner_path() -> Path:
     import kernels
 
     return Path(kernels.__file__).resolve().parent / "runner.py"
+
+
+class Feature(str, Enum):
+    """What a platform may be unable to do for a job; ``Offer.unsupported`` maps each
+    feature it lacks to a reason a person can read."""
+
+    SECRETS = "secrets"        # receive the job's secrets from this controller
+    CANCEL = "cancel"          # stop a run before its deadline
+    INTERNET = "internet"      # let the job reach the internet
+    CHECKPOINT = "checkpoint"  # keep a checkpoint between chain segments
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,7 @@ class Offer:
         quota_resets_at: when that quota refills (epoch seconds), if known.
         internet: whether jobs can reach the internet.
         tier: free / pro / ... where the platform has tiers.
-        unsupported: ``{feature: reason a person can read}`` for what it cannot do
-            (features: "secrets", "cancel", "internet", "checkpoint").
+        unsupported: ``{Feature: reason a person can read}`` for what it cannot do.
         available: False when the platform cannot take work now (reason says why).
     """
 
@@ -79,25 +87,13 @@ class Offer:
     quota_resets_at: float | None = None
     internet: bool = True
     tier: str | None = None
-    unsupported: Mapping[str, str] = field(default_factory=dict)
+    unsupported: Mapping[Feature, str] = field(default_factory=dict)
     available: bool = True
     reason: str = ""
     #: When an unavailable platform is expected to take work again (epoch), if known.
     available_at: float | None = None
     #: The shortest chain segment worth starting (PlatformSettings.min_segment).
     min_segment_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class QuotaReading:
-    """A live quota reading from the platform itself (it overrides config defaults)."""
-
-    unit: str  # "gpu_hours" or "compute_units"
-    used: float
-    limit: float | None
-    reserved: float = 0.0
-    resets_at: datetime | None = None
-    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,18 +196,111 @@ class LogChunk:
 
 
 class Platform(Protocol):
-    """One remote (or local) place that runs attempts.
+    """One remote (or local) place that runs attempts: every hook the controller uses.
 
-    Implementations subclass this explicitly to inherit the defaults below. Every
-    method maps its client library's errors onto ``errors.PlatformError`` subclasses.
+    Backends subclass :class:`PlatformBase`, which supplies the defaults stated here
+    for the optional hooks (``quota``, ``check``, ``release``, ``reconcile``,
+    ``close``, ``default_budget`` and the class facts). Every method maps its client
+    library's errors onto ``errors.PlatformError`` subclasses.
     """
 
     #: The pydantic model of this backend's config entry.
+    settings_model: ClassVar[type[PlatformSettings]]
     #: True when runs live on the machine whose controller started them (``local``):
-    #: in team mode other machines' controllers leave those attempts alone.
-    host_bound: ClassVar[bool] = False
+    #: in team mode other machines' controllers leave those attempts alone. Default False.
+    host_bound: ClassVar[bool]
+    #: True when ``reconcile`` must run every tick, even one that did not touch this
+    #: platform (Colab: a runtime left by a crashed tick costs money). Default False.
+    reconcile_every_tick: ClassVar[bool]
+
+    name: str
+    settings: PlatformSettings
+    home: "Home"
+
+    @classmethod
+    def default_budget(cls, settings: PlatformSettings) -> Budget:
+        """The budget of an entry that sets no ``budget:``: the type's published limits
+        (Kaggle's weekly GPU hours, a Colab plan's compute units). Default: unlimited."""
+        ...
+
+    def offer(self) -> Offer:
+        """What can run here now. Must be cheap; must not raise for an unreachable remote
+        (return ``available=False`` with a reason instead)."""
+        ...
+
+    def quota(self) -> QuotaReading | None:
+        """A live quota reading, or None when the platform exposes none (or the read
+        failed: an unclear read must not exclude the platform). Default None."""
+        ...
+
+    def check(self) -> list[str]:
+        """Problems that stop this platform from working (missing CLI, credentials), each
+        a sentence saying how to fix it. Empty when ready. Used by ``orch platforms``."""
+        ...
+
+    def submit(self, launch: Launch) -> Handle:
+        """Start ``launch``. Idempotent on ``launch.key``: a second call for a key that
+        already started returns the first run's handle and starts nothing.
+
+        Raises:
+            TransientError: try again later. CapacityError: no room now.
+            PrecheckError: this job can never run here.
+        """
+        ...
+
+    def find(self, key: str) -> Handle | None:
+        """The handle of the run started for ``key``, or None when the platform has no
+        trace of it (then the controller submits it again)."""
+        ...
+
+    def poll(self, handle: Handle) -> RemoteStatus:
+        """Read the run's state. A failed read raises TransientError (or returns
+        UNKNOWN); it is never a job failure."""
+        ...
+
+    def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
+        """The job log from byte ``offset`` on (``orch logs -f`` calls this in a loop)."""
+        ...
+
+    def fetch(self, handle: Handle, dest: Path) -> None:
+        """Download the run's artefacts (see ``ARTIFACTS``) into the empty directory
+        ``dest``, writing nothing outside it. Idempotent."""
+        ...
+
+    def cancel(self, handle: Handle) -> None:
+        """Stop the run (kill its process group). Where the platform cannot (it lists
+        ``Feature.CANCEL`` in ``Offer.unsupported``), record nothing and return: the
+        controller ignores the run's results."""
+        ...
+
+    def release(self, handle: Handle) -> None:
+        """Free what the run holds remotely (attempt dir, runtime) once its artefacts are
+        fetched or it is abandoned. Idempotent. Default: nothing to free."""
+        ...
+
+    def reconcile(self, active_keys: set[str]) -> None:
+        """Clean up remote things orch created that no active attempt owns (e.g. Colab
+        runtimes left by a crashed tick). Called at the end of a tick for each platform
+        the tick used, and for every platform with ``reconcile_every_tick``. Default:
+        nothing to clean."""
+        ...
+
+    def close(self) -> None:
+        """Close connections this object holds (SSH sessions, HTTP pools); called once
+        when the command ends. Must not raise for a connection already gone."""
+        ...
+
+
+class PlatformBase:
+    """The defaults of :class:`Platform`; every backend subclasses this.
+
+    The required hooks (``offer``, ``submit``, ``find``, ``poll``, ``logs``, ``fetch``,
+    ``cancel``) raise NotImplementedError here; see :class:`Platform` for each contract.
+    """
 
     settings_model: ClassVar[type[PlatformSettings]] = PlatformSettings
+    host_bound: ClassVar[bool] = False
+    reconcile_every_tick: ClassVar[bool] = False
 
     name: str
     settings: PlatformSettings
@@ -222,63 +311,44 @@ class Platform(Protocol):
         self.settings = settings
         self.home = home
 
+    @classmethod
+    def default_budget(cls, settings: PlatformSettings) -> Budget:
+        return Budget(source="unlimited")
+
     def offer(self) -> Offer:
-        """What can run here now. Must be cheap; must not raise for an unreachable remote
-        (return ``available=False`` with a reason instead)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.offer")
 
     def quota(self) -> QuotaReading | None:
-        """A live quota reading, or None when the platform exposes none (or the read
-        failed: an unclear read must not exclude the platform)."""
         return None
 
     def check(self) -> list[str]:
-        """Problems that stop this platform from working (missing CLI, credentials), each
-        a sentence saying how to fix it. Empty when ready. Used by ``orch platforms``."""
         return []
 
     def submit(self, launch: Launch) -> Handle:
-        """Start ``launch``. Idempotent on ``launch.key``: a second call for a key that
-        already started returns the first run's handle and starts nothing.
-
-        Raises:
-            TransientError: try again later. CapacityError: no room now.
-            PrecheckError: this job can never run here.
-        """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.submit")
 
     def find(self, key: str) -> Handle | None:
-        """The handle of the run started for ``key``, or None when the platform has no
-        trace of it (then the controller submits it again)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.find")
 
     def poll(self, handle: Handle) -> RemoteStatus:
-        """Read the run's state. A failed read raises TransientError (or returns
-        UNKNOWN); it is never a job failure."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.poll")
 
     def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
-        """The job log from byte ``offset`` on (``orch logs -f`` calls this in a loop)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.logs")
 
     def fetch(self, handle: Handle, dest: Path) -> None:
-        """Download the run's artefacts (see ``ARTIFACTS``) into the empty directory
-        ``dest``, writing nothing outside it. Idempotent."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.fetch")
 
     def cancel(self, handle: Handle) -> None:
-        """Stop the run (kill its process group). Where the platform cannot, record
-        nothing and return: the controller ignores the run's results."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.cancel")
 
     def release(self, handle: Handle) -> None:
-        """Free what the run holds remotely (attempt dir, runtime) once its artefacts are
-        fetched or it is abandoned. Idempotent."""
         return None
 
     def reconcile(self, active_keys: set[str]) -> None:
-        """Clean up remote things orch created that no active attempt owns (e.g. Colab
-        runtimes left by a crashed tick). Called once per tick."""
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -298,7 +368,7 @@ TYPE_ALIASES: dict[str, str] = {"colab-drive": "colab_drive"}
 _EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab_drive": "drive"}
 
 
-def platform_class(type_name: str) -> type[Platform]:
+def platform_class(type_name: str) -> type[PlatformBase]:
     """The backend class for a config ``type``; an unknown type lists the valid ones."""
     target = PLATFORM_TYPES.get(TYPE_ALIASES.get(type_name, type_name))
     if target is None:

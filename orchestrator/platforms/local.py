@@ -22,7 +22,7 @@ from typing import Literal
 from ..errors import TransientError
 from ..gpus import reported_type
 from ..results import copy_regular
-from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus, runner_path
+from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ..settings import PlatformSettings
 
 
@@ -54,7 +54,7 @@ def detect_gpus() -> tuple[tuple[str, ...], float | None]:
     return tuple(dict.fromkeys(names)), mem
 
 
-class LocalPlatform(Platform):
+class LocalPlatform(PlatformBase):
     """Runs attempts as detached processes on this machine."""
 
     settings_model = LocalSettings

@@ -37,9 +37,12 @@ from filelock import FileLock
 from ... import failpoints
 from ...errors import CapacityError, LostError, PlatformError, PrecheckError, TransientError
 from ..base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
+from ...gpus import COLAB_PLAN_UNITS
+from ...quota import Budget
+from ...windows import Window
 from .cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
 from ..ssh import runs
-from ...settings import PositiveDuration
+from ...settings import PlatformSettings, PositiveDuration
 from ..ssh.platform import RemoteSettings, SSHPlatform
 from ..ssh.connection import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
 
@@ -111,6 +114,16 @@ class ColabPlatform(SSHPlatform):
 
 
     # ------------------------------------------------------------------ describe
+    @classmethod
+    def default_budget(cls, settings: PlatformSettings) -> Budget:
+        """A paid Colab plan's compute units a month (see ``gpus.COLAB_PLAN_UNITS``)."""
+        assert isinstance(settings, ColabSettings)
+        units = COLAB_PLAN_UNITS.get(settings.tier)
+        if units is None:
+            return super().default_budget(settings)
+        return Budget(unit="compute_units", limit=units, window=Window("monthly"),
+                      source=f"default for Colab {settings.tier.title()}")
+
     def offer(self) -> Offer:
         s = self.settings
         available, reason = True, ""

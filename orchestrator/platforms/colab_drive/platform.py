@@ -30,7 +30,10 @@ from googleapiclient.http import build_http
 from pydantic import Field
 
 from ...errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
-from ..base import Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus
+from ..base import Feature, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus
+from ...gpus import COLAB_PLAN_UNITS
+from ...quota import Budget
+from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import build_drive, drive_errors, load_credentials, save_credentials
 from .mailbox import AgentInfo, Mailbox
@@ -43,7 +46,7 @@ FREE_TIER_REASON = (
     "pay-as-you-go (with compute units left), or use the kaggle platform"
 )
 UNSUPPORTED = {
-    "secrets": "the Drive mailbox would keep secrets in a Drive file; run jobs with secrets on an ssh or kaggle platform",
+    Feature.SECRETS: "the Drive mailbox would keep secrets in a Drive file; run jobs with secrets on an ssh or kaggle platform",
 }
 
 
@@ -75,7 +78,7 @@ class ColabDriveSettings(PlatformSettings):
     token_uri: str | None = None
 
 
-class ColabDrivePlatform(Platform):
+class ColabDrivePlatform(PlatformBase):
     """Jobs run by agent notebooks in Colab, through a Drive mailbox."""
 
     settings_model = ColabDriveSettings
@@ -125,6 +128,16 @@ class ColabDrivePlatform(Platform):
             raise TransientError(str(exc), self.name) from exc
 
     # ---- capabilities
+    @classmethod
+    def default_budget(cls, settings: PlatformSettings) -> Budget:
+        """A paid Colab plan's compute units a month (see ``gpus.COLAB_PLAN_UNITS``)."""
+        assert isinstance(settings, ColabDriveSettings)
+        units = COLAB_PLAN_UNITS.get(settings.tier)
+        if units is None:
+            return super().default_budget(settings)
+        return Budget(unit="compute_units", limit=units, window=Window("monthly"),
+                      source=f"default for Colab {settings.tier.title()}")
+
     def offer(self) -> Offer:
         base = dict(platform=self.name, type="colab_drive", tier=self.settings.tier, internet=True,
                     unsupported=UNSUPPORTED, session_seconds=self.session_seconds)
@@ -178,7 +191,7 @@ class ColabDrivePlatform(Platform):
         if self.settings.tier not in PAID_TIERS:
             raise PrecheckError(FREE_TIER_REASON, self.name)
         if launch.secrets:
-            raise PrecheckError(f"job {launch.job_name}: {UNSUPPORTED['secrets']}", self.name)
+            raise PrecheckError(f"job {launch.job_name}: {UNSUPPORTED[Feature.SECRETS]}", self.name)
         try:
             mb = self.mailbox()
         except PrecheckError as exc:

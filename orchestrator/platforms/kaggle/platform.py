@@ -37,7 +37,11 @@ from ...bundle import sha256_file
 from ...durations import format_duration
 from ...errors import CapacityError, PrecheckError, TransientError
 from . import script as kaggle_script
-from ..base import Handle, Launch, LogChunk, Offer, Platform, QuotaReading, RemoteState, RemoteStatus, runner_path
+from ..base import (
+    Feature, Handle, Launch, LogChunk, Offer, PlatformBase, QuotaReading, RemoteState, RemoteStatus, runner_path,
+)
+from ...quota import Budget
+from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import Backoff, KaggleAccount, KernelState, MissingError
 from .credentials import find_credentials, permission_warning
@@ -155,7 +159,7 @@ def remote_status(state: KernelState) -> RemoteStatus:
 # --------------------------------------------------------------------------- platform
 
 
-class KagglePlatform(Platform):
+class KagglePlatform(PlatformBase):
     """Runs attempts as private Kaggle kernels (see the module docstring)."""
 
     settings_model = KaggleSettings
@@ -175,6 +179,14 @@ class KagglePlatform(Platform):
         self._quota: tuple[float, QuotaReading | None] | None = None
 
     # ------------------------------------------------------------------ describe
+    @classmethod
+    def default_budget(cls, settings: PlatformSettings) -> Budget:
+        """Kaggle's weekly GPU quota: it refills on Saturday 00:00 UTC and counts session
+        hours, whatever the GPU count (T4 x2 uses one hour per hour)."""
+        assert isinstance(settings, KaggleSettings)
+        return Budget(limit=float(settings.weekly_gpu_hours), window=Window("weekly", 5), per_gpu=False,
+                      source="default for kaggle")
+
     def offer(self) -> Offer:
         """Kaggle's machine and limits. The weekly GPU quota reaches the scheduler through
         the controller's ledger (``quota()``, cached), so this makes no network call."""
@@ -183,7 +195,7 @@ class KagglePlatform(Platform):
             platform=self.name, type="kaggle", gpus=gpus, gpu_memory_gb=memory, gpu_count=count,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
             internet=True, tier="free",
-            unsupported={"secrets": SECRETS_REFUSED, "cancel": CANCEL_UNSUPPORTED},
+            unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED},
         )
 
     def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ...errors import LostError, PlatformError, PrecheckError, TransientError
-from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, Platform, RemoteState, RemoteStatus, runner_path
+from ..base import ARTIFACTS, Feature, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ...settings import PlatformSettings, PositiveDuration
 from . import runs
 from .link import Backoff, Link
@@ -127,7 +127,7 @@ def _close_links(links: dict[str, Link]) -> None:
     links.clear()
 
 
-class SSHPlatform(Platform):
+class SSHPlatform(PlatformBase):
     """Runs attempts on one SSH host. Holds at most one connection per endpoint."""
 
     settings_model = SSHSettings
@@ -216,6 +216,8 @@ class SSHPlatform(Platform):
             platform=self.name, type="ssh", gpus=(s.gpu,) if s.gpu else (), gpu_memory_gb=s.gpu_memory_gb,
             gpu_count=s.gpu_count if s.gpu else 0, max_concurrent=s.max_concurrent,
             session_seconds=s.session_hours * 3600 if s.session_hours else None, internet=s.internet,
+            unsupported={} if s.internet else {
+                Feature.INTERNET: f"platform {self.name} has no internet (internet: false in config.yaml)"},
         )
 
     def check(self) -> list[str]:
