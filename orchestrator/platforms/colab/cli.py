@@ -203,6 +203,7 @@ class ColabCLI:
     def _argv(self, args: Sequence[str]) -> list[str]:
         base = [self.require()]
         if self.store is not None:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
             base += ["--config", str(self.store)]
         return [*base, *args]
 
