@@ -200,6 +200,13 @@ class ColabBackend:
             for ep in [endpoint] if endpoint else list(self.runtimes):
                 self._drop(ep)
 
+    def cut(self) -> None:
+        """Every SSH tunnel drops (the runtimes stay)."""
+        with self.lock:
+            for rt in self.runtimes.values():
+                for s in rt.bridges:
+                    _close(s)
+
     def add_runtime(self, accelerator: str = "T4") -> Runtime:
         """A runtime made somewhere else (the web UI, another machine)."""
         with self.lock:

@@ -173,3 +173,42 @@ def test_the_platform_itself_refuses_free_tier_and_an_empty_balance(orch_home, c
     finally:
         app.close()
     assert colab.calls("/tun/m/assign", "POST") == [] and colab.calls("/colab/ssh") == []
+
+
+def test_an_allocation_refusal_is_capacity_so_the_job_waits_instead_of_sitting_submitting(orch, config, colab,
+                                                                                          colab_platform, tmp_path):
+    write_config(config, {"colab": colab_platform()})
+    colab.refuse(412, times=5)
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    assert job["state"] == "QUEUED" and "Allocation refused" in job["message"]
+    assert colab.live() == []
+
+
+def test_a_run_survives_an_expired_runtime_token_and_a_cut_tunnel(orch, config, colab, colab_platform, tmp_path):
+    write_config(config, {"colab": colab_platform(heartbeat_timeout="30s")})
+    colab.token_ttl_s = 3.0  # tokens die long before the 3600 s they claim (google-colab-cli #106)
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",), script="import time; time.sleep(8)"))
+    tick_until_state(orch, job_id, {"RUNNING", "PENDING"}, timeout=40)
+    colab.cut()
+    job = tick_until_state(orch, job_id, DONE, timeout=60)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.live() == []
+
+
+def test_not_logged_in_shows_the_platform_unhealthy_with_the_login_hint(orch, config, colab, colab_platform):
+    write_config(config, {"colab": colab_platform()})
+    (colab.home / ".config" / "colab-cli" / "token.json").unlink()
+    [entry] = _platforms(orch)
+    assert any("log in once" in p for p in entry["problems"]), entry
+
+
+def test_a_world_readable_cli_log_is_reported_with_the_fix(orch, config, colab, colab_platform):
+    write_config(config, {"colab": colab_platform()})
+    log = colab.home / ".config" / "colab-cli" / "colab.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("Authorization: Bearer ya29...\n")
+    log.chmod(0o644)
+    [entry] = _platforms(orch)
+    assert any("chmod 600" in p for p in entry["problems"]), entry
