@@ -9,8 +9,14 @@ import time
 import pytest
 
 from orchestrator.errors import CapacityError, PrecheckError, TransientError
-from orchestrator.platforms.colab.cli import ColabCLI, classify, meaningful, parse_sessions, parse_usage, \
-    proxy_error_class
+from orchestrator.platforms.colab.cli import (
+    ColabCLI,
+    classify,
+    meaningful,
+    parse_sessions,
+    parse_usage,
+    proxy_error_class,
+)
 from orchestrator.platforms.ssh.connection import connect
 from tests.emulators.colab_backend import log_in
 from tests.platforms.conftest import FAST

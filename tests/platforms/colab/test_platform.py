@@ -12,7 +12,14 @@ import pytest
 
 from tests.conftest import orch_process
 from tests.platforms.conftest import (
-    DONE, fetched, job_state, kill_remote_runs, ssh_job, submit, tick_until_state, write_config,
+    DONE,
+    fetched,
+    job_state,
+    kill_remote_runs,
+    ssh_job,
+    submit,
+    tick_until_state,
+    write_config,
 )
 
 
