@@ -36,15 +36,16 @@ from filelock import FileLock
 
 from ... import failpoints
 from ...errors import CapacityError, LostError, PlatformError, PrecheckError, TransientError
-from ..base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
 from ...gpus import COLAB_PLAN_UNITS
 from ...quota import Budget
-from ...windows import Window
-from .cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
-from ..ssh import runs
 from ...settings import PlatformSettings, PositiveDuration
-from ..ssh.platform import RemoteSettings, SSHPlatform
+from ...store import actor
+from ...windows import Window
+from ..base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
+from ..ssh import runs
 from ..ssh.connection import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
+from ..ssh.platform import RemoteSettings, SSHPlatform
+from .cli import INSTALL_HINT, ColabCLI, ColabSession, proxy_error_class
 
 PREFIX = "orch-"
 #: How long one `colab sessions` listing is reused within a tick.
@@ -89,8 +90,10 @@ class ColabPlatform(SSHPlatform):
 
     def __init__(self, name: str, settings: ColabSettings, home: Any):
         super().__init__(name, settings, home)
-        self.cli = ColabCLI(settings.colab_bin, platform=name, timeout_s=settings.cli_timeout,
-                            new_timeout_s=settings.new_timeout)
+        self.cli = ColabCLI(settings.colab_bin, platform=name, store=self.state_dir / "colab-cli-sessions.json",
+                            timeout_s=settings.cli_timeout, new_timeout_s=settings.new_timeout)
+        #: Names in the CLI's store are local to this machine: runs are this controller's.
+        self.controller = actor().split(":")[0] if "ORCH_CONTROLLER_ID" not in os.environ else actor()
         self._listed: tuple[float, list[ColabSession]] | None = None
 
     # ------------------------------------------------------------------ connecting
@@ -151,6 +154,20 @@ class ColabPlatform(SSHPlatform):
             problems.append(str(exc))
         if self.settings.key is None:
             problems.append(f"set `key:` to an Ed25519 or ECDSA private key ({', '.join(ACCEPTED_KEY_TYPES[:2])})")
+        if self.cli.path() is not None:
+            try:
+                self.cli.check_version()
+                self.cli.usage()
+            except PlatformError as exc:
+                problems.append(str(exc))
+        log = Path("~/.config/colab-cli/colab.log").expanduser()
+        try:
+            if log.stat().st_mode & 0o077:
+                problems.append(
+                    f"{log} is readable by other users and the colab CLI logs request headers there, bearer "
+                    f"tokens included: run `chmod 600 {log}` (the CLI has no setting to stop logging)")
+        except OSError:
+            pass
         return problems
 
     def quota(self) -> QuotaReading | None:
@@ -171,6 +188,10 @@ class ColabPlatform(SSHPlatform):
         """Refuse what Colab's terms forbid: SSH without a positive compute-unit balance."""
         if self.settings.tier == "free":
             raise PrecheckError(f"{self.name}: {FREE_TIER_REFUSAL}", self.name)
+        if self.settings.key is None:
+            raise PrecheckError(f"{self.name}: set `key:` to an Ed25519 or ECDSA private key", self.name)
+        load_key(self.session_endpoint("check"))  # present and not RSA, before the CLI is asked
+        self.cli.check_version()
         usage = self.cli.usage()
         if usage is not None and usage.balance <= 0:
             raise CapacityError(
@@ -186,50 +207,91 @@ class ColabPlatform(SSHPlatform):
             self._listed = (now, self.cli.sessions())
         return self._listed[1]
 
-    def _session(self, name: str) -> ColabSession | None:
-        return next((s for s in self._sessions() if s.name == name), None)
+    def _session(self, name: str, endpoint: str | None = None) -> ColabSession | None:
+        """Our runtime in a fresh-enough listing, by name or else by its endpoint; one
+        listed without a name (the CLI's store lost it) gets its name back."""
+        listed = self._sessions()
+        found = next((s for s in listed if s.name == name), None)
+        endpoint = endpoint or self._ledger().get(name, {}).get("endpoint")
+        if found is None and endpoint:
+            found = next((s for s in listed if s.endpoint == endpoint), None)
+            if found is not None:
+                self.cli.adopt(name, endpoint)
+        return found
 
-    # The ledger: runtimes this controller created and has not stopped yet. Written
-    # before `colab new` (intent first), so a crash right after it leaves a trace.
-    def _ledger(self, add: str | None = None, remove: str | None = None) -> set[str]:
+    # The ledger: runtimes this controller created and has not seen stopped yet, with
+    # their endpoints once known. Written before `colab new` (intent first), so a crash
+    # or a `new` killed at its deadline leaves a trace. An entry leaves only when a
+    # successful listing shows the runtime gone.
+    def _ledger(self, name: str | None = None, record: dict | None = None, remove: bool = False) -> dict[str, dict]:
         path = self.state_dir / "sessions.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             try:
-                names = set(json.loads(path.read_text()))
+                raw = json.loads(path.read_text())
             except (OSError, ValueError):
-                names = set()
-            if add is None and remove is None:
-                return names
-            names = (names | {add}) - {remove} if add else names - {remove}
+                raw = {}
+            entries = {n: {} for n in raw} if isinstance(raw, list) else dict(raw)
+            if name is None:
+                return entries
+            if remove:
+                entries.pop(name, None)
+            else:
+                entries[name] = {**entries.get(name, {}), **(record or {})}
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(sorted(names)))
+            tmp.write_text(json.dumps(entries, sort_keys=True))
             os.replace(tmp, path)
-            return names
+            return entries
 
     def submit(self, launch: Launch) -> Handle:
         self._gate()
         name = session_name(launch.key)
+        self._listed = None
         session = self._session(name)
         if session is None:
-            self._ledger(add=name)
+            record = self._ledger().get(name, {})
+            if record.get("endpoint") and time.time() - record.get("created", 0) < self.settings.new_timeout:
+                raise TransientError(f"{self.name}: runtime {record['endpoint']} is not listed yet", self.name)
+            before = [s.endpoint for s in self._sessions()]
+            self._ledger(name, {"endpoint": None, "before": before, "created": time.time()})
             self._listed = None
             self.cli.new(name, self.settings.gpu)
             failpoints.hit("colab_after_new")
+            entry = self.cli.entry(name) or {}
+            if entry.get("endpoint"):
+                self._ledger(name, {"endpoint": entry["endpoint"]})
             self._listed = None
-            session = self._session(name)
+            session = self._session(name, entry.get("endpoint"))
             if session is None:
-                raise CapacityError(f"{self.name}: `colab new -s {name}` reported no runtime", self.name)
+                raise TransientError(f"{self.name}: `colab new -s {name}` made a runtime Colab does not list yet",
+                                     self.name)
         if session.hardware.upper() != self.settings.gpu:
-            self.cli.stop(name)
+            self._stop(name)
             raise CapacityError(
                 f"{self.name}: asked Colab for a {self.settings.gpu} and got {session.hardware}; stopped it",
                 self.name,
             )
+        self._ledger(name, {"endpoint": session.endpoint})
         # First contact with a runtime we created, through Google's authenticated
         # tunnel: its sshd key is pinned now and checked on every later connection.
         endpoint = dataclasses.replace(self.session_endpoint(name), pin_first_contact=True)
-        return self.link(endpoint).call(lambda conn: self.start(conn, launch, {"session": name}))
+        extra = {"session": name, "endpoint": session.endpoint, "controller": self.controller}
+        return self._tunnel(name, lambda: self.link(endpoint).call(lambda conn: self.start(conn, launch, extra)))
+
+    def _tunnel(self, name: str, fn):
+        """``fn()``; when the tunnel is refused (401/404: an expired runtime-proxy token
+        looks just like a gone runtime), the token is marked stale so the CLI renews it."""
+        try:
+            return fn()
+        except TransientError as exc:
+            if "HTTP 401" in str(exc) or "HTTP 404" in str(exc):
+                self.cli.expire(name)
+                self._listed = None
+            raise
+
+    def owns(self, handle: Handle) -> bool:
+        """Only the controller that created a runtime can name it (the CLI's store is local)."""
+        return handle.data.get("controller", self.controller) == self.controller
 
     def find(self, key: str) -> Handle | None:
         name = session_name(key)
@@ -252,29 +314,41 @@ class ColabPlatform(SSHPlatform):
             raise TransientError(str(exc), self.name) from exc
 
     def poll(self, handle: Handle) -> RemoteStatus:
-        if self._session(handle.data["session"]) is None:
+        if not self.owns(handle):
+            return RemoteStatus(RemoteState.UNKNOWN, f"a Colab run of controller {handle.data['controller']}: "
+                                "only it can reach the runtime")
+        if self._session(handle.data["session"], handle.data.get("endpoint")) is None:
             return RemoteStatus(RemoteState.LOST, "the Colab runtime is gone (idle or lifetime limit, or stopped)")
-        return super().poll(handle)
+        return self._tunnel(handle.data["session"], lambda: super(ColabPlatform, self).poll(handle))
 
     def fetch(self, handle: Handle, dest: Path) -> None:
-        if self._session(handle.data["session"]) is None:
+        if self._session(handle.data["session"], handle.data.get("endpoint")) is None:
             raise LostError(f"{self.name}: the Colab runtime is gone before its results were fetched", self.name)
-        super().fetch(handle, dest)
+        self._tunnel(handle.data["session"], lambda: super(ColabPlatform, self).fetch(handle, dest))
 
     def cancel(self, handle: Handle) -> None:
         """Stop the runtime: that ends the run and the billing at once."""
-        self._stop(handle.data["session"])
+        self._stop(handle.data["session"], handle.data.get("endpoint"))
 
     def release(self, handle: Handle) -> None:
         """Stop the runtime (its disk goes with it) and forget its host key."""
-        self._stop(handle.data["session"])
+        self._stop(handle.data["session"], handle.data.get("endpoint"))
         shutil.rmtree(self.state_dir / "fetch" / handle.key, ignore_errors=True)
 
-    def _stop(self, name: str) -> None:
+    def _stop(self, name: str, endpoint: str | None = None) -> None:
+        """Stop the runtime and confirm with a listing; the ledger keeps it until then.
+
+        Raises:
+            TransientError: the listing could not be read, or still shows the runtime.
+        """
         self.drop_link(self.session_endpoint(name))
-        self.cli.stop(name)
         self._listed = None
-        self._ledger(remove=name)
+        if self._session(name, endpoint) is not None:
+            self.cli.stop(name)
+            self._listed = None
+            if self._session(name, endpoint) is not None:
+                raise TransientError(f"{self.name}: runtime {name} is still listed after `colab stop`", self.name)
+        self._ledger(name, remove=True)
         self._forget(name)
 
     def _forget(self, name: str) -> None:
@@ -289,16 +363,30 @@ class ColabPlatform(SSHPlatform):
 
         Runs every tick (``reconcile_every_tick``) but costs nothing while the ledger is
         empty. Only runtimes in the ledger are touched: other ``orch-*`` runtimes may
-        belong to another controller on the same account.
+        belong to another controller on the same account. A ``colab new`` that was cut
+        off after Colab assigned the runtime leaves it nameless (``[?]``): the one new
+        nameless runtime that appeared during that call is taken to be ours.
         """
         ours = self._ledger()
         if not ours:
             return
         active = {session_name(k) for k in active_keys}
-        live = {s.name for s in self.cli.sessions()}
-        for name in sorted(ours):
-            if name not in live:
-                self._ledger(remove=name)  # gone already (stopped, or recycled by Colab)
+        self._listed = None
+        listed = self._sessions()  # raises rather than read "nothing" into a failed listing
+        known = {r.get("endpoint") for r in ours.values() if r.get("endpoint")}
+        for name, record in sorted(ours.items()):
+            if name in active:
+                continue
+            endpoint = record.get("endpoint")
+            if endpoint is None:
+                before = set(record.get("before", []))
+                new = [s for s in listed if s.name == "?" and s.endpoint not in before and s.endpoint not in known]
+                if len(new) == 1:
+                    endpoint = new[0].endpoint
+                    self._ledger(name, {"endpoint": endpoint})
+            session = self._session(name, endpoint)
+            if session is not None:
+                self._stop(name, endpoint)
+            elif time.time() - record.get("created", 0) > self.settings.new_timeout:
+                self._ledger(name, remove=True)  # a successful listing shows it gone
                 self._forget(name)
-            elif name not in active:
-                self._stop(name)

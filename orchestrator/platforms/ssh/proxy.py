@@ -6,6 +6,10 @@ paramiko 5.1's own ``ProxyCommand`` spins at 100 % CPU once the proxy process ex
 stderr pipe fill, and never reaps the process. :class:`EOFProxyCommand` fixes all of
 these; it is what ``connection.connect`` uses for every ``proxy`` (``colab ssh
 --proxy-mode``, ``cloudflared access ssh``, a test relay).
+
+Text a proxy prints on stdout before the server's ``SSH-`` banner (``colab`` prints
+its upgrade notice there) is dropped here: paramiko allows such lines (RFC 4253
+4.2) but gives each one after the first only 2 s, which a slow tunnel overruns.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         self.timeout: float | None = None
         self._lock = threading.Lock()
         self._released = False
+        self._preamble: bytes | None = b""  # until the banner: a partial line; then None
 
     def send(self, content: bytes) -> int:
         if self.process.stdin.closed:
@@ -80,9 +85,23 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         if not ready:
             raise socket.timeout()
         try:
-            return os.read(fd, size)  # b"" at EOF: the Packetizer raises EOFError
+            data = os.read(fd, size)  # b"" at EOF: the Packetizer raises EOFError
         except OSError as exc:
             raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
+        return self._past_preamble(data) if self._preamble is not None and data else data
+
+    def _past_preamble(self, data: bytes) -> bytes:
+        """``data`` from the ``SSH-`` banner on; raises socket.timeout (read again) while
+        only lines before it have come. Gives up after 64 KiB (paramiko then says why)."""
+        buf = self._preamble + data
+        while True:
+            if buf.startswith(b"SSH-") or len(buf) > 65536:
+                self._preamble = None
+                return buf
+            if b"\n" not in buf:  # a line still coming
+                self._preamble = buf
+                raise TimeoutError()
+            buf = buf.split(b"\n", 1)[1]
 
     def close(self) -> None:
         """End the proxy: EOF on its stdin first (a clean goodbye), then SIGTERM, SIGKILL.

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -60,13 +59,8 @@ def test_submit_to_fetch_on_colab_then_the_runtime_is_stopped(orch, config, cola
     assert job["state"] == "SUCCEEDED", job["message"]
     target = fetched(orch, job_id, tmp_path / "out")
     assert (target / "outputs" / "digest.txt").read_text() == hashlib.sha256(data).hexdigest()
-    [new] = colab.calls("new")
-    session = new[new.index("-s") + 1]
-    assert new[new.index("--gpu") + 1] == "T4" and session.startswith("orch-")
-    assert colab.sessions() == [] and ["stop", "-s", session] in colab.calls("stop")
-    proxies = colab.calls("ssh")
-    assert proxies and all("--proxy-mode" in c and "-i" in c and session in c for c in proxies)
-    assert colab.bridge_pids() == []
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.calls("/colab/ssh")
+    assert colab.live() == [] and len(colab.calls("/tun/m/unassign/", "POST")) == 1
 
 
 def test_an_orphaned_runtime_from_a_crashed_tick_is_stopped_by_the_next_tick(orch, config, colab, colab_platform,
@@ -74,12 +68,10 @@ def test_an_orphaned_runtime_from_a_crashed_tick_is_stopped_by_the_next_tick(orc
     config(platforms={"colab": colab_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     _crash_after_colab_new(orch)
-    [session] = [s["name"] for s in colab.sessions()]
+    assert len(colab.live()) == 1
     assert orch("cancel", job_id).exit_code == 0  # the attempt is gone; its runtime is nobody's now
-    assert [s["name"] for s in colab.sessions()] == [session]
     assert orch("tick").exit_code == 0
-    assert colab.sessions() == []
-    assert ["stop", "-s", session] in colab.calls("stop")
+    assert colab.live() == []
 
 
 def test_a_crash_after_new_reuses_the_runtime_instead_of_creating_another(orch, config, colab, colab_platform,
@@ -89,7 +81,7 @@ def test_a_crash_after_new_reuses_the_runtime_instead_of_creating_another(orch, 
     _crash_after_colab_new(orch)
     job = tick_until_state(orch, job_id, DONE, timeout=40)
     assert job["state"] == "SUCCEEDED", job["message"]
-    assert len(colab.calls("new")) == 1 and colab.sessions() == []
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.live() == []
 
 
 def test_tier_free_is_refused_and_says_why(orch, config, colab, colab_platform, tmp_path):
@@ -100,49 +92,49 @@ def test_tier_free_is_refused_and_says_why(orch, config, colab, colab_platform, 
     assert orch("tick").exit_code == 0
     job = job_state(orch, job_id)
     assert job["state"] == "QUEUED" and "terms" in job["message"]
-    assert colab.calls("new") == [] and colab.calls("ssh") == []
+    assert colab.calls("/tun/m/assign", "POST") == [] and colab.calls("/colab/ssh") == []
 
 
 def test_missing_cli_is_reported_with_the_install_command(orch, config, colab_platform, tmp_path):
     config(platforms={"colab": colab_platform(colab_bin=str(tmp_path / "no" / "colab"))})
     [entry] = _platforms(orch)
-    assert not entry["available"] and "pipx install google-colab-cli" in entry["reason"]
-    assert any("pipx install google-colab-cli" in p for p in entry["problems"])
+    assert not entry["available"] and "pipx install 'google-colab-cli" in entry["reason"]
+    assert any("pipx install 'google-colab-cli" in p for p in entry["problems"])
 
 
 def test_the_compute_unit_balance_is_the_quota_and_zero_creates_no_runtime(orch, config, colab, colab_platform,
                                                                            tmp_path):
-    colab.update(balance=12.5)
+    colab.balance = 12.5
     config(platforms={"colab": colab_platform()})
     [entry] = _platforms(orch)
     assert entry["quota"]["unit"] == "compute_units" and entry["quota"]["limit"] == 12.5
-    colab.update(balance=0.0)
+    colab.balance = 0.0
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     assert orch("tick").exit_code == 0
     job = job_state(orch, job_id)
     # The scheduler's quota ledger (fed by `colab usage`) or the platform's own gate says no.
     assert job["state"] == "QUEUED" and ("CU left" in job["message"] or "compute-unit balance" in job["message"])
-    assert colab.calls("new") == []
+    assert colab.calls("/tun/m/assign", "POST") == []
 
 
 def test_hardware_other_than_asked_is_stopped_at_once(orch, config, colab, colab_platform, tmp_path):
     config(platforms={"colab": colab_platform(gpu="T4")})
-    colab.update(substitute={"T4": "A100"})
+    colab.substitute = {"T4": "A100"}
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     assert orch("tick").exit_code == 0
     job = job_state(orch, job_id)
     assert job["state"] == "QUEUED" and "got A100" in job["message"]
-    assert len(colab.calls("new")) == 1 and colab.sessions() == [] and colab.calls("ssh") == []
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.live() == [] and colab.calls("/colab/ssh") == []
 
 
 def test_an_accelerator_the_account_cannot_get_requeues_the_job(orch, config, colab, colab_platform, tmp_path):
     config(platforms={"colab": colab_platform(gpu="H100")})
-    colab.update(eligible=["T4"])
+    colab.eligible = {"T4", "NONE"}
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
     assert orch("tick").exit_code == 0
     job = job_state(orch, job_id)
     assert job["state"] == "QUEUED" and "rejected accelerator" in job["message"]
-    assert colab.sessions() == []
+    assert colab.live() == []
 
 
 def test_a_recycled_runtime_makes_the_attempt_lost_without_creating_a_new_one(orch, config, colab, colab_platform,
@@ -151,12 +143,11 @@ def test_a_recycled_runtime_makes_the_attempt_lost_without_creating_a_new_one(or
     job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",), script="import time; time.sleep(30)",
                                   extra="retries: 0\n"))
     tick_until_state(orch, job_id, {"RUNNING", "PENDING"}, timeout=30)
-    [session] = colab.sessions()
-    subprocess.run([str(colab.executable), "stop", "-s", session["name"]], check=True, capture_output=True)
+    colab.vanish()
     kill_remote_runs(tmp_path)  # a stopped runtime takes its processes with it
     job = tick_until_state(orch, job_id, {"LOST"}, timeout=20)
     assert "runtime is gone" in job["message"]
-    assert len(colab.calls("new")) == 1 and colab.sessions() == []
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.live() == []
 
 
 def _launch(key: str):
@@ -170,7 +161,7 @@ def test_the_platform_itself_refuses_free_tier_and_an_empty_balance(orch_home, c
     from orchestrator.errors import CapacityError, PrecheckError
 
     config(platforms={"free": colab_platform(tier="free"), "paid": colab_platform()})
-    colab.update(balance=0.0)
+    colab.balance = 0.0
     app = App.open()
     try:
         with pytest.raises(PrecheckError, match="terms forbid SSH"):
@@ -179,4 +170,43 @@ def test_the_platform_itself_refuses_free_tier_and_an_empty_balance(orch_home, c
             app.platform("paid").submit(_launch("oabc-2"))
     finally:
         app.close()
-    assert colab.calls("new") == [] and colab.calls("ssh") == []
+    assert colab.calls("/tun/m/assign", "POST") == [] and colab.calls("/colab/ssh") == []
+
+
+def test_an_allocation_refusal_is_capacity_so_the_job_waits_instead_of_sitting_submitting(orch, config, colab,
+                                                                                          colab_platform, tmp_path):
+    config(platforms={"colab": colab_platform()})
+    colab.refuse(412, times=5)
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    assert orch("tick").exit_code == 0
+    job = job_state(orch, job_id)
+    assert job["state"] == "QUEUED" and "Allocation refused" in job["message"]
+    assert colab.live() == []
+
+
+def test_a_run_survives_an_expired_runtime_token_and_a_cut_tunnel(orch, config, colab, colab_platform, tmp_path):
+    config(platforms={"colab": colab_platform(heartbeat_timeout="30s")})
+    colab.token_ttl_s = 3.0  # tokens die long before the 3600 s they claim (google-colab-cli #106)
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",), script="import time; time.sleep(8)"))
+    tick_until_state(orch, job_id, {"RUNNING", "PENDING"}, timeout=40)
+    colab.cut()
+    job = tick_until_state(orch, job_id, DONE, timeout=60)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.live() == []
+
+
+def test_not_logged_in_shows_the_platform_unhealthy_with_the_login_hint(orch, config, colab, colab_platform):
+    config(platforms={"colab": colab_platform()})
+    (colab.home / ".config" / "colab-cli" / "token.json").unlink()
+    [entry] = _platforms(orch)
+    assert any("log in once" in p for p in entry["problems"]), entry
+
+
+def test_a_world_readable_cli_log_is_reported_with_the_fix(orch, config, colab, colab_platform):
+    config(platforms={"colab": colab_platform()})
+    log = colab.home / ".config" / "colab-cli" / "colab.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("Authorization: Bearer ya29...\n")
+    log.chmod(0o644)
+    [entry] = _platforms(orch)
+    assert any("chmod 600" in p for p in entry["problems"]), entry
