@@ -18,7 +18,7 @@ from .app import App
 from .blobstore import BlobStore, restore_artifacts, share_bundle
 from .controller import Controller
 from .planning import Planner
-from .errors import NotFoundError, SpecError, StateError
+from .errors import NotFoundError, SpecError, StateError, UsageError
 from .platforms.base import Feature, Handle
 from .results import install_attempt
 from .states import AttemptState, JobState
@@ -39,17 +39,23 @@ class SubmitResult:
 
 
 def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str, ...] = (),
-           dry_run: bool = False) -> SubmitResult:
-    """Validate ``path``, bundle it and queue it (or, with ``dry_run``, only explain)."""
+           dry_run: bool = False, single: bool = False) -> SubmitResult:
+    """Validate ``path``, bundle it and queue it (or, with ``dry_run``, only explain).
+
+    Every refusal comes before anything is queued, and ``dry_run`` refuses exactly what
+    a real submit refuses; ``single`` (``--wait``) refuses a sweep.
+    """
     spec = spec_mod.load(path)
     configured = app.config.names
     for i, name in enumerate(spec.platforms):
         if name not in configured:
             raise SpecError(_unknown_platform(spec.where("platforms", i), name, configured))
-    if pin and pin not in configured:
-        raise NotFoundError(_unknown_platform("--platform", pin, configured))
-    if not dry_run:
-        _check_feasible(app, spec, pin)
+    if pin is not None and pin not in configured:
+        raise UsageError(_unknown_platform("--platform", pin, configured))
+    if single and spec.sweep:
+        raise UsageError(f"{spec.where('sweep')}: --wait follows one job and this job.yaml is a sweep; "
+                         "submit it without --wait and follow it with `orch status SWEEP`")
+    _check_feasible(app, spec, pin)
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root])
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []

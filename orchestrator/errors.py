@@ -51,6 +51,12 @@ class NotFoundError(OrchError):
     """No job, attempt or platform matches the name or id prefix given."""
 
 
+class UsageError(OrchError):
+    """A command-line option that can never work (``--platform nosuch``); nothing was done."""
+
+    exit_code = 2
+
+
 class StateError(OrchError):
     """A state change the transition table does not allow."""
 

@@ -19,7 +19,7 @@ import time
 
 from . import quota, scheduler, windows
 from .app import App
-from .errors import OrchError
+from .errors import OrchError, SpecError
 from .gpus import gpu_type
 from .launch import job_spec, remaining
 from .platforms.base import Offer
@@ -80,7 +80,7 @@ class Planner:
             try:
                 spec = job_spec(job)
             except Exception as exc:  # a stored spec this version cannot read
-                waits[job.id] = f"stored spec unreadable: {exc}"
+                waits[job.id] = str(exc) if isinstance(exc, SpecError) else f"stored spec unreadable: {exc}"
                 continue
             missing = [s for s in spec.secrets if s not in os.environ] if spec.secrets_from == "local" else []
             if missing:

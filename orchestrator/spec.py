@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from .errors import SpecError
 from .gpus import GPU_TYPES
 from .settings import Duration, PositiveDuration
-from .yamlfile import first_error, parse_yaml, where
+from .yamlfile import first_error, message, parse_yaml, where
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -459,4 +459,8 @@ def from_public_dict(doc: dict[str, Any]) -> JobSpec:
     doc["resources"] = resources
     if isinstance(doc.get("grace"), (int, float)):
         doc["grace"] = f"{doc['grace']}s"
-    return JobSpec.model_validate(doc)
+    try:
+        return JobSpec.model_validate(doc)
+    except ValidationError as exc:  # queued by another version, or before a check existed
+        raise SpecError(f"the stored job.yaml is no longer valid: {message(exc.errors()[0], JobSpec, DOCS)}; "
+                        "cancel the job and submit it again") from None

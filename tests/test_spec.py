@@ -187,3 +187,26 @@ def test_a_fifo_as_dataset_is_refused_at_load(tmp_path):
     path.write_text("run: echo\ndatasets: [{path: pipe}]\n")
     with pytest.raises(SpecError, match="not a regular file or directory"):
         spec.load(path)
+
+
+def test_a_stored_spec_that_no_longer_validates_waits_with_one_readable_line(orch, orch_home, tmp_path):
+    import json
+
+    from orchestrator.app import App
+    from orchestrator.schema import jobs
+    from tests.conftest import make_job, submit
+
+    job_id = submit(orch, make_job(tmp_path / "j", "run: 'true'\n"))
+    app = App.open()
+    try:
+        with app.store.engine.begin() as conn:
+            stored = conn.execute(jobs.select().where(jobs.c.id == job_id)).first().spec
+            doc = json.loads(stored)
+            doc["resources"]["max_runtime"] = "0s"  # accepted by an older orch, refused now
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(spec=json.dumps(doc)))
+    finally:
+        app.close()
+    r = orch("plan", "--json")
+    assert r.exit_code == 0, r.output
+    assert "pydantic" not in r.output and "validation error" not in r.output
+    assert "the stored job.yaml is no longer valid" in r.output

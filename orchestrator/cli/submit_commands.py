@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from click import UsageError
 
 from ..durations import format_duration
 from ..errors import NotFoundError
@@ -32,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--dry-run", is_flag=True, help="Show the bundle and where the job would go; queue nothing.")
 @click.option("--allow-file", multiple=True, metavar="NAME",
               help="Bundle this credential-looking file anyway (it holds no secret).")
-@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between ticks with --wait.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between ticks with --wait.")
 @json_option
 @pass_app
 def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool, allow_file: tuple[str, ...],
@@ -47,15 +47,14 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
     from .. import actions
 
     with transfer_bars(not as_json):  # archiving a large dataset shows a bar
-        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run)
+        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run, single=wait)
+    _warn_about(res.bundle)
     if dry_run:
         _print_dry_run(res, as_json)
         return
     job_id = res.job_id
     assert job_id
     if res.sweep_id:
-        if wait:
-            raise UsageError("--wait follows one job; for a sweep, follow it with `orch status SWEEP`")
         _print_sweep_queued(res, as_json)
         return
     if as_json and not wait:
@@ -67,6 +66,27 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
     if not wait:
         return
     _see_through(app, job_id, interval, as_json)
+
+
+#: A file this large is probably data that belongs in `datasets:` (cached, uploaded once).
+LARGE_FILE = 1 << 30
+
+
+def _warn_about(bundle) -> None:
+    """On stderr (so --json stays clean): what was left out of the bundle, and huge files."""
+    from .common import err_console
+
+    for rel in bundle.skipped:
+        err_console.print(f"warning: {rel} was not bundled (a link out of the code directory, a FIFO, socket or device)",
+                          markup=False, highlight=False)
+    for rel, size in bundle.code_files:
+        if size >= LARGE_FILE:
+            err_console.print(f"warning: {rel} is {_size(size)}; data this large is better as a dataset "
+                              "(cached, uploaded once)", markup=False, highlight=False)
+    for d in bundle.datasets:
+        if d.size >= LARGE_FILE:
+            err_console.print(f"warning: dataset {d.name} is {_size(d.size)}; uploads to remote platforms take a while",
+                              markup=False, highlight=False)
 
 
 def _print_dry_run(res: SubmitResult, as_json: bool) -> None:
