@@ -87,6 +87,10 @@ class ColabPlatform(SSHPlatform):
     settings: ColabSettings
     #: The controller calls reconcile() every tick, even when no attempt used Colab.
     reconcile_every_tick = True
+    #: Runtime names live in this machine's CLI session store: in team mode only the
+    #: controller on the machine that created an attempt polls, fetches or stops it, and
+    #: no other declares it LOST (issue: another machine lists the runtime as `[?]`).
+    host_bound = True
 
     def __init__(self, name: str, settings: ColabSettings, home: Any):
         super().__init__(name, settings, home)

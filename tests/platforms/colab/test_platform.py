@@ -210,3 +210,33 @@ def test_a_world_readable_cli_log_is_reported_with_the_fix(orch, config, colab, 
     log.chmod(0o644)
     [entry] = _platforms(orch)
     assert any("chmod 600" in p for p in entry["problems"]), entry
+
+
+def test_in_team_mode_another_machine_never_polls_or_loses_a_colab_attempt(orch, config, colab, colab_platform,
+                                                                            tmp_path):
+    import time
+
+    from orchestrator.app import App
+    from orchestrator.schema import attempts
+
+    config(platforms={"colab": colab_platform()}, controller={"unknown_window": "1s"})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",), script="import time; time.sleep(6)"))
+    tick_until_state(orch, job_id, {"RUNNING"}, timeout=40)
+
+    def set_host(name: str | None) -> None:
+        app = App.open()
+        try:
+            with app.store.engine.begin() as conn:
+                conn.execute(attempts.update().where(attempts.c.job_id == job_id).values(host=name))
+        finally:
+            app.close()
+
+    set_host("another-machine")  # as if that controller had created it
+    for _ in range(4):
+        assert orch("tick").exit_code == 0
+        time.sleep(0.5)
+    assert job_state(orch, job_id)["state"] == "RUNNING" and len(colab.live()) == 1
+    set_host(None)
+    job = tick_until_state(orch, job_id, DONE, timeout=40)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert colab.live() == []
