@@ -24,3 +24,9 @@ def test_a_platform_name_that_is_not_a_safe_identifier_is_refused(orch, orch_hom
     r = orch("status")
     assert r.exit_code == 2 and "is not a usable platform name" in r.output, r.output
     assert not (orch_home.parent / "escaped").exists()
+
+
+def test_init_with_a_state_url_that_cannot_work_writes_no_config(orch, orch_home):
+    r = orch("init", "--state", "garbage://x")
+    assert r.exit_code == 2 and "garbage" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (orch_home / "config.yaml").exists()

@@ -142,7 +142,12 @@ def init(force: bool, state_url: str | None) -> None:
     else:
         text = STARTER.format(home=home.root)
         if state_url:
-            text = text.replace(f"# state: sqlite:///{home.root}/state.db", f"state: {state_url}", 1)
+            import json
+
+            from ..store import Store
+
+            Store(state_url).close()  # a URL that cannot work fails here, before config.yaml is written
+            text = text.replace(f"# state: sqlite:///{home.root}/state.db", f"state: {json.dumps(state_url)}", 1)
         path.write_text(text)
         console.print(f"wrote {path}")
     app = App.open(home)
