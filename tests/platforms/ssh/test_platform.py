@@ -119,15 +119,15 @@ def test_a_host_key_that_changes_during_a_run_makes_it_unknown_not_failed(orch, 
 def test_shell_metacharacters_in_paths_and_values_inject_nothing(orch, config, orch_home, ssh_platform, tmp_path,
                                                                    monkeypatch):
     evil_dir = tmp_path / "it's a $(touch PWNED1) `touch PWNED2` dir"
-    monkeypatch.setenv("ORCH_TEST_SECRET", "s3cr3t $(touch PWNED3); 'quoted'")
+    monkeypatch.setenv("TEST_SECRET_VALUE", "s3cr3t $(touch PWNED3); 'quoted'")
     config(platforms={"lab": ssh_platform(remote_dir=str(evil_dir))})
     script = (
         "import os, pathlib\n"
         "pathlib.Path(os.environ['ORCH_OUTPUT_DIR'], 'seen.txt').write_text("
-        "os.environ['PLAIN'] + '|' + os.environ['ORCH_TEST_SECRET'])\n"
+        "os.environ['PLAIN'] + '|' + os.environ['TEST_SECRET_VALUE'])\n"
     )
     job_yaml = ssh_job(tmp_path / "code dir; $(touch PWNED4)", script=script,
-                        extra="env:\n  PLAIN: \"$(touch PWNED5) && echo 'hi'\"\nsecrets: [ORCH_TEST_SECRET]\n")
+                        extra="env:\n  PLAIN: \"$(touch PWNED5) && echo 'hi'\"\nsecrets: [TEST_SECRET_VALUE]\n")
     job_id = submit(orch, job_yaml)
     job = tick_until_state(orch, job_id, DONE)
     assert job["state"] == "SUCCEEDED", job["message"]
@@ -208,12 +208,12 @@ def test_a_tick_killed_after_submitting_is_adopted_by_the_next_one(orch, config,
 
 def test_no_secret_lands_in_the_home_the_remote_dir_or_status(orch, config, orch_home, ssh_platform, tmp_path,
                                                                 monkeypatch):
-    monkeypatch.setenv("ORCH_TEST_TOKEN", "tok-" + os.urandom(6).hex())
+    monkeypatch.setenv("TEST_TOKEN_VALUE", "tok-" + os.urandom(6).hex())
     config(platforms={"lab": ssh_platform()})
-    script = "import os\nprint('token is', os.environ['ORCH_TEST_TOKEN'])\n"
-    job_id = submit(orch, ssh_job(tmp_path / "j", script=script, extra="secrets: [ORCH_TEST_TOKEN]\n"))
+    script = "import os\nprint('token is', os.environ['TEST_TOKEN_VALUE'])\n"
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=script, extra="secrets: [TEST_TOKEN_VALUE]\n"))
     assert tick_until_state(orch, job_id, DONE)["state"] == "SUCCEEDED"
-    token = os.environ["ORCH_TEST_TOKEN"].encode()
+    token = os.environ["TEST_TOKEN_VALUE"].encode()
     for path in list(orch_home.rglob("*")) + list((tmp_path / "remote").rglob("*")):
         if path.is_file():
             assert token not in path.read_bytes(), path
