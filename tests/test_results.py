@@ -75,7 +75,7 @@ def test_job_writing_links_fifos_and_devices_gets_only_its_regular_files_back(or
           mkfifo $ORCH_OUTPUT_DIR/pipe;
           {dev}
           ln -s /etc/passwd pw.txt
-        outputs: ["*.txt", "../*"]
+        outputs: ["*.txt"]  # "../*" is refused at submit (tests/specs/broken/53-*)
         """)
     job_id = submit(orch, path)
     tick_until(lambda app: app.store.job(job_id).state.terminal)

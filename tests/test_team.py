@@ -249,4 +249,4 @@ def test_init_with_a_state_url_creates_the_schema(pg_url, tmp_path, monkeypatch)
     r = CliRunner().invoke(main, ["init", "--state", pg_url])
     assert r.exit_code == 0, r.output
     assert f"schema version {SCHEMA_VERSION}" in r.output
-    assert f"state: {pg_url}" in (tmp_path / "home" / "config.yaml").read_text()
+    assert f"state: \"{pg_url}\"" in (tmp_path / "home" / "config.yaml").read_text()
