@@ -37,7 +37,8 @@ from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import build_drive, drive_errors, load_credentials, save_credentials
 from .mailbox import AgentInfo, Mailbox
-from .transfer import Backoff, Transfers, UploadJournal
+from ...partfile import PartFile
+from .transfer import DRIVE_CALLS, Transfers, UploadJournal
 
 PAID_TIERS = ("pro", "pro+", "pay-as-you-go")
 FREE_TIER_REASON = (
@@ -114,7 +115,7 @@ class ColabDrivePlatform(PlatformBase):
             s = self.settings
             service = build_drive(creds, s.endpoint, s.timeout)
             journal = UploadJournal(self.home.platform_dir(self.name) / "uploads")
-            backoff = Backoff(base=s.backoff_base, cap=32.0 * s.backoff_base, attempts=s.retries)
+            backoff = DRIVE_CALLS.replace(base=s.backoff_base, cap=32.0 * s.backoff_base, attempts=s.retries)
             transfers = Transfers(service, journal, self.name, backoff, chunk_size=s.chunk_mb * 1024 * 1024)
             self._mailbox = Mailbox(transfers, s.folder)
         return self._mailbox
@@ -307,6 +308,8 @@ class ColabDrivePlatform(PlatformBase):
         for name, art in (status.get("artefacts") or {}).items():
             if "/" in name or name.startswith("."):
                 raise LostError(f"{handle.key}: refusing artefact name {name!r}", self.name)
+            if PartFile(dest / name, size=int(art["size"])).complete():
+                continue  # fetched on an earlier tick (``dest`` is the controller's staging)
             mb.t.download(art["id"], dest / name, size=int(art["size"]), sha256=art["sha256"])
 
     def cancel(self, handle: Handle) -> None:

@@ -4,7 +4,8 @@ Design choice: the library's built-in retries are not used for media
 (``next_chunk(num_retries=0)``). Its chunk retry re-sends an exhausted stream, and its
 backoff (at most 2-8 s) is too short for Drive's per-minute quotas. Instead every call
 goes through :meth:`Transfers.call`, which retries what :func:`is_retryable` allows with
-truncated exponential backoff and full jitter (``sleep`` is injectable for tests).
+truncated exponential backoff and full jitter (:data:`DRIVE_CALLS`, an
+:class:`orchestrator.retry.Retry`; ``sleep`` is injectable for tests).
 
 Uploads are resumable and chunked; the session URI is journalled under the orch home
 the moment Drive hands it out, so an upload cut short by a crash or a controller
@@ -17,11 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -30,7 +29,9 @@ from googleapiclient.http import MediaFileUpload, MediaInMemoryUpload
 
 from ...bundle import sha256_file
 from ...errors import PlatformError, TransientError
+from ...partfile import PartFile
 from ...progress import transfer
+from ...retry import Retry, Tries
 from .client import classify, is_retryable
 
 T = TypeVar("T")
@@ -48,25 +49,9 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-@dataclass
-class Backoff:
-    """Truncated exponential backoff with full jitter, as Google's Drive docs advise.
-
-    Attempt ``n`` (1-based) waits ``rand() * min(cap, base * 2**(n-1))`` seconds; after
-    ``attempts`` failures in a row the last error is raised.
-    """
-
-    base: float = 1.0
-    cap: float = 32.0
-    attempts: int = 8
-    sleep: Callable[[float], None] = time.sleep
-    rand: Callable[[], float] = random.random
-    slept: list[float] = field(default_factory=list)
-
-    def wait(self, failure: int) -> None:
-        delay = self.rand() * min(self.cap, self.base * 2 ** (failure - 1))
-        self.slept.append(delay)
-        self.sleep(delay)
+#: Drive calls: truncated exponential backoff with full jitter, as Google's Drive docs
+#: advise: the n-th wait is ``rand() * min(32 s, 1 s * 2**(n-1))``; 8 tries.
+DRIVE_CALLS = Retry(attempts=8, base=1.0, factor=2.0, cap=32.0, jitter=1.0)
 
 
 class UploadJournal:
@@ -116,13 +101,13 @@ class Transfers:
     """
 
     def __init__(self, service: Any, journal: UploadJournal, platform: str | None = None,
-                 backoff: Backoff | None = None, chunk_size: int = DEFAULT_CHUNK):
+                 backoff: Retry | None = None, chunk_size: int = DEFAULT_CHUNK):
         if chunk_size <= 0 or chunk_size % CHUNK_QUANTUM:
             raise ValueError("chunk_size must be a positive multiple of 256 KiB")
         self.service = service
         self.journal = journal
         self.platform = platform
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or DRIVE_CALLS
         self.chunk_size = chunk_size
 
     # ---- generic calls
@@ -137,26 +122,23 @@ class Transfers:
 
     def retrying(self, what: str, fn: Callable[[], T]) -> T:
         """``fn()``, retried on what :func:`is_retryable` allows, errors mapped once."""
-        failures = 0
+        tries = self.backoff.begin()
         while True:
             try:
                 return fn()
             except PlatformError as exc:
                 if not isinstance(exc, TransientError):
                     raise
-                failures = self._absorb(exc, what, failures)
+                self._absorb(exc, what, tries)
             except Exception as exc:  # noqa: BLE001 - classified right here
-                failures = self._absorb(exc, what, failures)
+                self._absorb(exc, what, tries)
 
-    def _absorb(self, exc: BaseException, what: str, failures: int) -> int:
+    def _absorb(self, exc: BaseException, what: str, tries: Tries) -> None:
         """Back off after a retryable failure or raise the mapped error."""
         if not is_retryable(exc):
             raise classify(exc, what, self.platform) from exc
-        failures += 1
-        if failures >= self.backoff.attempts:
-            raise classify(exc, f"{what} (gave up after {failures} tries)", self.platform) from exc
-        self.backoff.wait(failures)
-        return failures
+        if not tries.wait(exc):
+            raise classify(exc, f"{what} (gave up after {tries.failures} tries)", self.platform) from exc
 
     def list(self, q: str, fields: str = FILE_FIELDS, order_by: str = "createdTime") -> list[dict[str, Any]]:
         """Every file matching ``q`` (all pages), oldest first by default."""
@@ -255,14 +237,14 @@ class Transfers:
             # Private flag: makes the next call ask the server for its offset first
             # (``bytes */N``); the documented way to continue a session (notes §5.2.4).
             req._in_error_state = True
-        failures = 0
+        tries = self.backoff.begin()
         response = None
         with transfer(f"{self.platform}: upload {path.name}", size) as advance:
             sent = 0
             while response is None:
                 try:
                     status, response = req.next_chunk(num_retries=0)
-                    failures = 0
+                    tries.reset()
                     now = size if response is not None else (status.resumable_progress if status else sent)
                     advance(max(0, now - sent))
                     sent = max(sent, now)
@@ -272,7 +254,7 @@ class Transfers:
                         self.journal.drop(key)
                         req, resumed = fresh(), False
                         continue
-                    failures = self._absorb(exc, what, failures)
+                    self._absorb(exc, what, tries)
                 finally:
                     if req.resumable_uri and not resumed:
                         self.journal.put(key, {"uri": req.resumable_uri, "sha256": sha256, "size": size,
@@ -337,44 +319,27 @@ class Transfers:
         """Download a file to ``dest`` via ``dest.part``, continuing a partial one.
 
         Size and sha256 default to what Drive reports; a mismatch deletes the partial
-        file and raises TransientError so the next try starts clean.
+        file and raises TransientError so the next try starts clean (:class:`PartFile`).
         """
         if size is None or sha256 is None:
             meta = self.get(file_id, "id,size,sha256Checksum")
             size = int(meta.get("size", 0)) if size is None else size
             sha256 = sha256 or meta.get("sha256Checksum")
-        part = dest.with_name(dest.name + ".part")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         what = f"download {dest.name}"
+        part = PartFile(dest, size=size, sha256=sha256, what=what, platform=self.platform)
         req = self.service.files().get_media(fileId=file_id)
-        failures = 0
-        with open(part, "ab") as out, transfer(f"{self.platform}: download {dest.name}", size) as advance:
-            offset = out.tell()
-            if offset > size:
-                out.truncate(0)
-                offset = 0
-            advance(offset)
-            while offset < size:
+        tries = self.backoff.begin()
+        with part.open() as out, transfer(f"{self.platform}: download {dest.name}", size) as advance:
+            advance(out.offset)
+            while out.offset < size:
                 try:
-                    status, content = self._get_range(req, offset, min(size, offset + self.chunk_size))
+                    status, content = self._get_range(req, out.offset, min(size, out.offset + self.chunk_size))
                 except Exception as exc:  # noqa: BLE001 - classified in _absorb
-                    failures = self._absorb(exc, what, failures)
+                    self._absorb(exc, what, tries)
                     continue
                 if status == 200:  # the server ignored Range: this is the whole file
-                    out.truncate(0)
-                    out.seek(0)
-                    offset = 0
+                    out.restart()
                 out.write(content)
-                offset += len(content)
                 advance(len(content))
-                failures = 0
-        got = part.stat().st_size
-        if got != size:
-            part.unlink(missing_ok=True)
-            raise TransientError(f"{what}: got {got} bytes, expected {size}; the partial file was removed",
-                                 self.platform)
-        if sha256 and sha256_file(part) != sha256:
-            part.unlink(missing_ok=True)
-            raise TransientError(f"{what}: sha256 mismatch; the partial file was removed", self.platform)
-        os.replace(part, dest)
-        return dest
+                tries.reset()
+        return part.commit()

@@ -10,8 +10,9 @@ Everything orch says to Kaggle goes through :class:`KaggleAccount`, which
   ``KAGGLE_API_ENVIRONMENT`` and ``HTTP(S)_PROXY`` keep working: no request leaves
   through anything but the client's own HTTP session;
 * maps every client error onto orch's tree once, in :func:`kaggle_errors`; and
-* retries every call with backoff and jitter (:class:`Backoff`), honouring
-  ``Retry-After``, because the client itself retries only uploads.
+* retries every call with backoff and jitter (:data:`CALLS`, an
+  :class:`orchestrator.retry.Retry`), honouring ``Retry-After``, because the client
+  itself retries only uploads.
 
 Design choice: the client reads ``KAGGLE_API_ENVIRONMENT`` and its config dir once,
 at import. ``KaggleAccount`` re-reads both when it builds its ``KaggleApi`` (setting
@@ -26,9 +27,8 @@ import io
 import json
 import logging
 import os
-import random
-import time
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 import requests
 
 from ...errors import CapacityError, OrchError, PrecheckError, TransientError
+from ...partfile import PartFile
+from ...retry import Retry
 from ..base import QuotaReading
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,46 +145,40 @@ def kaggle_errors(what: str, platform: str | None = None) -> Iterator[None]:
         raise TransientError(f"{what}: network error talking to Kaggle ({exc}); will retry", platform) from exc
 
 
+def _download_error(what: str, resp: requests.Response, platform: str | None) -> OrchError:
+    """The error for a download that answered neither 200 nor 206."""
+    body = resp.text[:200] if "json" in resp.headers.get("Content-Type", "") else ""
+    message = f"{what}: download answered HTTP {resp.status_code} {body}".rstrip()
+    if resp.status_code in (429,) or resp.status_code >= 500 or resp.status_code in (403, 404, 408):
+        # 403/404 on a signed URL: it expired; a fresh listing gives a new one.
+        err = TransientError(message, platform)
+        err.retry_after = _retry_after(resp)  # type: ignore[attr-defined]
+        return err
+    return PrecheckError(message, platform)
+
+
+def _download_size(resp: requests.Response, have: int, platform: str | None) -> int | None:
+    """The whole file's size from a download reply (None when it does not say).
+
+    A 206 must continue at ``have`` (``Content-Range: bytes have-end/total``);
+    anything else would shift the rest of the file, so it is refused as transient.
+    """
+    if resp.status_code == 206:
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
+        if not m or int(m.group(1)) != have:
+            raise TransientError(f"download reply for bytes {have}- came back as "
+                                 f"{resp.headers.get('Content-Range', 'no Content-Range')}", platform)
+        return int(m.group(3)) if m.group(3) != "*" else None
+    length = resp.headers.get("Content-Length")
+    return int(length) if length is not None else None
+
+
 # --------------------------------------------------------------------------- retries
 
 
-@dataclass
-class Backoff:
-    """Retry policy for one Kaggle call: exponential backoff with jitter.
-
-    Each delay is drawn from [ceiling/2, ceiling] with ceiling = min(cap, base *
-    factor**n), so no two attempts are ever closer than ``base/2`` (never a tight
-    loop), and a ``Retry-After`` is honoured as a floor. A call gives up (re-raising
-    the last TransientError) after ``attempts`` tries or once the next sleep would
-    pass ``budget`` seconds; the controller's next tick tries again.
-    """
-
-    base: float = 1.0
-    factor: float = 2.0
-    cap: float = 60.0
-    attempts: int = 6
-    budget: float = 180.0
-    sleep: Callable[[float], None] = time.sleep
-    rng: random.Random = field(default_factory=random.Random)
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        ceiling = min(self.cap, self.base * self.factor**attempt)
-        jittered = ceiling / 2 + self.rng.uniform(0.0, ceiling / 2)
-        return max(jittered, retry_after) if retry_after is not None else jittered
-
-    def run(self, what: str, fn: Callable[[], T]) -> T:
-        slept = 0.0
-        for attempt in range(self.attempts):
-            try:
-                return fn()
-            except TransientError as exc:
-                pause = self.delay(attempt, getattr(exc, "retry_after", None))
-                if attempt + 1 >= self.attempts or slept + pause > self.budget:
-                    raise
-                log.info("%s; retrying in %.2fs (attempt %d/%d)", exc, pause, attempt + 1, self.attempts)
-                self.sleep(pause)
-                slept += pause
-        raise AssertionError("unreachable")  # pragma: no cover
+#: Kaggle calls: waits within [ceiling/2, ceiling] (never closer than ``base/2``, never a
+#: tight loop), ceilings doubling from 1 s to 60 s, 6 tries and at most 180 s of waiting.
+CALLS = Retry(attempts=6, base=1.0, factor=2.0, cap=60.0, jitter=0.5, budget=180.0)
 
 
 # --------------------------------------------------------------------------- account
@@ -237,8 +233,8 @@ class KaggleAccount:
     Every method retries transient failures with ``backoff`` and raises orch errors.
     """
 
-    def __init__(self, backoff: Backoff | None = None, platform: str | None = None):
-        self.backoff = backoff or Backoff()
+    def __init__(self, backoff: Retry | None = None, platform: str | None = None):
+        self.backoff = backoff or CALLS
         self.platform = platform
         self.warnings: list[str] = []
         self._api: KaggleApi | None = None
@@ -283,7 +279,7 @@ class KaggleAccount:
             raise PrecheckError(f"the Kaggle credentials name no user; {CREDENTIALS_FIX}", self.platform)
         return str(name)
 
-    def call(self, what: str, fn: Callable[["KaggleApi"], T], retry: bool | Backoff = True) -> T:
+    def call(self, what: str, fn: Callable[["KaggleApi"], T], retry: bool | Retry = True) -> T:
         """Run ``fn(api)`` at the error edge, with retries (``self.backoff``, or the
         policy given) unless ``retry`` is False."""
 
@@ -293,10 +289,10 @@ class KaggleAccount:
 
         if retry is False:
             return once()
-        return (retry if isinstance(retry, Backoff) else self.backoff).run(what, once)
+        return (retry if isinstance(retry, Retry) else self.backoff).run(what, once)
 
     # -- kernels
-    def kernel_status(self, ref: str, retry: bool | Backoff = True) -> KernelState:
+    def kernel_status(self, ref: str, retry: bool | Retry = True) -> KernelState:
         """Raises MissingError when the kernel does not exist."""
         resp = self.call(f"status of {ref}", lambda api: api.kernels_status(ref), retry)
         status = getattr(resp.status, "name", None) or str(resp.status or "QUEUED")
@@ -342,35 +338,30 @@ class KaggleAccount:
     def download(self, url: str, dest: Path, what: str) -> int:
         """GET ``url`` into ``dest`` through the client's HTTP session, without auth.
 
-        Only a 200 is saved (2.2.4 would save an error page as the file); the body
-        goes to ``dest.part`` and is renamed once complete. Returns the byte count.
+        Only a 200 (or a 206 for a ``Range`` request) is saved (2.2.4 would save an
+        error page as the file); the body goes to ``dest.part`` (:class:`PartFile`),
+        a later try continues it with ``Range``, and it is renamed once its size matches.
+        Returns the file's size.
         """
+        part = PartFile(dest, what=what, platform=self.platform)
 
         def fetch(api: "KaggleApi") -> int:
-            part = dest.with_name(dest.name + ".part")
+            have = part.have()
+            headers = {"Range": f"bytes={have}-"} if have else {}
             with api.build_kaggle_client() as client:
                 http = client._http_client  # the client's own session, as kernels_logs_stream uses it
                 http._init_session()
-                with http._session.get(url, auth=_NoAuth(), stream=True, timeout=(30, 300)) as resp:
-                    if resp.status_code != 200:
-                        body = resp.text[:200] if "json" in resp.headers.get("Content-Type", "") else ""
-                        if resp.status_code in (429,) or resp.status_code >= 500 or resp.status_code in (403, 404, 408):
-                            # 403/404 on a signed URL: it expired; a fresh listing gives a new one.
-                            err = TransientError(f"{what}: download answered HTTP {resp.status_code} {body}".rstrip(), self.platform)
-                            err.retry_after = _retry_after(resp)  # type: ignore[attr-defined]
-                            raise err
-                        raise PrecheckError(f"{what}: download answered HTTP {resp.status_code} {body}".rstrip(), self.platform)
-                    expected = resp.headers.get("Content-Length")
-                    size = 0
-                    with open(part, "wb") as out:
+                with http._session.get(url, auth=_NoAuth(), headers=headers, stream=True, timeout=(30, 300)) as resp:
+                    if resp.status_code == 416:  # the part is no prefix of the file: start again
+                        part.discard()
+                        raise TransientError(f"{what}: the partial download does not fit the file", self.platform)
+                    if resp.status_code not in (200, 206):
+                        raise _download_error(what, resp, self.platform)
+                    part.size = _download_size(resp, have, self.platform)
+                    with part.open(resume=resp.status_code == 206) as out:
                         for block in resp.iter_content(1 << 20):
                             out.write(block)
-                            size += len(block)
-            if expected is not None and int(expected) != size:
-                part.unlink(missing_ok=True)
-                raise TransientError(f"{what}: download was cut short ({size} of {expected} bytes)", self.platform)
-            os.replace(part, dest)
-            return size
+            return part.commit().stat().st_size
 
         return self.call(what, fetch)
 
@@ -382,7 +373,7 @@ class KaggleAccount:
             for event in self.api().kernels_logs_stream(ref):
                 yield str(event.get("data", ""))
 
-    def quota(self, retry: bool | Backoff = True) -> QuotaReading:
+    def quota(self, retry: bool | Retry = True) -> QuotaReading:
         """The account's weekly GPU quota (GetAcceleratorQuotaStatistics), in hours."""
         resp = self.call("GPU quota", lambda api: api.quota_view(), retry)
         gpu = resp.gpu_quota

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import threading
@@ -43,7 +44,7 @@ from ..base import (
 from ...quota import Budget
 from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
-from .client import Backoff, KaggleAccount, KernelState, MissingError
+from .client import CALLS, KaggleAccount, KernelState, MissingError
 from .credentials import find_credentials, permission_warning
 from .transfer import download_outputs, ensure_dataset, log_text
 
@@ -168,10 +169,10 @@ class KagglePlatform(PlatformBase):
     def __init__(self, name: str, settings: KaggleSettings, home: Any):
         super().__init__(name, settings, home)
         base = settings.retry_base
-        self.account = KaggleAccount(Backoff(base=base, cap=max(base * 60, 1.0)), name)
+        self.account = KaggleAccount(CALLS.replace(base=base, cap=max(base * 60, 1.0)), name)
         #: Status reads retry briefly: a read that keeps failing makes the attempt
         #: UNKNOWN for this tick, and the next tick reads again.
-        self.poll_backoff = Backoff(base=base, cap=max(base * 8, 1.0), attempts=3, budget=base * 20)
+        self.poll_backoff = CALLS.replace(base=base, cap=max(base * 8, 1.0), attempts=3, budget=base * 20)
         self.root: Path = home.platform_dir(name)
         self.sleep: Callable[[float], None] = time.sleep
         self.clock: Callable[[], float] = time.monotonic
@@ -338,17 +339,16 @@ class KagglePlatform(PlatformBase):
     def _push(self, folder: Path, ref: str, timeout: int, shape: str | None) -> int:
         """Push once; after an unclear failure (timeout, 5xx, dropped answer) read the
         status first, because the push may have landed: a slug is never pushed twice."""
-        backoff = self.account.backoff
-        for attempt in range(backoff.attempts):
+        # The account's tries and delays, waited with this platform's sleep and no budget.
+        tries = self.account.backoff.replace(sleep=self.sleep, budget=math.inf).begin()
+        while True:
             try:
                 return self.account.push(folder, ref, timeout, shape)
             except TransientError as exc:
-                if attempt + 1 >= backoff.attempts:
+                if not tries.wait(exc):
                     raise
-                self.sleep(backoff.delay(attempt, getattr(exc, "retry_after", None)))
                 if self._exists(ref) is not None:
                     return 0
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def find(self, key: str) -> Handle | None:
         ref = self._ref(key)

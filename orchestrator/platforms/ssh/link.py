@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from ...errors import TransientError
+from ...retry import Breaker, Retry
 from .connection import Connection, Endpoint, connect
 
 T = TypeVar("T")
 
-
-@dataclass
-class Backoff:
-    """Reconnect schedule: ``tries`` attempts, sleeping ``first * factor**n`` (capped)."""
-
-    tries: int = 3
-    first: float = 0.5
-    factor: float = 2.0
-    cap: float = 8.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.first
-        for _ in range(self.tries - 1):
-            yield min(delay, self.cap)
-            delay *= self.factor
+#: Reconnect schedule: 3 tries, waiting 0.5 s then 1 s (doubling, at most 8 s, no jitter).
+RECONNECT = Retry(attempts=3, base=0.5, factor=2.0, cap=8.0, jitter=0.0)
 
 
 class Link:
@@ -35,37 +22,33 @@ class Link:
     Colab allows a single SSH connection per runtime (HTTP 429 otherwise), and a
     fresh handshake per poll would be slow through a tunnel. An idle connection is
     probed before reuse because keepalives do not notice a dead tunnel. Once the
-    backoff is spent, calls fail at once for ``down_for_s`` seconds, so a tick that
-    polls many attempts on an unreachable host does not wait out the backoff for each.
+    backoff is spent, a :class:`~orchestrator.retry.Breaker` makes calls fail at once
+    for ``down_for_s`` seconds, so a tick that polls many attempts on an unreachable
+    host does not wait out the backoff for each.
     """
 
     def __init__(
         self,
         endpoint: Endpoint,
         *,
-        backoff: Backoff | None = None,
+        backoff: Retry | None = None,
         probe_after_s: float = 5.0,
         down_for_s: float = 30.0,
         connector: Callable[[Endpoint], Connection] = connect,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ):
         self.endpoint = endpoint
-        self.backoff = backoff or Backoff()
+        backoff = backoff or RECONNECT
+        self.backoff = backoff.replace(sleep=sleep) if sleep is not None else backoff
         self.probe_after_s = probe_after_s
-        self.down_for_s = down_for_s
+        self.breaker = Breaker(down_for_s)
         self._connector = connector
-        self._sleep = sleep
         self._conn: Connection | None = None
-        self._down: tuple[float, TransientError] | None = None
         self.connects = 0
 
     def connection(self) -> Connection:
         """A live connection: the current one if it still answers, else a new one."""
-        if self._down is not None:
-            until, error = self._down
-            if time.monotonic() < until:
-                raise TransientError(f"{error} (not retried for {self.down_for_s:g}s)", self.endpoint.name)
-            self._down = None
+        self.breaker.check(self.endpoint.name)
         conn = self._conn
         if conn is not None:
             if conn.alive and time.monotonic() - conn.last_ok < self.probe_after_s:
@@ -77,21 +60,22 @@ class Link:
                 except TransientError:
                     pass
             self.drop()
-        last: TransientError | None = None
-        for delay in [*self.backoff.delays(), None]:
-            try:
-                self._conn = self._connector(self.endpoint)
-                self.connects += 1
-                return self._conn
-            except TransientError as exc:
-                last = exc
-                if delay is None or (exc.__class__ is not TransientError):
-                    break
-                self._sleep(delay)
-        assert last is not None
-        if last.__class__ is TransientError:
-            self._down = (time.monotonic() + self.down_for_s, last)
-        raise last
+        try:
+            # Only a plain TransientError is worth another try: its subclasses are
+            # verdicts (a proxy that says the host key changed), not a dropped link.
+            self._conn = self.backoff.run(f"connecting to {self.endpoint.label}", self._connect,
+                                          retry_if=lambda exc: exc.__class__ is TransientError)
+        except TransientError as exc:
+            if exc.__class__ is TransientError:
+                self.breaker.trip(exc)
+            raise
+        self.breaker.reset()
+        return self._conn
+
+    def _connect(self) -> Connection:
+        conn = self._connector(self.endpoint)
+        self.connects += 1
+        return conn
 
     def call(self, fn: Callable[[Connection], T]) -> T:
         """``fn(connection)``, retried on a fresh connection when the link drops.
@@ -99,23 +83,17 @@ class Link:
         ``fn`` must be safe to repeat (every operation here is: uploads resume,
         starts are idempotent on their directory).
         """
-        last: TransientError | None = None
-        for delay in [*self.backoff.delays(), None]:
+        tries = self.backoff.begin()
+        while True:
             conn = self.connection()
             try:
                 return fn(conn)
             except TransientError as exc:
-                if exc.__class__ is not TransientError:
-                    raise
-                last = exc
-                if conn.alive:
-                    raise  # the connection is fine: the operation itself failed
+                if exc.__class__ is not TransientError or conn.alive:
+                    raise  # a verdict, or the connection is fine: the operation itself failed
                 self.drop()
-                if delay is None:
-                    break
-                self._sleep(delay)
-        assert last is not None
-        raise last
+                if not tries.wait(exc):
+                    raise
 
     def drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import time
 import weakref
 from pathlib import Path
@@ -35,8 +34,9 @@ from ...errors import LostError, PlatformError, PrecheckError, TransientError
 from ..base import ARTIFACTS, Feature, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ...settings import PlatformSettings, PositiveDuration
 from . import runs
-from .link import Backoff, Link
+from .link import RECONNECT, Link
 from ...bundle import sha256_file
+from ...partfile import PartFile
 from .connection import Connection, Endpoint, Timeouts, connect, pinned_keys
 
 #: Files whose age and size one status read reports.
@@ -169,7 +169,8 @@ class SSHPlatform(PlatformBase):
         if link is None or link.endpoint != endpoint:
             if link is not None:
                 link.close()
-            backoff = Backoff(tries=self.settings.reconnect_tries, first=self.settings.reconnect_delay)
+            backoff = RECONNECT.replace(attempts=max(1, self.settings.reconnect_tries),
+                                        base=self.settings.reconnect_delay)
             link = self._links[endpoint.key_name] = Link(endpoint, backoff=backoff)
         return link
 
@@ -348,27 +349,23 @@ class SSHPlatform(PlatformBase):
     def fetch(self, handle: Handle, dest: Path) -> None:
         """Download the artefacts into ``dest``, resuming partial files across calls.
 
-        Files are staged under the platform's own directory first, so a fetch cut by
-        a dropped tunnel (or a killed tick) resumes where it stopped.
+        ``dest`` is the controller's ``staging/<key>``, kept across ticks, so a fetch
+        cut by a dropped tunnel (or a killed tick) resumes where it stopped: a file
+        there under its final name is complete, a ``.part`` is continued.
         """
-        stage = self.state_dir / "fetch" / handle.key
-        stage.mkdir(parents=True, exist_ok=True)
+        dest.mkdir(parents=True, exist_ok=True)
 
         def pull(conn: Connection) -> None:
             workdir = handle.data["dir"]
             if conn.stat(workdir) is None:
                 raise LostError(f"{self.name}: the attempt directory {workdir} is gone from the host", self.name)
             for name in ARTIFACTS:
-                if (stage / name).is_file():
+                if PartFile(dest / name).complete():
                     continue
                 if conn.stat(f"{workdir}/{name}") is not None:
-                    conn.get(f"{workdir}/{name}", stage / name)
+                    conn.get(f"{workdir}/{name}", dest / name)
 
         self.call(handle, pull)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ARTIFACTS:
-            if (stage / name).is_file():
-                shutil.copyfile(stage / name, dest / name)
 
     def cancel(self, handle: Handle) -> None:
         """SIGTERM the run's process group; the runner stops the job (grace, SIGKILL)."""
@@ -376,7 +373,7 @@ class SSHPlatform(PlatformBase):
         self.call(handle, lambda conn: runs.kill_detached(conn, handle.data["dir"], grace_s=grace))
 
     def release(self, handle: Handle) -> None:
-        """Remove the attempt directory from the host (killing anything left) and the stage."""
+        """Remove the attempt directory from the host (killing anything left)."""
         workdir = handle.data.get("dir")
         if workdir:
             def clean(conn: Connection) -> None:
@@ -384,7 +381,6 @@ class SSHPlatform(PlatformBase):
                 conn.remove(workdir)
 
             self.call(handle, clean)
-        shutil.rmtree(self.state_dir / "fetch" / handle.key, ignore_errors=True)
 
 
 def _json(data: bytes) -> dict:

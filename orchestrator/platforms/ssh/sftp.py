@@ -2,20 +2,19 @@
 
 Uploads and downloads go to ``.part`` files, resume from the size already there, are
 checked by sha256 (``sha256sum`` on the host), and only then renamed into place, so a
-final name always means "complete". Mixed into :class:`connection.Connection`, whose
+final name always means "complete" (downloads through :class:`orchestrator.partfile.PartFile`). Mixed into :class:`connection.Connection`, whose
 watchdog (``_op``) puts a deadline on every SFTP reply.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import paramiko
 
-from ...bundle import sha256_file as file_sha256
 from ...errors import LostError, PrecheckError, TransientError
+from ...partfile import PartFile
 from ...progress import transfer
 from .shell import sh
 
@@ -135,38 +134,28 @@ class SFTPFiles:
         ``sha256`` defaults to the hash computed on the host. Returns the bytes
         received this time. Raises LostError when ``remote`` does not exist.
         """
-        part = local.with_name(local.name + ".part")
         sftp = self.sftp()
         want = sha256 or self.sha256(remote)
         if want is None:
             raise LostError(f"{self.endpoint.label}: {remote} does not exist", self.endpoint.name)
+        part = PartFile(local, sha256=want, what=f"{self.endpoint.label}: download of {remote}",
+                        platform=self.endpoint.name)
         received = 0
         with self._op(f"downloading {remote}", self.endpoint.timeouts.sftp) as dog:
             try:
-                size = sftp.stat(remote).st_size or 0
+                part.size = size = sftp.stat(remote).st_size or 0
             except FileNotFoundError as exc:
                 raise LostError(f"{self.endpoint.label}: {remote} does not exist", self.endpoint.name) from exc
-            have = part.stat().st_size if part.exists() else 0
-            if have > size:
-                have = 0
-            with sftp.open(remote, "rb") as src, open(part, "ab" if have else "wb") as dst, \
-                    transfer(f"{self.endpoint.name}: download {local.name}", size, have) as advance:
-                src.seek(have)
+            with sftp.open(remote, "rb") as src, part.open() as dst, \
+                    transfer(f"{self.endpoint.name}: download {local.name}", size, part.offset) as advance:
+                src.seek(part.offset)
                 src.prefetch(size, max_concurrent_requests=64)
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
                     received += len(chunk)
                     dog.kick()
                     advance(len(chunk))
-        got = file_sha256(part)
-        if got != want:
-            part.unlink(missing_ok=True)
-            raise TransientError(
-                f"{self.endpoint.label}: download of {remote} arrived corrupted "
-                f"(sha256 {got} != {want}); it will be fetched again",
-                self.endpoint.name,
-            )
-        os.replace(part, local)
+        part.commit()
         return received
 
     def read_from(self, remote: str, offset: int, limit: int = 1 << 20) -> bytes:

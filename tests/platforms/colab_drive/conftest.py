@@ -21,7 +21,8 @@ from google.oauth2.credentials import Credentials
 from orchestrator.app import App
 from orchestrator.home import Home
 from orchestrator.platforms.colab_drive.client import build_drive, save_credentials
-from orchestrator.platforms.colab_drive.transfer import Backoff, Transfers, UploadJournal
+from orchestrator.platforms.colab_drive.transfer import DRIVE_CALLS, Transfers, UploadJournal
+from orchestrator.retry import Retry
 from tests.emulators.drive import DriveServer
 
 MiB = 1024 * 1024
@@ -48,14 +49,24 @@ def service(drive: DriveServer):
     return build_drive(Credentials(token="test-token"), drive.api_endpoint, timeout=10)
 
 
-@pytest.fixture
-def backoff() -> Backoff:
-    """Backoff that records its delays instead of sleeping (the delays stay random)."""
-    return Backoff(sleep=lambda seconds: None)
+class Sleeps:
+    """An injectable sleep that records its delays instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
 
 
 @pytest.fixture
-def transfers(service, tmp_path: Path, backoff: Backoff) -> Transfers:
+def backoff() -> Retry:
+    """Drive's retry policy, recording its delays instead of sleeping (they stay random)."""
+    return DRIVE_CALLS.replace(sleep=Sleeps())
+
+
+@pytest.fixture
+def transfers(service, tmp_path: Path, backoff: Retry) -> Transfers:
     return Transfers(service, UploadJournal(tmp_path / "uploads"), "gdrive", backoff, chunk_size=1 * MiB)
 
 

@@ -16,7 +16,7 @@ from orchestrator.errors import CapacityError, ConfigError, LostError, PrecheckE
 from orchestrator.platforms.colab_drive.client import (
     DRIVE_SCOPES, build_drive, drive_errors, load_credentials, run_consent_flow, save_credentials,
 )
-from orchestrator.platforms.colab_drive.transfer import Backoff, Transfers, UploadJournal
+from orchestrator.platforms.colab_drive.transfer import DRIVE_CALLS, Transfers, UploadJournal
 
 
 def _token_file(path, drive, refresh_token="rt-1", access="stale", expired=True):
@@ -30,7 +30,7 @@ def _token_file(path, drive, refresh_token="rt-1", access="stale", expired=True)
 
 def _transfers(creds, drive, tmp_path):
     return Transfers(build_drive(creds, drive.api_endpoint, timeout=10), UploadJournal(tmp_path / "u"), "gdrive",
-                     Backoff(attempts=2, sleep=lambda s: None))
+                     DRIVE_CALLS.replace(attempts=2, sleep=lambda s: None))
 
 
 def test_an_expired_access_token_is_refreshed_through_the_token_endpoint(drive, tmp_path):

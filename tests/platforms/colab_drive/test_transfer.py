@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import TransientError
-from orchestrator.platforms.colab_drive.transfer import Backoff, Transfers, UploadJournal, sha256_file
+from orchestrator.platforms.colab_drive.transfer import DRIVE_CALLS, Transfers, UploadJournal, sha256_file
+from tests.platforms.colab_drive.conftest import Sleeps
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[3]
@@ -43,7 +44,7 @@ def test_50mb_upload_survives_a_dropped_connection_and_rate_limits(drive, servic
     stored = drive.files[result["id"]].content
     assert hashlib.sha256(stored).hexdigest() == sha256_file(src) == result["sha256Checksum"]
     assert dropped.hits == 1 and drive.count("status") == 4  # one offset query per failure
-    assert len(backoff.slept) == 4 and len(set(backoff.slept)) == 4  # jittered waits
+    assert len(backoff.sleep.waits) == 4 and len(set(backoff.sleep.waits)) == 4  # jittered waits
     # The drop kept the 1.5 MiB Drive had persisted: nothing was sent from zero again.
     assert drive.upload_bytes() == 50 * MiB
     assert drive.count("create-resumable") == 1 and len(drive.find("big.bin")) == 1
@@ -151,17 +152,15 @@ def test_a_blob_is_uploaded_once_by_content_hash(drive, transfers, folder, tmp_p
 
 
 def test_rate_limits_that_never_end_give_a_transient_error_after_the_retry_budget(drive, service, tmp_path):
-    backoff = Backoff(attempts=3, sleep=lambda s: None)
+    backoff = DRIVE_CALLS.replace(attempts=3, sleep=Sleeps())
     transfers = Transfers(service, UploadJournal(tmp_path), "gdrive", backoff)
     drive.inject("error", status=429, reason="rateLimitExceeded", times=100)
     with pytest.raises(TransientError, match="gave up after 3 tries.*429"):
         transfers.list("trashed = false")
-    assert drive.count("list") == 3 and len(backoff.slept) == 2
+    assert drive.count("list") == 3 and len(backoff.sleep.waits) == 2
 
 
 def test_backoff_is_truncated_exponential_with_full_jitter():
-    waits: list[float] = []
-    backoff = Backoff(base=1.0, cap=8.0, sleep=waits.append, rand=lambda: 1.0)
-    for n in range(1, 7):
-        backoff.wait(n)
-    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    backoff = DRIVE_CALLS.replace(base=1.0, cap=8.0, rand=lambda: 1.0)
+    assert [backoff.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert DRIVE_CALLS.replace(rand=lambda: 0.0).delay(3) == 0.0  # full jitter: anywhere from zero

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from orchestrator.errors import CapacityError, PrecheckError, TransientError
-from orchestrator.platforms.kaggle.client import Backoff, KaggleAccount, MissingError, classify_http
+from orchestrator.platforms.kaggle.client import CALLS, KaggleAccount, MissingError, classify_http
 from orchestrator.platforms.kaggle.credentials import config_dir, find_credentials, permission_warning
 from tests.emulators.kaggle import OUTPUT_FILE
 from tests.platforms.kaggle.conftest import USERNAME
@@ -35,8 +35,8 @@ class Sleeps:
 
 
 def account(sleep=None, **kw) -> KaggleAccount:
-    policy = Backoff(base=0.05, cap=0.4, attempts=kw.pop("attempts", 8), budget=kw.pop("budget", 10.0),
-                     sleep=sleep or Sleeps(real=1.0), rng=random.Random(1))
+    policy = CALLS.replace(base=0.05, cap=0.4, attempts=kw.pop("attempts", 8), budget=kw.pop("budget", 10.0),
+                           sleep=sleep or Sleeps(real=1.0), rand=random.Random(1).random)
     return KaggleAccount(policy, platform="kaggle")
 
 
@@ -48,57 +48,12 @@ def pushed(kaggle_api, tmp_path, code="print('hi')\n", **meta) -> None:
 # ------------------------------------------------------------------ backoff
 
 
-def test_backoff_delays_grow_with_jitter_and_never_fall_below_half_the_base():
-    policy = Backoff(base=1.0, factor=2.0, cap=8.0, rng=random.Random(3))
-    delays = [policy.delay(n) for n in range(6)]
+def test_kaggle_calls_wait_with_equal_jitter_never_below_half_the_base():
+    policy = CALLS.replace(base=1.0, factor=2.0, cap=8.0, rand=random.Random(3).random)
+    delays = [policy.delay(n) for n in range(1, 7)]
     assert all(0.5 <= d <= 8.0 for d in delays)
     assert delays[3] >= 4.0 and delays[5] <= 8.0
     assert len({round(d, 6) for d in delays}) == len(delays)  # jittered, not a fixed ladder
-
-
-def test_backoff_honours_retry_after_as_a_floor():
-    policy = Backoff(base=0.1, cap=1.0, rng=random.Random(3))
-    assert policy.delay(0, retry_after=5.0) == 5.0
-
-
-def test_backoff_gives_up_after_its_attempts_and_reraises_the_last_error():
-    sleeps = Sleeps()
-    policy = Backoff(base=0.1, attempts=3, sleep=sleeps, rng=random.Random(0))
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        raise TransientError(f"try {len(calls)}")
-
-    with pytest.raises(TransientError, match="try 3"):
-        policy.run("x", flaky)
-    assert len(calls) == 3 and len(sleeps.waits) == 2
-
-
-def test_backoff_stops_before_sleeping_past_its_budget():
-    sleeps = Sleeps()
-    policy = Backoff(base=1.0, attempts=10, budget=2.0, sleep=sleeps, rng=random.Random(0))
-    err = TransientError("rate limited")
-    err.retry_after = 3600  # an hour: not worth blocking a tick for
-
-    def limited():
-        raise err
-
-    with pytest.raises(TransientError):
-        policy.run("x", limited)
-    assert sleeps.waits == []
-
-
-def test_backoff_does_not_retry_precheck_errors():
-    calls = []
-
-    def refused():
-        calls.append(1)
-        raise PrecheckError("bad")
-
-    with pytest.raises(PrecheckError):
-        Backoff(sleep=Sleeps()).run("x", refused)
-    assert calls == [1]
 
 
 # ------------------------------------------------------------------ error edge

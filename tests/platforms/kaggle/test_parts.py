@@ -17,7 +17,7 @@ from orchestrator.errors import PrecheckError, TransientError
 from orchestrator.platforms.base import RemoteState, runner_path
 from orchestrator.platforms.kaggle.platform import dataset_slug, kernel_slug, machine_shape, remote_status
 from orchestrator.platforms.kaggle.transfer import download_outputs, ensure_dataset, log_text
-from orchestrator.platforms.kaggle.client import Backoff, KaggleAccount, KernelState
+from orchestrator.platforms.kaggle.client import CALLS, KaggleAccount, KernelState
 from orchestrator.platforms.kaggle.script import ScriptPlan, render
 from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
 from tests.platforms.kaggle.conftest import USERNAME
@@ -27,7 +27,7 @@ REF = f"{USERNAME}/orch-parts-test"
 
 
 def account() -> KaggleAccount:
-    return KaggleAccount(Backoff(base=0.02, cap=0.2, attempts=6, rng=random.Random(2)), platform="kaggle")
+    return KaggleAccount(CALLS.replace(base=0.02, cap=0.2, attempts=6, rand=random.Random(2).random), platform="kaggle")
 
 
 def blob_file(tmp_path: Path, content: bytes = b"training data") -> tuple[str, Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import LostError, TransientError
-from orchestrator.platforms.ssh.link import Backoff, Link
+from orchestrator.platforms.ssh.link import RECONNECT, Link
 from orchestrator.bundle import sha256_file as file_sha256
 from orchestrator.platforms.ssh.connection import connect
 from orchestrator.platforms.ssh.shell import sh
@@ -90,7 +90,7 @@ def test_command_longer_than_its_timeout_is_cut(endpoint):
 
 def test_link_reconnects_after_the_relay_is_cut(via_relay, relay):
     # generous tries: on a loaded CI machine one reconnect attempt may itself time out
-    with Link(via_relay(), backoff=Backoff(tries=6, first=0.05)) as link:
+    with Link(via_relay(), backoff=RECONNECT.replace(attempts=6, base=0.05)) as link:
         assert link.call(lambda c: c.run("echo one").out) == "one\n"
         relay.cut()
         assert link.call(lambda c: c.run("echo two").out) == "two\n"
@@ -99,7 +99,7 @@ def test_link_reconnects_after_the_relay_is_cut(via_relay, relay):
 
 def test_link_abandons_a_stalled_tunnel_and_finishes_on_a_new_one(via_relay, relay):
     ep = via_relay(timeouts=dataclasses.replace(FAST, channel=1, command=1))
-    with Link(ep, backoff=Backoff(tries=3, first=0.05)) as link:
+    with Link(ep, backoff=RECONNECT.replace(attempts=3, base=0.05)) as link:
         link.call(lambda c: c.run("true"))
         relay.freeze()  # only the relay of the current connection is frozen
         assert link.call(lambda c: c.run("echo again").out) == "again\n"
@@ -109,7 +109,7 @@ def test_link_abandons_a_stalled_tunnel_and_finishes_on_a_new_one(via_relay, rel
 def test_link_gives_up_after_its_backoff_while_the_relay_is_down(via_relay, relay):
     relay.down("exit")
     sleeps: list[float] = []
-    link = Link(via_relay(), backoff=Backoff(tries=3, first=0.1, factor=2), sleep=sleeps.append)
+    link = Link(via_relay(), backoff=RECONNECT.replace(attempts=3, base=0.1), sleep=sleeps.append)
     with pytest.raises(TransientError):
         link.connection()
     assert sleeps == [0.1, 0.2] and relay.started() == 3
@@ -123,7 +123,7 @@ def test_upload_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_path
     remote = str(tmp_path / "remote" / "data.bin")
     (tmp_path / "remote").mkdir()
     relay.cut_after("up", 1_500_000)
-    with Link(via_relay(), backoff=Backoff(tries=3, first=0.05)) as link:
+    with Link(via_relay(), backoff=RECONNECT.replace(attempts=3, base=0.05)) as link:
         with pytest.raises(TransientError):
             link.connection().put(src, remote, digest)
         partial = Path(remote + ".part").stat().st_size
@@ -141,7 +141,7 @@ def test_download_cut_midway_resumes_and_arrives_intact(via_relay, relay, tmp_pa
     remote, digest = _blob(tmp_path / "result.bin", 3_000_000)
     local = tmp_path / "local.bin"
     relay.cut_after("down", 1_500_000)
-    with Link(via_relay(), backoff=Backoff(tries=3, first=0.05)) as link:
+    with Link(via_relay(), backoff=RECONNECT.replace(attempts=3, base=0.05)) as link:
         with pytest.raises(TransientError):
             link.connection().get(str(remote), local, sha256=digest)
         partial = Path(str(local) + ".part").stat().st_size
