@@ -331,9 +331,11 @@ class Controller:
         if job.state != J.FETCHING:
             return
         handle = Handle.from_json(att.handle or {"key": att.key})
+        # Kept across ticks (removed only once the attempt is settled), so a platform
+        # resumes a partial download (``<file>.part``, see partfile.py) instead of
+        # starting at zero after a dropped link or a killed tick.
         staging = self.app.home.staging / att.key
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging.mkdir(parents=True, exist_ok=True)
         try:
             self.app.platform(att.platform).fetch(handle, staging)
         except (TransientError, ConfigError) as exc:
@@ -342,6 +344,7 @@ class Controller:
             return
         except LostError as exc:
             self._lost(att, f"outputs could not be fetched: {exc}")
+            shutil.rmtree(staging, ignore_errors=True)
             return
         failpoints.hit("mid_fetch")
         result = read_result(staging / "result.json")

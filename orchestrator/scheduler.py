@@ -258,94 +258,156 @@ def place(jobs: Sequence[Candidate], offers: Mapping[str, Offer],
         One Place or Wait per job, in the same order. Each Place is booked against the
         ledger and the platform's concurrency before the next job is considered.
     """
-    speeds = {**DEFAULT_SPEEDS, **(speeds or {})}
-    budgets = dict(ledger or {})
-    used: dict[str, int] = defaultdict(int)
-    slots: dict[str, list[float]] = defaultdict(list)  # expected end of each occupied slot
-    if isinstance(running, Mapping):
-        used.update(running)
-    else:
-        for r in running:
-            used[r.platform] += 1
-            slots[r.platform].append(max(r.expected_end, now))
-    offer_quota = {n: o.quota_left_seconds for n, o in offers.items()}
-    configured = list(offers)
-    demand = _captive_demand(jobs, offers, budgets, speeds, configured)
-    kept = {n: _keepable(per_job, budgets.get(n)) for n, per_job in demand.items()}
+    book = _Book(jobs, offers, running, now, ledger, speeds)
     decisions: list[Decision] = []
     for c in jobs:
-        names = allowed_platforms(c, configured)
-        if not names:
-            wanted = c.pin or ", ".join(c.spec.platforms)
-            decisions.append(Wait(c.id, f"none of the job's platforms ({wanted}) is configured"))
-            continue
-        ranked = bool(c.pin or c.spec.platforms)
-        verdicts: list[tuple[str, str]] = []
-        untils: list[float] = []
-        free: list[_Option] = []
-        busy: list[_Option] = []
-        for pref, name in enumerate(names):
-            offer = offers[name]
-            # What this job must leave for captive jobs (a captive job itself may use it all).
-            keep = 0.0 if c.id in demand.get(name, {}) else kept.get(name, 0.0)
-            option, why, until = _consider(c, offer, budgets.get(name), offer_quota.get(name), now, speeds, keep)
-            if option is None:
-                verdicts.append((name, why))
-                if until is not None and until > now:
-                    untils.append(until)
-                continue
-            option.pref = pref if ranked else 0
-            option.order = configured.index(name)
-            if used[name] >= offer.max_concurrent:
-                taken = sorted(slots[name])
-                free_at = taken[0] if len(taken) >= used[name] and taken else None
-                hint = f"; a slot frees by {format_when(free_at, now)}" if free_at and free_at > now else ""
-                verdicts.append((name, f"busy ({used[name]}/{offer.max_concurrent} running{hint})"))
-                if free_at is not None:
-                    option.start = max(free_at, now)
-                    busy.append(option)
-                    untils.append(max(free_at, now))
-                continue
-            free.append(option)
-        key = lambda o: (o.pref, o.finish, o.order)  # noqa: E731
-        best = min(free, key=key) if free else None
-        better = [b for b in busy if best is None or (b.pref <= best.pref and
-                                                      b.finish - now < WAIT_GAIN * (best.finish - now))]
-        if better and best is not None:
-            target = min(better, key=key)
-            # Hold the busy slot for this job so that the next job does not count on it too.
-            taken = sorted(slots[target.name])
-            taken[0] = target.finish
-            slots[target.name] = taken
-            decisions.append(Wait(
-                c.id, f"waiting for {target.name}: expected to finish it {format_when(target.finish, now)}, "
-                      f"sooner than {best.name} ({format_when(best.finish, now)})",
-                until=target.start, verdicts=tuple(verdicts)))
-            continue
-        if best is None:
-            decisions.append(Wait(c.id, "; ".join(f"{n}: {w}" for n, w in verdicts),
-                                  until=min(untils) if untils else None, verdicts=tuple(verdicts)))
-            continue
-        used[best.name] += 1
-        slots[best.name].append(best.finish)
-        for n, per_job in demand.items():
+        decisions.append(_decide(c, offers, book))
+    return decisions
+
+
+class _Book:
+    """What one pass of :func:`place` has booked so far: slots taken on each platform,
+    budget reserved, and the budget kept for captive jobs. Each decision updates it
+    before the next job is considered."""
+
+    def __init__(self, jobs: Sequence[Candidate], offers: Mapping[str, Offer],
+                 running: Mapping[str, int] | Sequence[Running], now: float,
+                 ledger: Mapping[str, BudgetState] | None, speeds: Mapping[str, float] | None):
+        self.now = now
+        self.speeds = {**DEFAULT_SPEEDS, **(speeds or {})}
+        self.budgets = dict(ledger or {})
+        self.used: dict[str, int] = defaultdict(int)
+        self.slots: dict[str, list[float]] = defaultdict(list)  # expected end of each occupied slot
+        if isinstance(running, Mapping):
+            self.used.update(running)
+        else:
+            for r in running:
+                self.used[r.platform] += 1
+                self.slots[r.platform].append(max(r.expected_end, now))
+        self.offer_quota = {n: o.quota_left_seconds for n, o in offers.items()}
+        self.configured = list(offers)
+        self.demand = _captive_demand(jobs, offers, self.budgets, self.speeds, self.configured)
+        self.kept = {n: _keepable(per_job, self.budgets.get(n)) for n, per_job in self.demand.items()}
+
+    def keep(self, c: Candidate, name: str) -> float:
+        """What ``c`` must leave on ``name`` for captive jobs (a captive job itself may use it all)."""
+        return 0.0 if c.id in self.demand.get(name, {}) else self.kept.get(name, 0.0)
+
+    def full(self, name: str, offer: Offer) -> tuple[str, float | None] | None:
+        """None when ``name`` has a free slot; else (why, when the first slot frees, if known)."""
+        used = self.used[name]
+        if used < offer.max_concurrent:
+            return None
+        taken = sorted(self.slots[name])
+        free_at = taken[0] if len(taken) >= used and taken else None
+        hint = f"; a slot frees by {format_when(free_at, self.now)}" if free_at and free_at > self.now else ""
+        return f"busy ({used}/{offer.max_concurrent} running{hint})", free_at
+
+    def hold(self, target: _Option) -> None:
+        """Hold a busy slot for a waiting job, so that the next job does not count on it too."""
+        taken = sorted(self.slots[target.name])
+        taken[0] = target.finish
+        self.slots[target.name] = taken
+
+    def take(self, c: Candidate, best: _Option) -> None:
+        """Book ``c`` on ``best``: a slot, its reservation, and no more captive demand."""
+        self.used[best.name] += 1
+        self.slots[best.name].append(best.finish)
+        for n, per_job in self.demand.items():
             if c.id in per_job:
                 per_job.pop(c.id)
-                kept[n] = _keepable(per_job, budgets.get(n))
-        if best.rate > 0 and best.name in budgets:
-            budgets[best.name] = budgets[best.name].reserve(now, now + best.reserve, best.rate)
-        if offer_quota.get(best.name) is not None and c.spec.resources.wants_gpu:
-            offer_quota[best.name] = max(0.0, offer_quota[best.name] - best.reserve)
-        why = f"est. {format_duration(best.duration)} on {best.gpu or 'CPU'}"
-        if best.session is not None:
-            why += f"; segment of {format_duration(best.session)} ({format_duration(best.max_runtime)} left)"
-        if best.note:
-            why += f"; {best.note}"
-        decisions.append(Place(
-            c.id, best.name, max_runtime_s=best.max_runtime, session_s=best.session, reserve_s=best.reserve,
-            gpu=best.gpu, gpus=best.gpus, rate=best.rate, estimate_s=best.duration, why=why,
-            verdicts=tuple(verdicts)))
-    return decisions
+                self.kept[n] = _keepable(per_job, self.budgets.get(n))
+        if best.rate > 0 and best.name in self.budgets:
+            self.budgets[best.name] = self.budgets[best.name].reserve(self.now, self.now + best.reserve, best.rate)
+        if self.offer_quota.get(best.name) is not None and c.spec.resources.wants_gpu:
+            self.offer_quota[best.name] = max(0.0, self.offer_quota[best.name] - best.reserve)
+
+
+@dataclass
+class _Survey:
+    """One job against each platform it allows: the options free now, those behind a
+    busy slot, why each other platform was passed over, and when an obstacle may lift."""
+
+    free: list[_Option] = field(default_factory=list)
+    busy: list[_Option] = field(default_factory=list)
+    verdicts: list[tuple[str, str]] = field(default_factory=list)
+    untils: list[float] = field(default_factory=list)
+
+
+def _rank(o: _Option) -> tuple[int, float, int]:
+    return (o.pref, o.finish, o.order)
+
+
+def _decide(c: Candidate, offers: Mapping[str, Offer], book: _Book) -> Decision:
+    """Where ``c`` goes now, booked in ``book`` when it is placed (or waits for a busy slot)."""
+    names = allowed_platforms(c, book.configured)
+    if not names:
+        wanted = c.pin or ", ".join(c.spec.platforms)
+        return Wait(c.id, f"none of the job's platforms ({wanted}) is configured")
+    survey = _survey(c, names, offers, book)
+    now = book.now
+    best = min(survey.free, key=_rank) if survey.free else None
+    target = _worth_waiting_for(survey.busy, best, now)
+    if target is not None and best is not None:
+        book.hold(target)
+        return Wait(c.id, f"waiting for {target.name}: expected to finish it {format_when(target.finish, now)}, "
+                          f"sooner than {best.name} ({format_when(best.finish, now)})",
+                    until=target.start, verdicts=tuple(survey.verdicts))
+    if best is None:
+        return Wait(c.id, "; ".join(f"{n}: {w}" for n, w in survey.verdicts),
+                    until=min(survey.untils) if survey.untils else None, verdicts=tuple(survey.verdicts))
+    book.take(c, best)
+    return _placed(c, best, survey.verdicts)
+
+
+def _survey(c: Candidate, names: list[str], offers: Mapping[str, Offer], book: _Book) -> _Survey:
+    """Consider ``c`` on each of ``names`` (in preference order)."""
+    ranked = bool(c.pin or c.spec.platforms)
+    now = book.now
+    out = _Survey()
+    for pref, name in enumerate(names):
+        offer = offers[name]
+        option, why, until = _consider(c, offer, book.budgets.get(name), book.offer_quota.get(name), now,
+                                       book.speeds, book.keep(c, name))
+        if option is None:
+            out.verdicts.append((name, why))
+            if until is not None and until > now:
+                out.untils.append(until)
+            continue
+        option.pref = pref if ranked else 0
+        option.order = book.configured.index(name)
+        full = book.full(name, offer)
+        if full is None:
+            out.free.append(option)
+            continue
+        why, free_at = full
+        out.verdicts.append((name, why))
+        if free_at is not None:
+            option.start = max(free_at, now)
+            out.busy.append(option)
+            out.untils.append(max(free_at, now))
+    return out
+
+
+def _worth_waiting_for(busy: list[_Option], best: _Option | None, now: float) -> _Option | None:
+    """The busy option expected to finish the job clearly sooner (``WAIT_GAIN``) than the
+    best free one, if any; None when there is no free option to compare with."""
+    if best is None:
+        return None
+    better = [b for b in busy if b.pref <= best.pref and b.finish - now < WAIT_GAIN * (best.finish - now)]
+    return min(better, key=_rank) if better else None
+
+
+def _placed(c: Candidate, best: _Option, verdicts: list[tuple[str, str]]) -> Place:
+    why = f"est. {format_duration(best.duration)} on {best.gpu or 'CPU'}"
+    if best.session is not None:
+        why += f"; segment of {format_duration(best.session)} ({format_duration(best.max_runtime)} left)"
+    if best.note:
+        why += f"; {best.note}"
+    return Place(
+        c.id, best.name, max_runtime_s=best.max_runtime, session_s=best.session, reserve_s=best.reserve,
+        gpu=best.gpu, gpus=best.gpus, rate=best.rate, estimate_s=best.duration, why=why,
+        verdicts=tuple(verdicts))
 
 
 def _unlimited(budget: BudgetState | None) -> bool:

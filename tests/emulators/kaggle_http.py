@@ -180,9 +180,22 @@ class Handler(BaseHTTPRequestHandler):
             self.emu._record(OUTPUT_FILE, 404)
             self._send(404, b"<html><body>Not Found</body></html>", "text/html")
             return
+        headers = {"Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())}
+        # Signed storage URLs honour ``Range: bytes=N-`` as GCS does: 206 with
+        # Content-Range, 416 when N is at or past the end.
+        wanted = re.fullmatch(r"bytes=(\d+)-", (self.headers.get("Range") or "").strip())
+        if wanted:
+            start = int(wanted.group(1))
+            if start >= len(data):
+                self.emu._record(OUTPUT_FILE, 416)
+                self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
+                return
+            self.emu._record(OUTPUT_FILE, 206)
+            self._send(206, data[start:], "application/octet-stream",
+                       {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+            return
         self.emu._record(OUTPUT_FILE, 200)
-        self._send(200, data, "application/octet-stream",
-                   {"Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())})
+        self._send(200, data, "application/octet-stream", headers)
 
     def _get_logs(self, path: str) -> None:
         fault = self.emu._take_fault(LOGS_STREAM)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ...errors import PrecheckError, TransientError
+from ...partfile import PartFile
 from .client import KaggleAccount
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,9 @@ def download_outputs(account: KaggleAccount, ref: str, dest: Path, page_size: in
 
     Names are sanitised (no ``..``, no absolute paths, no writing through links);
     refused names are reported, never written. Error pages are never saved: only a
-    200 answer becomes a file. Idempotent: files are simply written again.
+    200 (or 206) answer becomes a file. Resumable: ``dest`` is the controller's
+    ``staging/<key>``, kept across ticks, so a file already there under its final name
+    (complete, see :class:`PartFile`) is kept and a ``.part`` is continued.
     """
     report = FetchReport()
     token, seen = "", {""}
@@ -135,7 +138,8 @@ def download_outputs(account: KaggleAccount, ref: str, dest: Path, page_size: in
                 report.skipped.append(f"{name} (unsafe name)")
                 log.warning("%s: refused output file name %r", ref, name)
                 continue
-            account.download(url, target, f"output {name} of {ref}")
+            if not PartFile(target).complete():  # else fetched on an earlier tick
+                account.download(url, target, f"output {name} of {ref}")
             report.saved.append(str(target.relative_to(dest)))
         token = page.next_token
         if not token or token in seen:  # a repeated token would loop forever

@@ -187,6 +187,42 @@ def test_a_download_never_saves_an_error_page(kaggle_emulator, kaggle_api, tmp_p
     assert (tmp_path / "model.bin").read_text() == "weights"
 
 
+def _output_statuses(emulator) -> list[int | None]:
+    return [c.status for c in emulator.log if c.route == OUTPUT_FILE]
+
+
+def test_a_download_cut_mid_file_resumes_with_range_and_ends_verified(kaggle_emulator, kaggle_api, tmp_path):
+    data = bytes(range(256)) * 400
+    (tmp_path / "model.bin").write_bytes(data)
+    pushed(kaggle_api, tmp_path, "open('model.bin', 'wb').write(bytes(range(256)) * 400)\n")
+    wait_status(kaggle_api, REF)
+    acct = account()
+    (_, url), = acct.output_page(REF).files
+    dest = tmp_path / "out" / "model.bin"
+    dest.parent.mkdir()
+    (tmp_path / "out" / "model.bin.part").write_bytes(data[:40_000])  # left by a try that was cut
+
+    assert acct.download(url, dest, "output model.bin") == len(data)
+
+    assert dest.read_bytes() == data and not (tmp_path / "out" / "model.bin.part").exists()
+    assert _output_statuses(kaggle_emulator) == [206]  # only the rest was sent
+
+
+def test_a_partial_download_longer_than_the_file_starts_again_from_zero(kaggle_emulator, kaggle_api, tmp_path):
+    pushed(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
+    wait_status(kaggle_api, REF)
+    acct = account()
+    (_, url), = acct.output_page(REF).files
+    dest = tmp_path / "out" / "model.bin"
+    dest.parent.mkdir()
+    (tmp_path / "out" / "model.bin.part").write_bytes(b"not the weights at all")
+
+    assert acct.download(url, dest, "output model.bin") == 7
+
+    assert dest.read_text() == "weights" and not (tmp_path / "out" / "model.bin.part").exists()
+    assert _output_statuses(kaggle_emulator) == [416, 200]
+
+
 def test_downloads_go_through_the_proxy_environment_without_credentials(kaggle_emulator, kaggle_api, tmp_path,
                                                                         monkeypatch):
     pushed(kaggle_api, tmp_path, "open('a.txt', 'w').write('a')\n")

@@ -65,6 +65,31 @@ def test_cuts_mid_upload_mid_poll_and_mid_fetch_still_complete_the_job_exactly_o
     assert outputs(orch, job_id, tmp_path / "out")["big.bin"] == data
 
 
+def test_a_fetch_cut_mid_file_resumes_on_the_next_tick_from_the_kept_staging(orch, config, orch_home, ssh_platform,
+                                                                            relay, tmp_path):
+    script = "import os, pathlib; pathlib.Path(os.environ['ORCH_OUTPUT_DIR'], 'big.bin').write_bytes(os.urandom(3_000_000))\n"
+    # One try per call: the cut fails this tick's fetch instead of being retried within it.
+    config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv), reconnect_tries=1)})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=script))
+    tick_until_state(orch, job_id, {"PENDING", "RUNNING"}, timeout=30)
+    relay.cut_after("down", 1_500_000)  # taken by the next tick's connection: half way through the fetch
+    parts: list[Path] = []
+    deadline = time.monotonic() + 40
+    while not parts and job_state(orch, job_id)["state"] not in DONE:
+        assert time.monotonic() < deadline, job_state(orch, job_id)["message"]
+        orch("tick")
+        parts = list((orch_home / "staging").glob("*/outputs.tar.gz.part"))
+        time.sleep(0.1)
+    assert parts and parts[0].stat().st_size > 0, "the cut fetch left no partial file to resume"
+    assert job_state(orch, job_id)["state"] == "FETCHING"
+
+    job = tick_until_state(orch, job_id, DONE, timeout=40)
+
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(outputs(orch, job_id, tmp_path / "out")["big.bin"]) == 3_000_000
+    assert not (orch_home / "staging" / parts[0].parent.name).exists()  # removed once settled
+
+
 def test_a_killed_relay_spins_no_cpu_goes_unknown_and_recovers_when_it_returns(orch, config, ssh_platform, relay, tmp_path):
     config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv), heartbeat_timeout="30s")})
     job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(2.5); print('slept')"))
