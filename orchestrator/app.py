@@ -73,7 +73,7 @@ class App:
             return True
         if self._config is None and not self.home.config_path.exists() and not os.environ.get("ORCH_STATE_URL"):
             return False
-        return self.config.state_url != f"sqlite:///{self.home.db_path}"
+        return self.config.state_url != self.home.state_url
 
     def settings(self, name: str) -> PlatformSettings:
         """The config entry of platform ``name``; NotFoundError lists the configured ones."""

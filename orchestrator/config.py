@@ -82,7 +82,7 @@ def load(home: Home) -> Config:
             platforms[name] = cls.settings_model.model_validate(entry)
         except ValidationError as exc:
             raise ConfigError(first_error(exc, cls.settings_model, path, lines, f"docs/platforms/{entry['type']}.md", prefix)) from None
-    state_url = os.environ.get("ORCH_STATE_URL") or raw.state or f"sqlite:///{home.db_path}"
+    state_url = os.environ.get("ORCH_STATE_URL") or raw.state or home.state_url
     return Config(home=home, platforms=platforms, controller=raw.controller, state_url=state_url, source=source)
 
 

@@ -60,8 +60,26 @@ class Home:
         """Private working space of one configured platform."""
         return self.root / "platforms" / name
 
+    @property
+    def state_url(self) -> str:
+        """The default state URL: SQLite in the home. The path is %-quoted, because the URL
+        is %-decoded (an ORCH_HOME containing ``%41`` would otherwise open ``A``)."""
+        from urllib.parse import quote
+
+        return f"sqlite:///{quote(str(self.db_path), safe='/')}"
+
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the home (private to this user); one clear line when it can't be."""
+        from .errors import ConfigError
+
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"the orch home {self.root} is not a directory; set ORCH_HOME to a directory "
+                              "(it is created if missing) or unset it")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the orch home {self.root}: {exc.strerror or exc}; "
+                              "set ORCH_HOME to a directory you can write") from None
         try:
             os.chmod(self.root, 0o700)
         except OSError:

@@ -50,28 +50,43 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
     """Cancel queued or running jobs, or every point of a sweep (the process group is killed
     where the platform allows).
 
+    Each reference is handled on its own: one that matches nothing is reported and the
+    others are still cancelled, and the exit code is non-zero.
+
     \b
     Example:
       orch cancel 3f9c 8a1e
       orch cancel SWEEP_ID
     """
     from .. import actions
+    from ..errors import OrchError
 
-    out = []
+    out, worst = [], 0
     for ref in jobs:
-        row, found = actions.resolve_job_or_sweep(app, ref)
-        if found is not None:
-            for msg in actions.cancel_sweep(app, found[0]):
-                out.append({"id": found[0], "message": msg})
-                if not as_json:
-                    console.print(msg)
+        try:
+            messages = _cancel_one(app, actions, ref)
+        except OrchError as exc:  # a bad id never stops the others: report it and go on
+            worst = max(worst, exc.exit_code)
+            out.append({"ref": ref, "error": str(exc)})
+            if not as_json:
+                err_console.print(f"[bold red]Error:[/] {_escape(str(exc))}")
             continue
-        msg = actions.cancel(app, row)
-        out.append({"id": row.id, "message": msg})
-        if not as_json:
-            console.print(msg)
+        for job_id, msg in messages:
+            out.append({"id": job_id, "message": msg})
+            if not as_json:
+                console.print(msg)
     if as_json:
         print_json(out)
+    if worst:
+        raise click.exceptions.Exit(worst)
+
+
+def _cancel_one(app: App, actions, ref: str) -> list[tuple[str, str]]:
+    """Cancel the job or sweep ``ref`` names: ``(id, sentence)`` for each job touched."""
+    row, found = actions.resolve_job_or_sweep(app, ref)
+    if found is not None:
+        return [(found[0], msg) for msg in actions.cancel_sweep(app, found[0])]
+    return [(row.id, actions.cancel(app, row))]
 
 
 @click.command()

@@ -73,9 +73,11 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
         print_json([job_json(j, latest.get(j.id), chains.get(j.id, 0)) for j in rows])
         return
     if not rows:
-        console.print(NO_JOBS)
+        others = sum(app.store.counts().values()) if mine else 0
+        console.print(f"no jobs submitted by {_escape(user())} ({others} by others; `orch status` lists them)"
+                      if others else NO_JOBS)
         return
-    console.print(_jobs_table(app, rows, latest, chains, chain_time, expand))
+    console.print(fit_table(_jobs_table(app, rows, latest, chains, chain_time, expand), console.width))
     counts = app.store.counts()
     if not show_all and sum(counts.values()) > len(rows):
         console.print(f"[dim]showing the latest {len(rows)} of {sum(counts.values())} jobs; --all for every one[/]")
@@ -111,8 +113,32 @@ def _table() -> Table:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in COLUMNS:
-        table.add_column(col, overflow="fold" if col == "NOTE" else "ellipsis", no_wrap=col != "NOTE")
+    for col in COLUMNS:  # one line per job at any width (like squeue): long text ends in "…";
+        # the whole NOTE is in `orch status JOB` and --json
+        table.add_column(col, overflow="ellipsis", no_wrap=True)
+    return table
+
+
+FLEXIBLE = ("NAME", "NOTE")  # the columns that give way when the terminal is narrow
+
+
+def fit_table(table: Table, width: int) -> Table:
+    """Cap NAME and NOTE so that the table fits ``width`` columns and every other column
+    keeps its full text (rich would otherwise shrink them all, "CANCE…" and "PLAT…")."""
+    from rich.text import Text
+
+    def natural(col) -> int:
+        cells = [Text.from_markup(c).cell_len if isinstance(c, str) else 0 for c in col.cells]
+        return max([len(str(col.header)), *cells])
+
+    sizes = {col.header: natural(col) for col in table.columns}
+    fixed = sum(n for h, n in sizes.items() if h not in FLEXIBLE) + 2 * (len(table.columns) - 1)
+    room = max(width - fixed, 20)
+    name = min(sizes.get("NAME", 0), max(10, room // 3))
+    if "NAME" in sizes:
+        table.columns[COLUMNS.index("NAME")].max_width = name
+    if "NOTE" in sizes:
+        table.columns[COLUMNS.index("NOTE")].max_width = max(room - name, 8)
     return table
 
 
@@ -173,7 +199,7 @@ def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) ->
     table = _table()
     for j in rows:
         _status_row(table, j, latest.get(j.id), 0, indent=True)
-    console.print(table)
+    console.print(fit_table(table, console.width))
 
 
 def _status_one(app: App, job: JobRow, as_json: bool) -> None:
