@@ -211,6 +211,17 @@ def output_dir() -> Path:
     return Path(os.environ.get("ORCH_OUTPUT_DIR") or "out")
 
 
+def fetched_path(path: Path) -> str:
+    """How ``path`` (a file under :func:`output_dir`) is named where the user will see it:
+    under orch, ``outputs/<name>`` in the folder `orch fetch` writes; else as given."""
+    if os.environ.get("ORCH_OUTPUT_DIR"):
+        try:
+            return "outputs/" + Path(path).relative_to(output_dir()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m kernels.probe``."""
     parser = argparse.ArgumentParser(prog="python -m kernels.probe", description=__doc__.splitlines()[0])
@@ -224,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         out = output_dir()
         out.mkdir(parents=True, exist_ok=True)
         (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out / 'probe.json'}", file=sys.stderr)
+        print(f"wrote {fetched_path(out / 'probe.json')}", file=sys.stderr)
     return 0
 
 

@@ -179,9 +179,10 @@ def results_dir(app: App, job: JobRow) -> Path | None:
     return done[-1] if done else None
 
 
-def fetch(app: App, job: JobRow, dest: Path | None) -> Path:
-    """Copy the job's results into ``dest`` (default ``./results/<name>-<id8>``). Idempotent."""
-    from .results import copy_tree
+def fetch(app: App, job: JobRow, dest: Path | None, force: bool = False) -> Path:
+    """Copy the job's results into ``dest`` (default ``./results/<name>-<id8>``). Idempotent;
+    files the user changed there since are never overwritten unless ``force``."""
+    from .results import changed_files, copy_tree
 
     src = results_dir(app, job)
     if src is None and app.store.shared:
@@ -192,6 +193,11 @@ def fetch(app: App, job: JobRow, dest: Path | None) -> Path:
         raise NotFoundError(f"job {job.short_id} is {job.state.value}; results arrive when it ends "
                             f"(`orch logs -f {job.short_id}` to follow it)")
     target = dest or Path("results") / f"{job.name}-{job.short_id}"
+    changed = [] if force or not target.exists() else changed_files(src, target)
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise UsageError(f"{target}/ has files that differ from the job's results ({shown}); nothing was "
+                         "copied: fetch into another folder with -o DIR, or overwrite them with --force")
     copy_tree(src, target)
     return target
 

@@ -150,6 +150,34 @@ def install_attempt(staging: Path, dest: Path) -> ExtractReport:
     return report
 
 
+def changed_files(src: Path, dest: Path) -> list[str]:
+    """Files under ``dest`` that a copy of ``src`` would overwrite with different bytes: what a
+    user edited (or an older attempt's results) since the last fetch."""
+    changed = []
+    for dirpath, _dirnames, filenames in os.walk(src):
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(src)
+            there = dest / rel
+            if path.is_symlink() or not path.is_file() or not there.exists():
+                continue
+            if there.is_symlink() or not there.is_file() or not _same_bytes(path, there):
+                changed.append(rel.as_posix())
+    return sorted(changed)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
 def copy_tree(src: Path, dest: Path) -> int:
     """Copy regular files of ``src`` into ``dest`` (no links followed or created)."""
     count = 0

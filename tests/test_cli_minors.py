@@ -86,3 +86,21 @@ def test_orch_home_with_percent_signs_works(tmp_path):
     assert not (tmp_path / "hA").exists()
     proc = run("status", "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 1
+
+
+def test_a_second_fetch_never_overwrites_what_the_user_changed(orch, orch_home, tmp_path, monkeypatch):
+    from tests.conftest import tick_until
+
+    job = make_job(tmp_path / "out", "name: out\nrun: mkdir -p out && echo fresh > out/r.txt\noutputs: [out/]\n")
+    job_id = submit(orch, job)
+    tick_until(lambda app: app.store.job(job_id).state.terminal, what="job ends")
+    dest = tmp_path / "fetched"
+    assert orch("fetch", job_id, "-o", str(dest)).exit_code == 0
+    assert orch("fetch", job_id, "-o", str(dest)).exit_code == 0  # unchanged: safe to run twice
+    (dest / "outputs" / "out" / "r.txt").write_text("my notes\n")
+    result = orch("fetch", job_id, "-o", str(dest))
+    assert result.exit_code == 2
+    assert "outputs/out/r.txt" in result.output and "--force" in result.output
+    assert (dest / "outputs" / "out" / "r.txt").read_text() == "my notes\n"
+    assert orch("fetch", job_id, "-o", str(dest), "--force").exit_code == 0
+    assert (dest / "outputs" / "out" / "r.txt").read_text() == "fresh\n"

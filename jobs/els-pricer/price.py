@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ except ImportError:  # run from a checkout without orch installed: the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kernels.els import ProductError, create_sample_els, load_product, mc_price_els, price_els  # noqa: E402
+from kernels.probe import fetched_path, output_dir  # noqa: E402
 from kernels.xp import DeviceError  # noqa: E402
 
 PLOT = "els_pricer.png"
@@ -65,7 +65,7 @@ def plot(rows: list[dict], path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return f"wrote {path}"
+    return f"wrote {fetched_path(path)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mc-paths", type=int, default=0, help="also run Monte Carlo matched to the last grid")
     args = ap.parse_args(argv)
     grids = parse_grids(args.grids)
-    out = Path(os.environ.get("ORCH_OUTPUT_DIR") or "out")
+    out = output_dir()
     out.mkdir(parents=True, exist_ok=True)
     try:
         product = load_product(args.product) if args.product else create_sample_els()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results = {"product": product.to_dict(), "results": rows, "monte_carlo": mc}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out / 'results.json'}")
+    print(f"wrote {fetched_path(out / 'results.json')}")
     print(plot(rows, out / PLOT))
     return 0
 

@@ -20,13 +20,15 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.argument("job")
 @click.option("-o", "--output", "dest", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write into (default ./results/<name>-<id>/).")
+@click.option("--force", is_flag=True, help="Overwrite files there that differ from the job's results.")
 @json_option
 @pass_app
-def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
+def fetch(app: App, job: str, dest: Path | None, force: bool, as_json: bool) -> None:
     """Copy a finished job's outputs, log and result.json to a local directory.
 
     Results are downloaded from the platform by `orch tick` as soon as a job ends;
-    this copies them out of the orch home. Safe to run twice.
+    this copies them out of the orch home. Safe to run twice: a file you changed in
+    the folder since is never overwritten (exit 2, nothing copied) unless --force.
 
     \b
     Example:
@@ -35,7 +37,7 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
     from .. import actions
 
     row = app.store.resolve(job)
-    target = actions.fetch(app, row, dest)
+    target = actions.fetch(app, row, dest, force=force)
     if as_json:
         print_json({"id": row.id, "state": row.state.value, "path": str(target)})
     else:
