@@ -99,6 +99,14 @@ def test_plan_explains_each_queued_job_through_the_cli(orch, orch_home, tmp_path
 
 def test_a_job_that_needs_the_internet_never_goes_to_a_platform_without_it(orch, orch_home, tmp_path, config):
     pytest.importorskip("paramiko")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    # The host key is pinned (an unpinned host is unavailable, whatever the job needs).
+    public = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    (orch_home / "ssh").mkdir(exist_ok=True)
+    (orch_home / "ssh" / "known_hosts").write_text(f"gpu.example.org {public}\n")
     config("""\
         platforms:
           lab: {type: ssh, host: gpu.example.org, internet: true}

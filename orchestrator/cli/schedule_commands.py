@@ -44,7 +44,8 @@ def plan(app: App, as_json: bool) -> None:
     planner = planning.Planner(app)
     queued = app.store.queued()
     waits: dict[str, str] = {}
-    decisions = planner.plan(queued=queued, waits=waits) if queued else []
+    offers = planner.offers() if queued else {}
+    decisions = planner.plan(queued=queued, waits=waits, offers=offers) if queued else []
     by_id = {d.job_id: d for d in decisions}
     now = time.time()
     rows = []
@@ -79,6 +80,9 @@ def plan(app: App, as_json: bool) -> None:
             would = "[yellow]wait[/]"
         table.add_row(r["id"][:8], escape(r["name"]), str(r["priority"]), would, escape(r["reason"]))
     console.print(table)
+    for name, offer in offers.items():  # a platform's own problem, said once, not per job
+        if not offer.available:
+            console.print(f"[dim]{escape(name)} is unavailable: {escape(offer.reason)}[/]")
 
 
 @click.command("quota")

@@ -58,6 +58,7 @@ FREE_TIER_REFUSAL = (
     "balance, so orch will not drive a free runtime over SSH; with a paid plan set `tier: pro` "
     "(or `pro+`), otherwise use the `kaggle` or `colab_drive` platform"
 )
+KEY_NEEDED = f"set `key:` to an Ed25519 or ECDSA private key ({', '.join(ACCEPTED_KEY_TYPES[:2])})"
 
 
 class ColabSettings(RemoteSettings):
@@ -138,6 +139,13 @@ class ColabPlatform(SSHPlatform):
             available, reason = False, FREE_TIER_REFUSAL
         elif self.cli.path() is None:
             available, reason = False, f"the `colab` CLI is not installed; {INSTALL_HINT}"
+        elif s.key is None:
+            available, reason = False, KEY_NEEDED
+        else:
+            try:  # a missing or refused key is the platform's problem, never a job's outcome
+                load_key(self.session_endpoint("check"))
+            except PrecheckError as exc:
+                available, reason = False, str(exc)
         hours = s.session_hours or SESSION_HOURS[s.tier]
         return Offer(
             platform=self.name, type="colab", gpus=(s.gpu,), gpu_memory_gb=GPU_MEMORY_GB.get(s.gpu), gpu_count=1,
@@ -157,7 +165,7 @@ class ColabPlatform(SSHPlatform):
         except PrecheckError as exc:
             problems.append(str(exc))
         if self.settings.key is None:
-            problems.append(f"set `key:` to an Ed25519 or ECDSA private key ({', '.join(ACCEPTED_KEY_TYPES[:2])})")
+            problems.append(KEY_NEEDED)
         if self.cli.path() is not None:
             try:
                 self.cli.check_version()

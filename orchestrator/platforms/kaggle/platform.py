@@ -45,7 +45,7 @@ from ...quota import Budget
 from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import CALLS, KaggleAccount, KernelState, MissingError
-from .credentials import find_credentials, permission_warning
+from .credentials import CREDENTIALS_FIX, find_credentials, permission_warning
 from .transfer import download_outputs, ensure_dataset, log_text
 
 log = logging.getLogger(__name__)
@@ -192,11 +192,13 @@ class KagglePlatform(PlatformBase):
         """Kaggle's machine and limits. The weekly GPU quota reaches the scheduler through
         the controller's ledger (``quota()``, cached), so this makes no network call."""
         gpus, count, memory = ACCELERATORS[self.settings.accelerator]
+        missing = find_credentials() is None  # a platform problem, never a job outcome
         return Offer(
             platform=self.name, type="kaggle", gpus=gpus, gpu_memory_gb=memory, gpu_count=count,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
             internet=True, tier="free",
             unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED},
+            available=not missing, reason=f"no Kaggle credentials found; {CREDENTIALS_FIX}" if missing else "",
         )
 
     def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:
@@ -225,8 +227,6 @@ class KagglePlatform(PlatformBase):
         problems = []
         found = find_credentials()
         if found is None:
-            from .credentials import CREDENTIALS_FIX
-
             return [f"no Kaggle credentials found; {CREDENTIALS_FIX}"]
         if found.path is not None and found.source == "kaggle.json":
             warning = permission_warning(found.path)

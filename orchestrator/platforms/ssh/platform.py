@@ -213,26 +213,35 @@ class SSHPlatform(PlatformBase):
     def offer(self) -> Offer:
         s = self.settings
         assert isinstance(s, SSHSettings)
+        problems = self.setup_problems()
         return Offer(
             platform=self.name, type="ssh", gpus=(s.gpu,) if s.gpu else (), gpu_memory_gb=s.gpu_memory_gb,
             gpu_count=s.gpu_count if s.gpu else 0, max_concurrent=s.max_concurrent,
             session_seconds=s.session_hours * 3600 if s.session_hours else None, internet=s.internet,
             unsupported={} if s.internet else {
                 Feature.INTERNET: f"platform {self.name} has no internet (internet: false in config.yaml)"},
+            available=not problems, reason="; ".join(problems),
         )
 
-    def check(self) -> list[str]:
-        """Problems that stop this host from working: missing key, unpinned host key, no login."""
+    def setup_problems(self) -> list[str]:
+        """What is wrong on this machine before any connection: a key file that does not
+        exist, a host key never pinned. A platform with such a problem is unavailable
+        (placement skips it, `orch plan` says why); it is never a job's outcome."""
         endpoint = self.endpoint()
         problems = []
         if endpoint.key is not None and not endpoint.key.is_file():
             problems.append(f"key {endpoint.key} does not exist; create one with `ssh-keygen -t ed25519`")
         if not pinned_keys(endpoint):
             problems.append(f"host key of {endpoint.key_name} is not pinned; run `orch ssh trust {self.name}`")
+        return problems
+
+    def check(self) -> list[str]:
+        """Problems that stop this host from working: missing key, unpinned host key, no login."""
+        problems = self.setup_problems()
         if problems:
             return problems
         try:  # one attempt, no backoff: `orch platforms` must answer quickly
-            connect(endpoint).close()
+            connect(self.endpoint()).close()
         except PlatformError as exc:
             return [str(exc)]
         return []

@@ -192,7 +192,8 @@ def test_a_nearly_spent_quota_keeps_the_job_off_kaggle_and_status_says_why(kaggl
     assert row["id"] == job_id and row["state"] == "QUEUED"
     assert "kaggle: 0.2 GPU h left this week, job needs 1.0 GPU h" in row["message"]
     assert "refresh Sat 00:00 UTC" in row["message"]
-    assert "0.2 GPU h left this week" in " ".join(orch("status").output.split())
+    assert "kaggle: 0.2 GPU h l…" in " ".join(orch("status").output.split())  # cut to fit 80 columns
+    assert "0.2 GPU h left this week" in " ".join(orch("status", job_id).output.split())
     assert kaggle.calls["SaveKernel"] == 0 and kaggle.calls["StartBlobUpload"] == 0
     shown, = json.loads(orch("platforms", "--json").output)
     assert shown["quota"]["used"] == pytest.approx(29.8) and shown["quota"]["limit"] == 30
