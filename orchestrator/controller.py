@@ -90,6 +90,24 @@ class Controller:
         self.report.seconds = time.time() - started
         return self.report
 
+    def settle(self, job_ids: list[str]) -> None:
+        """Poll just these jobs' running attempts (fetching those that ended): how `orch logs
+        -f` and `orch status` see a job end without waiting for cron's tick. It claims the
+        jobs' leases as a tick does, so a tick running meanwhile simply skips them."""
+        wanted = set(job_ids)
+        atts = [a for a in self.store.attempts_in([A.PENDING, A.RUNNING, A.UNKNOWN, A.FETCHING])
+                if a.job_id in wanted]
+        self.owner = leases.owner_id()
+        self.void_owners = leases.dead_local_owners(self.store)
+        try:
+            for att in self._claimed(atts):
+                if att.state == A.FETCHING:
+                    self._finish(att)
+                elif att.state in (A.PENDING, A.RUNNING, A.UNKNOWN):
+                    self._poll_one(att)
+        finally:
+            leases.release(self.store, self.owner)
+
     def _claimed(self, atts: list[AttemptRow]):
         """Yield (freshly re-read) attempts whose jobs this tick claims, a batch at a
         time, skipping attempts another machine must handle (see ``host_bound``)."""

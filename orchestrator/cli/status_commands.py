@@ -66,6 +66,7 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
         return
     from ..store import user
 
+    settle(app, local_only=True)
     rows = app.store.jobs(limit=None if show_all else 50, submitted_by=user() if mine else None)
     latest = app.store.latest_attempts([j.id for j in rows])
     chains, chain_time = _chains(app, rows)
@@ -86,15 +87,37 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
 NO_JOBS = "no jobs yet — `orch submit job.yaml` queues one"
 
 
+def settle(app: App, job_ids: list[str] | None = None, local_only: bool = False) -> None:
+    """Poll the running attempts of ``job_ids`` (all, when None) so that a job that ended is
+    shown ended without waiting for a tick. ``local_only``: only attempts on this machine's
+    ``local`` platforms (a cheap read of a file); never another host's. Best effort: a
+    failure here leaves the reading to the next tick."""
+    from ..controller import Controller
+    from ..states import ACTIVE_ATTEMPT_STATES
+    from ..store import host
+
+    try:
+        kinds = {name: s.type for name, s in app.config.platforms.items()}
+        atts = [a for a in app.store.attempts_in(ACTIVE_ATTEMPT_STATES)
+                if (job_ids is None or a.job_id in job_ids) and a.platform in kinds
+                and not (local_only and (kinds[a.platform] != "local" or (a.host and a.host != host())))]
+        if atts:
+            Controller(app).settle([a.job_id for a in atts])
+    except OrchError:
+        pass
+
+
 def _status_ref(app: App, ref: str, as_json: bool) -> None:
     """`orch status REF`: one job, or one sweep when REF names a sweep."""
     from .. import actions
 
     row, found = actions.resolve_job_or_sweep(app, ref)
     if found is not None:
-        _status_sweep(app, found[0], found[1], as_json)
+        settle(app, [r.id for r in found[1]], local_only=True)
+        _status_sweep(app, found[0], [app.store.job(r.id) for r in found[1]], as_json)
         return
-    _status_one(app, row, as_json)
+    settle(app, [row.id], local_only=True)
+    _status_one(app, app.store.job(row.id), as_json)
 
 
 def _chains(app: App, rows: list[JobRow]) -> tuple[dict[str, int], dict[str, float]]:
@@ -295,6 +318,10 @@ def _events_table(events: list) -> Table:
 def logs(app: App, job: str, follow: bool, interval: float) -> None:
     """Print a job's log (the latest attempt), optionally following it.
 
+    With -f it ends when the job ends, whatever the platform: it polls the job itself, so
+    it needs no `orch tick` (nor cron) to see the end. `orch status` likewise sees a job on
+    this machine's local platform end without a tick.
+
     \b
     Example:
       orch logs 3f9c -f
@@ -305,6 +332,8 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
     offset = 0
     current_key = None
     while True:
+        if follow:  # see the job end (and its last lines) without waiting for a tick
+            settle(app, [row.id])
         row = app.store.job(row.id)
         done = row.state.terminal
         attempts = app.store.attempts_of(row.id)
