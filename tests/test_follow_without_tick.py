@@ -38,3 +38,36 @@ def test_status_sees_a_local_job_end_without_a_tick(orch, orch_home, tmp_path):
     assert one["state"] == "SUCCEEDED"
     assert orch("fetch", job_id, "-o", str(tmp_path / "out")).exit_code == 0
     assert "fast" in (tmp_path / "out" / "job.log").read_text()
+
+
+def test_submit_wait_streams_the_jobs_output_live_without_a_tty(orch_home, tmp_path):
+    """Without a TTY (a pipe, CI) `submit --wait` prints the job's output as it comes, and
+    each state change as a line (issue 17, Major 9): the job below waits until the test has
+    seen its first line, so the line cannot have come from the final summary."""
+    import os
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    job = make_job(tmp_path / "live", f"name: live\nrun: echo first-line; while [ ! -e {go} ]; do sleep 0.1; done; "
+                                      "echo second-line\n")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "submit", str(job), "--wait", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "first-line" in line:
+                break
+        assert any("first-line" in s for s in seen), "".join(seen)
+        go.touch()
+        rest, err = proc.communicate(timeout=60)
+        assert "\n[orch] live " in "".join(seen) + rest  # each state change, a line
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "second-line" in rest and "SUCCEEDED" in rest
+    assert rest.index("second-line") < rest.index("SUCCEEDED")
+    assert "last lines of its output" not in rest  # it was shown live already

@@ -326,38 +326,20 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
     Example:
       orch logs 3f9c -f
     """
-    from ..platforms.base import Handle
+    from ..logtail import LogTail
 
     row = app.store.resolve(job)
-    offset = 0
-    current_key = None
+    tail = LogTail(app, row.id)
     while True:
         if follow:  # see the job end (and its last lines) without waiting for a tick
             settle(app, [row.id])
         row = app.store.job(row.id)
         done = row.state.terminal
-        attempts = app.store.attempts_of(row.id)
-        att = attempts[-1] if attempts else None
-        if att is not None and att.key != current_key:
-            if current_key is not None:
-                click.echo(f"\n[orch] --- attempt {att.number} on {att.platform} ---")
-            current_key, offset = att.key, 0
-        stored = app.home.results / row.id / f"attempt-{att.number}" / "job.log" if att else None
-        if stored is not None and stored.is_file():
-            data = stored.read_bytes()[offset:]
-            offset += len(data)
-            click.echo(data.decode("utf-8", "replace"), nl=False)
-        elif att is not None and att.handle:
-            try:
-                chunk = app.platform(att.platform).logs(Handle.from_json(att.handle), offset)
-            except OrchError as exc:
-                if not follow:
-                    raise
-                err_console.print(f"[dim]log not readable yet: {_escape(str(exc))}[/]")
-            else:
-                click.echo(chunk.text, nl=False)
-                offset = chunk.offset
-        elif not follow:
+        piece = tail.read(strict=not follow)
+        click.echo(piece.text, nl=False)
+        if piece.problem:
+            err_console.print(f"[dim]log not readable yet: {_escape(piece.problem)}[/]")
+        if not piece.found and not follow:
             raise NotFoundError(f"job {row.short_id} has no log yet ({row.state.value}); use -f to wait for it")
         if not follow or done:
             return

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @click.command()
 @click.argument("job_yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--wait", is_flag=True, help="Tick until the job ends, then fetch its results.")
+@click.option("--wait", is_flag=True, help="Tick until the job ends, showing its output as it comes, then fetch its results.")
 @click.option("--platform", "pin", metavar="NAME", help="Run only on this configured platform.")
 @click.option("--dry-run", is_flag=True, help="Show the bundle and where the job would go; queue nothing.")
 @click.option("--allow-file", multiple=True, metavar="NAME",
@@ -125,7 +125,7 @@ def _see_through(app: App, job_id: str, interval: float, as_json: bool) -> None:
     """--wait: tick until the job ends, fetch its results, show the outcome; exit 1 unless it succeeded."""
     from .. import actions
 
-    job = _wait(app, job_id, interval, quiet=as_json)
+    job, streamed = _wait(app, job_id, interval, quiet=as_json)
     target = None
     try:
         target = actions.fetch(app, job, None)
@@ -137,19 +137,25 @@ def _see_through(app: App, job_id: str, interval: float, as_json: bool) -> None:
         print_json({"id": job.id, "state": job.state.value, "results": str(target) if target else None,
                     "exit_code": result.get("exit_code") if result else None})
     else:
-        _print_outcome(job, result, target)
+        _print_outcome(job, result, target, tail=not streamed)
     if job.state != JobState.SUCCEEDED:
         sys.exit(1)
 
 
-def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
-    """Tick until the job is terminal, with a live status line."""
+def _wait(app: App, job_id: str, interval: float, quiet: bool) -> tuple[JobRow, bool]:
+    """Tick until the job is terminal, printing the job's own output as it comes (like
+    `orch logs -f`) under a live status line on a terminal, or with each state change as a
+    line when not on one (a pipe, CI, cron). Returns the job and whether any output showed."""
     from .. import controller
+    from ..logtail import LogTail
 
-    ctl_status = None if quiet else console.status("starting", spinner="dots")
+    live = not quiet and console.is_terminal
+    ctl_status = console.status("starting", spinner="dots") if live else None
     if ctl_status:
         ctl_status.start()
     started = time.time()
+    tail = LogTail(app, job_id)
+    shown, said = False, ""
 
     @contextlib.contextmanager
     def spinner_paused():
@@ -164,20 +170,29 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
             with transfer_bars(not quiet, spinner_paused if ctl_status else None):
                 controller.Controller(app).tick()
             job = app.store.job(job_id)
+            if not quiet:
+                text = tail.read().text
+                if text:
+                    console.out(text.rstrip("\n"), highlight=False)
+                    shown = True
             if job.state.terminal:
-                return job
+                return job, shown
+            where = f" on {job.platform}" if job.platform else ""
             if ctl_status:
-                where = f" on {job.platform}" if job.platform else ""
                 note = f" — {job.message}" if job.message else ""
                 ctl_status.update(f"{job.name} {styled_state(job.state.value)}{where} "
                                   f"[dim]{format_duration(time.time() - started)}{note}[/]")
+            elif not quiet and job.state.value + where != said:
+                said = job.state.value + where
+                console.out(f"[orch] {job.name} {job.short_id}: {said} ({format_duration(time.time() - started)})",
+                            highlight=False)
             time.sleep(interval)
     finally:
         if ctl_status:
             ctl_status.stop()
 
 
-def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> None:
+def _print_outcome(job: JobRow, result: dict | None, target: Path | None, tail: bool = True) -> None:
     console.print(f"{job.name} {job.short_id}: {styled_state(job.state.value)}"
                   + (f" — {job.message}" if job.message else ""))
     if result:
@@ -185,7 +200,7 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> Non
         gpu_text = f"{gpu.get('count', 1)}x {gpu['name']}" if gpu.get("name") else "no GPU"
         console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))} "
                       f"on {job.platform} ({gpu_text})")
-    if target and (target / "job.log").is_file():
+    if tail and target and (target / "job.log").is_file():  # unless it was followed live
         lines = [ln for ln in (target / "job.log").read_text(errors="replace").splitlines()
                  if ln.strip() and not ln.startswith("[orch]")]
         if lines:
