@@ -169,6 +169,60 @@ def retry(app: App, job: JobRow) -> str:
     return f"requeued {job.short_id} ({job.name})"
 
 
+def retry_sweep(app: App, sweep_id: str) -> list[str]:
+    """Requeue every FAILED, LOST or CANCELLED point of the sweep; one sentence per point."""
+    out = [retry(app, row) for row in app.store.sweep_jobs(sweep_id)
+           if row.state in (J.FAILED, J.LOST, J.CANCELLED)]
+    if not out:
+        raise StateError(f"no point of sweep {sweep_id[:8]} ended FAILED, LOST or CANCELLED; nothing to retry")
+    return out
+
+
+@dataclass
+class SweepFetch:
+    """What ``fetch_sweep`` wrote: the folder, each point's sub-folder (or why it has none)
+    and the summary table (``summary.csv``: the parameters and result fields per point)."""
+
+    target: Path
+    fetched: dict[str, Path]
+    missing: dict[str, str]
+    summary: list[dict[str, str]]
+
+
+SUMMARY_FIELDS = ("point", "id", "state", "exit_code", "runtime_s", "gpu", "platform")
+
+
+def fetch_sweep(app: App, sweep_id: str, rows: list[JobRow], dest: Path | None, force: bool = False) -> SweepFetch:
+    """Fetch every point that has results into ``dest/<point name>/`` (default
+    ``./results/<sweep name>-<id8>/``) and write ``summary.csv`` there: one row per point,
+    its parameters, then its state and result fields."""
+    import csv
+
+    name = (rows[0].extra.get("sweep") or {}).get("name", rows[0].name)
+    target = dest or Path("results") / f"{name}-{sweep_id[:8]}"
+    fetched, missing, summary = {}, {}, []
+    params = list(dict.fromkeys(k for r in rows for k in ((r.extra.get("sweep") or {}).get("params") or {})))
+    for row in sorted(rows, key=lambda r: (r.extra.get("sweep") or {}).get("index", 0)):
+        try:
+            fetched[row.name] = fetch(app, row, target / row.name, force=force)
+        except NotFoundError as exc:
+            missing[row.name] = str(exc)
+        atts = app.store.attempts_of(row.id)
+        result = (atts[-1].result if atts else None) or {}
+        gpu = result.get("gpu") if isinstance(result.get("gpu"), dict) else {}
+        point = (row.extra.get("sweep") or {}).get("params") or {}
+        summary.append({**{k: str(point.get(k, "")) for k in params}, "point": row.name, "id": row.short_id,
+                        "state": row.state.value, "exit_code": str(result.get("exit_code", "")),
+                        "runtime_s": str(result.get("runtime_s", "")), "gpu": str(gpu.get("name") or ""),
+                        "platform": row.platform or ""})
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=[*params, *SUMMARY_FIELDS])
+        writer.writeheader()
+        writer.writerows(summary)
+    return SweepFetch(target, fetched, missing, summary)
+
+
 def results_dir(app: App, job: JobRow) -> Path | None:
     """The stored results of the job's latest fetched attempt, if any."""
     root = app.home.results / job.id

@@ -103,3 +103,46 @@ def test_a_wrong_sweep_is_one_line_naming_the_line_and_the_fix(orch, orch_home, 
     assert r.exit_code == 2
     assert message in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 or len(r.output) < 300
+
+
+def test_a_sweep_has_fetch_logs_and_retry_by_id_and_by_name(orch, orch_home, tmp_path, config):
+    """Issue 17 Major 7: `orch fetch/logs/retry SWEEP` work on the sweep's points."""
+    import csv
+
+    config("platforms:\n  local: {type: local, max_concurrent: 4}\n")
+    path = make_job(tmp_path / "job", """\
+        name: fl
+        run: echo "point $LR" > $ORCH_OUTPUT_DIR/point.txt; echo "log of $LR"; [ "$LR" != bad ]
+        sweep:
+          grid:
+            LR: [a, bad, c]
+        """)
+    doc = submitted(orch, path)
+    sweep_id, job_ids = doc["sweep_id"], doc["jobs"]
+    tick_until(lambda app: all(app.store.job(j).state.terminal for j in job_ids), timeout=90)
+
+    for ref in (sweep_id[:8], "fl"):
+        dest = tmp_path / f"out-{ref}"
+        r = orch("fetch", ref, "-o", str(dest), "--json")
+        assert r.exit_code == 0, r.output
+        got = json.loads(r.output)
+        assert got["sweep_id"] == sweep_id and len(got["fetched"]) == 3
+        assert (dest / "fl-0" / "outputs" / "point.txt").read_text() == "point a\n"
+        rows = list(csv.DictReader(open(dest / "summary.csv")))
+        assert [(x["LR"], x["state"], x["exit_code"]) for x in rows] == [
+            ("a", "SUCCEEDED", "0"), ("bad", "FAILED", "1"), ("c", "SUCCEEDED", "0")]
+    shown = orch("fetch", sweep_id[:8], "-o", str(tmp_path / "table"))
+    assert shown.exit_code == 0 and "3 of 3 points fetched" in shown.output and "LR" in shown.output
+
+    logs = orch("logs", "fl")
+    assert logs.exit_code == 0, logs.output
+    assert logs.output.index("log of a") < logs.output.index("log of bad") < logs.output.index("log of c")
+    assert "(LR=bad): FAILED" in logs.output
+    assert orch("logs", "fl", "-f").exit_code == 2  # follow one point, said in one line
+
+    r = orch("retry", sweep_id[:8])
+    assert r.exit_code == 0 and r.output.count("requeued") == 1, r.output
+    states = {j["id"]: j["state"] for j in json.loads(orch("status", "--json").output)}
+    assert sorted(states.values()) == ["QUEUED", "SUCCEEDED", "SUCCEEDED"]
+    again = orch("retry", sweep_id[:8])  # nothing left to retry: one line
+    assert again.exit_code == 1 and again.output.strip().count("\n") == 0 and "nothing to retry" in again.output

@@ -30,18 +30,46 @@ def fetch(app: App, job: str, dest: Path | None, force: bool, as_json: bool) -> 
     this copies them out of the orch home. Safe to run twice: a file you changed in
     the folder since is never overwritten (exit 2, nothing copied) unless --force.
 
+    For a sweep: one folder per point that has results, and summary.csv (each point's
+    parameters, state, exit code, run time, GPU), shown as a table.
+
     \b
     Example:
       orch fetch 3f9c -o ./out
+      orch fetch SWEEP_ID
     """
     from .. import actions
 
-    row = app.store.resolve(job)
+    row, found = actions.resolve_job_or_sweep(app, job)
+    if found is not None:
+        _fetch_sweep(app, actions, found, dest, force, as_json)
+        return
     target = actions.fetch(app, row, dest, force=force)
     if as_json:
         print_json({"id": row.id, "state": row.state.value, "path": str(target)})
     else:
         console.print(f"{row.name} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
+
+
+def _fetch_sweep(app: App, actions, found, dest: Path | None, force: bool, as_json: bool) -> None:
+    """`orch fetch SWEEP`: a folder per point that has results, and summary.csv."""
+    sweep_id, rows = found
+    res = actions.fetch_sweep(app, sweep_id, rows, dest, force=force)
+    if as_json:
+        print_json({"sweep_id": sweep_id, "path": str(res.target), "summary": res.summary,
+                    "fetched": {k: str(v) for k, v in res.fetched.items()}, "missing": res.missing})
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in res.summary[0]:
+        table.add_column(col.upper(), overflow="ellipsis", no_wrap=True)
+    for line in res.summary:
+        table.add_row(*(_escape(v) for v in line.values()))
+    console.print(table)
+    console.print(f"{len(res.fetched)} of {len(rows)} points fetched into [bold]{res.target}/[/] "
+                  f"(one folder per point, summary.csv)"
+                  + (f"; {len(res.missing)} without results yet" if res.missing else ""))
 
 
 @click.command()
@@ -96,15 +124,23 @@ def _cancel_one(app: App, actions, ref: str) -> list[tuple[str, str]]:
 @json_option
 @pass_app
 def retry(app: App, job: str, as_json: bool) -> None:
-    """Put a FAILED, LOST or CANCELLED job back in the queue.
+    """Put a FAILED, LOST or CANCELLED job back in the queue (of a sweep: each such point).
 
     \b
     Example:
       orch retry 3f9c
+      orch retry SWEEP_ID
     """
     from .. import actions
 
-    row = app.store.resolve(job)
+    row, found = actions.resolve_job_or_sweep(app, job)
+    if found is not None:  # a sweep: its points that ended badly
+        messages = actions.retry_sweep(app, found[0])
+        if as_json:
+            print_json({"sweep_id": found[0], "requeued": len(messages)})
+        for msg in [] if as_json else messages:
+            console.print(msg)
+        return
     msg = actions.retry(app, row)
     print_json({"id": row.id, "state": "QUEUED"}) if as_json else console.print(msg)
 

@@ -9,7 +9,7 @@ import click
 
 from .. import sweep as sweep_mod
 from ..durations import format_duration
-from ..errors import NotFoundError, OrchError
+from ..errors import NotFoundError, OrchError, UsageError
 from .common import ago, console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -316,7 +316,8 @@ def _events_table(events: list) -> Table:
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
 @pass_app
 def logs(app: App, job: str, follow: bool, interval: float) -> None:
-    """Print a job's log (the latest attempt), optionally following it.
+    """Print a job's log (the latest attempt), optionally following it; of a sweep, every
+    point's log, each under a header with its parameters.
 
     With -f it ends when the job ends, whatever the platform: it polls the job itself, so
     it needs no `orch tick` (nor cron) to see the end. `orch status` likewise sees a job on
@@ -326,9 +327,13 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
     Example:
       orch logs 3f9c -f
     """
+    from .. import actions
     from ..logtail import LogTail
 
-    row = app.store.resolve(job)
+    row, found = actions.resolve_job_or_sweep(app, job)
+    if found is not None:
+        _sweep_logs(app, found, follow)
+        return
     tail = LogTail(app, row.id)
     while True:
         if follow:  # see the job end (and its last lines) without waiting for a tick
@@ -344,6 +349,25 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
         if not follow or done:
             return
         time.sleep(interval)
+
+
+def _sweep_logs(app: App, found, follow: bool) -> None:
+    """`orch logs SWEEP`: each point's log under a header line with its parameters."""
+    from ..logtail import LogTail
+
+    sweep_id, rows = found
+    if follow:
+        raise UsageError(f"-f follows one job and {sweep_id[:8]} is a sweep; follow one point "
+                         f"(`orch status {sweep_id[:8]}` lists them), or drop -f to print every point's log")
+    for row in sorted(rows, key=lambda r: (r.extra.get("sweep") or {}).get("index", 0)):
+        params = (row.extra.get("sweep") or {}).get("params") or {}
+        click.echo(f"[orch] === {row.name} {row.short_id} ({sweep_mod.label(params)}): {row.state.value} ===")
+        piece = LogTail(app, row.id).read()
+        click.echo(piece.text if piece.found else "[orch] no log yet\n", nl=False)
+        if piece.problem:
+            err_console.print(f"[dim]{row.short_id}: log not readable yet: {_escape(piece.problem)}[/]")
+        if piece.text and not piece.text.endswith("\n"):
+            click.echo()
 
 
 def register(main: click.Group) -> None:
