@@ -253,7 +253,22 @@ def fetch(app: App, job: JobRow, dest: Path | None, force: bool = False) -> Path
         raise UsageError(f"{target}/ has files that differ from the job's results ({shown}); nothing was "
                          "copied: fetch into another folder with -o DIR, or overwrite them with --force")
     copy_tree(src, target)
+    _copy_attempt_logs(src.parent, target)
     return target
+
+
+def _copy_attempt_logs(root: Path, target: Path) -> None:
+    """With more than one fetched attempt (retries, a chain's segments): each one's log as
+    ``logs/attempt-N.log`` beside the latest results."""
+    logs = sorted(root.glob("attempt-*/job.log"))
+    if len(logs) < 2:
+        return
+    (target / "logs").mkdir(exist_ok=True)
+    for log in logs:
+        there = target / "logs" / f"{log.parent.name}.log"
+        if log.parent.name.endswith(".partial") or log.is_symlink() or there.exists():
+            continue  # a fetched attempt's log never changes: one copy, never overwritten
+        shutil.copyfile(log, there)
 
 
 def _results_from_team(app: App, job: JobRow) -> Path | None:

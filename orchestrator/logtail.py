@@ -29,9 +29,10 @@ class Piece:
 class LogTail:
     """Reads one job's log incrementally across its attempts."""
 
-    def __init__(self, app: App, job_id: str):
+    def __init__(self, app: App, job_id: str, attempt: int | None = None):
         self.app = app
         self.job_id = job_id
+        self.attempt = attempt  # one attempt (a segment of a chain), or None: the latest
         self.key: str | None = None
         self.offset = 0
 
@@ -41,6 +42,8 @@ class LogTail:
         from .platforms.base import Handle
 
         attempts = self.app.store.attempts_of(self.job_id)
+        if self.attempt is not None:
+            attempts = [a for a in attempts if a.number == self.attempt]
         att = attempts[-1] if attempts else None
         if att is None:
             return Piece()

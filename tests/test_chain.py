@@ -86,6 +86,13 @@ def test_a_chain_of_three_segments_across_two_platforms_ends_with_the_uninterrup
     assert "SUCCEEDED" in line and "3 (2 seg)" in line
     detail = orch("status", job_id).output
     assert "2 checkpointed segment(s)" in detail and "seg 3" in detail
+    # Every segment's log: in the fetched folder, and by `orch logs --attempt N`.
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["attempt-1.log", "attempt-2.log", "attempt-3.log"]
+    assert "resuming at step 10" in (out / "logs" / "attempt-2.log").read_text()
+    second = orch("logs", job_id, "--attempt", "2")
+    assert second.exit_code == 0 and "resuming at step 10" in second.output
+    assert "resuming at step 20" not in second.output
+    assert orch("logs", job_id, "--attempt", "9").exit_code == 1
 
 
 def test_a_job_longer_than_every_session_without_checkpoint_is_refused_or_waits_with_the_fix(

@@ -314,8 +314,10 @@ def _events_table(events: list) -> Table:
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N",
+              help="The log of attempt N (a retry, or a segment of a chain; `orch status JOB` lists them).")
 @pass_app
-def logs(app: App, job: str, follow: bool, interval: float) -> None:
+def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None) -> None:
     """Print a job's log (the latest attempt), optionally following it; of a sweep, every
     point's log, each under a header with its parameters.
 
@@ -326,6 +328,7 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
     \b
     Example:
       orch logs 3f9c -f
+      orch logs 3f9c --attempt 2
     """
     from .. import actions
     from ..logtail import LogTail
@@ -334,7 +337,9 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
     if found is not None:
         _sweep_logs(app, found, follow)
         return
-    tail = LogTail(app, row.id)
+    if attempt is not None and not any(a.number == attempt for a in app.store.attempts_of(row.id)):
+        raise NotFoundError(f"job {row.short_id} has no attempt {attempt}; `orch status {row.short_id}` lists its attempts")
+    tail = LogTail(app, row.id, attempt)
     while True:
         if follow:  # see the job end (and its last lines) without waiting for a tick
             settle(app, [row.id])

@@ -133,6 +133,9 @@ def _see_through(app: App, job_id: str, interval: float, as_json: bool) -> None:
         pass
     att = app.store.attempts_of(job.id)
     result = att[-1].result if att else None
+    segments = [a for a in att if a.state.value == "CHECKPOINTED"]
+    if result and segments:  # a chain: its run time is all its segments'
+        result = {**result, "runtime_s": sum(a.runtime_s or 0 for a in att), "segments": len(segments) + 1}
     if as_json:
         print_json({"id": job.id, "state": job.state.value, "results": str(target) if target else None,
                     "exit_code": result.get("exit_code") if result else None})
@@ -198,7 +201,8 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None, tail: 
     if result:
         gpu = result.get("gpu") or {}
         gpu_text = f"{gpu.get('count', 1)}x {gpu['name']}" if gpu.get("name") else "no GPU"
-        console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))} "
+        chain = f" in {result['segments']} segments" if result.get("segments") else ""
+        console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))}{chain} "
                       f"on {job.platform} ({gpu_text})")
     if tail and target and (target / "job.log").is_file():  # unless it was followed live
         lines = [ln for ln in (target / "job.log").read_text(errors="replace").splitlines()
