@@ -19,7 +19,7 @@ from .blobstore import BlobStore, restore_artifacts, share_bundle
 from .controller import Controller
 from .planning import Planner
 from .errors import NotFoundError, SpecError, StateError, UsageError
-from .platforms.base import Feature, Handle
+from .platforms.base import Feature, Handle, RemoteState
 from .results import install_attempt
 from .states import AttemptState, JobState
 from .store import Conflict, JobRow
@@ -242,6 +242,9 @@ def fetch(app: App, job: JobRow, dest: Path | None, force: bool = False) -> Path
     if src is None and app.store.shared:
         src = _results_from_team(app, job)
     if src is None:
+        if job.state == J.CANCELLED:
+            raise NotFoundError(f"job {job.short_id} was cancelled: it has no results; `orch fetch {job.short_id} "
+                                "--partial` gets what it wrote before it was stopped")
         if job.state.terminal:
             raise NotFoundError(f"job {job.short_id} ended {job.state.value} without results to fetch ({job.message})")
         raise NotFoundError(f"job {job.short_id} is {job.state.value}; results arrive when it ends "
@@ -254,6 +257,46 @@ def fetch(app: App, job: JobRow, dest: Path | None, force: bool = False) -> Path
                          "copied: fetch into another folder with -o DIR, or overwrite them with --force")
     copy_tree(src, target)
     _copy_attempt_logs(src.parent, target)
+    return target
+
+
+def fetch_partial(app: App, job: JobRow, dest: Path | None, force: bool = False) -> Path:
+    """A cancelled job's partial outputs (the runner packs what the job wrote when it is
+    stopped), read from its platform while the platform still holds the attempt, into
+    ``dest`` (default ``./results/<name>-<id8>-partial``)."""
+    from .errors import OrchError
+    from .results import changed_files, copy_tree
+
+    if job.state != J.CANCELLED:
+        raise StateError(f"job {job.short_id} is {job.state.value}; --partial is for a cancelled job "
+                         f"(`orch fetch {job.short_id}` gets a finished job's results)")
+    started = [a for a in app.store.attempts_of(job.id) if a.handle]
+    if not started:
+        raise NotFoundError(f"job {job.short_id} was cancelled before it started: it has no outputs")
+    att = started[-1]
+    stored = app.home.results / job.id / f"partial-{att.number}"
+    if not stored.is_dir():
+        staging = app.home.staging / f"partial-{att.key}"
+        staging.mkdir(parents=True, exist_ok=True)
+        platform, handle = app.platform(att.platform), Handle.from_json(att.handle)
+        try:
+            stopping = platform.poll(handle).state in (RemoteState.PENDING, RemoteState.RUNNING)
+            if not stopping:
+                platform.fetch(handle, staging)
+        except OrchError as exc:
+            raise NotFoundError(f"job {job.short_id}'s partial outputs cannot be read from {att.platform}: {exc} "
+                                "(a platform keeps a cancelled attempt only until a tick cleans it up)") from None
+        if stopping:
+            raise StateError(f"job {job.short_id} is still stopping on {att.platform} (its runner packs what it "
+                             "wrote); try again in a few seconds")
+        install_attempt(staging, stored)
+        shutil.rmtree(staging, ignore_errors=True)
+    target = dest or Path("results") / f"{job.name}-{job.short_id}-partial"
+    changed = [] if force or not target.exists() else changed_files(stored, target)
+    if changed:
+        raise UsageError(f"{target}/ has files that differ from the job's partial outputs ({', '.join(changed[:3])}); "
+                         "nothing was copied: use -o DIR, or --force to overwrite them")
+    copy_tree(stored, target)
     return target
 
 

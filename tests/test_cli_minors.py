@@ -104,3 +104,22 @@ def test_a_second_fetch_never_overwrites_what_the_user_changed(orch, orch_home, 
     assert (dest / "outputs" / "out" / "r.txt").read_text() == "my notes\n"
     assert orch("fetch", job_id, "-o", str(dest), "--force").exit_code == 0
     assert (dest / "outputs" / "out" / "r.txt").read_text() == "fresh\n"
+
+
+def test_a_cancelled_jobs_partial_outputs_can_be_fetched(orch, orch_home, tmp_path):
+    from tests.conftest import wait_until
+
+    marker = tmp_path / "wrote"
+    job = make_job(tmp_path / "part", f"name: part\nrun: echo so-far > $ORCH_OUTPUT_DIR/p.txt; touch {marker}; sleep 60\n")
+    job_id = submit(orch, job)
+    assert orch("tick").exit_code == 0
+    wait_until(marker.exists, timeout=30, what="the job wrote its first output")
+    assert orch("cancel", job_id).exit_code == 0
+    plain = orch("fetch", job_id)
+    assert plain.exit_code == 1 and "--partial" in plain.output
+    wait_until(lambda: (r := orch("fetch", job_id, "--partial", "-o", str(tmp_path / "got"), "--json"))
+                        .exit_code == 0 and r, timeout=30, what="the runner has packed what the job wrote")
+    assert (tmp_path / "got" / "outputs" / "p.txt").read_text() == "so-far\n"
+    done = make_job(tmp_path / "done", "name: done\nrun: 'true'\n")
+    other = submit(orch, done)
+    assert orch("fetch", other, "--partial").exit_code == 1  # only for a cancelled job: one line

@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("-o", "--output", "dest", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write into (default ./results/<name>-<id>/).")
 @click.option("--force", is_flag=True, help="Overwrite files there that differ from the job's results.")
+@click.option("--partial", is_flag=True, help="A cancelled job's outputs as far as it got (while its platform "
+              "still holds them).")
 @json_option
 @pass_app
-def fetch(app: App, job: str, dest: Path | None, force: bool, as_json: bool) -> None:
+def fetch(app: App, job: str, dest: Path | None, force: bool, partial: bool, as_json: bool) -> None:
     """Copy a finished job's outputs, log and result.json to a local directory.
 
     Results are downloaded from the platform by `orch tick` as soon as a job ends;
@@ -44,7 +46,7 @@ def fetch(app: App, job: str, dest: Path | None, force: bool, as_json: bool) -> 
     if found is not None:
         _fetch_sweep(app, actions, found, dest, force, as_json)
         return
-    target = actions.fetch(app, row, dest, force=force)
+    target = (actions.fetch_partial if partial else actions.fetch)(app, row, dest, force=force)
     if as_json:
         print_json({"id": row.id, "state": row.state.value, "path": str(target)})
     else:
