@@ -240,3 +240,26 @@ def test_in_team_mode_another_machine_never_polls_or_loses_a_colab_attempt(orch,
     job = tick_until_state(orch, job_id, DONE, timeout=40)
     assert job["state"] == "SUCCEEDED", job["message"]
     assert colab.live() == []
+
+
+@pytest.mark.parametrize("key", ["rsa", "missing"])
+def test_an_rsa_or_missing_key_makes_colab_unavailable_before_the_cli_is_asked(orch, config, colab, colab_platform,
+                                                                               tmp_path, key):
+    """Issue 13 point 9: checked in orch (one line, the platform unavailable), never
+    retried as transient, and no runtime is assigned for a key Colab would refuse."""
+    import subprocess
+
+    path = tmp_path / "id_rsa"
+    if key == "rsa":
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(path)], check=True)
+    config(platforms={"colab": colab_platform(key=str(path)), "laptop": {"type": "local", "gpu": "T4"}})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab", "laptop")))
+    decision, = json.loads(orch("plan", "--json").output)
+    assert decision["platform"] == "laptop"
+    why = decision["verdicts"]["colab"]
+    assert ("ssh-rsa" in why and "Ed25519 or ECDSA" in why) if key == "rsa" else "not found" in why
+    job = tick_until_state(orch, job_id, DONE, timeout=40)
+    assert job["state"] == "SUCCEEDED" and job["platform"] == "laptop"
+    assert colab.calls("/tun/m/assign", "POST") == [] and colab.live() == []
+    shown = {p["name"]: p for p in _platforms(orch)}["colab"]
+    assert shown["available"] is False and shown["reason"] == why
