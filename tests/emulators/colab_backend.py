@@ -33,7 +33,7 @@ Faults (attributes and methods of :class:`ColabBackend`, changed by tests at any
 ``refuse(412|400, times)``, ``fail(path, status, times)``, ``stall(path, seconds,
 times)``, ``token_ttl_s`` (tokens stop working before the 3600 s they claim),
 ``listing_lag_s`` (a new runtime is missing from listings for a while), ``vanish()``
-(Colab recycles a runtime), ``no_ssh``, ``sshd_down``, ``ws_delay_s`` (a slow tunnel),
+(Colab recycles a runtime), ``stall_answer`` (done, but answered late), ``no_ssh``, ``sshd_down``, ``ws_delay_s`` (a slow tunnel),
 ``refresh_ok`` (the OAuth refresh token is dead when False), ``latest_version`` (makes
 the CLI print its upgrade banner), ``substitute`` (other hardware than asked).
 """
@@ -194,6 +194,12 @@ class ColabBackend:
         with self.lock:
             self._faults.append({"path": path, "stall": seconds, "times": times, "method": method})
 
+    def stall_answer(self, path: str, seconds: float, times: int = 1, method: str | None = None) -> None:
+        """The next ``times`` such requests are carried out at once but answered only after
+        ``seconds``: a client cut off meanwhile never learns that, say, its runtime exists."""
+        with self.lock:
+            self._faults.append({"path": path, "answer_after": seconds, "times": times, "method": method})
+
     def vanish(self, endpoint: str | None = None) -> None:
         """Colab recycles a runtime (idle or lifetime limit): it is simply gone."""
         with self.lock:
@@ -273,7 +279,7 @@ class ColabBackend:
         fault = self._fault(method, path)
         if fault is not None and "stall" in fault:
             time.sleep(fault["stall"])
-        elif fault is not None:
+        elif fault is not None and "status" in fault:
             return fault["status"], {}, json.dumps({"error": {"code": fault["status"]}}).encode()
         if host == "pypi.org":
             if self.latest_version is None:
@@ -289,7 +295,10 @@ class ColabBackend:
         if not headers.get("authorization", "").startswith("Bearer "):
             return 401, {}, b'{"error": {"code": 401, "message": "Request is missing required authentication"}}'
         with self.lock:
-            return self._tunnel(method, path, query, headers)
+            answer = self._tunnel(method, path, query, headers)
+        if fault is not None and "answer_after" in fault:
+            time.sleep(fault["answer_after"])
+        return answer
 
     def _tunnel(self, method: str, path: str, query: dict[str, str], headers: dict[str, str]):
         def ok(obj: Any) -> tuple[int, dict[str, str], bytes]:

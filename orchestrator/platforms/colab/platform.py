@@ -255,19 +255,44 @@ class ColabPlatform(SSHPlatform):
             os.replace(tmp, path)
             return entries
 
+    def _cut_off_runtime(self, name: str, record: dict, ours: dict[str, dict], listed: list[ColabSession]) -> str | None:
+        """The endpoint of the runtime a `colab new -s NAME` that was cut off (killed at its
+        deadline, or a crashed tick) made after Colab assigned it: the one nameless runtime
+        that appeared during that call and is no other ledger entry's. It is recorded."""
+        if "before" not in record:
+            return None
+        before = set(record.get("before", []))
+        known = {r.get("endpoint") for r in ours.values() if r.get("endpoint")}
+        new = [s for s in listed if s.name == "?" and s.endpoint not in before and s.endpoint not in known]
+        if len(new) != 1:
+            return None
+        self._ledger(name, {"endpoint": new[0].endpoint})
+        return new[0].endpoint
+
     def submit(self, launch: Launch) -> Handle:
         self._gate()
         name = session_name(launch.key)
         self._listed = None
         session = self._session(name)
         if session is None:
+            ours = self._ledger()
+            record = ours.get(name, {})
+            endpoint = record.get("endpoint") or self._cut_off_runtime(name, record, ours, self._sessions())
+            if endpoint and not record.get("endpoint"):  # an earlier `new` was cut off: use its runtime
+                session = self._session(name, endpoint)
+        if session is None:
             record = self._ledger().get(name, {})
-            if record.get("endpoint") and time.time() - record.get("created", 0) < self.settings.new_timeout:
-                raise TransientError(f"{self.name}: runtime {record['endpoint']} is not listed yet", self.name)
+            if "created" in record and time.time() - record["created"] < self.settings.new_timeout:
+                # The last `new` for this attempt is recent: its runtime may not be listed yet.
+                raise TransientError(f"{self.name}: runtime of {name} is not listed yet", self.name)
             before = [s.endpoint for s in self._sessions()]
             self._ledger(name, {"endpoint": None, "before": before, "created": time.time()})
             self._listed = None
-            self.cli.new(name, self.settings.gpu)
+            try:
+                self.cli.new(name, self.settings.gpu)
+            except (CapacityError, PrecheckError):
+                self._ledger(name, remove=True)  # Colab said no: nothing was assigned
+                raise
             failpoints.hit("colab_after_new")
             entry = self.cli.entry(name) or {}
             if entry.get("endpoint"):
@@ -385,17 +410,10 @@ class ColabPlatform(SSHPlatform):
         active = {session_name(k) for k in active_keys}
         self._listed = None
         listed = self._sessions()  # raises rather than read "nothing" into a failed listing
-        known = {r.get("endpoint") for r in ours.values() if r.get("endpoint")}
         for name, record in sorted(ours.items()):
             if name in active:
                 continue
-            endpoint = record.get("endpoint")
-            if endpoint is None:
-                before = set(record.get("before", []))
-                new = [s for s in listed if s.name == "?" and s.endpoint not in before and s.endpoint not in known]
-                if len(new) == 1:
-                    endpoint = new[0].endpoint
-                    self._ledger(name, {"endpoint": endpoint})
+            endpoint = record.get("endpoint") or self._cut_off_runtime(name, record, ours, listed)
             session = self._session(name, endpoint)
             if session is not None:
                 self._stop(name, endpoint)

@@ -263,3 +263,33 @@ def test_an_rsa_or_missing_key_makes_colab_unavailable_before_the_cli_is_asked(o
     assert colab.calls("/tun/m/assign", "POST") == [] and colab.live() == []
     shown = {p["name"]: p for p in _platforms(orch)}["colab"]
     assert shown["available"] is False and shown["reason"] == why
+
+
+def test_a_colab_new_cut_off_after_the_runtime_was_assigned_leaves_nothing_running(orch, config, colab,
+                                                                                   colab_platform, tmp_path):
+    """Issue 13 point 10: Colab assigns the runtime but the answer comes after orch's
+    deadline, so `colab new` is killed and the runtime lists nameless (`[?]`). orch finds
+    it (the one new nameless runtime of that call), stops it, and the job still runs once."""
+    colab.stall_answer("/tun/m/assign", 20, method="POST")
+    config(platforms={"colab": colab_platform(new_timeout="3s")})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    orch("tick")  # `colab new` is killed at 3 s; the runtime exists upstream all the same
+    orphan = [rt.endpoint for rt in colab.live()]
+    assert len(orphan) == 1
+    job = tick_until_state(orch, job_id, DONE, timeout=90)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert colab.live() == []
+    stopped = [path for _m, _h, path in colab.calls("/tun/m/unassign/", "POST")]
+    assert any(path.endswith(orphan[0]) for path in stopped), "the nameless runtime was stopped"
+
+
+def test_a_listing_that_lags_right_after_new_neither_loses_nor_duplicates_the_runtime(orch, config, colab,
+                                                                                     colab_platform, tmp_path):
+    """Colab's assignments listing can miss a runtime for a while after it was assigned:
+    that is not "no runtime" — orch waits for it instead of creating a second one."""
+    colab.listing_lag_s = 4.0
+    config(platforms={"colab": colab_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("colab",)))
+    job = tick_until_state(orch, job_id, DONE, timeout=90)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(colab.calls("/tun/m/assign", "POST")) == 1 and colab.live() == []
