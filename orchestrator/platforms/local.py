@@ -54,6 +54,21 @@ def detect_gpus() -> tuple[tuple[str, ...], float | None]:
     return tuple(dict.fromkeys(names)), mem
 
 
+#: What a login shell needs; nothing else of the controller's environment reaches a job.
+LOGIN_ENV = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+             "CUDA_VISIBLE_DEVICES", "ORCH_HEARTBEAT_SECONDS")
+
+
+def clean_env() -> dict[str, str]:
+    """The runner's (and so the job's) environment: the login basics and ``LC_*``.
+
+    The controller's environment holds its user's secrets (``PGPASSWORD``,
+    ``KAGGLE_KEY``, a team's tokens); a job gets only its ``env:`` and the secrets the
+    runner is handed on stdin, exactly as on a remote host.
+    """
+    return {k: v for k, v in os.environ.items() if k in LOGIN_ENV or k.startswith("LC_")}
+
+
 class LocalPlatform(PlatformBase):
     """Runs attempts as detached processes on this machine."""
 
@@ -103,7 +118,7 @@ class LocalPlatform(PlatformBase):
             cmd += ["--checkpoint", str(launch.checkpoint)]
         try:
             proc = subprocess.run(cmd, input=json.dumps(launch.runner_env()), capture_output=True, text=True,
-                                  timeout=60, start_new_session=True)
+                                  timeout=60, start_new_session=True, env=clean_env())
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TransientError(f"could not start the runner: {exc}", self.name) from exc
         if proc.returncode not in (0, 75):
