@@ -31,12 +31,14 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--dry-run", is_flag=True, help="Show the bundle and where the job would go; queue nothing.")
 @click.option("--allow-file", multiple=True, metavar="NAME",
               help="Bundle this credential-looking file anyway (it holds no secret).")
+@click.option("--no-gitignore", is_flag=True,
+              help="Bundle what .gitignore leaves out (only .orchignore and the defaults apply).")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds between ticks with --wait.")
 @json_option
 @pass_app
 def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool, allow_file: tuple[str, ...],
-           interval: float, as_json: bool) -> None:
+           no_gitignore: bool, interval: float, as_json: bool) -> None:
     """Package a job (code + datasets), queue it, and place it where capacity is left.
 
     \b
@@ -47,7 +49,8 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
     from .. import actions
 
     with transfer_bars(not as_json):  # archiving a large dataset shows a bar
-        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run, single=wait)
+        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run, single=wait,
+                             gitignore=not no_gitignore)
     _warn_about(res.bundle)
     if dry_run:
         _print_dry_run(res, as_json)
@@ -77,8 +80,8 @@ def _warn_about(bundle) -> None:
     from .common import err_console
 
     for rel in bundle.skipped:
-        err_console.print(f"warning: {rel} was not bundled (a link out of the code directory, a FIFO, socket or device)",
-                          markup=False, highlight=False)
+        err_console.print(f"warning: {rel} was not bundled (a link out of its code or dataset directory or to an "
+                          "ignored file, a FIFO, socket or device)", markup=False, highlight=False)
     for rel, size in bundle.code_files:
         if size >= LARGE_FILE:
             err_console.print(f"warning: {rel} is {_size(size)}; data this large is better as a dataset "
