@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
+from .common import console, err_console, json_option, pass_app, print_json, styled_state, transfer_bars, untrusted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import App
@@ -39,7 +39,7 @@ def fetch(app: App, job: str, dest: Path | None, as_json: bool) -> None:
     if as_json:
         print_json({"id": row.id, "state": row.state.value, "path": str(target)})
     else:
-        console.print(f"{row.name} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
+        console.print(f"{untrusted(row.name)} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
 
 
 @click.command()
@@ -64,12 +64,12 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
             for msg in actions.cancel_sweep(app, found[0]):
                 out.append({"id": found[0], "message": msg})
                 if not as_json:
-                    console.print(msg)
+                    console.print(untrusted(msg))
             continue
         msg = actions.cancel(app, row)
         out.append({"id": row.id, "message": msg})
         if not as_json:
-            console.print(msg)
+            console.print(untrusted(msg))
     if as_json:
         print_json(out)
 
@@ -118,7 +118,7 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
         print_json(report.to_json())
         return
     for p in report.problems:
-        err_console.print(f"[yellow]warning:[/] {_escape(p)}")
+        err_console.print(f"[yellow]warning:[/] {untrusted(p)}")
     if quiet:
         return
     console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "

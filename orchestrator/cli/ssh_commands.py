@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError, NotFoundError, PrecheckError
-from .common import console, err_console, pass_app
+from .common import console, err_console, pass_app, untrusted
 
 CELL_DOC = "docs/platforms/colab.md#tunnel-users"
 
@@ -78,7 +78,7 @@ def trust(app, name: str, expected: str | None, yes: bool) -> None:
     try:
         conn = connect(endpoint)
     except PrecheckError as exc:
-        err_console.print(f"[yellow]the key is pinned, but logging in failed:[/] {exc}")
+        err_console.print(f"[yellow]the key is pinned, but logging in failed:[/] {untrusted(exc)}")
         return
     conn.close()
     console.print("login OK")

@@ -10,7 +10,8 @@ import click
 from .. import sweep as sweep_mod
 from ..durations import format_duration
 from ..errors import NotFoundError, OrchError
-from .common import ago, console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state
+from .common import (ago, console, err_console, json_option, pass_app, print_json, strip_controls, styled_state,
+                     untrusted)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
@@ -142,7 +143,7 @@ def _sweep_row(table: Table, first: JobRow, points: list[JobRow], counts: dict[s
     name = (first.extra.get("sweep") or {}).get("name", first.name)
     state = sweep_mod.overall_state(counts)
     where = sorted({r.platform for r in points if r.platform})
-    table.add_row(first.sweep_id[:8], f"{name} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
+    table.add_row(first.sweep_id[:8], f"{untrusted(name)} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
                   str(sum(r.attempts for r in points)), "-", ago(min(r.created_at for r in points)),
                   sweep_mod.progress(counts))
 
@@ -153,11 +154,11 @@ def _status_row(table: Table, j: JobRow, a, segments: int, indent: bool = False,
         runtime = total + (runtime if j.state.active and runtime and not (a and a.runtime_s) else 0.0)
     tries = f"{j.attempts} ({segments} seg)" if segments else str(j.attempts)
     params = (j.extra.get("sweep") or {}).get("params")
-    note = _escape(j.message)
+    note = untrusted(j.message)
     if indent and params:
-        note = _escape(sweep_mod.label(params)) + (f" — {note}" if note else "")
-    table.add_row(("  " if indent else "") + j.short_id, j.name, styled_state(j.state.value), j.platform or "-",
-                  (a.gpu_name or "-") if a else "-", tries, format_duration(runtime), ago(j.created_at), note)
+        note = untrusted(sweep_mod.label(params)) + (f" — {note}" if note else "")
+    table.add_row(("  " if indent else "") + j.short_id, untrusted(j.name), styled_state(j.state.value), j.platform or "-",
+                  untrusted(a.gpu_name or "-") if a else "-", tries, format_duration(runtime), ago(j.created_at), note)
 
 
 def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) -> None:
@@ -168,7 +169,7 @@ def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) ->
         print_json({"sweep_id": sweep_id, "name": name, "state": sweep_mod.overall_state(counts),
                     "counts": counts, "jobs": [job_json(j, latest.get(j.id)) for j in rows]})
         return
-    console.print(f"[bold]{name}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
+    console.print(f"[bold]{untrusted(name)}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
                   f"{sweep_mod.progress(counts)}")
     table = _table()
     for j in rows:
@@ -210,16 +211,16 @@ def _one_json(job: JobRow, attempts: list, events: list, results) -> dict:
 
 def _print_summary(job: JobRow, attempts: list, segments: list) -> None:
     """The job's header lines: state, platform, who submitted it, what it needs, its sweep or chain."""
-    console.print(f"[bold]{job.name}[/] {job.id}")
-    console.print(f"  state     {styled_state(job.state.value)}" + (f" — {_escape(job.message)}" if job.message else ""))
+    console.print(f"[bold]{untrusted(job.name)}[/] {job.id}")
+    console.print(f"  state     {styled_state(job.state.value)}" + (f" — {untrusted(job.message)}" if job.message else ""))
     console.print(f"  platform  {job.platform or '-'}   attempts {job.attempts}   priority {job.priority}")
-    console.print(f"  submitted {ago(job.created_at)} by {job.submitted_by}@{job.submitted_host}")
+    console.print(f"  submitted {ago(job.created_at)} by {untrusted(job.submitted_by)}@{untrusted(job.submitted_host)}")
     res = job.spec.get("resources", {})
     gpu = "/".join(res.get("gpu") or []) or "none"
     console.print(f"  needs     gpu {gpu}, max_runtime {format_duration(res.get('max_runtime'))}")
     params = (job.extra.get("sweep") or {}).get("params")
     if params:
-        console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {_escape(sweep_mod.label(params))}")
+        console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {untrusted(sweep_mod.label(params))}")
     if segments:
         total = sum(a.runtime_s or 0 for a in attempts if a.state.value in ("CHECKPOINTED", "SUCCEEDED", "FAILED"))
         console.print(f"  chain     {len(segments)} checkpointed segment(s) so far, {format_duration(total)} run of "
@@ -242,7 +243,7 @@ def _attempts_table(attempts: list, segments: list) -> Table:
             label += f" seg {seg}"
         t.add_row(label, a.platform, styled_state(a.state.value),
                   "-" if a.exit_code is None else str(a.exit_code), format_duration(a.runtime_s),
-                  a.gpu_name or "-", _escape(a.message))
+                  untrusted(a.gpu_name or "-"), untrusted(a.message))
     return t
 
 
@@ -254,7 +255,7 @@ def _events_table(events: list) -> Table:
         t.add_column(col)
     for e in events:
         change = f"{e['from_state'] or '·'} → {e['to_state']}"
-        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, _escape(e["reason"]))
+        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, untrusted(e["reason"]))
     return t
 
 
@@ -265,15 +266,24 @@ def _events_table(events: list) -> Table:
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
+@click.option("--raw", is_flag=True, help="Print the log byte for byte, terminal escape sequences included.")
 @pass_app
-def logs(app: App, job: str, follow: bool, interval: float) -> None:
+def logs(app: App, job: str, follow: bool, interval: float, raw: bool) -> None:
     """Print a job's log (the latest attempt), optionally following it.
+
+    The log is the job's own output: control characters (terminal escape sequences
+    that could repaint the screen) are stripped unless --raw.
 
     \b
     Example:
       orch logs 3f9c -f
+      orch logs 3f9c --raw > job.log
     """
     from ..platforms.base import Handle
+
+    def show(text: str) -> None:
+        # color=True: click would otherwise drop some escape sequences itself when piped
+        click.echo(text if raw else strip_controls(text, keep_newlines=True), nl=False, color=raw or None)
 
     row = app.store.resolve(job)
     offset = 0
@@ -291,16 +301,16 @@ def logs(app: App, job: str, follow: bool, interval: float) -> None:
         if stored is not None and stored.is_file():
             data = stored.read_bytes()[offset:]
             offset += len(data)
-            click.echo(data.decode("utf-8", "replace"), nl=False)
+            show(data.decode("utf-8", "replace"))
         elif att is not None and att.handle:
             try:
                 chunk = app.platform(att.platform).logs(Handle.from_json(att.handle), offset)
             except OrchError as exc:
                 if not follow:
                     raise
-                err_console.print(f"[dim]log not readable yet: {_escape(str(exc))}[/]")
+                err_console.print(f"[dim]log not readable yet: {untrusted(str(exc))}[/]")
             else:
-                click.echo(chunk.text, nl=False)
+                show(chunk.text)
                 offset = chunk.offset
         elif not follow:
             raise NotFoundError(f"job {row.short_id} has no log yet ({row.state.value}); use -f to wait for it")

@@ -13,7 +13,7 @@ import click
 from ..durations import format_duration
 from ..errors import NotFoundError
 from ..states import JobState
-from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
+from .common import console, json_option, pass_app, print_json, strip_controls, styled_state, transfer_bars, untrusted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..actions import SubmitResult
@@ -171,8 +171,8 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
                 return job
             if ctl_status:
                 where = f" on {job.platform}" if job.platform else ""
-                note = f" — {job.message}" if job.message else ""
-                ctl_status.update(f"{job.name} {styled_state(job.state.value)}{where} "
+                note = f" — {untrusted(job.message)}" if job.message else ""
+                ctl_status.update(f"{untrusted(job.name)} {styled_state(job.state.value)}{where} "
                                   f"[dim]{format_duration(time.time() - started)}{note}[/]")
             time.sleep(interval)
     finally:
@@ -181,12 +181,12 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> JobRow:
 
 
 def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> None:
-    console.print(f"{job.name} {job.short_id}: {styled_state(job.state.value)}"
-                  + (f" — {job.message}" if job.message else ""))
+    console.print(f"{untrusted(job.name)} {job.short_id}: {styled_state(job.state.value)}"
+                  + (f" — {untrusted(job.message)}" if job.message else ""))
     if result:
         gpu = result.get("gpu") or {}
-        gpu_text = f"{gpu.get('count', 1)}x {gpu['name']}" if gpu.get("name") else "no GPU"
-        console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))} "
+        gpu_text = f"{untrusted(gpu.get('count', 1))}x {untrusted(gpu['name'])}" if gpu.get("name") else "no GPU"
+        console.print(f"  exit code {untrusted(result.get('exit_code'))}, ran {format_duration(result.get('runtime_s'))} "
                       f"on {job.platform} ({gpu_text})")
     if target and (target / "job.log").is_file():
         lines = [ln for ln in (target / "job.log").read_text(errors="replace").splitlines()
@@ -194,18 +194,19 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None) -> Non
         if lines:
             console.print("  last lines of its output:")
             for ln in lines[-8:]:
-                console.print(f"    {ln}", markup=False, soft_wrap=True)
+                console.print(f"    {untrusted(ln)}", soft_wrap=True)
     if target:
         outputs = sorted(p.relative_to(target / "outputs").as_posix() for p in (target / "outputs").rglob("*") if p.is_file()) \
             if (target / "outputs").is_dir() else []
         console.print(f"  results: [bold]{target}/[/] ({len(outputs)} output files, job.log, result.json)")
         for name in outputs[:10]:
-            console.print(f"    outputs/{name}")
+            console.print(f"    outputs/{untrusted(name)}")
         if len(outputs) > 10:
             console.print(f"    ... and {len(outputs) - 10} more")
         summary = target / "outputs" / "summary.txt"
         if summary.is_file() and summary.stat().st_size < 4000:
-            console.print(summary.read_text(errors="replace").rstrip(), markup=False)
+            console.print(strip_controls(summary.read_text(errors="replace").rstrip(), keep_newlines=True),
+                          markup=False)
 
 
 def _size(n: int | float | None) -> str:
