@@ -110,6 +110,68 @@ def extract_verified(archive: str, dest: str, expected: dict) -> None:
                             % (os.path.basename(archive), len(missing), sorted(missing)[0]))
 
 
+# A dataset extracted into the per-host cache is shared by every later job on the host;
+# a job that writes into it ($ORCH_DATA/d/train.csv) must not poison the next one. So the
+# extracted tree is sealed (files and dirs read-only) and its stats recorded in the
+# ``.verified`` marker; before reuse a cheap re-check compares them (no re-hash), and any
+# difference means extract again.
+
+
+def seal_dataset(root: str) -> None:
+    """Make the extracted dataset ``root`` read-only and record every file's (size,
+    mtime, ctime) in ``root.verified``. ctime cannot be set back by a job: a chmod, a
+    write or a utime all move it."""
+    stats = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & 0o555)
+            st = os.lstat(path)
+            stats[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        os.chmod(dirpath, 0o555)
+    write_json_atomic(root + ".verified", {"files": stats})
+
+
+def sealed_intact(root: str, expected: dict) -> bool:
+    """True when the cached dataset ``root`` is exactly what :func:`seal_dataset` left:
+    the manifest's files, nothing more, each with its recorded stats and still read-only."""
+    try:
+        with open(root + ".verified") as f:
+            stats = json.load(f).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    if set(stats) != set(expected):
+        return False
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if os.lstat(dirpath).st_mode & 0o222:
+            return False
+        count += len(filenames) + sum(1 for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
+    if count != len(stats):
+        return False
+    for rel, recorded in stats.items():
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o222 or \
+                [st.st_size, st.st_mtime_ns, st.st_ctime_ns] != recorded:
+            return False
+    return True
+
+
+def discard_tree(root: str) -> None:
+    """Remove ``root`` even when sealed (a read-only dir's entries cannot be unlinked)."""
+    if os.path.lexists(root + ".verified"):
+        os.remove(root + ".verified")
+    if not os.path.isdir(root):
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o700)
+    shutil.rmtree(root)
+
+
 def verify_tree(root: str, expected: dict) -> None:
     """Check an already-extracted dataset directory against the manifest."""
     for rel, digest in expected.items():
@@ -359,7 +421,7 @@ class Runner:
         digest, name = ds["digest"], ds["name"]
         link = os.path.join(self.data_dir, safe_member_name(name))
         cached = os.path.join(self.cache_dir, "data", digest) if self.cache_dir else None
-        if cached and os.path.isfile(cached + ".verified"):
+        if cached and sealed_intact(cached, ds["files"]):
             target = cached
         else:
             roots = list(self.args.data_path or []) + [os.path.abspath(self.args.bundle)]
@@ -375,8 +437,7 @@ class Runner:
                             shutil.rmtree(tmp)
                 os.makedirs(tmp)
                 extract_verified(archive, tmp, ds["files"])
-                if os.path.isdir(target):
-                            shutil.rmtree(target)
+                discard_tree(target)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.rename(tmp, target)
             else:
@@ -388,7 +449,7 @@ class Runner:
                 verify_tree(unpacked, ds["files"])
                 target = unpacked
             if cached and target == cached:
-                open(cached + ".verified", "w").close()
+                seal_dataset(cached)
         if target != link:
             if os.path.lexists(link):
                 os.remove(link)
