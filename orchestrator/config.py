@@ -69,7 +69,7 @@ def load(home: Home) -> Config:
     platforms: dict[str, PlatformSettings] = {}
     for name, entry in entries.items():
         prefix = ("platforms", name)
-        if not PLATFORM_NAME.match(str(name)):
+        if not PLATFORM_NAME.fullmatch(str(name)):
             raise ConfigError(f"{_at(path, lines, prefix)}: platforms: '{name}' is not a usable platform name; use "
                               "letters, digits, '_' and '-' (it names folders and remote resources)")
         if not isinstance(entry, dict) or "type" not in entry:
