@@ -228,7 +228,7 @@ class KagglePlatform(PlatformBase):
             from .credentials import CREDENTIALS_FIX
 
             return [f"no Kaggle credentials found; {CREDENTIALS_FIX}"]
-        if found.path is not None and found.source == "kaggle.json":
+        if found.path is not None:  # kaggle.json or an access_token file
             warning = permission_warning(found.path)
             if warning:
                 problems.append(warning)
