@@ -100,7 +100,7 @@ def extract_verified(archive: str, dest: str, expected: dict) -> None:
                 for block in iter(lambda: src.read(CHUNK), b""):
                     h.update(block)
                     out.write(block)
-            os.chmod(target, 0o755 if member.mode & 0o100 else 0o644)
+            os.chmod(target, 0o700 if member.mode & 0o100 else 0o600)  # owner-only, as on a shared host
             if h.hexdigest() != expected[rel]:
                 raise BundleInvalid("file %r does not match its sha256 in the manifest" % rel)
             seen.add(rel)
@@ -129,7 +129,7 @@ def seal_dataset(root: str) -> None:
             st = os.lstat(path)
             stats[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        os.chmod(dirpath, 0o555)
+        os.chmod(dirpath, 0o500)
     write_json_atomic(root + ".verified", {"files": stats})
 
 
@@ -198,7 +198,7 @@ def find_named(roots: list, name: str, want_dir: bool) -> str | None:
 
 def acquire_lock(attempt_dir: str):
     """Hold ``runner.lock`` for this process's lifetime; None when another runner has it."""
-    fd = os.open(os.path.join(attempt_dir, "runner.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(attempt_dir, "runner.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -755,7 +755,7 @@ def detach(attempt_dir: str) -> int | None:
         os.write(w, b"busy")
         os._exit(EXIT_BUSY)
     devnull = os.open(os.devnull, os.O_RDWR)
-    err = os.open(os.path.join(attempt_dir, "runner.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    err = os.open(os.path.join(attempt_dir, "runner.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(devnull, 0)
     os.dup2(err, 1)
     os.dup2(err, 2)

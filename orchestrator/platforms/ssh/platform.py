@@ -255,7 +255,7 @@ class SSHPlatform(PlatformBase):
         status = runs.detached_status(conn, workdir)
         if status.exists and status.pid is not None:
             return Handle(launch.key, {**data, "pid": status.pid})
-        conn.makedirs(f"{root}/blobs")
+        conn.makedirs(f"{root}/blobs", private=root)
         runner = runner_path()
         runner_sha = sha256_file(runner)
         remote_runner = f"{root}/runner/runner-{runner_sha[:12]}.py"
