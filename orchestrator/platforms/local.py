@@ -21,7 +21,7 @@ from typing import Literal
 
 from ..errors import TransientError
 from ..gpus import reported_type
-from ..results import copy_regular
+from ..results import copy_regular, keep_capped_file
 from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ..settings import PlatformSettings
 
@@ -162,7 +162,8 @@ class LocalPlatform(PlatformBase):
         d = Path(handle.data["dir"])
         dest.mkdir(parents=True, exist_ok=True)
         for name in ARTIFACTS:
-            copy_regular(d / name, dest / name)
+            if not keep_capped_file(d / name, dest, name):  # a sparse job.log can read back as GBs
+                copy_regular(d / name, dest / name)
 
     def cancel(self, handle: Handle) -> None:
         """SIGTERM the runner: it stops the job's process group (SIGTERM, grace,
