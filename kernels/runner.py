@@ -262,15 +262,43 @@ class GpuSampler:
 # --------------------------------------------------------------------------- log tee
 
 
+def secret_forms(secret: bytes) -> set:
+    """``secret`` and the encodings a job most often prints it in: base64 (standard and
+    URL-safe, at each of the three alignments a prefix can give it), hex, URL-encoded
+    and reversed. Forms shorter than 6 bytes are left out (they would mask ordinary text).
+
+    Masking cannot promise more: a job can always transform a value it was given
+    (split it, add one, encrypt it); it keeps honest output from leaking it.
+    """
+    import base64
+    import urllib.parse
+
+    forms = {secret, secret[::-1], secret.hex().encode(), secret.hex().upper().encode()}
+    text = secret.decode("utf-8", "replace")
+    forms |= {urllib.parse.quote(text, safe="").encode(), urllib.parse.quote_plus(text).encode()}
+    for pad in range(3):
+        # After ``pad`` unknown bytes, base64 groups that hold only secret bytes are stable.
+        whole = (pad + len(secret)) // 3 * 4
+        first = 4 if pad else 0
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(b"\0" * pad + secret)[first:whole])
+    return {f for f in forms if len(f) >= 6 or f == secret}
+
+
 class MaskingTee:
     """Copies the job's output to job.log (and our stdout), replacing secret values
-    with ``***``. A tail shorter than the longest secret is held back between chunks
-    so a secret split across two reads is still masked."""
+    (and their common encodings, see :func:`secret_forms`) with ``***``. A tail shorter
+    than the longest form is held back between chunks so a secret split across two
+    reads is still masked."""
 
     def __init__(self, log, echo, secrets: list) -> None:
         self.log = log
         self.echo = echo
-        self.secrets = sorted({s.encode() for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        forms = set()
+        for s in secrets:
+            if s and len(s) >= 3:
+                forms |= secret_forms(s.encode())
+        self.secrets = sorted(forms, key=len, reverse=True)
         self.keep = max([len(s) for s in self.secrets] + [1]) - 1
         self.carry = b""
 
