@@ -30,6 +30,22 @@ def _as(monkeypatch, who: str) -> None:
     monkeypatch.setenv("ORCH_USER", who)
 
 
+def alice_submits_bob_ticks(orch, tmp_path, monkeypatch, extra: str = ""):
+    """The attack: Alice queues STEAL, Bob's controller (holding the token) ticks."""
+    _as(monkeypatch, "alice")
+    job_id = submit(orch, make_job(tmp_path / "job", STEAL + extra))
+    _as(monkeypatch, "bob")
+    monkeypatch.setenv("TEAM_HF_TOKEN", TOKEN)
+    orch("tick")
+    return _job(job_id)
+
+
+def loot(orch, tmp_path, job_id: str) -> str:
+    out = tmp_path / "out"
+    orch("fetch", job_id, "-o", str(out))
+    return base64.b64decode((out / "outputs" / "loot.txt").read_text()).decode()
+
+
 def _job(job_id: str):
     app = open_app()
     try:
@@ -39,12 +55,7 @@ def _job(job_id: str):
 
 
 def test_another_members_job_does_not_get_this_controllers_secret(orch, orch_home, tmp_path, monkeypatch):
-    _as(monkeypatch, "alice")
-    job_id = submit(orch, make_job(tmp_path / "job", STEAL))
-    _as(monkeypatch, "bob")
-    monkeypatch.setenv("TEAM_HF_TOKEN", TOKEN)
-    orch("tick")
-    job = _job(job_id)
+    job = alice_submits_bob_ticks(orch, tmp_path, monkeypatch)
     assert job.state == JobState.QUEUED  # waits for a controller that may give it
     assert "TEAM_HF_TOKEN" in job.message and "team.share_secrets" in job.message
     plan = orch("plan", "--json")
@@ -54,11 +65,8 @@ def test_another_members_job_does_not_get_this_controllers_secret(orch, orch_hom
 def test_kaggle_secrets_follow_the_same_rule(orch, orch_home, tmp_path, monkeypatch, config, kaggle_emulator):
     # Kaggle Secrets are read from the dispatching controller's Kaggle account.
     config("platforms: {kaggle: {type: kaggle}}\n")
-    _as(monkeypatch, "alice")
-    job_id = submit(orch, make_job(tmp_path / "job", STEAL + "secrets_from: kaggle\n"))
-    _as(monkeypatch, "bob")
-    orch("tick")
-    assert "team.share_secrets" in _job(job_id).message
+    job = alice_submits_bob_ticks(orch, tmp_path, monkeypatch, "secrets_from: kaggle\n")
+    assert job.state == JobState.QUEUED and "team.share_secrets" in job.message
 
 
 def test_a_shared_secret_reaches_another_members_job_only_where_config_allows(orch, orch_home, tmp_path,
@@ -67,21 +75,14 @@ def test_a_shared_secret_reaches_another_members_job_only_where_config_allows(or
         platforms: {local: {type: local}}
         team: {share_secrets: [TEAM_HF_TOKEN]}
         """)
-    _as(monkeypatch, "alice")
-    job_id = submit(orch, make_job(tmp_path / "job", STEAL))
-    _as(monkeypatch, "bob")
-    monkeypatch.setenv("TEAM_HF_TOKEN", TOKEN)
-    orch("tick")
-    job = _job(job_id)
+    job = alice_submits_bob_ticks(orch, tmp_path, monkeypatch)
     assert job.state == JobState.QUEUED and "run_others_locally" in job.message  # not on bob's machine
     config("""\
         platforms: {local: {type: local}}
         team: {share_secrets: [TEAM_HF_TOKEN], run_others_locally: true}
         """)
-    tick_until(lambda app: app.store.job(job_id).state.terminal)
-    out = tmp_path / "out"
-    orch("fetch", job_id, "-o", str(out))
-    assert base64.b64decode((out / "outputs" / "loot.txt").read_text()).decode() == TOKEN  # shared on purpose
+    tick_until(lambda app: app.store.job(job.id).state.terminal)
+    assert loot(orch, tmp_path, job.id) == TOKEN  # shared on purpose
 
 
 def test_own_jobs_get_every_secret(orch, orch_home, tmp_path, monkeypatch):
@@ -89,9 +90,7 @@ def test_own_jobs_get_every_secret(orch, orch_home, tmp_path, monkeypatch):
     monkeypatch.setenv("TEAM_HF_TOKEN", TOKEN)
     job_id = submit(orch, make_job(tmp_path / "job", STEAL))
     tick_until(lambda app: app.store.job(job_id).state == JobState.SUCCEEDED)
-    out = tmp_path / "out"
-    orch("fetch", job_id, "-o", str(out))
-    assert base64.b64decode((out / "outputs" / "loot.txt").read_text()).decode() == TOKEN
+    assert loot(orch, tmp_path, job_id) == TOKEN
 
 
 def test_local_jobs_start_with_a_clean_environment(orch, orch_home, tmp_path, monkeypatch):
