@@ -100,7 +100,7 @@ def extract_verified(archive: str, dest: str, expected: dict) -> None:
                 for block in iter(lambda: src.read(CHUNK), b""):
                     h.update(block)
                     out.write(block)
-            os.chmod(target, 0o755 if member.mode & 0o100 else 0o644)
+            os.chmod(target, 0o700 if member.mode & 0o100 else 0o600)  # owner-only, as on a shared host
             if h.hexdigest() != expected[rel]:
                 raise BundleInvalid("file %r does not match its sha256 in the manifest" % rel)
             seen.add(rel)
@@ -108,6 +108,68 @@ def extract_verified(archive: str, dest: str, expected: dict) -> None:
     if missing:
         raise BundleInvalid("archive %s lacks %d file(s) listed in the manifest, e.g. %r"
                             % (os.path.basename(archive), len(missing), sorted(missing)[0]))
+
+
+# A dataset extracted into the per-host cache is shared by every later job on the host;
+# a job that writes into it ($ORCH_DATA/d/train.csv) must not poison the next one. So the
+# extracted tree is sealed (files and dirs read-only) and its stats recorded in the
+# ``.verified`` marker; before reuse a cheap re-check compares them (no re-hash), and any
+# difference means extract again.
+
+
+def seal_dataset(root: str) -> None:
+    """Make the extracted dataset ``root`` read-only and record every file's (size,
+    mtime, ctime) in ``root.verified``. ctime cannot be set back by a job: a chmod, a
+    write or a utime all move it."""
+    stats = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & 0o555)
+            st = os.lstat(path)
+            stats[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        os.chmod(dirpath, 0o500)
+    write_json_atomic(root + ".verified", {"files": stats})
+
+
+def sealed_intact(root: str, expected: dict) -> bool:
+    """True when the cached dataset ``root`` is exactly what :func:`seal_dataset` left:
+    the manifest's files, nothing more, each with its recorded stats and still read-only."""
+    try:
+        with open(root + ".verified") as f:
+            stats = json.load(f).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    if set(stats) != set(expected):
+        return False
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if os.lstat(dirpath).st_mode & 0o222:
+            return False
+        count += len(filenames) + sum(1 for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
+    if count != len(stats):
+        return False
+    for rel, recorded in stats.items():
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o222 or \
+                [st.st_size, st.st_mtime_ns, st.st_ctime_ns] != recorded:
+            return False
+    return True
+
+
+def discard_tree(root: str) -> None:
+    """Remove ``root`` even when sealed (a read-only dir's entries cannot be unlinked)."""
+    if os.path.lexists(root + ".verified"):
+        os.remove(root + ".verified")
+    if not os.path.isdir(root):
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o700)
+    shutil.rmtree(root)
 
 
 def verify_tree(root: str, expected: dict) -> None:
@@ -136,7 +198,7 @@ def find_named(roots: list, name: str, want_dir: bool) -> str | None:
 
 def acquire_lock(attempt_dir: str):
     """Hold ``runner.lock`` for this process's lifetime; None when another runner has it."""
-    fd = os.open(os.path.join(attempt_dir, "runner.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(attempt_dir, "runner.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -200,15 +262,43 @@ class GpuSampler:
 # --------------------------------------------------------------------------- log tee
 
 
+def secret_forms(secret: bytes) -> set:
+    """``secret`` and the encodings a job most often prints it in: base64 (standard and
+    URL-safe, at each of the three alignments a prefix can give it), hex, URL-encoded
+    and reversed. Forms shorter than 6 bytes are left out (they would mask ordinary text).
+
+    Masking cannot promise more: a job can always transform a value it was given
+    (split it, add one, encrypt it); it keeps honest output from leaking it.
+    """
+    import base64
+    import urllib.parse
+
+    forms = {secret, secret[::-1], secret.hex().encode(), secret.hex().upper().encode()}
+    text = secret.decode("utf-8", "replace")
+    forms |= {urllib.parse.quote(text, safe="").encode(), urllib.parse.quote_plus(text).encode()}
+    for pad in range(3):
+        # After ``pad`` unknown bytes, base64 groups that hold only secret bytes are stable.
+        whole = (pad + len(secret)) // 3 * 4
+        first = 4 if pad else 0
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(b"\0" * pad + secret)[first:whole])
+    return {f for f in forms if len(f) >= 6 or f == secret}
+
+
 class MaskingTee:
     """Copies the job's output to job.log (and our stdout), replacing secret values
-    with ``***``. A tail shorter than the longest secret is held back between chunks
-    so a secret split across two reads is still masked."""
+    (and their common encodings, see :func:`secret_forms`) with ``***``. A tail shorter
+    than the longest form is held back between chunks so a secret split across two
+    reads is still masked."""
 
     def __init__(self, log, echo, secrets: list) -> None:
         self.log = log
         self.echo = echo
-        self.secrets = sorted({s.encode() for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        forms = set()
+        for s in secrets:
+            if s and len(s) >= 3:
+                forms |= secret_forms(s.encode())
+        self.secrets = sorted(forms, key=len, reverse=True)
         self.keep = max([len(s) for s in self.secrets] + [1]) - 1
         self.carry = b""
 
@@ -359,7 +449,7 @@ class Runner:
         digest, name = ds["digest"], ds["name"]
         link = os.path.join(self.data_dir, safe_member_name(name))
         cached = os.path.join(self.cache_dir, "data", digest) if self.cache_dir else None
-        if cached and os.path.isfile(cached + ".verified"):
+        if cached and sealed_intact(cached, ds["files"]):
             target = cached
         else:
             roots = list(self.args.data_path or []) + [os.path.abspath(self.args.bundle)]
@@ -375,8 +465,7 @@ class Runner:
                             shutil.rmtree(tmp)
                 os.makedirs(tmp)
                 extract_verified(archive, tmp, ds["files"])
-                if os.path.isdir(target):
-                            shutil.rmtree(target)
+                discard_tree(target)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.rename(tmp, target)
             else:
@@ -388,7 +477,7 @@ class Runner:
                 verify_tree(unpacked, ds["files"])
                 target = unpacked
             if cached and target == cached:
-                open(cached + ".verified", "w").close()
+                seal_dataset(cached)
         if target != link:
             if os.path.lexists(link):
                 os.remove(link)
@@ -694,7 +783,7 @@ def detach(attempt_dir: str) -> int | None:
         os.write(w, b"busy")
         os._exit(EXIT_BUSY)
     devnull = os.open(os.devnull, os.O_RDWR)
-    err = os.open(os.path.join(attempt_dir, "runner.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    err = os.open(os.path.join(attempt_dir, "runner.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(devnull, 0)
     os.dup2(err, 1)
     os.dup2(err, 2)

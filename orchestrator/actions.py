@@ -39,7 +39,7 @@ class SubmitResult:
 
 
 def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str, ...] = (),
-           dry_run: bool = False, single: bool = False) -> SubmitResult:
+           dry_run: bool = False, single: bool = False, gitignore: bool = True) -> SubmitResult:
     """Validate ``path``, bundle it and queue it (or, with ``dry_run``, only explain).
 
     Every refusal comes before anything is queued, and ``dry_run`` refuses exactly what
@@ -57,7 +57,8 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
                          "submit it without --wait and follow it with `orch status SWEEP`")
     _check_feasible(app, spec, pin)
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
-    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root])
+    bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root],
+                              gitignore=gitignore)
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
     if not dry_run and app.store.shared:
         share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it

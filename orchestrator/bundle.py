@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -33,11 +34,29 @@ DEFAULT_IGNORES = (
     ".hypothesis/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/",
 )
 
-#: File names that usually hold credentials; refused unless explicitly allowed.
+#: Never bundled, whatever ``.orchignore`` re-includes: git's data (``.git/config`` can hold
+#: an access token) and fetched results. The orch home is added per build.
+NEVER_BUNDLED = (".git/", ".git", "results/")
+
+#: Paths that usually hold credentials, matched case-insensitively; refused unless allowed.
 CREDENTIAL_PATTERNS = (
-    "kaggle.json", ".env", ".env.*", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem",
-    "credentials.json", "token.json", ".netrc", ".pgpass", "client_secret*.json", "access_token",
+    "kaggle.json", ".env", ".env.*", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key",
+    "*.p12", "*.pfx", "*.jks", "*.keystore", "credentials.json", "token.json", ".netrc", "_netrc", ".pgpass",
+    "client_secret*.json", "access_token", ".git-credentials", ".aws/credentials", ".aws/config", ".pypirc",
+    ".npmrc", ".yarnrc.yml", ".docker/config.json", ".kube/config", "application_default_credentials.json",
+    "service-account*.json", "service_account*.json", "*-sa-key.json", ".boto", ".s3cfg", ".htpasswd",
+    ".vault-token", "credentials.toml", "*.ovpn",
 )
+
+#: What credential files look like inside, checked in the first :data:`SNIFF_BYTES` of each file.
+CREDENTIAL_CONTENT = re.compile(
+    rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"           # PEM / OpenSSH private keys
+    rb'|"type"\s*:\s*"service_account"'                   # Google service-account keys
+    rb"|_authToken\s*="                                     # npm tokens
+    rb"|aws_secret_access_key\s*="                          # AWS shared credentials
+    rb"|\bhttps?://[^\s/:@\"']+:[^\s/@\"']+@"                # https://user:token@host (.git-credentials, git config)
+)
+SNIFF_BYTES = 8192
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]  # called with bytes processed
@@ -55,6 +74,7 @@ class DatasetBlob:
         sha256: sha256 of the archive bytes.
         size: archive size in bytes.
         files: {relative path: sha256} of every file inside.
+        skipped: links out of the dataset directory, not archived (shown at submit).
     """
 
     name: str
@@ -63,6 +83,7 @@ class DatasetBlob:
     sha256: str
     size: int
     files: dict
+    skipped: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:
@@ -120,15 +141,21 @@ def tree_digest(files: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------- listing
 
 
-def _ignore_spec(root: Path, exclude: Iterable[Path] = ()) -> pathspec.PathSpec:
-    """The defaults, then ``.gitignore``, then ``.orchignore`` (whose ``!name`` lines can
-    bring back what ``.gitignore`` leaves out), then ``exclude`` (the orch home when it
-    lies inside the code: its state DB and bundles must never be bundled)."""
+def _ignore_spec(root: Path, exclude: Iterable[Path] = (), gitignore: bool = True) -> pathspec.PathSpec:
+    """The defaults, then ``.gitignore`` (unless ``gitignore`` is False), then
+    ``.orchignore`` (whose ``!name`` lines can bring back what ``.gitignore`` leaves out)."""
     lines = list(DEFAULT_IGNORES)
-    for name in (".gitignore", ".orchignore"):
+    for name in (".gitignore", ".orchignore") if gitignore else (".orchignore",):
         ignore_file = root / name
         if ignore_file.is_file():
             lines += ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _never_spec(root: Path, exclude: Iterable[Path] = ()) -> pathspec.PathSpec:
+    """:data:`NEVER_BUNDLED` plus ``exclude`` (the orch home when it lies inside the code:
+    its state DB and bundles must never be bundled); no ignore file can undo these."""
+    lines = list(NEVER_BUNDLED)
     root_real = root.resolve()
     for path in exclude:
         path = Path(path).resolve()
@@ -137,25 +164,44 @@ def _ignore_spec(root: Path, exclude: Iterable[Path] = ()) -> pathspec.PathSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def list_code_files(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[tuple[str, Path]], list[str]]:
+def inside(path: Path, root_real: Path) -> bool:
+    """True when the resolved ``path`` is ``root_real`` or lies under it."""
+    return path == root_real or root_real in path.parents
+
+
+def list_code_files(root: Path, exclude: Iterable[Path] = (), gitignore: bool = True
+                    ) -> tuple[list[tuple[str, Path]], list[str]]:
     """Files to bundle under ``root`` honouring ``.gitignore`` and ``.orchignore``; returns
-    (files, skipped: symlinks that point outside ``root`` and special files)."""
-    spec = _ignore_spec(root, exclude)
+    (files, skipped: symlinks that leave ``root`` or whose target is ignored, and special files).
+
+    Design choice: a link out of the tree is skipped with a warning, not followed (a
+    cloned repo can hold ``train.csv -> ~/.ssh/id_ed25519``); an in-tree link is judged
+    by its target, so it cannot bring back what the ignore rules leave out.
+    """
+    spec = _ignore_spec(root, exclude, gitignore)
+    never = _never_spec(root, exclude)
     root_real = root.resolve()
     files: list[tuple[str, Path]] = []
     skipped: list[str] = []
+
+    def left_out(rel: str) -> bool:
+        return bool(never.match_file(rel) or spec.match_file(rel))
+
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if not spec.match_file(rel_dir + d + "/"))
+        dirnames[:] = sorted(d for d in dirnames if not left_out(rel_dir + d + "/"))
+        for d in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            skipped.append(rel_dir + d)  # os.walk does not follow directory links; say so
         for name in sorted(filenames):
             rel = rel_dir + name
-            if spec.match_file(rel):
+            if left_out(rel):
                 continue
             path = Path(dirpath) / name
             if path.is_symlink():
                 target = path.resolve()
-                if not target.is_file() or not (target == root_real or root_real in target.parents):
+                if not target.is_file() or not inside(target, root_real) or \
+                        left_out(target.relative_to(root_real).as_posix()):
                     skipped.append(rel)
                     continue
             elif not path.is_file():
@@ -165,11 +211,48 @@ def list_code_files(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[tupl
     return files, skipped
 
 
-def check_credentials(paths: Iterable[str], allowed: Iterable[str] = ()) -> None:
-    """Refuse files whose names look like credentials, naming each one and the opt-outs."""
-    creds = pathspec.GitIgnoreSpec.from_lines(CREDENTIAL_PATTERNS)
+def _looks_like_credentials(rel: str, path: Path, root_real: Path | None, sniff: bool) -> bool:
+    """By name (case-insensitive, the link's and its target's) or, when ``sniff``, by content."""
+    creds = _credential_spec()
+    names = [rel.lower()]
+    target = path.resolve()
+    if path.is_symlink():
+        names.append(target.relative_to(root_real).as_posix().lower() if root_real and inside(target, root_real)
+                     else target.name.lower())
+    if any(creds.match_file(n) for n in names):
+        return True
+    if not sniff:
+        return False
+    try:
+        with open(target, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    return CREDENTIAL_CONTENT.search(head) is not None
+
+
+_CREDS: list[pathspec.PathSpec] = []
+
+
+def _credential_spec() -> pathspec.PathSpec:
+    if not _CREDS:
+        # "a/b" patterns are anchored at the root in gitignore syntax; these match at any depth.
+        _CREDS.append(pathspec.GitIgnoreSpec.from_lines(("**/" + p if "/" in p else p).lower()
+                                                        for p in CREDENTIAL_PATTERNS))
+    return _CREDS[0]
+
+
+def check_credentials(entries: Iterable[tuple[str, Path]], allowed: Iterable[str] = (), root: Path | None = None,
+                      unchanged: Iterable[str] = ()) -> None:
+    """Refuse files that look like credentials, by name or by content, naming each one and
+    the opt-outs. ``unchanged`` files (recognised by the stat index) are checked by name
+    only: their content was sniffed when they were first archived."""
     allow = set(allowed)
-    hits = [p for p in paths if creds.match_file(p) and p not in allow and os.path.basename(p) not in allow]
+    same = set(unchanged)
+    root_real = root.resolve() if root else None
+    hits = [rel for rel, path in entries
+            if rel not in allow and os.path.basename(rel) not in allow
+            and _looks_like_credentials(rel, path, root_real, sniff=rel not in same)]
     if hits:
         shown = ", ".join(hits[:10]) + (f" and {len(hits) - 10} more" if len(hits) > 10 else "")
         raise BundleError(
@@ -247,49 +330,54 @@ class DatasetCache:
         return self.index_dir / (hashlib.sha256(str(source).encode()).hexdigest()[:32] + ".json")
 
     @staticmethod
-    def _scan(source: Path) -> dict[str, tuple[Path, os.stat_result]]:
+    def _scan(source: Path) -> tuple[dict[str, tuple[Path, os.stat_result]], list[str]]:
+        """(regular files by relative path, skipped: links that leave ``source``)."""
         if source.is_file():
-            return {source.name: (source, source.stat())}
+            return {source.name: (source, source.stat())}, []
         out: dict[str, tuple[Path, os.stat_result]] = {}
+        skipped: list[str] = []
         for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
             dirnames.sort()
             base = os.path.relpath(dirpath, source)
             for name in filenames:
                 path = Path(dirpath) / name
+                rel = name if base == "." else f"{base}/{name}"
                 try:
                     st = path.stat()
                 except OSError:
                     continue  # dangling symlink
+                if path.is_symlink() and not inside(path.resolve(), source):
+                    skipped.append(rel)  # e.g. train.csv -> ~/.ssh/id_ed25519: never followed
+                    continue
                 if stat.S_ISREG(st.st_mode):
-                    rel = name if base == "." else f"{base}/{name}"
                     out[rel] = (path, st)
-        return out
+        return out, sorted(skipped)
 
-    def add(self, name: str, source: Path, check: Callable[[list[str]], None] | None = None) -> DatasetBlob:
+    def add(self, name: str, source: Path, check: Callable[..., None] | None = None) -> DatasetBlob:
         """Archive ``source`` (file or directory) unless its content is already cached.
 
-        ``check`` sees every relative file name before anything is archived (the
-        credential guard)."""
+        ``check(entries, root, unchanged)`` sees every (relative name, path) before anything
+        is archived (the credential guard), with the names the stat index recognises."""
         source = source.resolve()
-        scan = self._scan(source)
-        if check:
-            check(list(scan))
+        scan, skipped = self._scan(source)
         index_path = self._index_path(source)
         index = _read_json(index_path)
         known = index.get("files", {}) if index.get("root") == str(source) else {}
         written_ns = index.get("written_ns", 0)
-        clean = len(known) == len(scan) and all(
-            rel in known
-            and known[rel][:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
+        unchanged = {
+            rel for rel, (_, st) in scan.items()
+            if rel in known and known[rel][:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
             and st.st_mtime_ns < written_ns - 2_000_000_000
-            for rel, (_, st) in scan.items()
-        )
+        }
+        if check:
+            check([(rel, p) for rel, (p, _) in scan.items()], source, unchanged)
+        clean = len(known) == len(scan) and len(unchanged) == len(scan)
         digest = index.get("digest")
         if clean and digest:
             archive = self.blobs / f"data-{digest}.tar"
             if archive.is_file() and archive.stat().st_size == index.get("archive_size"):
                 return DatasetBlob(name, digest, archive, index["archive_sha256"], index["archive_size"],
-                                   {rel: v[3] for rel, v in known.items()})
+                                   {rel: v[3] for rel, v in known.items()}, tuple(skipped))
         fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.blobs)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -316,7 +404,7 @@ class DatasetCache:
             "written_ns": time.time_ns(),
             "files": {rel: [st.st_size, st.st_mtime_ns, st.st_ino, hashes[rel]] for rel, (_, st) in scan.items()},
         })
-        return DatasetBlob(name, digest, archive, archive_sha, size, hashes)
+        return DatasetBlob(name, digest, archive, archive_sha, size, hashes, tuple(skipped))
 
 
 def _read_json(path: Path) -> dict:
@@ -347,22 +435,25 @@ def run_section(spec) -> dict:
 
 
 def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = (),
-          exclude: Iterable[Path] = ()) -> Bundle:
+          exclude: Iterable[Path] = (), gitignore: bool = True) -> Bundle:
     """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``; ``exclude``
-    names directories never bundled (the orch home).
+    names directories never bundled (the orch home); ``gitignore=False`` reads only
+    ``.orchignore`` (``submit --no-gitignore``).
 
     Raises:
         BundleError: a credential-looking file, or an unreadable path.
     """
     code_root = Path(spec.code)
     try:
-        files, skipped = list_code_files(code_root, exclude)
+        files, skipped = list_code_files(code_root, exclude, gitignore)
         allowed = tuple(allow_files)
-        check_credentials([rel for rel, _ in files], allowed)
+        check_credentials(files, allowed, code_root)
         datasets = tuple(
-            cache.add(ds.name, Path(ds.path), check=lambda names: check_credentials(names, allowed))
+            cache.add(ds.name, Path(ds.path),
+                      check=lambda entries, root, same: check_credentials(entries, allowed, root, same))
             for ds in spec.datasets
         )
+        skipped += [f"{d.name}/{rel} (dataset)" for d in datasets for rel in d.skipped]
         bundles_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".code-", dir=bundles_dir)
         with os.fdopen(fd, "wb") as out:

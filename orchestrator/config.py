@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .errors import ConfigError
 from .home import Home
 from .platforms.base import TYPE_ALIASES, platform_class
-from .settings import ConfigFile, ControllerSettings, PlatformSettings
+from .settings import ConfigFile, ControllerSettings, PlatformSettings, TeamSettings
 from .yamlfile import first_error, parse_yaml
 
 DOCS = "docs/operations.md"
@@ -31,6 +31,7 @@ class Config:
     home: Home
     platforms: dict[str, PlatformSettings]
     controller: ControllerSettings = field(default_factory=ControllerSettings)
+    team: TeamSettings = field(default_factory=TeamSettings)
     state_url: str = ""
     source: Path | None = None
 
@@ -68,7 +69,7 @@ def load(home: Home) -> Config:
     platforms: dict[str, PlatformSettings] = {}
     for name, entry in entries.items():
         prefix = ("platforms", name)
-        if not PLATFORM_NAME.match(str(name)):
+        if not PLATFORM_NAME.fullmatch(str(name)):
             raise ConfigError(f"{_at(path, lines, prefix)}: platforms: '{name}' is not a usable platform name; use "
                               "letters, digits, '_' and '-' (it names folders and remote resources)")
         if not isinstance(entry, dict) or "type" not in entry:
@@ -83,7 +84,8 @@ def load(home: Home) -> Config:
         except ValidationError as exc:
             raise ConfigError(first_error(exc, cls.settings_model, path, lines, f"docs/platforms/{entry['type']}.md", prefix)) from None
     state_url = os.environ.get("ORCH_STATE_URL") or raw.state or home.state_url
-    return Config(home=home, platforms=platforms, controller=raw.controller, state_url=state_url, source=source)
+    return Config(home=home, platforms=platforms, controller=raw.controller, team=raw.team, state_url=state_url,
+                  source=source)
 
 
 def _at(path: Path, lines: dict, loc: tuple) -> str:
@@ -118,4 +120,8 @@ platforms:
 #   unknown_window: 30m     # status reads may fail this long before an attempt is LOST
 #   grace: 30s              # SIGTERM -> SIGKILL grace for jobs
 #   failover_backoff: 30m   # avoid a platform that lost a job for this long
+
+# team:                     # a shared queue: what this controller gives other members' jobs
+#   share_secrets: []       # secret names other members' jobs may get from this controller
+#   run_others_locally: false   # run their jobs on this machine's local platform
 """

@@ -26,11 +26,11 @@ def parse_duration(text: object) -> float:
         raise ValueError(f"{text!r} is not a duration; write e.g. '2h30m', '90m' or '45s'")
     s = text.strip().lower().replace(" ", "")
     text = text if len(text) <= 40 else text[:37] + "..."
-    clock = _CLOCK.match(s)
+    clock = _CLOCK.fullmatch(s)
     if clock:
         h, m, sec = (int(g) for g in clock.groups())
         return _checked(text, float(h * 3600 + m * 60 + sec))
-    if not s or len(s) > 64 or not _WHOLE.match(s):
+    if not s or len(s) > 64 or not _WHOLE.fullmatch(s):
         raise ValueError(f"'{text}' is not a duration; write e.g. '2h30m', '90m', '45s' or '1d'")
     return _checked(text, sum(float(n) * _UNITS[u] for n, u in _PART.findall(s)))
 

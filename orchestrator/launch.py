@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import bundle as bundle_mod
 from . import spec as spec_mod
+from . import trust
 from .app import App
 from .blobstore import BlobStore, materialize_bundle
 from .errors import NotFoundError, PrecheckError
@@ -62,7 +63,7 @@ def build(app: App, job: JobRow, att: AttemptRow, offer: Offer | None) -> Launch
     return Launch(
         key=attempt_key(job.id, att.number), job_id=job.id, job_name=job.name, attempt=att.number, spec=spec,
         bundle=bundle, max_runtime_s=max_runtime, session_seconds=session,
-        grace_s=grace(app, spec, att.platform), env=job.extra.get("env", {}), secrets=_secrets(spec),
+        grace_s=grace(app, spec, att.platform), env=job.extra.get("env", {}), secrets=_secrets(app, job, spec),
         checkpoint=checkpoint,
         previous=Handle.from_json(previous[-1].handle) if previous and previous[-1].handle else None,
     )
@@ -81,12 +82,14 @@ def _bundle(app: App, job: JobRow) -> bundle_mod.Bundle:
     return bundle_mod.load_bundle(directory, app.home.blobs)
 
 
-def _secrets(spec: spec_mod.JobSpec) -> dict[str, str]:
-    """The job's secrets from this controller's environment (held in memory only).
+def _secrets(app: App, job: JobRow, spec: spec_mod.JobSpec) -> dict[str, str]:
+    """The job's secrets from this controller's environment (held in memory only), only
+    those this controller may give the job's submitter (see trust.py).
     With ``secrets_from: kaggle`` the values are read inside the kernel, never here."""
     if spec.secrets_from == "kaggle":
         return {}
-    return {name: os.environ[name] for name in spec.secrets if name in os.environ}
+    refused = set(trust.refused_secrets(job, spec.secrets, app.config.team))
+    return {name: os.environ[name] for name in spec.secrets if name in os.environ and name not in refused}
 
 
 def _deadline(store: Store, job: JobRow, att: AttemptRow, spec: spec_mod.JobSpec,

@@ -17,7 +17,7 @@ import json
 import os
 import time
 
-from . import quota, scheduler, windows
+from . import quota, scheduler, trust, windows
 from .app import App
 from .errors import OrchError, SpecError
 from .gpus import gpu_type
@@ -82,14 +82,25 @@ class Planner:
             except Exception as exc:  # a stored spec this version cannot read
                 waits[job.id] = str(exc) if isinstance(exc, SpecError) else f"stored spec unreadable: {exc}"
                 continue
+            refused = trust.refused_secrets(job, spec.secrets, self.app.config.team)
+            if refused:
+                waits[job.id] = trust.refusal_reason(job, refused)
+                continue
             missing = [s for s in spec.secrets if s not in os.environ] if spec.secrets_from == "local" else []
             if missing:
                 waits[job.id] = (f"secret {', '.join(missing)} is not set in the environment of the controller "
                                  f"on {host()} (export it where `orch tick` runs)")
                 continue
             out.append(scheduler.Candidate(job.id, spec, job.pin, job.avoid, remaining=remaining(self.store, job, spec),
-                                           digest=job.bundle))
+                                           digest=job.bundle, refused=self._refused_platforms(job)))
         return out
+
+    def _refused_platforms(self, job: JobRow) -> dict[str, str]:
+        """platform -> why this controller may not run ``job`` there (team trust model)."""
+        why = trust.local_refusal(job, self.app.config.team)
+        if why is None:
+            return {}
+        return {name: why for name, s in self.app.config.platforms.items() if s.type == "local"}
 
     def budget_states(self, now: float, usage_for_all: bool = False
                       ) -> tuple[dict[str, quota.BudgetState], list[scheduler.Running]]:

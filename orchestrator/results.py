@@ -16,10 +16,75 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 CHUNK = 1 << 20
 #: Refuse archives that expand beyond this (decompression bombs).
 MAX_EXTRACT_BYTES = int(os.environ.get("ORCH_MAX_RESULT_BYTES", str(50 * 1024**3)))
+
+#: The most orch fetches and keeps of each artefact of a run, in bytes (a job can make
+#: one huge for free: an 8 KiB sparse ``job.log`` reads back as 524 MiB). A bigger
+#: ``job.log`` keeps only its last :data:`LOG_TAIL` bytes; a bigger archive is not
+#: fetched. Either way the reason goes to ``skipped.txt``. Documented in docs/operations.md.
+ARTIFACT_CAPS = {
+    "job.log": int(os.environ.get("ORCH_MAX_LOG_BYTES", str(64 << 20))),
+    "outputs.tar.gz": int(os.environ.get("ORCH_MAX_OUTPUTS_BYTES", str(20 << 30))),
+    "checkpoint.tar.gz": int(os.environ.get("ORCH_MAX_CHECKPOINT_BYTES", str(20 << 30))),
+}
+LOG_TAIL = 1 << 20
+FETCH_NOTES = "fetch-skipped.txt"
+
+
+def over_cap(name: str, size: int) -> str | None:
+    """Why artefact ``name`` of ``size`` bytes is not fetched whole, or None when it may be."""
+    cap = ARTIFACT_CAPS.get(name)
+    if cap is None or size <= cap:
+        return None
+    what = f"only its last {LOG_TAIL} bytes are kept" if name == "job.log" else "it was not fetched"
+    return f"{name} ({size} bytes, over its cap of {cap}: {what})"
+
+
+def keep_capped(dest: Path, name: str, size: int, read_tail: Callable[[int, int], bytes]) -> None:
+    """Record that ``name`` is over its cap in ``dest``; for ``job.log`` write its tail,
+    read with ``read_tail(offset, length)``, under a first line that says so."""
+    note = over_cap(name, size)
+    if note is None:
+        return
+    if name == "job.log":
+        tail = read_tail(size - LOG_TAIL, LOG_TAIL)
+        header = f"[orch] job.log was {size} bytes, over its cap; these are its last {len(tail)} bytes\n"
+        tmp = dest / (name + ".partial")
+        tmp.write_bytes(header.encode() + tail)
+        os.replace(tmp, dest / name)
+    with open(dest / FETCH_NOTES, "a") as f:
+        f.write(note + "\n")
+
+
+def keep_capped_file(src: Path, dest: Path, name: str) -> bool:
+    """True when the local file ``src`` is over its cap; then only what
+    :func:`keep_capped` keeps of it is written into the directory ``dest``."""
+    try:
+        st = os.lstat(src)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or over_cap(name, st.st_size) is None:
+        return False
+
+    def read_tail(offset: int, length: int) -> bytes:
+        with open(src, "rb") as f:
+            f.seek(max(0, offset))
+            return f.read(length)
+
+    keep_capped(dest, name, st.st_size, read_tail)
+    return True
+
+
+def cap_artifacts(staging: Path) -> None:
+    """Hold fetched artefacts in ``staging`` to :data:`ARTIFACT_CAPS`, in place, before
+    anything is kept or shared: whatever a platform fetched, nothing bigger goes on."""
+    for name in ARTIFACT_CAPS:
+        if keep_capped_file(staging / name, staging, name) and name != "job.log":
+            (staging / name).unlink()
 
 
 @dataclass
@@ -128,7 +193,9 @@ def read_result(path: Path) -> dict | None:
 
 def install_attempt(staging: Path, dest: Path) -> ExtractReport:
     """Turn fetched artefacts in ``staging`` into ``dest`` (``result.json``, ``job.log``,
-    ``outputs/``), atomically: a crash leaves either nothing or the whole directory."""
+    ``outputs/``), atomically: a crash leaves either nothing or the whole directory.
+    Artefacts over their cap are trimmed first (:func:`cap_artifacts`)."""
+    cap_artifacts(staging)
     if dest.is_dir():
         return ExtractReport()
     partial = dest.with_name(dest.name + ".partial")
@@ -144,6 +211,9 @@ def install_attempt(staging: Path, dest: Path) -> ExtractReport:
         report = extract_archive(outputs, partial / "outputs")
     else:
         (partial / "outputs").mkdir()
+    notes = staging / FETCH_NOTES
+    if notes.is_file() and not notes.is_symlink():
+        report.skipped = list(dict.fromkeys(report.skipped + notes.read_text(errors="replace").splitlines()[:100]))
     if report.skipped:
         (partial / "skipped.txt").write_text("".join(f"{s}\n" for s in report.skipped))
     os.replace(partial, dest)

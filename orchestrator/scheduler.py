@@ -51,6 +51,7 @@ class Candidate:
     remaining: float | None = None
     history: Mapping[str, float] = field(default_factory=dict)
     digest: str = ""
+    refused: Mapping[str, str] = field(default_factory=dict)  # platform -> why this controller may not use it
 
     @property
     def runtime(self) -> float:
@@ -465,6 +466,8 @@ def _consider(c: Candidate, offer: Offer, budget: BudgetState | None, offer_quot
     why = misfit(c.spec, offer)
     if why is not None:
         return None, why, None
+    if offer.platform in c.refused:
+        return None, c.refused[offer.platform], None
     if not offer.available:
         return None, offer.reason or "unavailable", offer.available_at
     if c.avoid.get(offer.platform, 0) > now:

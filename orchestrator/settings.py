@@ -132,6 +132,22 @@ class ControllerSettings(BaseModel):
     claim_batch: int = Field(default=8, ge=1, le=1000)
 
 
+class TeamSettings(BaseModel):
+    """``team:``: what this controller gives to jobs other members submitted (see trust.py).
+
+    A controller gives its own user's jobs every secret they name; another member's job
+    gets only the names listed in ``share_secrets``, and runs on a ``local`` platform of
+    this machine only with ``run_others_locally: true``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Secret names this controller may inject into jobs of other members.
+    share_secrets: list[str] = Field(default_factory=list)
+    #: Run other members' jobs on this machine's local platforms (they run as your user).
+    run_others_locally: bool = False
+
+
 class ConfigFile(BaseModel):
     """config.yaml as written by the user; platform entries are validated per type."""
 
@@ -140,3 +156,4 @@ class ConfigFile(BaseModel):
     state: str | None = None
     platforms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     controller: ControllerSettings = ControllerSettings()
+    team: TeamSettings = TeamSettings()

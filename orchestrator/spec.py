@@ -136,7 +136,7 @@ class Dataset(_Model):
     def _default_name(self) -> "Dataset":
         if not self.name:
             object.__setattr__(self, "name", Path(self.path.rstrip("/")).name or "data")
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"name '{self.name}' must be letters, digits, '.', '_' or '-'")
         return self
 
@@ -168,7 +168,7 @@ def _param_value(name: str, value: Any) -> str:
 
 
 def _param_name(name: Any) -> str:
-    if not isinstance(name, str) or not _ENV_NAME.match(name):
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
         raise ValueError(f"'{name}' is not a valid parameter name (it becomes an environment variable: "
                          "letters, digits and '_')")
     if name.upper().startswith("ORCH_"):
@@ -274,7 +274,7 @@ class JobSpec(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if value and not _NAME.match(value):
+        if value and not _NAME.fullmatch(value):
             raise ValueError(f"'{value}' must start with a letter or digit and use only letters, digits, '.', '_', '-'")
         return value
 
@@ -303,7 +303,7 @@ class JobSpec(_Model):
             raise ValueError("expected a mapping of NAME: value")
         out = {}
         for key, val in value.items():
-            if not isinstance(key, str) or not _ENV_NAME.match(key):
+            if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
                 raise ValueError(f"'{key}' is not a valid environment variable name")
             _reserved(key, "env")
             if isinstance(val, (dict, list)) or val is None:
@@ -321,7 +321,7 @@ class JobSpec(_Model):
         if isinstance(value, str):
             value = [value]
         for item in value:
-            if not isinstance(item, str) or not _ENV_NAME.match(item):
+            if not isinstance(item, str) or not _ENV_NAME.fullmatch(item):
                 raise ValueError(f"{item!r} is not an environment variable name")
             _reserved(item, "secret")
             if item.upper() in RESERVED_NAMES or item.upper().startswith("LD_"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -239,7 +240,7 @@ class Store:
         try:
             self.engine: Engine = _engine(url)
         except Exception as exc:  # bad URL, missing driver
-            raise ConfigError(f"state database {_redact(url)}: {exc}") from None
+            raise ConfigError(f"state database {_redact(url)}: {_redact(exc)}") from None
         self._migrate()
 
     # ------------------------------------------------------------------ schema
@@ -263,7 +264,7 @@ class Store:
                 if version != SCHEMA_VERSION:
                     conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         except OperationalError as exc:
-            raise ConfigError(f"state database {_redact(self.url)}: {exc.orig}") from None
+            raise ConfigError(f"state database {_redact(self.url)}: {_redact(exc.orig)}") from None
 
     @property
     def schema_version(self) -> int:
@@ -561,11 +562,12 @@ def _engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _redact(url: str) -> str:
-    """A DB URL with its password hidden."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^@/\s]*@")
+_PARAM_PASSWORD = re.compile(r"(?i)\b((?:ssl)?pass(?:word|wd)?\s*=\s*)('[^']*'|[^&\s]*)")
+
+
+def _redact(text: str) -> str:
+    """A DB URL (or an error that quotes one) with every password hidden: the
+    ``user:pw@host`` form and ``?password=`` / ``password=`` parameters."""
+    text = _URL_PASSWORD.sub(r"\1:***@", str(text))
+    return _PARAM_PASSWORD.sub(r"\1***", text)

@@ -90,7 +90,7 @@ _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})$")
 
 
 def _minutes(text: str) -> int:
-    m = _CLOCK.match(text)
+    m = _CLOCK.fullmatch(text)
     if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
         raise ValueError(f"'{text}' is not a time of day; write HH:MM (UTC)")
     return int(m.group(1)) * 60 + int(m.group(2))

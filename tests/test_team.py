@@ -201,6 +201,8 @@ def test_another_member_dispatches_and_a_third_fetches_through_the_shared_store(
     job_id = submit(orch, path)
     monkeypatch.setenv("ORCH_HOME", str(homes["B"]))
     monkeypatch.setenv("ORCH_USER", "bob")
+    # B is a cron box that runs everyone's jobs on its own machine (docs/operations.md, trust model).
+    (homes["B"] / "config.yaml").write_text("platforms: {local: {type: local}}\nteam: {run_others_locally: true}\n")
 
     def ticked_to_the_end() -> bool:
         assert orch("tick").exit_code == 0

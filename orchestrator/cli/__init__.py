@@ -24,7 +24,7 @@ import sys
 import click
 
 from ..errors import OrchError
-from .common import err_console
+from .common import err_console, untrusted
 
 PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands", "schedule_commands")
 
@@ -38,7 +38,7 @@ class OrchGroup(click.Group):
         except OrchError as exc:
             if os.environ.get("ORCH_DEBUG"):
                 raise
-            err_console.print(f"[bold red]Error:[/] {_escape(str(exc))}")
+            err_console.print(f"[bold red]Error:[/] {untrusted(str(exc))}")
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -49,15 +49,9 @@ class OrchGroup(click.Group):
             if os.environ.get("ORCH_DEBUG"):
                 raise
             err_console.print(
-                f"[bold red]Error:[/] internal error: {type(exc).__name__}: {_escape(str(exc))} "
+                f"[bold red]Error:[/] internal error: {type(exc).__name__}: {untrusted(str(exc))} "
                 "(run again with ORCH_DEBUG=1 for the traceback, and please report it)", highlight=False)
             ctx.exit(1)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 @click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

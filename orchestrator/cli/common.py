@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -115,8 +116,25 @@ def transfer_bars(enabled: bool, pause: Callable[[], Any] | None = None):
         progress.install(previous)
 
 
-def escape_markup(text: str | None) -> str:
-    """``text`` safe to print through rich (square brackets are markup there)."""
+#: C0/C1 controls (ESC starts every terminal sequence), DEL, and the bidi overrides that
+#: reorder what a line appears to say; ``\n`` and ``\t`` are kept only in logs.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NEWLINES = re.compile("[\t\n]")
+
+
+def strip_controls(text: str | None, keep_newlines: bool = False) -> str:
+    """``text`` without control characters: what a job or a remote sent can then not
+    move the cursor, repaint a line, set the window title or reorder a line
+    (``ESC[1A ESC[2K ESC[32mSUCCEEDED``). Newlines and tabs become spaces unless kept."""
+    text = _CONTROLS.sub("", text or "")
+    return text if keep_newlines else _NEWLINES.sub(" ", text)
+
+
+def untrusted(text: object) -> str:
+    """Any string that came from a remote, a job or another member (messages, GPU names,
+    output names, reasons), made safe to print through rich: controls stripped and
+    square brackets escaped (``T4[/]`` is markup to rich). Every command uses this one."""
     from rich.markup import escape
 
-    return escape(text or "")
+    return escape(strip_controls(None if text is None else str(text)))
+

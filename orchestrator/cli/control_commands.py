@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state, transfer_bars
+from .common import console, err_console, json_option, pass_app, print_json, styled_state, transfer_bars, untrusted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import App
@@ -50,7 +50,7 @@ def fetch(app: App, job: str, dest: Path | None, force: bool, partial: bool, as_
     if as_json:
         print_json({"id": row.id, "state": row.state.value, "path": str(target)})
     else:
-        console.print(f"{row.name} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
+        console.print(f"{untrusted(row.name)} {row.short_id} ({styled_state(row.state.value)}): results in [bold]{target}/[/]")
 
 
 def _fetch_sweep(app: App, actions, found, dest: Path | None, force: bool, as_json: bool) -> None:
@@ -67,7 +67,7 @@ def _fetch_sweep(app: App, actions, found, dest: Path | None, force: bool, as_js
     for col in res.summary[0]:
         table.add_column(col.upper(), overflow="ellipsis", no_wrap=True)
     for line in res.summary:
-        table.add_row(*(_escape(v) for v in line.values()))
+        table.add_row(*(untrusted(v) for v in line.values()))
     console.print(table)
     console.print(f"{len(res.fetched)} of {len(rows)} points fetched into [bold]{res.target}/[/] "
                   f"(one folder per point, summary.csv)"
@@ -101,12 +101,12 @@ def cancel(app: App, jobs: tuple[str, ...], as_json: bool) -> None:
             worst = max(worst, exc.exit_code)
             out.append({"ref": ref, "error": str(exc)})
             if not as_json:
-                err_console.print(f"[bold red]Error:[/] {_escape(str(exc))}")
+                err_console.print(f"[bold red]Error:[/] {untrusted(str(exc))}")
             continue
         for job_id, msg in messages:
             out.append({"id": job_id, "message": msg})
             if not as_json:
-                console.print(msg)
+                console.print(untrusted(msg))
     if as_json:
         print_json(out)
     if worst:
@@ -173,7 +173,7 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
         print_json(report.to_json())
         return
     for p in report.problems:
-        err_console.print(f"[yellow]warning:[/] {_escape(p)}")
+        err_console.print(f"[yellow]warning:[/] {untrusted(p)}")
     if quiet:
         return
     console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "

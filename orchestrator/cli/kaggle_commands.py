@@ -17,7 +17,7 @@ import click
 from ..durations import format_duration, parse_duration
 from ..errors import NotFoundError, OrchError
 from ..states import ACTIVE_ATTEMPT_STATES, AttemptState
-from .common import console, err_console, json_option, pass_app, print_json
+from .common import console, err_console, json_option, pass_app, print_json, untrusted
 
 
 def register(main: click.Group) -> None:
@@ -86,7 +86,7 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
                     failures += 1
                     row["error"] = str(exc)
                     if not as_json:
-                        err_console.print(f"[yellow]could not delete {kind} {ref}:[/] {exc}")
+                        err_console.print(f"[yellow]could not delete {kind} {untrusted(ref)}:[/] {untrusted(exc)}")
             rows.append(row)
     if as_json:
         print_json(rows)
@@ -101,7 +101,7 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
             if row["last_used"]:
                 age = "last used " + format_duration((now - datetime.fromisoformat(row["last_used"])).total_seconds()) + " ago"
             verb = "deleted" if row["deleted"] else ("failed" if yes else "would delete")
-            console.print(f"{verb:12} {row['kind']:8} {row['ref']}  ({age})")
+            console.print(f"{verb:12} {row['kind']:8} {untrusted(row['ref'])}  ({age})")
         if not yes:
             console.print(f"{len(rows)} item(s); run again with --yes to delete them")
     if failures:

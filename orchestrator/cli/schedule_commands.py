@@ -7,11 +7,10 @@ import time
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
 
 from .. import windows
 from ..durations import format_duration
-from .common import console, json_option, pass_app, print_json
+from .common import console, json_option, pass_app, print_json, untrusted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import App
@@ -73,16 +72,16 @@ def plan(app: App, as_json: bool) -> None:
         table.add_column(col, overflow="fold" if col == "WHY" else "ellipsis", no_wrap=col != "WHY")
     for r in rows:
         if r["platform"]:
-            would = f"[green]run on {escape(r['platform'])}[/]"
+            would = f"[green]run on {untrusted(r['platform'])}[/]"
         elif r["until"]:
             would = f"[yellow]wait[/] until {windows.format_when(r['until'], now)}"
         else:
             would = "[yellow]wait[/]"
-        table.add_row(r["id"][:8], escape(r["name"]), str(r["priority"]), would, escape(r["reason"]))
+        table.add_row(r["id"][:8], untrusted(r["name"]), str(r["priority"]), would, untrusted(r["reason"]))
     console.print(table)
     for name, offer in offers.items():  # a platform's own problem, said once, not per job
         if not offer.available:
-            console.print(f"[dim]{escape(name)} is unavailable: {escape(offer.reason)}[/]")
+            console.print(f"[dim]{untrusted(name)} is unavailable: {untrusted(offer.reason)}[/]")
 
 
 @click.command("quota")
@@ -133,7 +132,7 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
             f"{time.strftime('%a %H:%M', time.gmtime(d['resets_at']))} (in {format_duration(d['resets_at'] - now)})")
         bar = quota.bar(d["used"], d["reserved"], d["limit"], width=12)
         table.add_row(d["platform"], num(d["used"]), num(d["reserved"]), num(d["left"]),
-                      "unlimited" if d["limit"] is None else f"{d['limit']:g} {unit}", escape(f"[{bar}]"), resets)
+                      "unlimited" if d["limit"] is None else f"{d['limit']:g} {unit}", untrusted(f"[{bar}]"), resets)
     console.print(table)
     console.print("[dim]times UTC; bar: # used, + reserved by running attempts, . free; "
                   "--json adds the window and where each number comes from[/]")

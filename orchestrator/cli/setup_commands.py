@@ -13,7 +13,7 @@ import click
 from ..home import Home
 from ..durations import format_duration
 from ..errors import ConfigError, OrchError
-from .common import console, escape_markup as _escape, json_option, pass_app, print_json
+from .common import console, untrusted, json_option, pass_app, print_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import App
@@ -73,7 +73,7 @@ def platforms(app: App, as_json: bool) -> None:
         status_text = "ready" if d["available"] and not d["problems"] else "; ".join(d["problems"] or [d["reason"]])
         table.add_row(d["name"], d["type"], "/".join(d["gpus"]) or "CPU", f"{d['running']}/{d['max_concurrent']}",
                       format_duration(d["session_seconds"]) if d["session_seconds"] else "none", quota,
-                      ("[green]ready[/]" if status_text == "ready" else f"[yellow]{_escape(status_text)}[/]"))
+                      ("[green]ready[/]" if status_text == "ready" else f"[yellow]{untrusted(status_text)}[/]"))
     console.print(table)
 
 

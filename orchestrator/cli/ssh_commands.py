@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError, NotFoundError, PrecheckError
-from .common import console, err_console, pass_app
+from .common import console, err_console, pass_app, untrusted
 
 CELL_DOC = "docs/platforms/colab.md#tunnel-users"
 
@@ -60,13 +60,15 @@ def trust(app, name: str, expected: str | None, yes: bool) -> None:
     endpoint = platform.endpoint()
     key = scan_host_key(endpoint)
     shown = fingerprint(key)
-    old = [k for k in pinned_keys(endpoint) if k.get_name() == key.get_name()]
-    if old and old[0] == key:
+    old = pinned_keys(endpoint)  # every type: pinning replaces them all
+    if key in old:
         console.print(f"{endpoint.key_name} is already pinned: {shown}")
         return
     console.print(f"{endpoint.label} presents {shown}")
     if old:
-        err_console.print(f"[bold yellow]warning:[/] this replaces the pinned key {fingerprint(old[0])}: "
+        other = "" if any(k.get_name() == key.get_name() for k in old) else " (a key of another type)"
+        err_console.print(f"[bold yellow]warning:[/] this replaces the pinned key "
+                          f"{', '.join(fingerprint(k) for k in old)}{other}: "
                           "the host was reinstalled, or someone is intercepting the connection")
     if expected is not None:
         if expected.strip() not in (key.fingerprint, shown):
@@ -78,7 +80,7 @@ def trust(app, name: str, expected: str | None, yes: bool) -> None:
     try:
         conn = connect(endpoint)
     except PrecheckError as exc:
-        err_console.print(f"[yellow]the key is pinned, but logging in failed:[/] {exc}")
+        err_console.print(f"[yellow]the key is pinned, but logging in failed:[/] {untrusted(exc)}")
         return
     conn.close()
     console.print("login OK")

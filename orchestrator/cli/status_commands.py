@@ -10,7 +10,8 @@ import click
 from .. import sweep as sweep_mod
 from ..durations import format_duration
 from ..errors import NotFoundError, OrchError, UsageError
-from .common import ago, console, err_console, escape_markup as _escape, json_option, pass_app, print_json, styled_state
+from .common import (ago, console, err_console, json_option, pass_app, print_json, strip_controls, styled_state,
+                     untrusted)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
@@ -75,7 +76,7 @@ def status(app: App, job: str | None, show_all: bool, expand: bool, mine: bool, 
         return
     if not rows:
         others = sum(app.store.counts().values()) if mine else 0
-        console.print(f"no jobs submitted by {_escape(user())} ({others} by others; `orch status` lists them)"
+        console.print(f"no jobs submitted by {untrusted(user())} ({others} by others; `orch status` lists them)"
                       if others else NO_JOBS)
         return
     console.print(fit_table(_jobs_table(app, rows, latest, chains, chain_time, expand), console.width))
@@ -191,7 +192,7 @@ def _sweep_row(table: Table, first: JobRow, points: list[JobRow], counts: dict[s
     name = (first.extra.get("sweep") or {}).get("name", first.name)
     state = sweep_mod.overall_state(counts)
     where = sorted({r.platform for r in points if r.platform})
-    table.add_row(first.sweep_id[:8], f"{name} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
+    table.add_row(first.sweep_id[:8], f"{untrusted(name)} [dim](sweep)[/]", styled_state(state), ",".join(where) or "-", "-",
                   str(sum(r.attempts for r in points)), "-", ago(min(r.created_at for r in points)),
                   sweep_mod.progress(counts))
 
@@ -202,11 +203,11 @@ def _status_row(table: Table, j: JobRow, a, segments: int, indent: bool = False,
         runtime = total + (runtime if j.state.active and runtime and not (a and a.runtime_s) else 0.0)
     tries = f"{j.attempts} ({segments} seg)" if segments else str(j.attempts)
     params = (j.extra.get("sweep") or {}).get("params")
-    note = _escape(j.message)
+    note = untrusted(j.message)
     if indent and params:
-        note = _escape(sweep_mod.label(params)) + (f" — {note}" if note else "")
-    table.add_row(("  " if indent else "") + j.short_id, j.name, styled_state(j.state.value), j.platform or "-",
-                  (a.gpu_name or "-") if a else "-", tries, format_duration(runtime), ago(j.created_at), note)
+        note = untrusted(sweep_mod.label(params)) + (f" — {note}" if note else "")
+    table.add_row(("  " if indent else "") + j.short_id, untrusted(j.name), styled_state(j.state.value), j.platform or "-",
+                  untrusted(a.gpu_name or "-") if a else "-", tries, format_duration(runtime), ago(j.created_at), note)
 
 
 def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) -> None:
@@ -217,7 +218,7 @@ def _status_sweep(app: App, sweep_id: str, rows: list[JobRow], as_json: bool) ->
         print_json({"sweep_id": sweep_id, "name": name, "state": sweep_mod.overall_state(counts),
                     "counts": counts, "jobs": [job_json(j, latest.get(j.id)) for j in rows]})
         return
-    console.print(f"[bold]{name}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
+    console.print(f"[bold]{untrusted(name)}[/] sweep {sweep_id}: {styled_state(sweep_mod.overall_state(counts))} — "
                   f"{sweep_mod.progress(counts)}")
     table = _table()
     for j in rows:
@@ -259,16 +260,16 @@ def _one_json(job: JobRow, attempts: list, events: list, results) -> dict:
 
 def _print_summary(job: JobRow, attempts: list, segments: list) -> None:
     """The job's header lines: state, platform, who submitted it, what it needs, its sweep or chain."""
-    console.print(f"[bold]{job.name}[/] {job.id}")
-    console.print(f"  state     {styled_state(job.state.value)}" + (f" — {_escape(job.message)}" if job.message else ""))
+    console.print(f"[bold]{untrusted(job.name)}[/] {job.id}")
+    console.print(f"  state     {styled_state(job.state.value)}" + (f" — {untrusted(job.message)}" if job.message else ""))
     console.print(f"  platform  {job.platform or '-'}   attempts {job.attempts}   priority {job.priority}")
-    console.print(f"  submitted {ago(job.created_at)} by {job.submitted_by}@{job.submitted_host}")
+    console.print(f"  submitted {ago(job.created_at)} by {untrusted(job.submitted_by)}@{untrusted(job.submitted_host)}")
     res = job.spec.get("resources", {})
     gpu = "/".join(res.get("gpu") or []) or "none"
     console.print(f"  needs     gpu {gpu}, max_runtime {format_duration(res.get('max_runtime'))}")
     params = (job.extra.get("sweep") or {}).get("params")
     if params:
-        console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {_escape(sweep_mod.label(params))}")
+        console.print(f"  sweep     {job.sweep_id[:8]} point {job.extra['sweep']['index']}: {untrusted(sweep_mod.label(params))}")
     if segments:
         total = sum(a.runtime_s or 0 for a in attempts if a.state.value in ("CHECKPOINTED", "SUCCEEDED", "FAILED"))
         console.print(f"  chain     {len(segments)} checkpointed segment(s) so far, {format_duration(total)} run of "
@@ -291,7 +292,7 @@ def _attempts_table(attempts: list, segments: list) -> Table:
             label += f" seg {seg}"
         t.add_row(label, a.platform, styled_state(a.state.value),
                   "-" if a.exit_code is None else str(a.exit_code), format_duration(a.runtime_s),
-                  a.gpu_name or "-", _escape(a.message))
+                  untrusted(a.gpu_name or "-"), untrusted(a.message))
     return t
 
 
@@ -303,7 +304,7 @@ def _events_table(events: list) -> Table:
         t.add_column(col)
     for e in events:
         change = f"{e['from_state'] or '·'} → {e['to_state']}"
-        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, _escape(e["reason"]))
+        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])), e["kind"], change, untrusted(e["reason"]))
     return t
 
 
@@ -316,8 +317,9 @@ def _events_table(events: list) -> Table:
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads with -f.")
 @click.option("--attempt", type=click.IntRange(min=1), metavar="N",
               help="The log of attempt N (a retry, or a segment of a chain; `orch status JOB` lists them).")
+@click.option("--raw", is_flag=True, help="Print the log byte for byte, terminal escape sequences included.")
 @pass_app
-def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None) -> None:
+def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None, raw: bool) -> None:
     """Print a job's log (the latest attempt), optionally following it; of a sweep, every
     point's log, each under a header with its parameters.
 
@@ -325,17 +327,25 @@ def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None)
     it needs no `orch tick` (nor cron) to see the end. `orch status` likewise sees a job on
     this machine's local platform end without a tick.
 
+    The log is the job's own output: control characters (terminal escape sequences
+    that could repaint the screen) are stripped unless --raw.
+
     \b
     Example:
       orch logs 3f9c -f
       orch logs 3f9c --attempt 2
+      orch logs 3f9c --raw > job.log
     """
     from .. import actions
     from ..logtail import LogTail
 
+    def show(text: str) -> None:
+        # color=True: click would otherwise drop some escape sequences itself when piped
+        click.echo(text if raw else strip_controls(text, keep_newlines=True), nl=False, color=raw or None)
+
     row, found = actions.resolve_job_or_sweep(app, job)
     if found is not None:
-        _sweep_logs(app, found, follow)
+        _sweep_logs(app, found, follow, show)
         return
     if attempt is not None and not any(a.number == attempt for a in app.store.attempts_of(row.id)):
         raise NotFoundError(f"job {row.short_id} has no attempt {attempt}; `orch status {row.short_id}` lists its attempts")
@@ -346,9 +356,9 @@ def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None)
         row = app.store.job(row.id)
         done = row.state.terminal
         piece = tail.read(strict=not follow)
-        click.echo(piece.text, nl=False)
+        show(piece.text)
         if piece.problem:
-            err_console.print(f"[dim]log not readable yet: {_escape(piece.problem)}[/]")
+            err_console.print(f"[dim]log not readable yet: {untrusted(piece.problem)}[/]")
         if not piece.found and not follow:
             raise NotFoundError(f"job {row.short_id} has no log yet ({row.state.value}); use -f to wait for it")
         if not follow or done:
@@ -356,7 +366,7 @@ def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None)
         time.sleep(interval)
 
 
-def _sweep_logs(app: App, found, follow: bool) -> None:
+def _sweep_logs(app: App, found, follow: bool, show) -> None:
     """`orch logs SWEEP`: each point's log under a header line with its parameters."""
     from ..logtail import LogTail
 
@@ -366,11 +376,12 @@ def _sweep_logs(app: App, found, follow: bool) -> None:
                          f"(`orch status {sweep_id[:8]}` lists them), or drop -f to print every point's log")
     for row in sorted(rows, key=lambda r: (r.extra.get("sweep") or {}).get("index", 0)):
         params = (row.extra.get("sweep") or {}).get("params") or {}
-        click.echo(f"[orch] === {row.name} {row.short_id} ({sweep_mod.label(params)}): {row.state.value} ===")
+        click.echo(strip_controls(f"[orch] === {row.name} {row.short_id} ({sweep_mod.label(params)}): "
+                                  f"{row.state.value} ==="))
         piece = LogTail(app, row.id).read()
-        click.echo(piece.text if piece.found else "[orch] no log yet\n", nl=False)
+        show(piece.text if piece.found else "[orch] no log yet\n")
         if piece.problem:
-            err_console.print(f"[dim]{row.short_id}: log not readable yet: {_escape(piece.problem)}[/]")
+            err_console.print(f"[dim]{row.short_id}: log not readable yet: {untrusted(piece.problem)}[/]")
         if piece.text and not piece.text.endswith("\n"):
             click.echo()
 

@@ -13,7 +13,7 @@ import click
 from ..durations import format_duration
 from ..errors import NotFoundError
 from ..states import JobState
-from .common import console, json_option, pass_app, print_json, styled_state, transfer_bars
+from .common import console, json_option, pass_app, print_json, strip_controls, styled_state, transfer_bars, untrusted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..actions import SubmitResult
@@ -31,12 +31,14 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--dry-run", is_flag=True, help="Show the bundle and where the job would go; queue nothing.")
 @click.option("--allow-file", multiple=True, metavar="NAME",
               help="Bundle this credential-looking file anyway (it holds no secret).")
+@click.option("--no-gitignore", is_flag=True,
+              help="Bundle what .gitignore leaves out (only .orchignore and the defaults apply).")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds between ticks with --wait.")
 @json_option
 @pass_app
 def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool, allow_file: tuple[str, ...],
-           interval: float, as_json: bool) -> None:
+           no_gitignore: bool, interval: float, as_json: bool) -> None:
     """Package a job (code + datasets), queue it, and place it where capacity is left.
 
     \b
@@ -47,7 +49,8 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
     from .. import actions
 
     with transfer_bars(not as_json):  # archiving a large dataset shows a bar
-        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run, single=wait)
+        res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run, single=wait,
+                             gitignore=not no_gitignore)
     _warn_about(res.bundle)
     if dry_run:
         _print_dry_run(res, as_json)
@@ -77,8 +80,8 @@ def _warn_about(bundle) -> None:
     from .common import err_console
 
     for rel in bundle.skipped:
-        err_console.print(f"warning: {rel} was not bundled (a link out of the code directory, a FIFO, socket or device)",
-                          markup=False, highlight=False)
+        err_console.print(f"warning: {rel} was not bundled (a link out of its code or dataset directory or to an "
+                          "ignored file, a FIFO, socket or device)", markup=False, highlight=False)
     for rel, size in bundle.code_files:
         if size >= LARGE_FILE:
             err_console.print(f"warning: {rel} is {_size(size)}; data this large is better as a dataset "
@@ -176,19 +179,19 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> tuple[JobRow, 
             if not quiet:
                 text = tail.read().text
                 if text:
-                    console.out(text.rstrip("\n"), highlight=False)
+                    console.out(strip_controls(text.rstrip("\n"), keep_newlines=True), highlight=False)
                     shown = True
             if job.state.terminal:
                 return job, shown
             where = f" on {job.platform}" if job.platform else ""
             if ctl_status:
-                note = f" — {job.message}" if job.message else ""
-                ctl_status.update(f"{job.name} {styled_state(job.state.value)}{where} "
+                note = f" — {untrusted(job.message)}" if job.message else ""
+                ctl_status.update(f"{untrusted(job.name)} {styled_state(job.state.value)}{where} "
                                   f"[dim]{format_duration(time.time() - started)}{note}[/]")
             elif not quiet and job.state.value + where != said:
                 said = job.state.value + where
-                console.out(f"[orch] {job.name} {job.short_id}: {said} ({format_duration(time.time() - started)})",
-                            highlight=False)
+                console.out(strip_controls(f"[orch] {job.name} {job.short_id}: {said} "
+                                           f"({format_duration(time.time() - started)})"), highlight=False)
             time.sleep(interval)
     finally:
         if ctl_status:
@@ -196,13 +199,13 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> tuple[JobRow, 
 
 
 def _print_outcome(job: JobRow, result: dict | None, target: Path | None, tail: bool = True) -> None:
-    console.print(f"{job.name} {job.short_id}: {styled_state(job.state.value)}"
-                  + (f" — {job.message}" if job.message else ""))
+    console.print(f"{untrusted(job.name)} {job.short_id}: {styled_state(job.state.value)}"
+                  + (f" — {untrusted(job.message)}" if job.message else ""))
     if result:
         gpu = result.get("gpu") or {}
-        gpu_text = f"{gpu.get('count', 1)}x {gpu['name']}" if gpu.get("name") else "no GPU"
+        gpu_text = f"{untrusted(gpu.get('count', 1))}x {untrusted(gpu['name'])}" if gpu.get("name") else "no GPU"
         chain = f" in {result['segments']} segments" if result.get("segments") else ""
-        console.print(f"  exit code {result.get('exit_code')}, ran {format_duration(result.get('runtime_s'))}{chain} "
+        console.print(f"  exit code {untrusted(result.get('exit_code'))}, ran {format_duration(result.get('runtime_s'))}{chain} "
                       f"on {job.platform} ({gpu_text})")
     if tail and target and (target / "job.log").is_file():  # unless it was followed live
         lines = [ln for ln in (target / "job.log").read_text(errors="replace").splitlines()
@@ -210,18 +213,19 @@ def _print_outcome(job: JobRow, result: dict | None, target: Path | None, tail: 
         if lines:
             console.print("  last lines of its output:")
             for ln in lines[-8:]:
-                console.print(f"    {ln}", markup=False, soft_wrap=True)
+                console.print(f"    {untrusted(ln)}", soft_wrap=True)
     if target:
         outputs = sorted(p.relative_to(target / "outputs").as_posix() for p in (target / "outputs").rglob("*") if p.is_file()) \
             if (target / "outputs").is_dir() else []
         console.print(f"  results: [bold]{target}/[/] ({len(outputs)} output files, job.log, result.json)")
         for name in outputs[:10]:
-            console.print(f"    outputs/{name}")
+            console.print(f"    outputs/{untrusted(name)}")
         if len(outputs) > 10:
             console.print(f"    ... and {len(outputs) - 10} more")
         summary = target / "outputs" / "summary.txt"
         if summary.is_file() and summary.stat().st_size < 4000:
-            console.print(summary.read_text(errors="replace").rstrip(), markup=False)
+            console.print(strip_controls(summary.read_text(errors="replace").rstrip(), keep_newlines=True),
+                          markup=False)
 
 
 def _size(n: int | float | None) -> str:

@@ -21,7 +21,7 @@ from typing import Literal
 
 from ..errors import TransientError
 from ..gpus import reported_type
-from ..results import copy_regular
+from ..results import copy_regular, keep_capped_file
 from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ..settings import PlatformSettings
 
@@ -52,6 +52,21 @@ def detect_gpus() -> tuple[tuple[str, ...], float | None]:
         except ValueError:
             pass
     return tuple(dict.fromkeys(names)), mem
+
+
+#: What a login shell needs; nothing else of the controller's environment reaches a job.
+LOGIN_ENV = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+             "CUDA_VISIBLE_DEVICES", "ORCH_HEARTBEAT_SECONDS")
+
+
+def clean_env() -> dict[str, str]:
+    """The runner's (and so the job's) environment: the login basics and ``LC_*``.
+
+    The controller's environment holds its user's secrets (``PGPASSWORD``,
+    ``KAGGLE_KEY``, a team's tokens); a job gets only its ``env:`` and the secrets the
+    runner is handed on stdin, exactly as on a remote host.
+    """
+    return {k: v for k, v in os.environ.items() if k in LOGIN_ENV or k.startswith("LC_")}
 
 
 class LocalPlatform(PlatformBase):
@@ -103,7 +118,7 @@ class LocalPlatform(PlatformBase):
             cmd += ["--checkpoint", str(launch.checkpoint)]
         try:
             proc = subprocess.run(cmd, input=json.dumps(launch.runner_env()), capture_output=True, text=True,
-                                  timeout=60, start_new_session=True)
+                                  timeout=60, start_new_session=True, env=clean_env())
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TransientError(f"could not start the runner: {exc}", self.name) from exc
         if proc.returncode not in (0, 75):
@@ -147,7 +162,8 @@ class LocalPlatform(PlatformBase):
         d = Path(handle.data["dir"])
         dest.mkdir(parents=True, exist_ok=True)
         for name in ARTIFACTS:
-            copy_regular(d / name, dest / name)
+            if not keep_capped_file(d / name, dest, name):  # a sparse job.log can read back as GBs
+                copy_regular(d / name, dest / name)
 
     def cancel(self, handle: Handle) -> None:
         """SIGTERM the runner: it stops the job's process group (SIGTERM, grace,

@@ -247,7 +247,7 @@ class KaggleAccount:
         found = find_credentials()
         if found is None:
             raise PrecheckError(f"no Kaggle credentials found; {CREDENTIALS_FIX}", self.platform)
-        if found.source == "kaggle.json" and found.path is not None:
+        if found.path is not None:  # kaggle.json or an access_token file
             warning = permission_warning(found.path)
             if warning:
                 self.warnings.append(warning)

@@ -1,8 +1,8 @@
 """Where the ``kaggle`` client will find its API credentials, by the client's own rules.
 
 orch never copies or stores the values; it only checks that one source exists (and
-warns when ``kaggle.json`` is readable by others) so that ``orch platforms`` can say
-how to fix a missing key before a job is placed here.
+warns when ``kaggle.json`` or ``~/.kaggle/access_token`` is readable by others) so that
+``orch platforms`` can say how to fix a missing key before a job is placed here.
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ class KagglePlatform(PlatformBase):
         found = find_credentials()
         if found is None:
             return [f"no Kaggle credentials found; {CREDENTIALS_FIX}"]
-        if found.path is not None and found.source == "kaggle.json":
+        if found.path is not None:  # kaggle.json or an access_token file
             warning = permission_warning(found.path)
             if warning:
                 problems.append(warning)
@@ -424,14 +424,14 @@ class KagglePlatform(PlatformBase):
             ref = str(getattr(meta, "ref", "") or "")
             slug = str(getattr(meta, "slug", "") or ref.split("/")[-1])
             author = str(getattr(meta, "author", "") or ref.split("/")[0])
-            if author != owner or not OWNED_KERNEL.match(slug) or slug[len(KERNEL_PREFIX):] in keep:
+            if author != owner or not OWNED_KERNEL.fullmatch(slug) or slug[len(KERNEL_PREFIX):] in keep:
                 continue
             old, when = stale(f"{owner}/{slug}", _aware(getattr(meta, "last_run_time", None)))
             if old:
                 out.append(("kernel", f"{owner}/{slug}", when))
         for ds in self.account.list_datasets("orch-"):
             ref = str(getattr(ds, "ref", ""))
-            if "/" not in ref or ref.split("/")[0] != owner or not OWNED_DATASET.match(ref.split("/")[1]):
+            if "/" not in ref or ref.split("/")[0] != owner or not OWNED_DATASET.fullmatch(ref.split("/")[1]):
                 continue
             old, when = stale(ref, _aware(getattr(ds, "last_updated", None)))
             if old:
@@ -441,9 +441,9 @@ class KagglePlatform(PlatformBase):
     def delete(self, kind: str, ref: str) -> None:
         """Delete one thing ``garbage`` listed; refuses anything orch did not create."""
         slug = ref.split("/")[-1]
-        if kind == "kernel" and OWNED_KERNEL.match(slug):
+        if kind == "kernel" and OWNED_KERNEL.fullmatch(slug):
             self.account.delete_kernel(ref)
-        elif kind == "dataset" and OWNED_DATASET.match(slug):
+        elif kind == "dataset" and OWNED_DATASET.fullmatch(slug):
             self.account.delete_dataset(ref)
         else:
             raise PrecheckError(f"refusing to delete {kind} {ref}: orch did not create it")

@@ -37,6 +37,7 @@ from . import runs
 from .link import RECONNECT, Link
 from ...bundle import sha256_file
 from ...partfile import PartFile
+from ...results import keep_capped, over_cap
 from .connection import Connection, Endpoint, Timeouts, connect, pinned_keys
 
 #: Files whose age and size one status read reports.
@@ -264,7 +265,7 @@ class SSHPlatform(PlatformBase):
         status = runs.detached_status(conn, workdir)
         if status.exists and status.pid is not None:
             return Handle(launch.key, {**data, "pid": status.pid})
-        conn.makedirs(f"{root}/blobs")
+        conn.makedirs(f"{root}/blobs", private=root)
         runner = runner_path()
         runner_sha = sha256_file(runner)
         remote_runner = f"{root}/runner/runner-{runner_sha[:12]}.py"
@@ -371,8 +372,13 @@ class SSHPlatform(PlatformBase):
             for name in ARTIFACTS:
                 if PartFile(dest / name).complete():
                     continue
-                if conn.stat(f"{workdir}/{name}") is not None:
-                    conn.get(f"{workdir}/{name}", dest / name)
+                st = conn.stat(f"{workdir}/{name}")
+                if st is None:
+                    continue
+                if over_cap(name, st.st_size or 0):  # a sparse job.log can read back as GBs
+                    keep_capped(dest, name, st.st_size, lambda at, n: conn.read_from(f"{workdir}/job.log", max(0, at), n))
+                    continue
+                conn.get(f"{workdir}/{name}", dest / name)
 
         self.call(handle, pull)
 

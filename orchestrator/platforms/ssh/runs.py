@@ -46,6 +46,7 @@ class DetachedStatus:
 
 _START_DETACHED = r"""
 d=$1; n=$2; out=$3; shift 3
+umask 077  # the run's files (job.log, outputs, the runner's cache) are the user's only
 mkdir -p -- "$d" && cd -- "$d" || { echo "cannot create $d" >&2; exit 97; }
 if ! mkdir .started 2>/dev/null; then
   i=0; while [ ! -f pid ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done

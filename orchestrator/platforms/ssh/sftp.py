@@ -63,8 +63,12 @@ class SFTPFiles:
             except FileNotFoundError:
                 return None
 
-    def makedirs(self, path: str) -> None:
-        result = self.run(sh('mkdir -p -- "$1"', path), what=f"mkdir {path}")
+    def makedirs(self, path: str, private: str | None = None) -> None:
+        """``mkdir -p`` with owner-only modes (umask 077: others on a shared host must not
+        read code, data or logs); ``private`` (the remote root) is made 0700 as well, for
+        a root an older orch created 0755."""
+        script = 'umask 077 && mkdir -p -- "$1"' + (' && chmod 700 -- "$2"' if private else "")
+        result = self.run(sh(script, path, *([private] if private else [])), what=f"mkdir {path}")
         if result.rc != 0:
             raise PrecheckError(f"{self.endpoint.label}: cannot create {path}: {result.err.strip()}", self.endpoint.name)
 
@@ -106,6 +110,8 @@ class SFTPFiles:
                 have = 0
             with open(local, "rb") as src, sftp.open(part, "r+" if have else "w") as dst, \
                     transfer(f"{self.endpoint.name}: upload {local.name}", size, have) as advance:
+                if not have:
+                    dst.chmod(0o600)  # sftp-server creates files with its own umask (usually 0644)
                 dst.set_pipelined(True)
                 dst.seek(have)
                 src.seek(have)
