@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .errors import ConfigError
 from .home import Home
 from .platforms.base import TYPE_ALIASES, platform_class
-from .settings import ConfigFile, ControllerSettings, PlatformSettings
+from .settings import ConfigFile, ControllerSettings, NotifySettings, PlatformSettings
 from .yamlfile import first_error, parse_yaml
 
 DOCS = "docs/operations.md"
@@ -33,6 +33,7 @@ class Config:
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     state_url: str = ""
     source: Path | None = None
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def names(self) -> list[str]:
@@ -83,7 +84,8 @@ def load(home: Home) -> Config:
         except ValidationError as exc:
             raise ConfigError(first_error(exc, cls.settings_model, path, lines, f"docs/platforms/{entry['type']}.md", prefix)) from None
     state_url = os.environ.get("ORCH_STATE_URL") or raw.state or home.state_url
-    return Config(home=home, platforms=platforms, controller=raw.controller, state_url=state_url, source=source)
+    return Config(home=home, platforms=platforms, controller=raw.controller, state_url=state_url, source=source,
+                  notify=raw.notify)
 
 
 def _at(path: Path, lines: dict, loc: tuple) -> str:

@@ -30,6 +30,7 @@ from .errors import (
     CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
 )
 from .launch import job_spec
+from .notify import delivery as notify
 from .planning import Planner
 from .platforms.base import Handle, Offer, RemoteState, RemoteStatus
 from .results import install_attempt, read_result
@@ -87,6 +88,7 @@ class Controller:
             self.platform_cleanup()
         finally:
             leases.release(self.store, self.owner)
+        notify.deliver(self.app, self.owner, self.report.problems)
         self.report.seconds = time.time() - started
         return self.report
 
