@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..durations import parse_duration
 from .events import EVENT_TYPES
@@ -90,18 +90,31 @@ class NtfyChannel(_Channel):
         Field(default_factory=dict)
 
 
-class SlackChannel(_Channel):
-    """A Slack incoming webhook; its URL is a credential, so it comes from the environment."""
+class _SecretUrlChannel(_Channel):
+    """A webhook whose URL is its credential (anyone who has it can post): read from the
+    environment variable ``url_env``, never written in config.yaml."""
+
+    url_env: EnvName
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url" in data:
+            raise ValueError(f"url: a {data.get('type')} webhook URL is a credential; export it in an environment "
+                             "variable and give its name as url_env: (e.g. url_env: SLACK_WEBHOOK_URL)")
+        return data
+
+
+class SlackChannel(_SecretUrlChannel):
+    """A Slack incoming webhook."""
 
     type: Literal["slack"]
-    url_env: EnvName
 
 
-class DiscordChannel(_Channel):
-    """A Discord webhook; its URL is a credential, so it comes from the environment."""
+class DiscordChannel(_SecretUrlChannel):
+    """A Discord webhook."""
 
     type: Literal["discord"]
-    url_env: EnvName
 
 
 class EmailChannel(_Channel):

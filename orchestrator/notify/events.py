@@ -56,14 +56,19 @@ def new_event(event_type: str, body: dict[str, Any], event_id: str | None = None
 
 
 def add(conn: Connection, event: dict[str, Any]) -> bool:
-    """Queue ``event`` in the outbox; False when an event with its id is already there
-    (a watched condition seen again)."""
+    """Queue ``event`` in the outbox; False when an event with its id is already there or
+    was sent (a watched condition seen again; the delivery log keeps the latest
+    ``outbox.KEEP_LOG`` sends, which bounds how far back that memory reaches)."""
     from sqlalchemy import insert, select
     from sqlalchemy.exc import IntegrityError
 
-    from ..schema import outbox
+    from ..schema import deliveries, outbox
 
     if conn.execute(select(outbox.c.id).where(outbox.c.event_id == event["id"])).first() is not None:
+        return False
+    # Already sent (the outbox row is gone, its deliveries are logged): a watched
+    # condition still true on a later tick is not news.
+    if conn.execute(select(deliveries.c.id).where(deliveries.c.event_id == event["id"]).limit(1)).first() is not None:
         return False
     try:
         with conn.begin_nested():

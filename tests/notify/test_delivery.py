@@ -11,7 +11,7 @@ from orchestrator.controller import Controller
 from orchestrator.notify import delivery, outbox
 from orchestrator.schema import outbox as outbox_table
 from orchestrator.states import JobState
-from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
+from tests.conftest import make_job, orch_process, submit, tick_until
 from tests.notify.conftest import SECRET
 
 
