@@ -29,6 +29,7 @@ from .blobstore import BlobStore, share_artifacts
 from .errors import (
     CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
 )
+from .doctor import LAST_TICK
 from .launch import job_spec
 from .notify import delivery as notify
 from .planning import Planner
@@ -89,6 +90,7 @@ class Controller:
         finally:
             leases.release(self.store, self.owner)
         notify.deliver(self.app, self.owner, self.report.problems)
+        self.store.meta_set(LAST_TICK, f"{time.time():.3f}")  # what `orch doctor` shows
         self.report.seconds = time.time() - started
         return self.report
 

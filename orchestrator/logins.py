@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,8 +33,13 @@ class Expiry:
     age_s: float | None = None
 
 
-def consent_file(token_path):
+def consent_file(token_path: Path) -> Path:
     return token_path.with_name("consented_at")
+
+
+def record_consent(token_path: Path) -> None:
+    """Note when the user signed in (refreshes rewrite the token file, so its date is not that)."""
+    consent_file(token_path).write_text(f"{time.time():.0f}\n")
 
 
 def expiries(app: App) -> list[Expiry]:
