@@ -181,3 +181,28 @@ def test_the_outbox_row_is_written_in_the_transaction_of_the_state_change(store)
     (kind, event), = rows()
     assert kind == "job.retried" and event["cause"] == "lost" and event["job"]["id"] == job_id
 
+
+
+def test_a_checkpointed_segment_and_a_failure_retried_are_told_apart_from_a_failure(store):
+    from sqlalchemy import select
+
+    from orchestrator.states import AttemptState as A
+
+    def segment(end: A, job_end: JobState, number: int, job_id: str | None = None) -> str:
+        job_id = job_id or store.add_job(name="chain", spec={"run": "true"}, bundle="b" * 64)
+        with store.transaction() as tx:
+            tx.move_job(job_id, JobState.QUEUED, JobState.SUBMITTING)
+            att = tx.add_attempt(job_id, number, "local", "placed")
+            tx.move_attempt(att, job_id, A.SUBMITTING, A.FETCHING)
+            tx.move_job(job_id, JobState.SUBMITTING, JobState.FETCHING)
+            tx.move_attempt(att, job_id, A.FETCHING, end, "segment over")
+            tx.move_job(job_id, JobState.FETCHING, job_end, "segment over")
+        return job_id
+
+    job_id = segment(A.CHECKPOINTED, JobState.QUEUED, 1)
+    segment(A.FAILED, JobState.QUEUED, 2, job_id)
+    segment(A.SUCCEEDED, JobState.SUCCEEDED, 3, job_id)
+    with store.read() as conn:
+        got = [(r.type, json.loads(r.payload).get("cause")) for r in conn.execute(
+            select(outbox_table).order_by(outbox_table.c.id))]
+    assert got == [("job.checkpointed", None), ("job.retried", "error"), ("job.succeeded", None)]
