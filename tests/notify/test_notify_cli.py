@@ -81,3 +81,12 @@ def test_config_mistakes_in_notify_are_one_line_naming_the_field(orch, config):
         """)
     r = orch("status")
     assert r.exit_code == 2 and "give the NAME of the variable" in r.output
+
+
+def test_a_job_naming_an_unknown_channel_is_refused_at_submit(orch, config, receiver, tmp_path):
+    two_channels(config, receiver)
+    r = orch("submit", str(make_job(tmp_path / "j", "name: j\nnotify: [pagr]\nrun: 'true'\n")))
+    assert r.exit_code == 2
+    assert "job.yaml:2: notify: unknown channel 'pagr' (configured in config.yaml notify.channels: ops, pager)" \
+        in r.output.replace("\n", "")
+    assert "0 job" in orch("status").output or "no jobs" in orch("status").output.lower()
