@@ -112,7 +112,8 @@ def summary(event: dict[str, Any]) -> tuple[str, list[str]]:
         lines.append(f"why: {event.get('reason')}")
     else:
         title = f"orch: {kind}"
-    return plain(title, 250), [plain(ln, 500) for ln in lines]
+    # One line: the title becomes an HTTP header (ntfy) and a mail Subject.
+    return plain(" ".join(title.split()), 250), [plain(ln, 500) for ln in lines]
 
 
 # ---------------------------------------------------------------------------- channels
@@ -213,7 +214,7 @@ class EmailChannel(Channel):
         s = self.settings
         title, lines = summary(event)
         msg = EmailMessage()
-        msg["Subject"] = title.replace("\n", " ")
+        msg["Subject"] = title
         msg["From"] = s.sender
         msg["To"] = ", ".join(s.to)
         msg["X-Orch-Event-Id"] = event["id"]

@@ -114,3 +114,10 @@ def test_a_failing_command_is_transient_and_says_what_it_printed(tmp_path):
     with pytest.raises(TransientError, match="exited 2: no route"):
         channel("command", command=f"{sys.executable} -c \"import sys; print('no route'); sys.exit(2)\"").send(
             failed_event())
+
+
+def test_a_title_is_one_line_whatever_the_remote_wrote(receiver):
+    event = new_event("quota.low", {"quota": {"platform": "kaggle\r\nX-Injected: 1", "left_percent": 5}})
+    channel("ntfy", url=f"{receiver.url}/t").send(event)
+    (req,) = receiver.requests
+    assert "X-Injected" not in req["headers"] and "\n" not in req["headers"]["Title"]
