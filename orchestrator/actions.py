@@ -56,6 +56,7 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
         raise UsageError(f"{spec.where('sweep')}: --wait follows one job and this job.yaml is a sweep; "
                          "submit it without --wait and follow it with `orch status SWEEP`")
     _check_feasible(app, spec, pin)
+    check_job_notify(spec, list(app.config.notify.channels))
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root],
                               gitignore=gitignore)
@@ -72,6 +73,15 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     job_id = app.store.add_job(name=spec.name, spec=spec.public_dict(), bundle=bundle.digest,
                                priority=spec.priority, pin=pin)
     return SubmitResult(job_id, spec.name, bundle, None, job_ids=[job_id])
+
+
+def check_job_notify(spec: spec_mod.JobSpec, channels: list[str]) -> None:
+    """Refuse a job.yaml ``notify:`` that names a channel config.yaml does not have."""
+    for part in ("add", "silence"):
+        for name in getattr(spec.notify, part):
+            if name != "all" and name not in channels:
+                raise SpecError(f"{spec.where('notify')}: notify: unknown channel '{name}' (configured in "
+                                f"config.yaml notify.channels: {', '.join(channels) or 'none'})")
 
 
 def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> None:

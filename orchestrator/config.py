@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .errors import ConfigError
 from .home import Home
 from .platforms.base import TYPE_ALIASES, platform_class
-from .settings import ConfigFile, ControllerSettings, PlatformSettings, TeamSettings
+from .settings import ConfigFile, ControllerSettings, NotifySettings, PlatformSettings, TeamSettings
 from .yamlfile import first_error, parse_yaml
 
 DOCS = "docs/operations.md"
@@ -34,6 +34,7 @@ class Config:
     team: TeamSettings = field(default_factory=TeamSettings)
     state_url: str = ""
     source: Path | None = None
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def names(self) -> list[str]:
@@ -85,7 +86,7 @@ def load(home: Home) -> Config:
             raise ConfigError(first_error(exc, cls.settings_model, path, lines, f"docs/platforms/{entry['type']}.md", prefix)) from None
     state_url = os.environ.get("ORCH_STATE_URL") or raw.state or home.state_url
     return Config(home=home, platforms=platforms, controller=raw.controller, team=raw.team, state_url=state_url,
-                  source=source)
+                  source=source, notify=raw.notify)
 
 
 def _at(path: Path, lines: dict, loc: tuple) -> str:

@@ -29,7 +29,9 @@ from .blobstore import BlobStore, share_artifacts
 from .errors import (
     CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
 )
+from .doctor import LAST_TICK
 from .launch import job_spec
+from .notify import delivery as notify
 from .planning import Planner
 from .platforms.base import Handle, Offer, RemoteState, RemoteStatus
 from .results import install_attempt, read_result
@@ -87,6 +89,8 @@ class Controller:
             self.platform_cleanup()
         finally:
             leases.release(self.store, self.owner)
+        notify.deliver(self.app, self.owner, self.report.problems)
+        self.store.meta_set(LAST_TICK, f"{time.time():.3f}")  # what `orch doctor` shows
         self.report.seconds = time.time() - started
         return self.report
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-#: The points a tick passes, in order.
+#: The points a tick passes, in order (and, at its end, ``after_notify_send``: a
+#: notification sent and not yet recorded, see tests/notify/test_delivery.py).
 POINTS = ("after_intent", "after_submit", "mid_poll", "mid_fetch", "after_fetch")
 
 

@@ -47,18 +47,21 @@ def dead_local_owners(store: Store) -> list[str]:
     with store.read() as conn:
         rows = list(conn.execute(select(jobs.c.lease_owner).distinct().where(
             jobs.c.lease_until >= now, jobs.c.lease_owner.like(f"%@{me}:%"))).scalars())
-    dead = []
-    for owner in rows:
-        m = _LOCAL_OWNER.match(owner or "")
-        if not m or m["host"] != me:
-            continue
-        try:
-            os.kill(int(m["pid"]), 0)
-        except ProcessLookupError:
-            dead.append(owner)
-        except PermissionError:
-            pass  # alive, another user's
-    return dead
+    return [owner for owner in rows if local_owner_dead(owner)]
+
+
+def local_owner_dead(owner: str | None) -> bool:
+    """Whether ``owner`` is a process of this machine that no longer exists."""
+    m = _LOCAL_OWNER.match(owner or "")
+    if not m or m["host"] != host():
+        return False
+    try:
+        os.kill(int(m["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    return False
 
 
 def claim(store: Store, job_ids: Iterable[str], owner: str, seconds: float,

@@ -13,7 +13,7 @@ import sqlalchemy
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -130,6 +130,33 @@ blob_chunks = Table(
 )
 Index("ix_jobs_lease", jobs.c.lease_until)
 
+#: Notifications waiting to be sent (v4): written in the transaction of the state change
+#: that causes them, removed once every channel that wants the event has it (notify/).
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),  # receivers dedupe on it
+    Column("type", String(32), nullable=False),      # "job.succeeded", "quota.low", ...
+    Column("at", Float, nullable=False),
+    Column("payload", Text, nullable=False),         # JSON, no secrets
+    Column("done", Text, nullable=False, default="[]"),  # JSON list of channels that have it
+    Column("tries", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False, default=0.0),  # not before then (backoff, or a sender's claim)
+    Column("claimed_by", String(160)),               # the tick sending it now (leases.owner_id)
+)
+#: One row per send tried (v4): what `orch notify log` shows; pruned to the latest rows.
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("ok", Integer, nullable=False),
+    Column("error", Text, nullable=False, default=""),
+)
+Index("ix_outbox_next", outbox.c.next_at)
+
 
 def _v1_to_v2(conn: Connection) -> None:
     """Chain segments (attempts.session_s) and the indexes quota and sweeps read by."""
@@ -163,5 +190,12 @@ def _v2_to_v3(conn: Connection) -> None:
     _create_indexes(conn, jobs.indexes)
 
 
-MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: Connection) -> None:
+    """Notifications: the outbox and the delivery log (new tables only)."""
+    for table in (outbox, deliveries):
+        table.create(conn, checkfirst=True)
+    _create_indexes(conn, outbox.indexes)
+
+
+MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 """``MIGRATIONS[v](conn)`` moves a schema from version v to v+1."""

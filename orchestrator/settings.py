@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from .durations import parse_duration
+from .notify.config import NotifySettings
 from .windows import parse_hours, parse_reset
 
 
@@ -157,3 +158,5 @@ class ConfigFile(BaseModel):
     platforms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     controller: ControllerSettings = ControllerSettings()
     team: TeamSettings = TeamSettings()
+    #: Notification channels and thresholds (notify/config.py, docs/notifications.md).
+    notify: NotifySettings = NotifySettings()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from .errors import SpecError
 from .gpus import GPU_TYPES
+from .notify.config import JobNotify, job_notify
 from .settings import Duration, PositiveDuration
 from .yamlfile import first_error, message, parse_yaml, where
 
@@ -257,6 +258,8 @@ class JobSpec(_Model):
     #: told to checkpoint; None = the platform's or controller's grace.
     grace: Duration | None = None
     sweep: Sweep | None = None
+    #: Channels of config.yaml's notify: to add for this job, or to silence (notify: false).
+    notify: Annotated[JobNotify, BeforeValidator(job_notify)] = JobNotify()
 
     _source: Path | None = PrivateAttr(default=None)
     _lines: dict = PrivateAttr(default_factory=dict)

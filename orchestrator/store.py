@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from .errors import ConfigError, NotFoundError, StateError
+from .notify import events as notify_events
 from .states import (
     ACTIVE_ATTEMPT_STATES, AttemptState, JobState, check_attempt_transition, check_job_transition,
 )
@@ -153,6 +154,9 @@ class Tx:
     def __init__(self, conn: Connection, who: str):
         self.conn = conn
         self.who = who
+        #: job id -> (new state, fields) of the attempt this transaction moved last:
+        #: what a job's move means for its notification (see notify/events.py).
+        self._attempt_moves: dict[str, tuple[str, dict]] = {}
 
     def move_job(self, job_id: str, expected: JobState, new: JobState, reason: str = "", **values: Any) -> None:
         check_job_transition(expected, new)
@@ -166,6 +170,9 @@ class Tx:
             raise Conflict(f"job {job_id[:8]} is no longer {expected.value}")
         self.conn.execute(insert(events).values(job_id=job_id, at=now, kind="job", from_state=expected.value,
                                                 to_state=new.value, reason=reason, actor=self.who))
+        # The notification is written with the move, so a crash never keeps one without the other.
+        notify_events.on_job_move(self.conn, job_id, JobState(expected).value, JobState(new).value, reason,
+                                  self._attempt_moves.pop(job_id, None))
 
     def update_job(self, job_id: str, expected: JobState, **values: Any) -> None:
         """Change fields without a state change (still guarded by the state)."""
@@ -189,6 +196,7 @@ class Tx:
         self.conn.execute(insert(events).values(job_id=job_id, attempt_id=attempt_id, at=now, kind="attempt",
                                                 from_state=expected.value, to_state=new.value, reason=reason,
                                                 actor=self.who))
+        self._attempt_moves[job_id] = (AttemptState(new).value, values)
 
     def update_attempt(self, attempt_id: int, expected: AttemptState, **values: Any) -> None:
         res = self.conn.execute(

@@ -26,7 +26,8 @@ import click
 from ..errors import OrchError
 from .common import err_console, untrusted
 
-PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands", "schedule_commands")
+PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands", "schedule_commands", "notify_commands",
+                  "doctor_commands")
 
 
 class OrchGroup(click.Group):

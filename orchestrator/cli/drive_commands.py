@@ -56,6 +56,9 @@ def drive(app, name: str, no_browser: bool) -> None:
     platform = _drive_platform(app, name)
     secrets = Path(platform.settings.credentials).expanduser()
     run_consent_flow(secrets, platform.token_path, name, open_browser=not no_browser)
+    from ..logins import record_consent
+
+    record_consent(platform.token_path)  # `orch doctor` dates the token from it
     console.print(f"Saved the Drive token for platform '{name}' in {platform.token_path} (mode 0600).")
 
 

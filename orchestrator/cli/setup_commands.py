@@ -75,6 +75,7 @@ def platforms(app: App, as_json: bool) -> None:
                       format_duration(d["session_seconds"]) if d["session_seconds"] else "none", quota,
                       ("[green]ready[/]" if status_text == "ready" else f"[yellow]{untrusted(status_text)}[/]"))
     console.print(table)
+    console.print("[dim]`orch doctor` checks credentials, logins, cron and the quota forecast.[/]")
 
 
 # ---------------------------------------------------------------------------- cron / init
