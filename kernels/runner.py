@@ -494,78 +494,9 @@ class Runner:
         signal.signal(signal.SIGTERM, lambda *_: self.cancelled.set())
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         exit_code, status, failure, message = 1, "failed", "runner", ""
-        proc = None
-        job: dict = {}
+        self.proc = None
         try:
-            self.phase = "unpacking"
-            manifest = self.unpack(tee)
-            job = manifest["job"]
-            out_dir = os.path.join(self.work_dir, "out")
-            os.makedirs(out_dir, exist_ok=True)
-            ckpt_rel = job.get("checkpoint")
-            ckpt_dir = os.path.join(self.code_dir, safe_member_name(ckpt_rel)) if ckpt_rel else os.path.join(self.work_dir, "checkpoint")
-            os.makedirs(ckpt_dir, exist_ok=True)
-            if self.args.checkpoint:
-                extract_checkpoint(self.args.checkpoint, ckpt_dir)
-                tee.note("checkpoint restored into %s" % (ckpt_rel or "$ORCH_CHECKPOINT_DIR"))
-            env = dict(os.environ)
-            env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
-            env.update(self.extra_env)
-            env.update(self.secrets)
-            env.update({
-                "ORCH_JOB_ID": self.args.job_id,
-                "ORCH_JOB_NAME": self.args.job_name,
-                "ORCH_ATTEMPT": str(self.args.attempt),
-                "ORCH_OUTPUT_DIR": out_dir,
-                "ORCH_CHECKPOINT_DIR": ckpt_dir,
-                "ORCH_DATA": self.data_dir,
-                "ORCH_DEADLINE": str(int(self.stop_at)),
-                "ORCH_CODE_DIR": self.code_dir,
-                "PYTHONUNBUFFERED": "1",
-            })
-            python_bin = os.path.dirname(sys.executable)
-            env["PATH"] = python_bin + os.pathsep + env.get("PATH", "")
-            self.phase = "setup"
-            setup_started = time.time()
-            pydeps = self.install_requirements(job, env, tee)
-            paths = [self.code_dir] + ([pydeps] if pydeps else []) + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-            env["PYTHONPATH"] = os.pathsep.join(paths)
-            self.result["setup_s"] = round(time.time() - setup_started, 3)
-            if self.cancelled.is_set():
-                raise Cancelled()
-            self.phase = "running"
-            tee.note("running: %s" % job["run"])
-            run_started = time.time()
-            self.result["run_started_at"] = run_started
-            proc = subprocess.Popen(["/bin/bash", "-c", job["run"]] if os.path.exists("/bin/bash") else ["/bin/sh", "-c", job["run"]],
-                                    cwd=self.code_dir, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            pid_file = self.path("runner.pid.json")
-            write_json_atomic(pid_file, {"pid": os.getpid(), "job_pgid": proc.pid, "started": self.started})
-            pump = threading.Thread(target=_pump, args=(proc.stdout, tee), name="log", daemon=True)
-            pump.start()
-            exit_code, reason = run_under_deadline(proc, self.stop_at, self.args.grace, self.cancelled)
-            pump.join(timeout=10)
-            self.result["runtime_s"] = round(time.time() - run_started, 3)
-            self.phase = "packing"
-            outputs, skipped = self.pack_outputs(job, out_dir)
-            self.result["outputs"] = outputs
-            if skipped:
-                self.result["skipped_outputs"] = skipped
-                tee.note("skipped %d output entries that are not regular files: %s" % (len(skipped), ", ".join(skipped[:5])))
-            has_ckpt = bool(ckpt_rel) and self.pack_checkpoint(ckpt_dir)
-            self.result["checkpoint"] = has_ckpt
-            if reason == "cancelled":
-                status, failure, message = "cancelled", "cancelled", "cancelled"
-            elif reason == "deadline" and self.stop_is_session and has_ckpt:
-                status, failure, message = "checkpointed", None, "stopped before the session end; checkpoint saved"
-            elif reason == "deadline":
-                status, failure = "failed", "timeout"
-                message = "stopped at max_runtime (%gs)" % self.args.max_runtime if not self.stop_is_session else "stopped at the session end with no checkpoint"
-            elif exit_code == 0:
-                status, failure, message = "succeeded", None, ""
-            else:
-                status, failure, message = "failed", "user", "job exited with code %d" % exit_code
+            exit_code, status, failure, message = self.run_steps(tee)
         except Cancelled:
             status, failure, message, exit_code = "cancelled", "cancelled", "cancelled before the job started", 143
         except SetupFailed as exc:
@@ -575,14 +506,110 @@ class Runner:
         except Exception as exc:  # the runner must always leave a result.json
             status, failure, message, exit_code = "failed", "runner", "%s: %s" % (type(exc).__name__, exc), 1
         finally:
-            if proc is not None and proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGKILL)
+            if self.proc is not None and self.proc.poll() is None:
+                _signal_group(self.proc.pid, signal.SIGKILL)
             self.stop_heartbeat.set()
             beat.join(timeout=15)
             if message and failure:
                 tee.note(message)
             tee.close()
             log.close()
+        self.write_result(status, exit_code, failure, message)
+        return exit_code
+
+    def run_steps(self, tee: MaskingTee) -> tuple:
+        """Unpack, set up, run, pack: (exit_code, status, failure_class, message)."""
+        self.phase = "unpacking"
+        job = self.unpack(tee)["job"]
+        out_dir = os.path.join(self.work_dir, "out")
+        os.makedirs(out_dir, exist_ok=True)
+        ckpt_rel = job.get("checkpoint")
+        ckpt_dir = self.restore_checkpoint(ckpt_rel, tee)
+        env = self.job_env(job, out_dir, ckpt_dir)
+        self.phase = "setup"
+        setup_started = time.time()
+        pydeps = self.install_requirements(job, env, tee)
+        paths = [self.code_dir] + ([pydeps] if pydeps else []) + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        self.result["setup_s"] = round(time.time() - setup_started, 3)
+        if self.cancelled.is_set():
+            raise Cancelled()
+        exit_code, reason = self.run_job(job, env, tee)
+        self.phase = "packing"
+        outputs, skipped = self.pack_outputs(job, out_dir)
+        self.result["outputs"] = outputs
+        if skipped:
+            self.result["skipped_outputs"] = skipped
+            tee.note("skipped %d output entries that are not regular files: %s" % (len(skipped), ", ".join(skipped[:5])))
+        has_ckpt = bool(ckpt_rel) and self.pack_checkpoint(ckpt_dir)
+        self.result["checkpoint"] = has_ckpt
+        status, failure, message = self.outcome(exit_code, reason, has_ckpt)
+        return exit_code, status, failure, message
+
+    def restore_checkpoint(self, ckpt_rel: str | None, tee: MaskingTee) -> str:
+        """The checkpoint dir (the job's declared one, else work/checkpoint), restored from --checkpoint."""
+        ckpt_dir = os.path.join(self.code_dir, safe_member_name(ckpt_rel)) if ckpt_rel else os.path.join(self.work_dir, "checkpoint")
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if self.args.checkpoint:
+            extract_checkpoint(self.args.checkpoint, ckpt_dir)
+            tee.note("checkpoint restored into %s" % (ckpt_rel or "$ORCH_CHECKPOINT_DIR"))
+        return ckpt_dir
+
+    def job_env(self, job: dict, out_dir: str, ckpt_dir: str) -> dict:
+        """The job's environment: ours, then job.yaml's env, orch's extras, secrets and ORCH_*."""
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+        env.update(self.extra_env)
+        env.update(self.secrets)
+        env.update({
+            "ORCH_JOB_ID": self.args.job_id,
+            "ORCH_JOB_NAME": self.args.job_name,
+            "ORCH_ATTEMPT": str(self.args.attempt),
+            "ORCH_OUTPUT_DIR": out_dir,
+            "ORCH_CHECKPOINT_DIR": ckpt_dir,
+            "ORCH_DATA": self.data_dir,
+            "ORCH_DEADLINE": str(int(self.stop_at)),
+            "ORCH_CODE_DIR": self.code_dir,
+            "PYTHONUNBUFFERED": "1",
+        })
+        python_bin = os.path.dirname(sys.executable)
+        env["PATH"] = python_bin + os.pathsep + env.get("PATH", "")
+        return env
+
+    def run_job(self, job: dict, env: dict, tee: MaskingTee) -> tuple:
+        """Run the job's command in its own process group under the deadline: (exit_code, reason)."""
+        self.phase = "running"
+        tee.note("running: %s" % job["run"])
+        run_started = time.time()
+        self.result["run_started_at"] = run_started
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        self.proc = proc = subprocess.Popen([shell, "-c", job["run"]], cwd=self.code_dir, env=env,
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        write_json_atomic(self.path("runner.pid.json"), {"pid": os.getpid(), "job_pgid": proc.pid, "started": self.started})
+        pump = threading.Thread(target=_pump, args=(proc.stdout, tee), name="log", daemon=True)
+        pump.start()
+        exit_code, reason = run_under_deadline(proc, self.stop_at, self.args.grace, self.cancelled)
+        pump.join(timeout=10)
+        self.result["runtime_s"] = round(time.time() - run_started, 3)
+        return exit_code, reason
+
+    def outcome(self, exit_code: int, reason: str | None, has_ckpt: bool) -> tuple:
+        """(status, failure_class, message) of a job that ran."""
+        if reason == "cancelled":
+            return "cancelled", "cancelled", "cancelled"
+        if reason == "deadline" and self.stop_is_session and has_ckpt:
+            return "checkpointed", None, "stopped before the session end; checkpoint saved"
+        if reason == "deadline":
+            if self.stop_is_session:
+                return "failed", "timeout", "stopped at the session end with no checkpoint"
+            return "failed", "timeout", "stopped at max_runtime (%gs)" % self.args.max_runtime
+        if exit_code == 0:
+            return "succeeded", None, ""
+        return "failed", "user", "job exited with code %d" % exit_code
+
+    def write_result(self, status: str, exit_code: int, failure: str | None, message: str) -> None:
+        """Write result.json (atomically) and the final heartbeat."""
         ended = time.time()
         gpus = self.gpu.gpus
         self.result.update({
@@ -600,7 +627,6 @@ class Runner:
         self.phase = "done"
         write_json_atomic(self.path("heartbeat.json"), {"time": ended, "pid": os.getpid(), "phase": "done", "gpus": []})
         write_json_atomic(self.path("result.json"), self.result)
-        return exit_code
 
 
 class SetupFailed(Exception):

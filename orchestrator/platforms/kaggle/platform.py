@@ -259,48 +259,75 @@ class KagglePlatform(PlatformBase):
         wants_gpu = spec.resources.wants_gpu
         if wants_gpu:  # a checkpointed chain needs one session's worth now
             self._check_quota(min(launch.max_runtime_s, launch.session_seconds or launch.max_runtime_s))
-        owner = self.account.username
         staging = self.root / "staging"
         staging.mkdir(parents=True, exist_ok=True)
-        sources, pairs, uploaded = [], [], []
-        for blob in launch.bundle.datasets:
-            ds_ref = f"{owner}/{dataset_slug('data', blob.digest)}"
-            if ensure_dataset(self.account, ds_ref, {blob.filename: blob.archive}, staging,
-                              self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock):
-                uploaded.append(ds_ref)
-            sources.append(ds_ref)
-            pairs.append((blob.digest, ds_ref.split("/")[1]))
-        bundle_files: dict[str, bytes] = {}
-        bundle_slug = None
-        size = launch.bundle.manifest_path.stat().st_size + launch.bundle.code_archive.stat().st_size
-        if size <= kaggle_script.EMBED_LIMIT:
-            bundle_files = {"manifest.json": launch.bundle.manifest_path.read_bytes(),
-                            launch.bundle.code_archive.name: launch.bundle.code_archive.read_bytes()}
-        else:
-            bundle_ref = f"{owner}/{dataset_slug('code', launch.bundle.digest)}"
-            ensure_dataset(self.account, bundle_ref, {"manifest.json": launch.bundle.manifest_path,
-                                                       launch.bundle.code_archive.name: launch.bundle.code_archive},
-                           staging, self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock)
-            sources.append(bundle_ref)
-            bundle_slug = bundle_ref.split("/")[1]
-        kernel_sources: list[str] = []
-        ckpt_source = ckpt_file = None
-        previous = launch.previous.data.get("ref") if launch.previous is not None else None
-        if previous and str(previous).startswith(f"{owner}/"):
-            kernel_sources.append(str(previous))
-            ckpt_source, ckpt_file = str(previous).split("/")[1], "checkpoint.tar.gz"
-        elif launch.checkpoint is not None:
-            digest = sha256_file(launch.checkpoint)
-            ckpt_ref = f"{owner}/{dataset_slug('ckpt', digest)}"
-            ensure_dataset(self.account, ckpt_ref, {"checkpoint.tar.gz": launch.checkpoint}, staging,
-                           self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock)
-            sources.append(ckpt_ref)
-            ckpt_source, ckpt_file = ckpt_ref.split("/")[1], "checkpoint.tar.gz"
+        sources, pairs, uploaded = self._upload_datasets(launch, staging)
+        bundle_files, bundle_slug = self._place_bundle(launch, staging, sources)
+        kernel_sources, ckpt_source, ckpt_file = self._place_checkpoint(launch, staging, sources)
         plan = kaggle_script.ScriptPlan(
             key=launch.key, runner_args=launch.runner_args(), env=dict(launch.env), datasets=pairs,
             bundle_files=bundle_files, bundle_slug=bundle_slug, checkpoint_source=ckpt_source,
             checkpoint_file=ckpt_file, secret_names=list(spec.secrets) if kaggle_secrets else [],
         )
+        folder = self._write_kernel_folder(launch, staging, plan, ref, {
+            "enable_gpu": wants_gpu, "enable_internet": bool(spec.internet),
+            "dataset_sources": sources, "kernel_sources": kernel_sources,
+        })
+        try:
+            version = self._push(folder, ref, self._session_timeout(launch),
+                                 self.settings.accelerator if wants_gpu else None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
+                            submitted_at=time.time())
+
+    def _ensure(self, ref: str, files: Mapping[str, Path], staging: Path) -> bool:
+        """``ensure_dataset`` with this platform's waits; True when it uploaded."""
+        return ensure_dataset(self.account, ref, files, staging, self.settings.dataset_wait,
+                              self.settings.dataset_poll, self.sleep, self.clock)
+
+    def _upload_datasets(self, launch: Launch, staging: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+        """One content-addressed dataset per job dataset: (sources, (digest, slug) pairs, newly uploaded)."""
+        owner = self.account.username
+        sources, pairs, uploaded = [], [], []
+        for blob in launch.bundle.datasets:
+            ds_ref = f"{owner}/{dataset_slug('data', blob.digest)}"
+            if self._ensure(ds_ref, {blob.filename: blob.archive}, staging):
+                uploaded.append(ds_ref)
+            sources.append(ds_ref)
+            pairs.append((blob.digest, ds_ref.split("/")[1]))
+        return sources, pairs, uploaded
+
+    def _place_bundle(self, launch: Launch, staging: Path, sources: list[str]) -> tuple[dict[str, bytes], str | None]:
+        """Embed a small bundle in the script; upload a big one as a dataset (appended to ``sources``)."""
+        bundle = launch.bundle
+        if bundle.manifest_path.stat().st_size + bundle.code_archive.stat().st_size <= kaggle_script.EMBED_LIMIT:
+            return {"manifest.json": bundle.manifest_path.read_bytes(),
+                    bundle.code_archive.name: bundle.code_archive.read_bytes()}, None
+        bundle_ref = f"{self.account.username}/{dataset_slug('code', bundle.digest)}"
+        self._ensure(bundle_ref, {"manifest.json": bundle.manifest_path, bundle.code_archive.name: bundle.code_archive},
+                     staging)
+        sources.append(bundle_ref)
+        return {}, bundle_ref.split("/")[1]
+
+    def _place_checkpoint(self, launch: Launch, staging: Path,
+                          sources: list[str]) -> tuple[list[str], str | None, str | None]:
+        """Where the kernel finds the checkpoint it resumes from: the previous Kaggle
+        kernel's outputs, or an uploaded dataset. (kernel_sources, source slug, file)."""
+        owner = self.account.username
+        previous = launch.previous.data.get("ref") if launch.previous is not None else None
+        if previous and str(previous).startswith(f"{owner}/"):
+            return [str(previous)], str(previous).split("/")[1], "checkpoint.tar.gz"
+        if launch.checkpoint is None:
+            return [], None, None
+        ckpt_ref = f"{owner}/{dataset_slug('ckpt', sha256_file(launch.checkpoint))}"
+        self._ensure(ckpt_ref, {"checkpoint.tar.gz": launch.checkpoint}, staging)
+        sources.append(ckpt_ref)
+        return [], ckpt_ref.split("/")[1], "checkpoint.tar.gz"
+
+    def _write_kernel_folder(self, launch: Launch, staging: Path, plan: kaggle_script.ScriptPlan, ref: str,
+                             metadata: dict[str, Any]) -> Path:
+        """The folder ``kaggle kernels push`` reads: the script and kernel-metadata.json."""
         folder = staging / kernel_slug(launch.key)
         if folder.exists():
             shutil.rmtree(folder)
@@ -309,17 +336,14 @@ class KagglePlatform(PlatformBase):
         (folder / code_file).write_text(kaggle_script.render_for(plan, runner_path()), encoding="utf-8")
         (folder / "kernel-metadata.json").write_text(json.dumps({
             "id": ref, "title": kernel_slug(launch.key), "code_file": code_file, "language": "python",
-            "kernel_type": "script", "is_private": True, "enable_gpu": wants_gpu, "enable_tpu": False,
-            "enable_internet": bool(spec.internet), "dataset_sources": sources, "kernel_sources": kernel_sources,
-            "competition_sources": [], "model_sources": [],
+            "kernel_type": "script", "is_private": True, "enable_tpu": False,
+            "competition_sources": [], "model_sources": [], **metadata,
         }, indent=2))
-        timeout = int(min(self.settings.session_hours * 3600, launch.max_runtime_s + 2 * launch.grace_s + 600))
-        try:
-            version = self._push(folder, ref, timeout, self.settings.accelerator if wants_gpu else None)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
-                            submitted_at=time.time())
+        return folder
+
+    def _session_timeout(self, launch: Launch) -> int:
+        """The kernel's ``sessionTimeoutSeconds``: the job's runtime with room to set up and pack."""
+        return int(min(self.settings.session_hours * 3600, launch.max_runtime_s + 2 * launch.grace_s + 600))
 
     def _check_quota(self, need_s: float) -> None:
         """The scheduler keeps jobs that do not fit off Kaggle using a cached reading;
