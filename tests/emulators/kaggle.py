@@ -133,6 +133,8 @@ class KaggleEmulator:
         "quota_hours_per_second": 1 / 3600,
         "hostile_output_names": (),
         "refresh_time": None,
+        #: A status value the client's enum does not know, answered instead of the real one.
+        "status_value": None,
     }
 
     def __init__(self, root: Path, username: str = "alice", key: str = "emulator-key-0000", seed: int = 7):
@@ -365,7 +367,7 @@ class KaggleEmulator:
         if body.get("language") not in ("python", "r", "rmarkdown") or body.get("kernelType") not in ("script", "notebook"):
             return {"error": "A valid language and kernel type are required"}
         timeout = body.get("sessionTimeoutSeconds")
-        if timeout is not None and int(timeout) > MAX_SESSION_SECONDS:
+        if timeout is not None and int(timeout) >= MAX_SESSION_SECONDS:
             return {"error": f"sessionTimeoutSeconds must be lower than the global maximum of {MAX_SESSION_SECONDS}"}
         gpu = bool(body.get("enableGpu")) or str(body.get("machineShape") or "").startswith("Nvidia")
         with self._lock:
@@ -406,7 +408,7 @@ class KaggleEmulator:
     def _rpc_GetKernelSessionStatus(self, body: dict) -> dict:
         with self._lock:
             run = self._kernel(body.get("userName", ""), body.get("kernelSlug", "")).latest
-        out: dict[str, Any] = {"status": run.status}
+        out: dict[str, Any] = {"status": self.status_value or run.status}
         if run.failure_message:
             out["failureMessage"] = run.failure_message
         return out

@@ -1,4 +1,5 @@
-"""The edge between orch and the unmodified ``kaggle`` client (2.2.4).
+"""The edge between orch and the unmodified ``kaggle`` client (2.2.4 up to 2.3, see
+:data:`SUPPORTED`).
 
 Everything orch says to Kaggle goes through :class:`KaggleAccount`, which
 
@@ -140,6 +141,8 @@ def kaggle_errors(what: str, platform: str | None = None) -> Iterator[None]:
         cause = exc.__context__
         if isinstance(cause, requests.HTTPError):
             raise classify_http(what, cause, platform) from exc
+        if str(exc).startswith("Upload unsuccessful"):  # 2.2.5: a blob PUT that gave up
+            raise TransientError(f"{what}: {exc}; will retry", platform) from exc
         raise PrecheckError(f"{what}: {exc}", platform) from exc
     except OSError as exc:  # urllib3 errors that escaped requests, sockets
         raise TransientError(f"{what}: network error talking to Kaggle ({exc}); will retry", platform) from exc
@@ -217,7 +220,44 @@ def _quiet() -> Iterator[io.StringIO]:
         log.debug("kaggle client said: %s", buf.getvalue().strip())
 
 
+#: The client versions orch is tested against (CI runs the Kaggle tests at both ends):
+#: package -> (lowest, first version above the range).
+SUPPORTED = {"kaggle": ((2, 2, 4), (2, 3)), "kagglesdk": ((0, 1, 37), (0, 2))}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def version_problem(installed: dict[str, str | None]) -> str | None:
+    """One line naming a client package outside :data:`SUPPORTED` and the fix, else None."""
+    for name, (low, high) in SUPPORTED.items():
+        found = installed.get(name)
+        if found is None:
+            continue
+        if not low <= _version_tuple(found) < high:
+            wanted = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+            return (f"{name} {found} is installed, but orch is tested with {name}{wanted}; "
+                    f"install a tested one with: pip install '{name}{wanted}'")
+    return None
+
+
+def _installed_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in SUPPORTED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _client_class() -> type["KaggleApi"]:
+    problem = version_problem(_installed_versions())
+    if problem:
+        raise PrecheckError(problem)
     try:
         with _quiet():  # the package authenticates (and may print help) at import
             from kaggle.api.kaggle_api_extended import KaggleApi
@@ -294,9 +334,19 @@ class KaggleAccount:
     # -- kernels
     def kernel_status(self, ref: str, retry: bool | Retry = True) -> KernelState:
         """Raises MissingError when the kernel does not exist."""
-        resp = self.call(f"status of {ref}", lambda api: api.kernels_status(ref), retry)
-        status = getattr(resp.status, "name", None) or str(resp.status or "QUEUED")
-        return KernelState(status=status.upper(), failure_message=resp.failure_message or "")
+
+        def read(api: "KaggleApi") -> KernelState:
+            try:
+                resp = api.kernels_status(ref)
+            except KeyError as exc:
+                # kagglesdk parses the status into its enum and raises KeyError(<raw value>)
+                # for a value it does not know (a newer server): show the value, don't crash.
+                raw = str(exc.args[0]) if exc.args else ""
+                return KernelState(status="".join(ch for ch in raw if ch.isprintable())[:60] or "?")
+            status = getattr(resp.status, "name", None) or str(resp.status or "QUEUED")
+            return KernelState(status=status.upper(), failure_message=resp.failure_message or "")
+
+        return self.call(f"status of {ref}", read, retry)
 
     def push(self, folder: Path, ref: str, timeout_s: int | None, machine_shape: str | None) -> int:
         """Push the kernel folder once (no retry: the caller reconciles). Returns the

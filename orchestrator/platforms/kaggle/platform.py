@@ -144,6 +144,11 @@ def dataset_slug(kind: str, digest: str) -> str:
 # --------------------------------------------------------------------------- status
 
 
+#: Kaggle refuses a ``sessionTimeoutSeconds`` that is not lower than its global maximum
+#: (12 h for CPU/GPU sessions); orch asks for at most this.
+MAX_SESSION_TIMEOUT_S = 12 * 3600 - 60
+
+
 def remote_status(state: KernelState) -> RemoteStatus:
     """Kaggle's worker status -> orch's view; ERROR carries Kaggle's failure message."""
     mapped = _STATES.get(state.status.upper(), RemoteState.UNKNOWN)
@@ -343,7 +348,8 @@ class KagglePlatform(PlatformBase):
 
     def _session_timeout(self, launch: Launch) -> int:
         """The kernel's ``sessionTimeoutSeconds``: the job's runtime with room to set up and pack."""
-        return int(min(self.settings.session_hours * 3600, launch.max_runtime_s + 2 * launch.grace_s + 600))
+        wanted = min(self.settings.session_hours * 3600, launch.max_runtime_s + 2 * launch.grace_s + 600)
+        return int(min(wanted, MAX_SESSION_TIMEOUT_S))
 
     def _check_quota(self, need_s: float) -> None:
         """The scheduler keeps jobs that do not fit off Kaggle using a cached reading;

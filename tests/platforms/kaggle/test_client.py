@@ -306,3 +306,51 @@ def test_no_credentials_at_all_is_a_precheck_error_with_the_fix(monkeypatch, tmp
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "empty"))
     with pytest.raises(PrecheckError, match="kaggle.json"):
         account().api()
+
+
+# ------------------------------------------------------------------ client versions and newer servers
+
+
+@pytest.mark.parametrize("installed, bad", [
+    ({"kaggle": "2.2.4", "kagglesdk": "0.1.37"}, None),
+    ({"kaggle": "2.2.5", "kagglesdk": "0.1.38"}, None),
+    ({"kaggle": "2.3.0", "kagglesdk": "0.1.38"}, "kaggle 2.3.0"),
+    ({"kaggle": "2.2.4", "kagglesdk": "0.1.36"}, "kagglesdk 0.1.36"),
+])
+def test_a_client_outside_the_tested_range_is_one_line_with_the_pip_command(installed, bad):
+    from orchestrator.platforms.kaggle.client import version_problem
+
+    problem = version_problem(installed)
+    if bad is None:
+        assert problem is None
+    else:
+        assert problem.startswith(bad) and "pip install '" in problem and "\n" not in problem
+
+
+def test_the_installed_client_is_inside_the_tested_range():
+    from orchestrator.platforms.kaggle.client import _installed_versions, version_problem
+
+    assert version_problem(_installed_versions()) is None
+
+
+def test_an_upload_the_client_gave_up_on_is_transient():
+    # kaggle 2.2.5 raises ValueError("Upload unsuccessful: ...") when a blob PUT fails for good.
+    from orchestrator.platforms.kaggle.client import kaggle_errors
+
+    with pytest.raises(TransientError, match="Upload unsuccessful"):
+        with kaggle_errors("upload of dataset alice/x"):
+            raise ValueError("Upload unsuccessful: data.tar")
+
+
+def test_a_status_value_the_client_does_not_know_comes_back_raw(kaggle_emulator, kaggle_api, tmp_path):
+    pushed(kaggle_api, tmp_path)
+    kaggle_emulator.status_value = "PAUSED_FOR_MAINTENANCE"
+    with pytest.raises(KeyError):  # what the unmodified client does with it
+        kaggle_api.kernels_status(REF)
+    assert account().kernel_status(REF).status == "PAUSED_FOR_MAINTENANCE"
+
+
+def test_a_session_timeout_at_the_global_maximum_is_refused_as_on_kaggle(kaggle_emulator, tmp_path):
+    folder = kernel_folder(tmp_path, "orch-api-test", "print(1)\n")
+    with pytest.raises(PrecheckError, match="lower than the global maximum"):
+        account().push(folder, REF, 12 * 3600, None)

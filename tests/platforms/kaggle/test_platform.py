@@ -322,3 +322,26 @@ def test_secrets_from_kaggle_runs_on_kaggle_with_the_account_secrets_and_never_e
 
     assert (out / "outputs" / "h").read_text() == hashlib.sha256(b"hf-from-kaggle-account").hexdigest()
     assert "token ***" in (out / "job.log").read_text()
+
+
+def test_a_kernel_status_the_client_cannot_parse_makes_the_job_unknown_with_the_raw_value(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 3"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.status_value = "PAUSED_FOR_MAINTENANCE"
+    app = tick_until(lambda app: app.store.job(job_id).state.value == "UNKNOWN", timeout=30, interval=0.1)
+    assert "PAUSED_FOR_MAINTENANCE" in app.store.job(job_id).message
+    kaggle.status_value = None
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+
+
+def test_a_twelve_hour_job_asks_kaggle_for_less_than_its_global_maximum(kaggle, orch, tmp_path):
+    path = make_job(tmp_path / "long", """\
+        name: long
+        run: python3 -c "print(1)"
+        resources: {gpu: T4, max_runtime: 12h}
+        """)
+    job_id = submit(orch, path)
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    assert kaggle.runs(kernel_ref(job_id))[0].request["sessionTimeoutSeconds"] < 12 * 3600
