@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from . import kaggle_runs
-from .kaggle_http import BLOB_PUT, FAULT_KINDS, LOGS_STREAM, OUTPUT_FILE, Fault, Handler, error_reply
+from .kaggle_http import BLOB_PUT, FAULT_KINDS, LOGS_STREAM, OUTPUT_FILE, Fault, Handler, Reply, error_reply
 from .kaggle_runs import KernelRun, RunEnvironment
 
 __all__ = ["BLOB_PUT", "FAULT_KINDS", "LOGS_STREAM", "OUTPUT_FILE", "Fault", "KaggleEmulator"]
@@ -123,6 +123,8 @@ class KaggleEmulator:
         "queue_delay": 0.05,
         "dataset_delay": 0.1,
         "session_limit": None,
+        #: Seconds between the session clock starting and the script starting (container boot).
+        "boot_delay": 0.0,
         "input_layout": "legacy",
         "extract_archives": False,
         "keep_output_on_timeout": True,
@@ -135,6 +137,9 @@ class KaggleEmulator:
         "refresh_time": None,
         #: A status value the client's enum does not know, answered instead of the real one.
         "status_value": None,
+        #: Seconds a listed output URL stays valid (signed storage URLs expire: GCS then
+        #: answers 400 ExpiredToken); None = forever.
+        "output_url_ttl": None,
     }
 
     def __init__(self, root: Path, username: str = "alice", key: str = "emulator-key-0000", seed: int = 7):
@@ -306,6 +311,7 @@ class KaggleEmulator:
             python=kaggle_runs.python_executable(),
             queue_delay=self.queue_delay,
             session_limit=self.session_limit,
+            boot_delay=self.boot_delay,
             input_layout=self.input_layout,
             extract_archives=self.extract_archives,
             keep_output_on_timeout=self.keep_output_on_timeout,
@@ -418,7 +424,8 @@ class KaggleEmulator:
             run = self._kernel(body.get("userName", ""), body.get("kernelSlug", "")).latest
         if not run.finished:
             return {"files": [], "log": ""}
-        entries = [(name, f"{self.direct_url}/outputs/{run.owner}/{run.slug}/{run.version}/{quote(name)}")
+        expires = "" if self.output_url_ttl is None else f"?expires={time.monotonic() + self.output_url_ttl:.3f}"
+        entries = [(name, f"{self.direct_url}/outputs/{run.owner}/{run.slug}/{run.version}/{quote(name)}{expires}")
                    for name, _ in run.outputs]
         entries += [(name, f"{self.direct_url}/outputs/{run.owner}/{run.slug}/{run.version}/hostile/{i}")
                     for i, name in enumerate(self.hostile_output_names)]
@@ -600,10 +607,13 @@ class KaggleEmulator:
             return (200 if blob.complete else 308), {}
 
     def output_file(self, parts: list[str]) -> bytes | None:
+        """The bytes of one output file; raises Reply(403) once its kernel was deleted."""
         owner, slug, version, *rest = parts
         with self._lock:
             kernel = self.kernels.get(f"{owner}/{slug}")
-            if kernel is None or int(version) > len(kernel.runs):
+            if kernel is None:
+                raise Reply(403, {"xml": "AccessDenied"})
+            if int(version) > len(kernel.runs):
                 return None
             run = kernel.runs[int(version) - 1]
         if rest[:1] == ["hostile"]:

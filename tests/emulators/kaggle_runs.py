@@ -106,6 +106,7 @@ class RunEnvironment:
     python: str
     queue_delay: float
     session_limit: float | None
+    boot_delay: float
     input_layout: str
     extract_archives: bool
     keep_output_on_timeout: bool
@@ -162,7 +163,12 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
         "KAGGLE_KERNEL_RUN_TYPE": "Batch",
         "KAGGLE_KERNEL_INTEGRATIONS": "",
     }
+    # Kaggle's session clock (and its hard kill at the limit) starts when the session is
+    # assigned; the script starts once the container has booted.
     started = time.monotonic()
+    _set(run, status="RUNNING", started_at=started)
+    if stop.wait(env.boot_delay):
+        return
     proc = subprocess.Popen(
         [env.python, str(script)],
         cwd=run.root / "working",

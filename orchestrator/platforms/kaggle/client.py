@@ -148,12 +148,21 @@ def kaggle_errors(what: str, platform: str | None = None) -> Iterator[None]:
         raise TransientError(f"{what}: network error talking to Kaggle ({exc}); will retry", platform) from exc
 
 
+class ExpiredLink(TransientError):
+    """A signed output URL no longer works (GCS answers 400 ``ExpiredToken``, or 403/404
+    once it lapsed): a fresh listing hands out a new one. Not retried with the same URL."""
+
+
 def _download_error(what: str, resp: requests.Response, platform: str | None) -> OrchError:
     """The error for a download that answered neither 200 nor 206."""
-    body = resp.text[:200] if "json" in resp.headers.get("Content-Type", "") else ""
+    kind = resp.headers.get("Content-Type", "")
+    text = resp.text[:300] if ("json" in kind or "xml" in kind) else ""
+    code = re.search(r"<Code>(\w+)</Code>", text)
+    body = code.group(1) if code else ("".join(ch for ch in text[:200] if ch.isprintable()) if "json" in kind else "")
     message = f"{what}: download answered HTTP {resp.status_code} {body}".rstrip()
-    if resp.status_code in (429,) or resp.status_code >= 500 or resp.status_code in (403, 404, 408):
-        # 403/404 on a signed URL: it expired; a fresh listing gives a new one.
+    if resp.status_code in (403, 404) or (resp.status_code == 400 and "ExpiredToken" in text):
+        return ExpiredLink(message, platform)
+    if resp.status_code in (429,) or resp.status_code >= 500 or resp.status_code == 408:
         err = TransientError(message, platform)
         err.retry_after = _retry_after(resp)  # type: ignore[attr-defined]
         return err
@@ -413,7 +422,13 @@ class KaggleAccount:
                             out.write(block)
             return part.commit().stat().st_size
 
-        return self.call(what, fetch)
+        def once() -> int:
+            with kaggle_errors(what, self.platform):
+                return fetch(self.api())
+
+        # A dead link is not tried again as it is: the caller lists the outputs afresh.
+        return self.backoff.run(what, once, retry_if=lambda e: isinstance(e, TransientError)
+                                and not isinstance(e, ExpiredLink))
 
     def log_stream(self, ref: str) -> Iterator[str]:
         """The text of each event of the kernel's log stream, as it arrives (server-sent

@@ -36,7 +36,7 @@ from pydantic import field_validator
 
 from ...bundle import sha256_file
 from ...durations import format_duration
-from ...errors import CapacityError, PrecheckError, TransientError
+from ...errors import CapacityError, LostError, PrecheckError, TransientError
 from . import script as kaggle_script
 from ..base import (
     Feature, Handle, Launch, LogChunk, Offer, PlatformBase, QuotaReading, RemoteState, RemoteStatus, runner_path,
@@ -108,6 +108,10 @@ class KaggleSettings(PlatformSettings):
     dataset_poll: PositiveDuration = 5.0
     #: Outputs per listing page.
     page_size: int = 50
+    #: How long Kaggle's session clock may run before the kernel script starts; the
+    #: runner plans its end from script start + session timeout - this (at most a
+    #: tenth of the timeout).
+    startup_allowance: Duration = 60.0
 
     @field_validator("accelerator")
     @classmethod
@@ -269,18 +273,19 @@ class KagglePlatform(PlatformBase):
         sources, pairs, uploaded = self._upload_datasets(launch, staging)
         bundle_files, bundle_slug = self._place_bundle(launch, staging, sources)
         kernel_sources, ckpt_source, ckpt_file = self._place_checkpoint(launch, staging, sources)
+        timeout = self._session_timeout(launch)
         plan = kaggle_script.ScriptPlan(
             key=launch.key, runner_args=launch.runner_args(), env=dict(launch.env), datasets=pairs,
             bundle_files=bundle_files, bundle_slug=bundle_slug, checkpoint_source=ckpt_source,
             checkpoint_file=ckpt_file, secret_names=list(spec.secrets) if kaggle_secrets else [],
+            session_timeout=timeout, startup_allowance=min(self.settings.startup_allowance, timeout / 10),
         )
         folder = self._write_kernel_folder(launch, staging, plan, ref, {
             "enable_gpu": wants_gpu, "enable_internet": bool(spec.internet),
             "dataset_sources": sources, "kernel_sources": kernel_sources,
         })
         try:
-            version = self._push(folder, ref, self._session_timeout(launch),
-                                 self.settings.accelerator if wants_gpu else None)
+            version = self._push(folder, ref, timeout, self.settings.accelerator if wants_gpu else None)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
@@ -416,7 +421,10 @@ class KagglePlatform(PlatformBase):
 
     def fetch(self, handle: Handle, dest: Path) -> None:
         ref = handle.data.get("ref") or self._ref(handle.key)
-        report = download_outputs(self.account, ref, dest, self.settings.page_size)
+        try:
+            report = download_outputs(self.account, ref, dest, self.settings.page_size)
+        except MissingError as exc:  # deleted on kaggle.com (or by another gc) before orch had the outputs
+            raise LostError(f"kernel {ref} was deleted before its outputs were fetched ({exc})", self.name) from exc
         text = log_text(report.log)
         if text:
             (dest / "kaggle.log").write_text(text, encoding="utf-8")

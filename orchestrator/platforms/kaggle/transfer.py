@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -20,7 +21,13 @@ from typing import Callable, Mapping
 
 from ...errors import PrecheckError, TransientError
 from ...partfile import PartFile
-from .client import KaggleAccount
+from .client import ExpiredLink, KaggleAccount
+
+#: What a run stopped mid-write leaves: the runner's ``<archive>.partial`` and
+#: ``<file>.tmp.<pid>``, its write-speed probe. Never fetched as results.
+INCOMPLETE = re.compile(r"(\.partial|\.tmp\.\d+)$|(^|/)pack-probe\.")
+#: Fresh listings tried for one file whose links keep expiring.
+RELISTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +140,35 @@ def download_outputs(account: KaggleAccount, ref: str, dest: Path, page_size: in
         page = account.output_page(ref, token, page_size)
         report.log = page.log or report.log
         for name, url in page.files:
+            if INCOMPLETE.search(name):
+                report.skipped.append(f"{name} (incomplete: the run was stopped while writing it)")
+                continue
             target = _safe_target(dest, name)
             if target is None:
                 report.skipped.append(f"{name} (unsafe name)")
                 log.warning("%s: refused output file name %r", ref, name)
                 continue
             if not PartFile(target).complete():  # else fetched on an earlier tick
-                account.download(url, target, f"output {name} of {ref}")
+                _download_listed(account, ref, token, page_size, name, url, target)
             report.saved.append(str(target.relative_to(dest)))
         token = page.next_token
         if not token or token in seen:  # a repeated token would loop forever
             return report
         seen.add(token)
+
+
+def _download_listed(account: KaggleAccount, ref: str, token: str, page_size: int, name: str, url: str,
+                     target: Path) -> None:
+    """Download one listed file; when its signed link has expired, list that page again
+    for a fresh link and go on from the bytes already saved (``.part``)."""
+    for _ in range(RELISTS):
+        try:
+            account.download(url, target, f"output {name} of {ref}")
+            return
+        except ExpiredLink as exc:
+            log.info("%s; listing the outputs again for a fresh link", exc)
+            fresh = dict(account.output_page(ref, token, page_size).files)
+            if name not in fresh:
+                raise TransientError(f"output {name} of {ref} is no longer listed by Kaggle") from exc
+            url = fresh[name]
+    account.download(url, target, f"output {name} of {ref}")

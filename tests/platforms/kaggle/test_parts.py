@@ -264,3 +264,37 @@ def test_kaggle_secrets_reach_the_job_and_a_missing_one_is_explained(kaggle_emul
     download_outputs(account(), REF, tmp_path / "dest2")
     message = json.loads((tmp_path / "dest2" / "result.json").read_text())["message"]
     assert "HF_TOKEN" in message and "Add-ons -> Secrets" in message
+
+
+def test_an_expired_output_link_is_listed_again_and_the_download_goes_on(kaggle_emulator, kaggle_api, tmp_path):
+    run_kernel(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
+    kaggle_emulator.output_url_ttl = 0.3
+    kaggle_emulator.inject(OUTPUT_FILE, "latency", delay=0.6)  # the link expires while we wait
+    report = download_outputs(account(), REF, tmp_path / "dest")
+    assert report.saved == ["model.bin"] and (tmp_path / "dest" / "model.bin").read_text() == "weights"
+    assert kaggle_emulator.calls["ListKernelSessionOutput"] == 2
+    assert [c.status for c in kaggle_emulator.log if c.route == OUTPUT_FILE] == [400, 200]
+
+
+def test_a_kernel_deleted_mid_fetch_is_missing_not_a_retry_loop(kaggle_emulator, kaggle_api, tmp_path):
+    import threading
+
+    from orchestrator.platforms.kaggle.client import MissingError
+
+    run_kernel(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
+    kaggle_emulator.inject(OUTPUT_FILE, "latency", delay=0.5)
+    threading.Timer(0.2, lambda: kaggle_emulator.kernels.pop(REF)).start()  # deleted on kaggle.com meanwhile
+    with pytest.raises(MissingError):
+        download_outputs(account(), REF, tmp_path / "dest")
+    assert [c.status for c in kaggle_emulator.log if c.route == OUTPUT_FILE] == [403]
+    assert not (tmp_path / "dest" / "model.bin").exists()
+
+
+def test_files_a_stopped_run_left_half_written_are_never_fetched(kaggle_emulator, kaggle_api, tmp_path):
+    run_kernel(kaggle_api, tmp_path, "open('result.json', 'w').write('{}')\n"
+                                     "open('checkpoint.tar.gz.partial', 'w').write('half')\n"
+                                     "open('result.json.tmp.42', 'w').write('{')\n")
+    report = download_outputs(account(), REF, tmp_path / "dest")
+    assert report.saved == ["result.json"]
+    assert sorted(s.split()[0] for s in report.skipped) == ["checkpoint.tar.gz.partial", "result.json.tmp.42"]
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["result.json"]

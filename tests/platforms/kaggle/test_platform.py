@@ -345,3 +345,52 @@ def test_a_twelve_hour_job_asks_kaggle_for_less_than_its_global_maximum(kaggle, 
     app = finished(job_id)
     assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
     assert kaggle.runs(kernel_ref(job_id))[0].request["sessionTimeoutSeconds"] < 12 * 3600
+
+
+CHAIN_STEPS = """\
+import os, pathlib, signal, time
+ckpt = pathlib.Path(os.environ["ORCH_CHECKPOINT_DIR"])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+step = int((ckpt / "step").read_text()) if (ckpt / "step").exists() else 0
+print("resuming at", step, flush=True)
+weights = ckpt / "weights.bin"
+if not weights.exists():  # the model: written once, carried from segment to segment
+    block = os.urandom(1 << 20)
+    with open(weights, "wb") as f:
+        for _ in range({mb}):
+            f.write(block)
+while not stop and step < {steps}:
+    time.sleep(0.5)  # one training step; SIGTERM is obeyed between steps only
+    step += 1
+    (ckpt / "step").write_text(str(step))
+open(os.path.join(os.environ["ORCH_OUTPUT_DIR"], "done.txt"), "w").write(str(step))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mb, session_s, grace_s, steps", [(1024, 60, 5, 170)])
+def test_a_big_checkpoint_chain_beats_kaggles_own_session_kill_segment_after_segment(
+        kaggle, config, orch, tmp_path, mb, session_s, grace_s, steps):
+    # Kaggle's clock starts 2 s before the script (boot); it kills at exactly the session
+    # timeout orch pushed. Each segment must stop, pack 1 GB and write result.json first.
+    kaggle.boot_delay = 2.0
+    path = make_job(tmp_path / "chain", """\
+        name: bigchain
+        run: python3 step.py
+        checkpoint: ckpt
+        resources: {gpu: T4, max_runtime: 1h}
+        """, {"step.py": CHAIN_STEPS.format(mb=mb, steps=steps)})
+    config(f"platforms:\n  kaggle: {{type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, "
+           f"session_hours: {session_s / 3600!r}, min_segment: 1s, startup_allowance: 3s}}\n"
+           f"controller: {{grace: {grace_s}s}}\n")
+    job_id = submit(orch, path)
+    app = finished(job_id, timeout=600)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    attempts = app.store.attempts_of(job_id)
+    assert len(attempts) >= 3 and [a.state.value for a in attempts[:-1]] == ["CHECKPOINTED"] * (len(attempts) - 1)
+    for number in range(1, len(attempts)):
+        run = kaggle.runs(kernel_ref(job_id, number))[0]
+        assert "exceeded the maximum execution time" not in (run.failure_message or ""), number
+    print({a.number: {k: a.result.get(k) for k in ("runtime_s", "wall_s", "pack_write_mb_s", "status")}
+           for a in attempts})
