@@ -22,7 +22,8 @@ BLOB_PUT = "BlobPut"
 OUTPUT_FILE = "OutputFile"
 LOGS_STREAM = "LogsStream"
 
-FAULT_KINDS = ("429", "500", "503", "200-code", "push-error", "invalid-sources", "latency", "drop", "drop-after")
+FAULT_KINDS = ("429", "500", "503", "200-code", "push-error", "invalid-sources", "latency", "drop", "drop-after",
+               "hang")
 
 
 @dataclass
@@ -97,6 +98,11 @@ class Handler(BaseHTTPRequestHandler):
         if fault.kind == "latency":
             time.sleep(fault.delay)
             return False
+        if fault.kind == "hang":  # accept, read the request, never answer (until reset or ``delay``)
+            self.emu._record(route, None)
+            self.emu._stop.wait(fault.delay or None)
+            self._drop()
+            return True
         if fault.kind == "drop":
             self.emu._record(route, None)
             self._drop()

@@ -13,7 +13,11 @@ Everything orch says to Kaggle goes through :class:`KaggleAccount`, which
 * maps every client error onto orch's tree once, in :func:`kaggle_errors`; and
 * retries every call with backoff and jitter (:data:`CALLS`, an
   :class:`orchestrator.retry.Retry`), honouring ``Retry-After``, because the client
-  itself retries only uploads.
+  itself retries only uploads; and
+* gives every call a deadline: kagglesdk sends without a timeout, so a server that
+  accepts and never answers would hang a tick. :class:`TimeoutAdapter` is mounted on
+  the client's own ``requests`` session (proxies and environment settings still
+  apply), in every client the ``KaggleApi`` builds.
 
 Design choice: the client reads ``KAGGLE_API_ENVIRONMENT`` and its config dir once,
 at import. ``KaggleAccount`` re-reads both when it builds its ``KaggleApi`` (setting
@@ -211,6 +215,36 @@ class OutputPage:
     next_token: str
 
 
+class TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """An ``HTTPAdapter`` that sends with ``timeout`` when the caller gave none."""
+
+    def __init__(self, timeout: tuple[float, float]):
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def with_deadlines(api: "KaggleApi", read_s: float) -> None:
+    """Make every kagglesdk client ``api`` builds send with a (connect, read) timeout."""
+    build = api.build_kaggle_client
+    timeout = (min(10.0, read_s), read_s)
+
+    def build_with_deadlines() -> Any:
+        client = build()
+        http = client._http_client  # kagglesdk's KaggleHttpClient; its session is made once
+        http._init_session()
+        adapter = TimeoutAdapter(timeout)
+        http._session.mount("https://", adapter)
+        http._session.mount("http://", adapter)
+        return client
+
+    api.build_kaggle_client = build_with_deadlines  # type: ignore[method-assign]
+
+
 class _NoAuth(requests.auth.AuthBase):
     """Send no credentials: output URLs are signed storage URLs on another host."""
 
@@ -282,9 +316,11 @@ class KaggleAccount:
     Every method retries transient failures with ``backoff`` and raises orch errors.
     """
 
-    def __init__(self, backoff: Retry | None = None, platform: str | None = None):
+    def __init__(self, backoff: Retry | None = None, platform: str | None = None, timeout_s: float = 60.0):
         self.backoff = backoff or CALLS
         self.platform = platform
+        #: Read timeout of every request (no answer for this long: a transient error).
+        self.timeout_s = timeout_s
         self.warnings: list[str] = []
         self._api: KaggleApi | None = None
 
@@ -309,6 +345,7 @@ class KaggleAccount:
         if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST":
             args.append("--local")
         api.args = args
+        with_deadlines(api, self.timeout_s)
         try:
             with _quiet():
                 api.authenticate()

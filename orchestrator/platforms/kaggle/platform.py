@@ -103,6 +103,8 @@ class KaggleSettings(PlatformSettings):
     session_hours: float = 12.0
     #: First retry delay of Kaggle calls (doubles per try, with jitter).
     retry_base: PositiveDuration = 1.0
+    #: The longest one Kaggle request may go without an answer (then it is retried).
+    call_timeout: PositiveDuration = 60.0
     #: How long a submit waits for a new dataset to be processed before trying again next tick.
     dataset_wait: Duration = 900.0
     dataset_poll: PositiveDuration = 5.0
@@ -178,7 +180,8 @@ class KagglePlatform(PlatformBase):
     def __init__(self, name: str, settings: KaggleSettings, home: Any):
         super().__init__(name, settings, home)
         base = settings.retry_base
-        self.account = KaggleAccount(CALLS.replace(base=base, cap=max(base * 60, 1.0)), name)
+        self.account = KaggleAccount(CALLS.replace(base=base, cap=max(base * 60, 1.0)), name,
+                                     timeout_s=settings.call_timeout)
         #: Status reads retry briefly: a read that keeps failing makes the attempt
         #: UNKNOWN for this tick, and the next tick reads again.
         self.poll_backoff = CALLS.replace(base=base, cap=max(base * 8, 1.0), attempts=3, budget=base * 20)

@@ -354,3 +354,27 @@ def test_a_session_timeout_at_the_global_maximum_is_refused_as_on_kaggle(kaggle_
     folder = kernel_folder(tmp_path, "orch-api-test", "print(1)\n")
     with pytest.raises(PrecheckError, match="lower than the global maximum"):
         account().push(folder, REF, 12 * 3600, None)
+
+
+def test_a_server_that_accepts_and_never_answers_is_a_transient_error_after_the_timeout(kaggle_emulator):
+    import time
+
+    kaggle_emulator.inject("*", "hang", times=None)
+    acct = account(attempts=2)
+    acct.timeout_s = 0.5
+    began = time.monotonic()
+    with pytest.raises(TransientError, match="no answer from Kaggle"):
+        acct.quota()
+    assert time.monotonic() - began < 5
+    assert kaggle_emulator.calls["GetAcceleratorQuotaStatistics"] == 2
+
+
+def test_the_deadline_rides_on_the_clients_own_session_so_the_proxy_still_applies(kaggle_emulator):
+    from orchestrator.platforms.kaggle.client import TimeoutAdapter
+
+    api = account().api()
+    with api.build_kaggle_client() as client:
+        adapter = client._http_client._session.get_adapter("http://localhost/api/v1/x")
+        assert isinstance(adapter, TimeoutAdapter) and adapter.timeout == (10.0, 60.0)
+    account().quota()  # reached through HTTP_PROXY (the emulator), as before
+    assert kaggle_emulator.calls["GetAcceleratorQuotaStatistics"] == 1

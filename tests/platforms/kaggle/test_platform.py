@@ -394,3 +394,18 @@ def test_a_big_checkpoint_chain_beats_kaggles_own_session_kill_segment_after_seg
         assert "exceeded the maximum execution time" not in (run.failure_message or ""), number
     print({a.number: {k: a.result.get(k) for k in ("runtime_s", "wall_s", "pack_write_mb_s", "status")}
            for a in attempts})
+
+
+def test_a_kaggle_that_accepts_connections_and_never_answers_does_not_hang_the_tick(kaggle, config, orch, tmp_path):
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, call_timeout: 1s}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 5"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.inject("*", "hang", times=None)
+    began = time.monotonic()
+    assert orch("tick").exit_code == 0
+    assert time.monotonic() - began < 30  # 3 status reads of at most 1 s each, plus backoff
+    row, = json.loads(orch("status", "--json").output)
+    assert row["state"] == "UNKNOWN" and "no answer from Kaggle" in row["message"]
+    kaggle.clear_faults()
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
