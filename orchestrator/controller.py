@@ -27,7 +27,7 @@ from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, share_artifacts
 from .errors import (
-    CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
+    CapacityError, ConfigError, CredentialsError, LostError, OrchError, PrecheckError, SpecError, TransientError,
 )
 from .launch import job_spec
 from .planning import Planner
@@ -263,8 +263,11 @@ class Controller:
     def _poll_one(self, att: AttemptRow) -> None:
         now = time.time()
         handle = Handle.from_json(att.handle or {"key": att.key})
+        held = False
         try:
             status = self.app.platform(att.platform).poll(handle)
+        except CredentialsError as exc:  # the platform's key, not the run: no window runs out meanwhile
+            status, held = RemoteStatus(RemoteState.UNKNOWN, str(exc)), True
         except (TransientError, ConfigError, PrecheckError) as exc:
             # A refused read (changed host key, revoked token) is not the job's failure.
             status = RemoteStatus(RemoteState.UNKNOWN, str(exc))
@@ -292,6 +295,9 @@ class Controller:
                         tx.move_attempt(att.id, att.job_id, att.state, A.UNKNOWN, status.message, unknown_since=now,
                                         message=status.message)
                         tx.move_job(att.job_id, job_state, J.UNKNOWN, status.message, message=status.message)
+                elif held:
+                    with self.store.transaction() as tx:
+                        tx.update_attempt(att.id, att.state, unknown_since=now, message=status.message)
                 elif now - (att.unknown_since or now) > self.settings.unknown_window:
                     self._lost(att, f"no status for {int(now - att.unknown_since)}s: {status.message}")
             elif status.state == RemoteState.LOST:

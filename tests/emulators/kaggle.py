@@ -145,7 +145,7 @@ class KaggleEmulator:
     def __init__(self, root: Path, username: str = "alice", key: str = "emulator-key-0000", seed: int = 7):
         self.root = Path(root)
         self.username = username
-        self.key = key
+        self.key = self._first_key = key
         self._seed = seed
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -184,6 +184,7 @@ class KaggleEmulator:
 
     def _reset_state(self) -> None:
         with self._lock:
+            self.key = self._first_key  # a test may have rotated it
             for name, value in self.DEFAULTS.items():
                 setattr(self, name, value)
             self.kernels: dict[str, Kernel] = {}

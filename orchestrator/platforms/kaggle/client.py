@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import requests
 
-from ...errors import CapacityError, OrchError, PrecheckError, TransientError
+from ...errors import CapacityError, CredentialsError, OrchError, PrecheckError, TransientError
 from ...partfile import PartFile
 from ...retry import Retry
 from ..base import QuotaReading
@@ -117,7 +117,9 @@ def classify_http(what: str, exc: requests.HTTPError, platform: str | None = Non
     if status is None or status >= 500 or status == 408:
         return TransientError(f"{what}: Kaggle answered {status}: {message}", platform)
     if status == 401:
-        return PrecheckError(f"{what}: Kaggle rejected the credentials (401: {message}); {CREDENTIALS_FIX}", platform)
+        return CredentialsError(f"{what}: Kaggle rejected the credentials (401: {message}); Kaggle is unavailable "
+                                f"until they work, and runs there are left alone meanwhile. To fix the key: "
+                                f"{CREDENTIALS_FIX}; then run: orch platforms", platform)
     if status in (403, 404):
         return MissingError(f"{what}: not found on Kaggle or not visible to this account ({status}: {message})", platform)
     return PrecheckError(f"{what}: Kaggle refused the request ({status}: {message})", platform)
@@ -321,6 +323,8 @@ class KaggleAccount:
         self.platform = platform
         #: Read timeout of every request (no answer for this long: a transient error).
         self.timeout_s = timeout_s
+        #: The last "Kaggle rejected the credentials" message, until a call works again.
+        self.auth_failure: str | None = None
         self.warnings: list[str] = []
         self._api: KaggleApi | None = None
 
@@ -370,12 +374,20 @@ class KaggleAccount:
         policy given) unless ``retry`` is False."""
 
         def once() -> T:
-            with kaggle_errors(what, self.platform):
-                return fn(self.api())
+            try:
+                with kaggle_errors(what, self.platform):
+                    out = fn(self.api())
+            except CredentialsError as exc:
+                self.auth_failure = str(exc)
+                raise
+            self.auth_failure = None
+            return out
 
         if retry is False:
             return once()
-        return (retry if isinstance(retry, Retry) else self.backoff).run(what, once)
+        # A rejected key stays rejected within a call: not retried.
+        return (retry if isinstance(retry, Retry) else self.backoff).run(
+            what, once, retry_if=lambda e: isinstance(e, TransientError) and not isinstance(e, CredentialsError))
 
     # -- kernels
     def kernel_status(self, ref: str, retry: bool | Retry = True) -> KernelState:

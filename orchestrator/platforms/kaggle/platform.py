@@ -209,6 +209,8 @@ class KagglePlatform(PlatformBase):
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
             internet=True, tier="free",
             unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED},
+            # A key Kaggle rejected this tick: no new work until it is fixed.
+            available=self.account.auth_failure is None, reason=self.account.auth_failure or "",
         )
 
     def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:

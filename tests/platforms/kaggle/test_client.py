@@ -10,7 +10,7 @@ from datetime import timezone
 import pytest
 import requests
 
-from orchestrator.errors import CapacityError, PrecheckError, TransientError
+from orchestrator.errors import CapacityError, CredentialsError, PrecheckError, TransientError
 from orchestrator.platforms.kaggle.client import CALLS, KaggleAccount, MissingError, classify_http
 from orchestrator.platforms.kaggle.credentials import config_dir, find_credentials, permission_warning
 from tests.emulators.kaggle import OUTPUT_FILE
@@ -74,7 +74,7 @@ def _http_error(status: int, body: dict, headers: dict | None = None) -> request
     (503, {"code": 503, "message": "Unavailable"}, TransientError),
     (200, {"code": 429, "message": "Too many requests"}, TransientError),
     (200, {"code": 403, "message": "Forbidden"}, MissingError),
-    (401, {"code": 401, "message": "Unauthenticated"}, PrecheckError),
+    (401, {"code": 401, "message": "Unauthenticated"}, CredentialsError),
     (404, {"code": 404, "message": "Not found"}, MissingError),
     (400, {"code": 400, "message": "Bad request"}, PrecheckError),
 ])
@@ -91,7 +91,7 @@ def test_retry_after_is_read_from_a_429():
 
 def test_a_401_says_how_to_fix_the_credentials():
     err = classify_http("x", _http_error(401, {"code": 401, "message": "Unauthenticated"}))
-    assert "kaggle.json" in str(err) and "KAGGLE_USERNAME" in str(err)
+    assert "kaggle.json" in str(err) and "KAGGLE_USERNAME" in str(err) and "run: orch platforms" in str(err)
 
 
 def test_status_reads_survive_a_429_storm_without_a_tight_loop(kaggle_emulator, kaggle_api, tmp_path):
@@ -124,11 +124,14 @@ def test_an_unknown_kernel_is_missing(kaggle_emulator):
         account().kernel_status(f"{USERNAME}/orch-not-there")
 
 
-def test_wrong_credentials_are_a_precheck_error_with_the_fix(kaggle_emulator, monkeypatch):
+def test_wrong_credentials_are_a_credentials_error_with_the_fix_tried_once(kaggle_emulator, monkeypatch):
     monkeypatch.setenv("KAGGLE_KEY", "wrong-key")
-    with pytest.raises(PrecheckError, match="401") as info:
-        account().quota()
+    acct = account()
+    with pytest.raises(CredentialsError, match="401") as info:
+        acct.quota()
     assert "wrong-key" not in str(info.value)
+    assert kaggle_emulator.calls["GetAcceleratorQuotaStatistics"] == 1  # a rejected key is not retried
+    assert acct.auth_failure == str(info.value)
 
 
 # ------------------------------------------------------------------ push

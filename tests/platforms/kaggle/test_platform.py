@@ -409,3 +409,30 @@ def test_a_kaggle_that_accepts_connections_and_never_answers_does_not_hang_the_t
     kaggle.clear_faults()
     app = finished(job_id)
     assert app.store.job(job_id).state.value == "SUCCEEDED"
+
+
+def test_a_rotated_key_leaves_the_finished_run_unknown_and_it_is_fetched_once_the_key_works(
+        kaggle, config, orch, tmp_path, monkeypatch):
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s}\n"
+           "controller: {unknown_window: 1s}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 2"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.key = "rotated-key-1111"  # the user made a new token on kaggle.com; orch still has the old one
+    assert kaggle.wait_idle(30)
+    for _ in range(3):  # well past unknown_window: still not LOST, never FAILED, nothing pushed again
+        assert orch("tick").exit_code == 0
+        time.sleep(0.6)
+    row, = json.loads(orch("status", "--json").output)
+    assert row["state"] == "UNKNOWN", row
+    assert "rejected the credentials (401" in row["message"] and "run: orch platforms" in row["message"]
+    assert kaggle.calls["SaveKernel"] == 1
+    second = submit(orch, job(tmp_path, "second"))
+    assert orch("tick").exit_code == 0
+    shown = {r["id"]: r for r in json.loads(orch("status", "--json").output)}
+    assert shown[second]["state"] == "QUEUED" and "401" in shown[second]["message"]  # Kaggle unavailable
+    monkeypatch.setenv("KAGGLE_KEY", "rotated-key-1111")  # the new key is in place
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    out = tmp_path / "out"
+    assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
+    assert (out / "outputs" / "model.txt").read_text() == "weights for 3 rows"
