@@ -497,7 +497,8 @@ class Runner:
         for block in iter(lambda: proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096), b""):
             tee.write(block)
         if proc.wait() != 0:
-            raise SetupFailed("pip install exited with %d" % proc.returncode)
+            offline = ": no internet on this kernel (internet: false); ship the packages as wheels" if self.args.offline else ""
+            raise SetupFailed("pip install exited with %d%s" % (proc.returncode, offline))
         if os.path.isdir(target):
             shutil.rmtree(target)
         os.rename(target + ".partial", target)
@@ -837,6 +838,7 @@ def parse_args(argv=None):
     p.add_argument("--hard-deadline", type=float,
                    help="epoch seconds at which the platform kills the session (its clock); the job is "
                         "stopped GRACE plus the measured packing time before it")
+    p.add_argument("--offline", action="store_true", help="the platform gives this run no internet (for messages)")
     p.add_argument("--env-stdin", action="store_true", help='read {"env": {}, "secrets": {}} JSON from stdin')
     p.add_argument("--detach", action="store_true", help="run in the background, in a new session")
     return p.parse_args(argv)

@@ -267,3 +267,12 @@ def test_outputs_bigger_than_the_attempt_dirs_disk_fail_the_job_with_the_space_i
     assert result["status"] == "failed" and result["failure_class"] == "space", result
     assert "outputs exceed the space the platform gives: 10 MB" in result["message"]
     assert not list(kept.glob("*.partial"))
+
+
+def test_pip_failing_on_a_run_without_internet_says_so(tmp_path):
+    bun = make_bundle(tmp_path, "run: echo never\nsetup: [orch-no-such-package-xyz]\n")
+    dead = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
+            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    proc, result = run_runner(tmp_path, bun, "--max-runtime", "120", "--offline", env=dead, timeout=120)
+    assert result["status"] == "failed" and result["failure_class"] == "setup"
+    assert result["message"].startswith("pip install exited with 1: no internet on this kernel (internet: false)")

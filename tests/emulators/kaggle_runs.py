@@ -163,6 +163,9 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
         "KAGGLE_KERNEL_RUN_TYPE": "Batch",
         "KAGGLE_KERNEL_INTEGRATIONS": "",
     }
+    if not run.request.get("enableInternet", True):  # no route out: every connection is refused
+        proc_env.update({"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                         "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"})
     # Kaggle's session clock (and its hard kill at the limit) starts when the session is
     # assigned; the script starts once the container has booted.
     started = time.monotonic()

@@ -86,6 +86,11 @@ SECRETS_REFUSED = (
     "editor (Add-ons -> Secrets) and set `secrets_from: kaggle` in job.yaml, and the job reads them with "
     f"kaggle_secrets.UserSecretsClient (see {DOCS})"
 )
+OFFLINE_SETUP_REFUSED = (
+    "a Kaggle kernel with internet: false cannot download setup: packages; ship them as wheels "
+    "(setup: [./wheels/pkg-1.0-py3-none-any.whl] in the code directory, or --no-index --find-links "
+    "to a dataset) or set internet: true"
+)
 CANCEL_UNSUPPORTED = (
     "Kaggle has no API to stop a running kernel: it runs until its own deadline (max_runtime) and orch "
     "ignores its results"
@@ -208,7 +213,8 @@ class KagglePlatform(PlatformBase):
             platform=self.name, type="kaggle", gpus=gpus, gpu_memory_gb=memory, gpu_count=count,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
             internet=True, tier="free",
-            unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED},
+            unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED,
+                         Feature.OFFLINE_SETUP: OFFLINE_SETUP_REFUSED},
             # A key Kaggle rejected this tick: no new work until it is fixed.
             available=self.account.auth_failure is None, reason=self.account.auth_failure or "",
         )
@@ -280,7 +286,8 @@ class KagglePlatform(PlatformBase):
         kernel_sources, ckpt_source, ckpt_file = self._place_checkpoint(launch, staging, sources)
         timeout = self._session_timeout(launch)
         plan = kaggle_script.ScriptPlan(
-            key=launch.key, runner_args=launch.runner_args(), env=dict(launch.env), datasets=pairs,
+            key=launch.key, runner_args=launch.runner_args() + ([] if spec.internet else ["--offline"]),
+            env=dict(launch.env), datasets=pairs,
             bundle_files=bundle_files, bundle_slug=bundle_slug, checkpoint_source=ckpt_source,
             checkpoint_file=ckpt_file, secret_names=list(spec.secrets) if kaggle_secrets else [],
             session_timeout=timeout, startup_allowance=min(self.settings.startup_allowance, timeout / 10),

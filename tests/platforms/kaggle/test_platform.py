@@ -436,3 +436,36 @@ def test_a_rotated_key_leaves_the_finished_run_unknown_and_it_is_fetched_once_th
     out = tmp_path / "out"
     assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
     assert (out / "outputs" / "model.txt").read_text() == "weights for 3 rows"
+
+
+def test_setup_packages_without_internet_are_refused_at_submit_unless_shipped_as_wheels(kaggle, orch, tmp_path):
+    import zipfile
+
+    refused = make_job(tmp_path / "offline", """\
+        name: offline
+        run: python3 -c "import requests"
+        internet: false
+        setup: [requests]
+        """)
+    result = orch("submit", str(refused))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "internet: false cannot download setup: packages" in " ".join(result.output.split())
+    assert kaggle.calls["SaveKernel"] == 0
+
+    shipped = make_job(tmp_path / "wheels", """\
+        name: wheels
+        run: python3 -c "import minipkg; print('value', minipkg.VALUE)"
+        internet: false
+        setup: [./minipkg-0.1-py3-none-any.whl]
+        """)
+    with zipfile.ZipFile(shipped.parent / "minipkg-0.1-py3-none-any.whl", "w") as z:
+        z.writestr("minipkg/__init__.py", "VALUE = 42\n")
+        z.writestr("minipkg-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: minipkg\nVersion: 0.1\n")
+        z.writestr("minipkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n")
+        z.writestr("minipkg-0.1.dist-info/RECORD", "")
+    job_id = submit(orch, shipped)
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    run = kaggle.runs(kernel_ref(job_id))[0]
+    assert run.request["enableInternet"] is False and "value 42" in run.log_text()
