@@ -189,6 +189,7 @@ class KaggleEmulator:
                 setattr(self, name, value)
             self.kernels: dict[str, Kernel] = {}
             self.datasets: dict[str, Dataset] = {}
+            self.deleted_slugs: set[str] = set()
             self.blobs: dict[str, Blob] = {}
             self.faults: list[Fault] = []
             self.calls: Counter[str] = Counter()
@@ -518,7 +519,7 @@ class KaggleEmulator:
         if not (6 <= len(slug) <= 50) or slugify(slug) != slug:
             return {"status": "Error", "error": f"Invalid dataset slug {slug!r}"}
         with self._lock:
-            if f"{owner}/{slug}" in self.datasets:
+            if f"{owner}/{slug}" in self.datasets or f"{owner}/{slug}" in self.deleted_slugs:
                 return {"status": "Error", "error": f"The requested slug {slug!r} is already in use."}
             files = self._dataset_files(body.get("files") or [])
             if isinstance(files, str):
@@ -584,6 +585,7 @@ class KaggleEmulator:
             if ds.owner != self.username:
                 raise error_reply(403, "Permission denied")
             del self.datasets[ds.ref]
+            self.deleted_slugs.add(ds.ref)  # Kaggle keeps a deleted dataset's slug reserved
         return {}
 
     # ------------------------------------------------------------------ plain URLs

@@ -8,7 +8,9 @@ them and nothing else):
   attempt, so ``find(key)`` can adopt a push whose answer a crash lost; 2.2.4
   always reads the latest version of a slug, so a slug is never pushed twice.
 * ``orch-data-<content hash>``: one dataset per distinct dataset content, uploaded
-  once and reused by every later job with the same content.
+  once and reused by every later job with the same content. When Kaggle no longer
+  allows that slug (orch gc deleted it, Kaggle failed to process it) the same content
+  goes to ``orch-data-<content hash>-1``, ``-2``, ... (see ``transfer.place_dataset``).
 * ``orch-code-<bundle hash>``: the job's bundle, only when it is too big to embed in
   the kernel script (``script.EMBED_LIMIT``).
 * ``orch-ckpt-<sha256>``: a local checkpoint for a retry that did not start on Kaggle.
@@ -46,7 +48,7 @@ from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import CALLS, KaggleAccount, KernelState, MissingError
 from .credentials import find_credentials, permission_warning
-from .transfer import download_outputs, ensure_dataset, log_text
+from .transfer import download_outputs, log_text, place_dataset
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ KERNEL_PREFIX = "orch-"
 DATASET_KINDS = ("data", "code", "ckpt")
 #: Names orch gives what it creates; `orch gc` touches nothing else.
 OWNED_KERNEL = re.compile(r"^orch-o[0-9a-z]+-\d+$")
-OWNED_DATASET = re.compile(r"^orch-(data|code|ckpt)-[0-9a-f]{32}$")
+OWNED_DATASET = re.compile(r"^orch-(data|code|ckpt)-[0-9a-f]{32}(-\d+)?$")
 
 #: Kaggle machine shapes (notes §8) -> (GPU types offered, GPUs per session, GB per GPU).
 ACCELERATORS: dict[str, tuple[tuple[str, ...], int, float]] = {
@@ -147,7 +149,9 @@ def kernel_slug(key: str) -> str:
 
 
 def dataset_slug(kind: str, digest: str) -> str:
-    """A content-addressed dataset slug: the same content always gets the same slug."""
+    """A content-addressed dataset slug: the same content always gets the same slug (its
+    first generation; ``transfer.place_dataset`` moves on to ``-1``, ``-2``... when
+    Kaggle no longer allows it)."""
     assert kind in DATASET_KINDS
     return f"orch-{kind}-{digest[:32]}"
 
@@ -303,18 +307,19 @@ class KagglePlatform(PlatformBase):
         return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
                             submitted_at=time.time())
 
-    def _ensure(self, ref: str, files: Mapping[str, Path], staging: Path) -> bool:
-        """``ensure_dataset`` with this platform's waits; True when it uploaded."""
-        return ensure_dataset(self.account, ref, files, staging, self.settings.dataset_wait,
-                              self.settings.dataset_poll, self.sleep, self.clock)
+    def _ensure(self, ref: str, files: Mapping[str, Path], staging: Path) -> tuple[str, bool]:
+        """``place_dataset`` with this platform's waits: (the ref used, whether it uploaded)."""
+        return place_dataset(self.account, ref, files, staging, self.settings.dataset_wait,
+                             self.settings.dataset_poll, self.sleep, self.clock)
 
     def _upload_datasets(self, launch: Launch, staging: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         """One content-addressed dataset per job dataset: (sources, (digest, slug) pairs, newly uploaded)."""
         owner = self.account.username
         sources, pairs, uploaded = [], [], []
         for blob in launch.bundle.datasets:
-            ds_ref = f"{owner}/{dataset_slug('data', blob.digest)}"
-            if self._ensure(ds_ref, {blob.filename: blob.archive}, staging):
+            ds_ref, fresh = self._ensure(f"{owner}/{dataset_slug('data', blob.digest)}",
+                                         {blob.filename: blob.archive}, staging)
+            if fresh:
                 uploaded.append(ds_ref)
             sources.append(ds_ref)
             pairs.append((blob.digest, ds_ref.split("/")[1]))
@@ -326,9 +331,9 @@ class KagglePlatform(PlatformBase):
         if bundle.manifest_path.stat().st_size + bundle.code_archive.stat().st_size <= kaggle_script.EMBED_LIMIT:
             return {"manifest.json": bundle.manifest_path.read_bytes(),
                     bundle.code_archive.name: bundle.code_archive.read_bytes()}, None
-        bundle_ref = f"{self.account.username}/{dataset_slug('code', bundle.digest)}"
-        self._ensure(bundle_ref, {"manifest.json": bundle.manifest_path, bundle.code_archive.name: bundle.code_archive},
-                     staging)
+        bundle_ref, _ = self._ensure(f"{self.account.username}/{dataset_slug('code', bundle.digest)}",
+                                     {"manifest.json": bundle.manifest_path,
+                                      bundle.code_archive.name: bundle.code_archive}, staging)
         sources.append(bundle_ref)
         return {}, bundle_ref.split("/")[1]
 
@@ -342,8 +347,8 @@ class KagglePlatform(PlatformBase):
             return [str(previous)], str(previous).split("/")[1], "checkpoint.tar.gz"
         if launch.checkpoint is None:
             return [], None, None
-        ckpt_ref = f"{owner}/{dataset_slug('ckpt', sha256_file(launch.checkpoint))}"
-        self._ensure(ckpt_ref, {"checkpoint.tar.gz": launch.checkpoint}, staging)
+        ckpt_ref, _ = self._ensure(f"{owner}/{dataset_slug('ckpt', sha256_file(launch.checkpoint))}",
+                                   {"checkpoint.tar.gz": launch.checkpoint}, staging)
         sources.append(ckpt_ref)
         return [], ckpt_ref.split("/")[1], "checkpoint.tar.gz"
 

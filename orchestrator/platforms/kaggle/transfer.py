@@ -46,6 +46,36 @@ def log_text(raw: str) -> str:
 # --------------------------------------------------------------------------- datasets
 
 
+#: Slugs tried for one content before giving up (``<slug>``, ``<slug>-1``, ...).
+GENERATIONS = 8
+
+
+class DeadSlug(PrecheckError):
+    """This slug can no longer hold the dataset: Kaggle failed to process it, it was
+    deleted (Kaggle keeps a deleted slug reserved), or it is taken by nothing we can see."""
+
+
+def generation_ref(ref: str, generation: int) -> str:
+    """``ref`` for generation 0, ``ref-<n>`` after it: same content, a slug Kaggle still allows."""
+    return ref if generation == 0 else f"{ref}-{generation}"
+
+
+def place_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], staging: Path,
+                  wait_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> tuple[str, bool]:
+    """:func:`ensure_dataset` on the first generation of ``ref`` whose slug still works,
+    so content whose dataset orch deleted (``orch gc``) or Kaggle failed can be uploaded
+    again. Stateless: every controller finds the same generation. Returns (ref, uploaded)."""
+    for generation in range(GENERATIONS):
+        candidate = generation_ref(ref, generation)
+        try:
+            return candidate, ensure_dataset(account, candidate, files, staging, wait_s, poll_s, sleep, clock)
+        except DeadSlug as exc:
+            log.info("%s; trying the next slug", exc)
+    raise PrecheckError(f"no usable slug for dataset {ref} after {GENERATIONS} tries; delete the old ones "
+                        f"with `orch gc` and submit again")
+
+
 def ensure_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], staging: Path,
                    wait_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.monotonic) -> bool:
@@ -76,14 +106,18 @@ def ensure_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], 
             account.create_dataset(folder, ref)
             uploaded = True
         except PrecheckError as exc:
-            if "already in use" not in str(exc):  # lost a race with another submit: fine
+            if "already in use" not in str(exc):
                 raise
+            status = account.dataset_status(ref)  # lost a race with another submit: fine
+            if status is None:
+                raise DeadSlug(f"the slug of dataset {ref} is taken by nothing this account can see "
+                               "(deleted datasets keep their slug)") from exc
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     deadline = clock() + wait_s
     while status != "ready":
         if status in ("failed", "deleted"):
-            raise PrecheckError(f"Kaggle could not process dataset {ref} (status {status}); delete it with "
+            raise DeadSlug(f"Kaggle could not process dataset {ref} (status {status}); delete it with "
                                 f"`kaggle datasets delete {ref}` (or `orch gc`) and submit again")
         if clock() >= deadline:
             raise TransientError(f"dataset {ref} is still being processed by Kaggle ({status or 'not listed yet'}); "

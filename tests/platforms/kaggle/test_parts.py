@@ -298,3 +298,19 @@ def test_files_a_stopped_run_left_half_written_are_never_fetched(kaggle_emulator
     assert report.saved == ["result.json"]
     assert sorted(s.split()[0] for s in report.skipped) == ["checkpoint.tar.gz.partial", "result.json.tmp.42"]
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["result.json"]
+
+
+def test_content_whose_dataset_was_deleted_or_failed_is_uploaded_again_under_the_next_slug(kaggle_emulator, kaggle_api,
+                                                                                          tmp_path):
+    from orchestrator.platforms.kaggle.transfer import place_dataset
+
+    digest, path = blob_file(tmp_path)
+    ref = f"{USERNAME}/{dataset_slug('data', digest)}"
+    assert place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05) == (ref, True)
+    kaggle_api.dataset_delete(USERNAME, ref.split("/")[1], no_confirm=True)  # what orch gc does
+    assert place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05) == (f"{ref}-1", True)
+    kaggle_emulator.datasets[f"{ref}-1"].failed = True  # Kaggle failed to process the second one
+    again = place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05)
+    assert again == (f"{ref}-2", True)
+    assert place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05) == (f"{ref}-2", False)
+    assert kaggle_emulator.datasets[f"{ref}-2"].files == {path.name: b"training data"}

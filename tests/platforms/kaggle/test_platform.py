@@ -469,3 +469,16 @@ def test_setup_packages_without_internet_are_refused_at_submit_unless_shipped_as
     assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
     run = kaggle.runs(kernel_ref(job_id))[0]
     assert run.request["enableInternet"] is False and "value 42" in run.log_text()
+
+
+def test_a_job_after_gc_deleted_its_dataset_uploads_it_again_under_the_next_slug(kaggle, orch, tmp_path):
+    first = submit(orch, job(tmp_path, "first"))
+    finished(first)
+    source, = kaggle.runs(kernel_ref(first))[0].request["datasetDataSources"]
+    time.sleep(1.1)
+    assert orch("gc", "--older-than", "1s", "--yes").exit_code == 0
+    assert source not in kaggle.datasets and source in kaggle.deleted_slugs
+    second = submit(orch, job(tmp_path, "second"))
+    app = finished(second)
+    assert app.store.job(second).state.value == "SUCCEEDED", app.store.job(second).message
+    assert kaggle.runs(kernel_ref(second))[0].request["datasetDataSources"] == [f"{source}-1"]
