@@ -82,10 +82,7 @@ def _bundle(app: App, job: JobRow) -> bundle_mod.Bundle:
 
 
 def _secrets(spec: spec_mod.JobSpec) -> dict[str, str]:
-    """The job's secrets from this controller's environment (held in memory only).
-    With ``secrets_from: kaggle`` the values are read inside the kernel, never here."""
-    if spec.secrets_from == "kaggle":
-        return {}
+    """The job's secrets from this controller's environment (held in memory only)."""
     return {name: os.environ[name] for name in spec.secrets if name in os.environ}
 
 

@@ -136,10 +136,7 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
         return f"{why}; the job sets internet: true (the default)"
     if not spec.internet and Feature.OFFLINE_SETUP in offer.unsupported and setup_downloads(spec):
         return offer.unsupported[Feature.OFFLINE_SETUP]
-    if spec.secrets and spec.secrets_from == "kaggle":
-        if offer.type != "kaggle":
-            return "the job's secrets live in Kaggle Secrets (secrets_from: kaggle); it runs on Kaggle only"
-    elif spec.secrets and Feature.SECRETS in offer.unsupported:
+    if spec.secrets and Feature.SECRETS in offer.unsupported:
         return offer.unsupported[Feature.SECRETS]
     if not chains(spec, offer) and offer.session_seconds and res.max_runtime > offer.session_seconds:
         fix = (offer.unsupported[Feature.CHECKPOINT] if spec.checkpoint is not None

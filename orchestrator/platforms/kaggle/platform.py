@@ -17,8 +17,9 @@ them and nothing else):
   A retry that follows a Kaggle attempt attaches that kernel instead
   (``kernel_sources``), so its checkpoint is read on Kaggle with no re-upload.
 
-Kaggle has no cancel API and cannot receive secrets through its API; both are
-declared in ``Offer.unsupported`` so the scheduler and ``orch cancel`` can say so.
+Kaggle has no cancel API and cannot receive secrets (a push has no field for them
+and Kaggle Secrets are attached per notebook by hand); both are declared in
+``Offer.unsupported`` so the scheduler and ``orch cancel`` can say so.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ _STATES = {
 }
 
 SECRETS_REFUSED = (
-    "Kaggle cannot receive secrets through its API; attach them once as Kaggle Secrets in the notebook "
-    "editor (Add-ons -> Secrets) and set `secrets_from: kaggle` in job.yaml, and the job reads them with "
-    f"kaggle_secrets.UserSecretsClient (see {DOCS})"
+    "Kaggle cannot receive secrets: a kernel push carries none, and Kaggle Secrets must be attached to each "
+    "notebook by hand in its editor, which the new kernel of every attempt never is; run jobs with secrets "
+    f"on another platform (see {DOCS})"
 )
 OFFLINE_SETUP_REFUSED = (
     "a Kaggle kernel with internet: false cannot download setup: packages; ship them as wheels "
@@ -274,8 +275,7 @@ class KagglePlatform(PlatformBase):
 
     def submit(self, launch: Launch) -> Handle:
         spec = launch.spec
-        kaggle_secrets = getattr(spec, "secrets_from", None) == "kaggle"
-        if spec.secrets and not kaggle_secrets:
+        if spec.secrets:
             raise PrecheckError(f"job uses secrets ({', '.join(spec.secrets)}): {SECRETS_REFUSED}", self.name)
         ref = self._ref(launch.key)
         if self._exists(ref) is not None:  # pushed before a crash: adopt, never push twice
@@ -293,8 +293,7 @@ class KagglePlatform(PlatformBase):
             key=launch.key, runner_args=launch.runner_args() + ([] if spec.internet else ["--offline"]),
             env=dict(launch.env), datasets=pairs,
             bundle_files=bundle_files, bundle_slug=bundle_slug, checkpoint_source=ckpt_source,
-            checkpoint_file=ckpt_file, secret_names=list(spec.secrets) if kaggle_secrets else [],
-            session_timeout=timeout, startup_allowance=min(self.settings.startup_allowance, timeout / 10),
+            checkpoint_file=ckpt_file, session_timeout=timeout, startup_allowance=min(self.settings.startup_allowance, timeout / 10),
         )
         folder = self._write_kernel_folder(launch, staging, plan, ref, {
             "enable_gpu": wants_gpu, "enable_internet": bool(spec.internet),

@@ -13,8 +13,7 @@ source it finds under ``/kaggle/input``. At run time it
    unpacked the uploaded ``data-<digest>.tar`` in place, links the dataset root as
    ``data-<digest>`` in the runner's cache so the runner verifies it as a tree;
 3. finds the previous attempt's ``checkpoint.tar.gz`` (attached as a kernel source);
-4. reads secrets with ``kaggle_secrets.UserSecretsClient`` when the job asks for
-   Kaggle Secrets, and hands env + secrets to the runner on stdin only;
+4. hands the job's plain env to the runner on stdin (Kaggle gets no secrets);
 5. runs the runner in the foreground with ``--attempt-dir /kaggle/working`` and
    ``--hard-deadline``: when Kaggle kills the session, by its own clock, which
    started before this script did (``startup_allowance``); and exits non-zero when
@@ -55,7 +54,6 @@ class ScriptPlan:
         checkpoint_source: slug of the attached kernel (or dataset) whose files hold
             ``checkpoint_file``.
         checkpoint_file: name of the checkpoint archive to restore.
-        secret_names: names read with ``kaggle_secrets`` (``secrets_from: kaggle``).
         session_timeout: the ``sessionTimeoutSeconds`` pushed with the kernel.
         startup_allowance: how long Kaggle's session clock may have run before the
             script's first line (container start); the hard deadline is
@@ -70,7 +68,6 @@ class ScriptPlan:
     bundle_slug: str | None = None
     checkpoint_source: str | None = None
     checkpoint_file: str | None = None
-    secret_names: list[str] = field(default_factory=list)
     session_timeout: int | None = None
     startup_allowance: float = 60.0
 
@@ -93,7 +90,6 @@ def render(plan: ScriptPlan, runner_source: str) -> str:
         "bundle_slug": plan.bundle_slug,
         "checkpoint_source": plan.checkpoint_source,
         "checkpoint_file": plan.checkpoint_file,
-        "secret_names": list(plan.secret_names),
         "attempt_dir": ATTEMPT_DIR,
         "session_timeout": plan.session_timeout,
         "startup_allowance": plan.startup_allowance,
@@ -202,20 +198,8 @@ def main():
             give_up(working, "checkpoint %s from %s is not attached" % (PLAN["checkpoint_file"], PLAN["checkpoint_source"]))
         cmd += ["--checkpoint", checkpoint]
 
-    secrets = {}
-    if PLAN["secret_names"]:
-        name = PLAN["secret_names"][0]
-        try:
-            from kaggle_secrets import UserSecretsClient
-            client = UserSecretsClient()
-            for name in PLAN["secret_names"]:
-                secrets[name] = client.get_secret(name)
-        except Exception as exc:
-            give_up(working, "cannot read Kaggle Secret %s (%s: %s); attach it to this notebook once in the "
-                    "editor under Add-ons -> Secrets" % (name, type(exc).__name__, str(exc)[:200]))
-
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-    proc.communicate(json.dumps({"env": PLAN["env"], "secrets": secrets}).encode("utf-8"))
+    proc.communicate(json.dumps({"env": PLAN["env"], "secrets": {}}).encode("utf-8"))
     try:
         with open(os.path.join(working, "result.json")) as f:
             status = json.load(f).get("status")

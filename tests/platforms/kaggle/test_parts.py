@@ -246,26 +246,6 @@ def test_a_failing_job_makes_the_kernel_end_in_error(kaggle_emulator, kaggle_api
     assert result["exit_code"] == 4 and result["failure_class"] == "user"
 
 
-def test_kaggle_secrets_reach_the_job_and_a_missing_one_is_explained(kaggle_emulator, kaggle_api, tmp_path):
-    files, _ = tiny_bundle(tmp_path, 'test "${#HF_TOKEN}" -eq 8 && echo "token-ok $HF_TOKEN"')
-    plan = ScriptPlan(key="o123abc-1", runner_args=["--job-id", "123abc", "--max-runtime", "60", "--grace", "2"],
-                      bundle_files=files, secret_names=["HF_TOKEN"])
-    script = render(plan, runner_path().read_text())
-    assert "hf-dummy" not in script
-    kaggle_emulator.secrets = {"HF_TOKEN": "hf-dummy"}
-    assert not kaggle_api.kernels_push(str(kernel_folder(tmp_path, "orch-parts-test", script))).error
-    assert wait_status(kaggle_api, REF, timeout=30).status.name == "COMPLETE"
-    log = kaggle_api.kernels_logs(REF)
-    assert "token-ok ***" in log and "hf-dummy" not in log  # the runner masks secret values
-
-    kaggle_emulator.secrets = {}
-    assert not kaggle_api.kernels_push(str(kernel_folder(tmp_path, "orch-parts-test", script))).error
-    assert wait_status(kaggle_api, REF, timeout=30).status.name == "ERROR"
-    download_outputs(account(), REF, tmp_path / "dest2")
-    message = json.loads((tmp_path / "dest2" / "result.json").read_text())["message"]
-    assert "HF_TOKEN" in message and "Add-ons -> Secrets" in message
-
-
 def test_an_expired_output_link_is_listed_again_and_the_download_goes_on(kaggle_emulator, kaggle_api, tmp_path):
     run_kernel(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
     kaggle_emulator.output_url_ttl = 0.3
