@@ -470,3 +470,19 @@ def test_a_job_after_gc_deleted_its_dataset_uploads_it_again_under_the_next_slug
     app = finished(second)
     assert app.store.job(second).state.value == "SUCCEEDED", app.store.job(second).message
     assert kaggle.runs(kernel_ref(second))[0].request["datasetDataSources"] == [f"{source}-1"]
+
+
+def test_an_unheard_kaggle_attempt_declared_lost_is_charged_to_its_deadline(kaggle, config, orch, tmp_path):
+    # Kaggle cannot stop a kernel: one orch stopped hearing may run (and use quota) to its deadline.
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s}\n"
+           "controller: {unknown_window: 1s}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 30", extra="retries: 0"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.inject("GetKernelSessionStatus", "503", times=None)
+    app = tick_until(lambda app: app.store.job(job_id).state.value == "LOST", timeout=30, interval=0.3)
+    att = app.store.attempts_of(job_id)[-1]
+    rows = [r for r in app.store.ledger_rows("kaggle") if r["attempt_id"] == att.id]
+    reserve = next(r for r in rows if r["kind"] == "reserve")
+    charge = next(r for r in rows if r["kind"] == "charge")
+    assert charge["end"] == pytest.approx(reserve["end"])  # not "until we stopped hearing"
+    assert charge["end"] - charge["start"] > 500  # max_runtime 10m
