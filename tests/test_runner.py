@@ -16,6 +16,7 @@ from orchestrator import bundle as b
 from orchestrator import spec as spec_mod
 from orchestrator.platforms.base import runner_path
 from tests.conftest import wait_until
+from tests.emulators.kaggle_runs import can_mount_small_disk
 
 
 def make_bundle(tmp: Path, yaml: str, files: dict[str, str] | None = None) -> b.Bundle:
@@ -241,17 +242,7 @@ def test_a_signal_after_orch_cancel_left_its_marker_is_a_cancellation(tmp_path):
     assert result["status"] == "cancelled" and result["failure_class"] == "cancelled", result
 
 
-def _can_mount_tmpfs() -> bool:
-    import shutil
-
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True, timeout=10)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a small tmpfs")
+@pytest.mark.skipif(not can_mount_small_disk(), reason="needs root and unshare to mount a small tmpfs")
 def test_outputs_bigger_than_the_attempt_dirs_disk_fail_the_job_with_the_space_it_had(tmp_path):
     bun = make_bundle(tmp_path, "run: head -c 30000000 /dev/urandom > $ORCH_OUTPUT_DIR/big.bin\n")
     attempt, kept = tmp_path / "attempt", tmp_path / "kept"

@@ -13,7 +13,12 @@ camelCase bodies, ``{"code": N, "message": ...}`` errors), the blob PUT protocol
 stream, and it really runs pushed kernels as local processes (see
 ``kaggle_runs.py``) with realistic timing: queued, running, complete/error, datasets
 processing before they are ready, a session limit, weekly GPU quota accounting and
-a cap on concurrent GPU sessions.
+a cap on concurrent GPU sessions. Kaggle's own faults are knobs too: the session clock
+starting before the script (``boot_delay``) and killing at the limit, output links that
+expire (``output_url_ttl``: 400 ExpiredToken) or answer 403 once the kernel is deleted,
+status values the client does not know (``status_value``), a small ``/kaggle/working``
+(``working_limit_mb``), a rotated key (set ``key``: the old one gets 401) and a server
+that accepts and never answers (the ``hang`` fault).
 
 Test API: ``inject(route, kind, ...)`` for faults, ``calls[route]`` and ``log`` for
 inspection, ``kernels``/``datasets``/``blobs`` for state, ``reset()`` between tests.
@@ -125,6 +130,8 @@ class KaggleEmulator:
         "session_limit": None,
         #: Seconds between the session clock starting and the script starting (container boot).
         "boot_delay": 0.0,
+        #: Size of /kaggle/working in MB (Kaggle: 20 GB); None = the test machine's disk.
+        "working_limit_mb": None,
         "input_layout": "legacy",
         "extract_archives": False,
         "keep_output_on_timeout": True,
@@ -314,6 +321,7 @@ class KaggleEmulator:
             queue_delay=self.queue_delay,
             session_limit=self.session_limit,
             boot_delay=self.boot_delay,
+            working_limit_mb=self.working_limit_mb,
             input_layout=self.input_layout,
             extract_archives=self.extract_archives,
             keep_output_on_timeout=self.keep_output_on_timeout,

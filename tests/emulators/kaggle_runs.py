@@ -61,6 +61,29 @@ class UserSecretsClient:
 '''
 
 
+#: Runs the script with a tmpfs of size $3 over working/ ($1) in a private mount
+#: namespace, and copies what it left there to $2 for the output listing (the mount
+#: goes when the namespace does). Needs root and unshare: see ``can_mount_small_disk``.
+_SMALL_WORKING = r"""
+mount -t tmpfs -o "size=$3" tmpfs "$1" || exit 97
+w=$1 s=$2; shift 3
+cd "$w" && "$@"; rc=$?
+cp -a "$w"/. "$s"/
+exit $rc
+"""
+
+
+def can_mount_small_disk() -> bool:
+    """Whether this machine lets the emulator mount a small working/ (root + unshare)."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
 @dataclass
 class KernelRun:
     """One pushed version of a kernel and its (emulated) session."""
@@ -107,6 +130,7 @@ class RunEnvironment:
     queue_delay: float
     session_limit: float | None
     boot_delay: float
+    working_limit_mb: int | None
     input_layout: str
     extract_archives: bool
     keep_output_on_timeout: bool
@@ -172,8 +196,14 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
     _set(run, status="RUNNING", started_at=started)
     if stop.wait(env.boot_delay):
         return
+    argv, saved = [env.python, str(script)], run.root / "working"
+    if env.working_limit_mb:  # a /kaggle/working of that size: writes past it fail with ENOSPC
+        saved = run.root / "working-saved"
+        saved.mkdir()
+        argv = ["unshare", "-m", "sh", "-c", _SMALL_WORKING, "sh", str(run.root / "working"), str(saved),
+                f"{env.working_limit_mb}m", *argv]
     proc = subprocess.Popen(
-        [env.python, str(script)],
+        argv,
         cwd=run.root / "working",
         env=proc_env,
         stdin=subprocess.DEVNULL,
@@ -205,7 +235,7 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
             break
     for reader in readers:
         reader.join(timeout=5)
-    outputs = [] if (timed_out and not env.keep_output_on_timeout) else _collect(run.root / "working")
+    outputs = [] if (timed_out and not env.keep_output_on_timeout) else _collect(saved)
     if timed_out:
         status, message = "ERROR", TIMEOUT_MESSAGE.format(limit=limit)
     elif rc == 0:

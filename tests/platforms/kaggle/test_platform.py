@@ -14,6 +14,7 @@ import pytest
 from orchestrator.store import attempt_key
 from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
 from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
+from tests.emulators.kaggle_runs import can_mount_small_disk
 from tests.platforms.kaggle.conftest import USERNAME
 from tests.platforms.kaggle.helpers import kernel_folder
 
@@ -486,3 +487,23 @@ def test_an_unheard_kaggle_attempt_declared_lost_is_charged_to_its_deadline(kagg
     charge = next(r for r in rows if r["kind"] == "charge")
     assert charge["end"] == pytest.approx(reserve["end"])  # not "until we stopped hearing"
     assert charge["end"] - charge["start"] > 500  # max_runtime 10m
+
+
+@pytest.mark.skipif(not can_mount_small_disk(), reason="needs root and unshare to give the kernel a small disk")
+def test_outputs_bigger_than_kaggles_working_space_fail_the_job_once_with_the_space_it_had(kaggle, orch, tmp_path):
+    kaggle.working_limit_mb = 20
+    path = make_job(tmp_path / "big", """\
+        name: big
+        run: head -c 40000000 /dev/urandom > $ORCH_OUTPUT_DIR/big.bin
+        resources: {gpu: T4, max_runtime: 10m}
+        retries_on_error: 2
+        """)
+    job_id = submit(orch, path)
+    app = finished(job_id)
+    row = app.store.job(job_id)
+    assert row.state.value == "FAILED" and "outputs exceed the space the platform gives: 21 MB" in row.message
+    assert len(app.store.attempts_of(job_id)) == 1  # not retried: it would not fit next time either
+    out = tmp_path / "out"
+    assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
+    assert json.loads((out / "result.json").read_text())["failure_class"] == "space"
+    assert not list(out.rglob("*.partial"))
