@@ -13,8 +13,19 @@ Colab agent calls it. It
    cache keyed by their hash, so the host's Python is never modified);
 4. runs the job's command in its own process group under a deadline (SIGTERM,
    grace, SIGKILL), teeing output to ``job.log`` with secret values masked, and
-   refreshing ``heartbeat.json`` with GPU telemetry from ``nvidia-smi``;
-5. packs outputs and the checkpoint, and writes ``result.json`` last, atomically.
+   refreshing ``heartbeat.json`` with GPU telemetry from ``nvidia-smi``. Where the
+   platform kills the session itself (``--hard-deadline``, Kaggle), the job is
+   stopped early enough to pack: grace plus the time packing what the job has
+   written takes at a write speed measured on this host;
+5. packs outputs and the checkpoint (gzip without compression: packing speed is
+   what counts) and writes ``result.json`` atomically. Under a hard deadline it also
+   writes ``result.json`` before packing, as a "stopped while packing" failure, so
+   a kill mid-pack still leaves a reason (elsewhere result.json means "ended").
+
+A SIGTERM/SIGINT stops the job either way, but only one that orch's own cancel
+sent (it writes :data:`CANCEL_MARKER` into the attempt dir first) is reported as
+``cancelled``; any other (a host shutting down, a platform reclaiming the machine)
+is ``interrupted``, with the checkpoint packed when the job has one.
 
 Usage: see ``python3 runner.py --help``. Exit code: the job's exit code in the
 foreground; 75 when another runner already owns (or finished) the attempt.
@@ -23,6 +34,7 @@ foreground; 75 when another runner already owns (or finished) the attempt.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import glob
 import hashlib
@@ -44,10 +56,21 @@ RUNNER_VERSION = 1
 EXIT_BUSY = 75
 HEARTBEAT_SECONDS = float(os.environ.get("ORCH_HEARTBEAT_SECONDS", "5"))
 CHUNK = 1 << 20
+#: Written into the attempt dir by ``orch cancel`` before it signals the runner.
+CANCEL_MARKER = "cancel-requested"
+#: Packing's margin before a hard deadline: FLOOR + SAFETY x (bytes / measured write speed).
+PACK_FLOOR_S = 3.0
+PACK_SAFETY = 2.0
+PROBE_BYTES = 16 << 20
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class BundleInvalid(Exception):
     """The bundle does not match its manifest (corrupt or tampered upload)."""
+
+
+class NoSpace(Exception):
+    """Packing ran out of disk space (the platform's output space is smaller than the outputs)."""
 
 
 # --------------------------------------------------------------------------- files
@@ -340,9 +363,10 @@ class MaskingTee:
 # --------------------------------------------------------------------------- deadline
 
 
-def run_under_deadline(proc, stop_at: float, grace: float, cancelled: threading.Event):
-    """Wait for ``proc``; at ``stop_at`` (or on cancel) SIGTERM its process group, then
-    SIGKILL it ``grace`` seconds later if it is still alive.
+def run_under_deadline(proc, stop_at, grace: float, cancelled: threading.Event):
+    """Wait for ``proc``; at ``stop_at`` (a time, or a function giving the current plan)
+    or on a signal SIGTERM its process group, then SIGKILL it ``grace`` seconds later if
+    it is still alive.
 
     Returns (exit_code, reason) with reason None when the job ended on its own,
     else "deadline" or "cancelled".
@@ -358,7 +382,8 @@ def run_under_deadline(proc, stop_at: float, grace: float, cancelled: threading.
         except subprocess.TimeoutExpired:
             pass
         now = time.time()
-        if term_sent_at is None and (now >= stop_at or cancelled.is_set()):
+        due = stop_at() if callable(stop_at) else stop_at
+        if term_sent_at is None and (now >= due or cancelled.is_set()):
             reason = "cancelled" if cancelled.is_set() else "deadline"
             _signal_group(proc.pid, signal.SIGTERM)
             term_sent_at = now
@@ -400,10 +425,56 @@ class Runner:
             "python": platform.python_version(),
             "started_at": self.started,
         }
-        session_stop = (self.started + args.session_seconds - args.grace) if args.session_seconds else None
-        job_stop = self.started + args.max_runtime
-        self.stop_at = min(job_stop, session_stop) if session_stop else job_stop
-        self.stop_is_session = session_stop is not None and session_stop < job_stop
+        self.signal_name = ""
+        #: Bytes packing will write (checkpoint + outputs), refreshed by the heartbeat.
+        self.pending_bytes = 0
+        self.write_rate = 0.0
+        self.pack_dirs: list = []
+        self.session_stop = (self.started + args.session_seconds - args.grace) if args.session_seconds else None
+        self.job_stop = self.started + args.max_runtime
+        self.stop_at = self.current_stop()
+
+    # -- deadlines
+    def current_stop(self) -> float:
+        """When to SIGTERM the job: max_runtime, the session end less grace, and a
+        platform's hard deadline less grace and the time packing will take."""
+        stops = [self.job_stop]
+        if self.session_stop is not None:
+            stops.append(self.session_stop)
+        if self.args.hard_deadline:
+            stops.append(self.args.hard_deadline - self.args.grace - self.pack_seconds())
+        return min(stops)
+
+    @property
+    def stop_is_session(self) -> bool:
+        return self.current_stop() < self.job_stop
+
+    def pack_seconds(self) -> float:
+        """How long packing ``pending_bytes`` takes at the measured write speed, with margin."""
+        if not self.write_rate:
+            return PACK_FLOOR_S
+        return PACK_FLOOR_S + PACK_SAFETY * self.pending_bytes / self.write_rate
+
+    def measure_write_rate(self) -> None:
+        """Time writing PROBE_BYTES through the packer into the attempt dir (fsynced)."""
+        probe = self.path("pack-probe.bin")
+        try:
+            with open(probe, "wb") as f:
+                block = os.urandom(CHUNK)
+                for _ in range(PROBE_BYTES // CHUNK):
+                    f.write(block)
+            began = time.time()
+            write_tar(self.path("pack-probe.tar.gz"), [("probe", probe)])
+            self.write_rate = max(PROBE_BYTES / max(time.time() - began, 1e-3), 1 << 20)
+        except OSError:
+            self.write_rate = 1 << 20  # no room even for the probe: assume a slow disk
+        finally:
+            for name in ("pack-probe.bin", "pack-probe.tar.gz"):
+                try:
+                    os.remove(self.path(name))
+                except OSError:
+                    pass
+        self.result["pack_write_mb_s"] = round(self.write_rate / (1 << 20), 1)
 
     # -- paths
     def path(self, name: str) -> str:
@@ -412,6 +483,8 @@ class Runner:
     # -- heartbeat
     def heartbeat_loop(self) -> None:
         while True:
+            if self.pack_dirs and self.args.hard_deadline:
+                self.pending_bytes = sum(tree_size(d) for d in self.pack_dirs)
             rows = self.gpu.sample()
             try:
                 write_json_atomic(self.path("heartbeat.json"),
@@ -513,7 +586,8 @@ class Runner:
         for block in iter(lambda: proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096), b""):
             tee.write(block)
         if proc.wait() != 0:
-            raise SetupFailed("pip install exited with %d" % proc.returncode)
+            offline = ": no internet on this kernel (internet: false); ship the packages as wheels" if self.args.offline else ""
+            raise SetupFailed("pip install exited with %d%s" % (proc.returncode, offline))
         if os.path.isdir(target):
             shutil.rmtree(target)
         os.rename(target + ".partial", target)
@@ -580,83 +654,18 @@ class Runner:
         tee = MaskingTee(log, echo, list(self.secrets.values()))
         beat = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
-        signal.signal(signal.SIGTERM, lambda *_: self.cancelled.set())
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         exit_code, status, failure, message = 1, "failed", "runner", ""
-        proc = None
-        job: dict = {}
+        self.proc = None
         try:
-            self.phase = "unpacking"
-            manifest = self.unpack(tee)
-            job = manifest["job"]
-            out_dir = os.path.join(self.work_dir, "out")
-            os.makedirs(out_dir, exist_ok=True)
-            ckpt_rel = job.get("checkpoint")
-            ckpt_dir = os.path.join(self.code_dir, safe_member_name(ckpt_rel)) if ckpt_rel else os.path.join(self.work_dir, "checkpoint")
-            os.makedirs(ckpt_dir, exist_ok=True)
-            if self.args.checkpoint:
-                extract_checkpoint(self.args.checkpoint, ckpt_dir)
-                tee.note("checkpoint restored into %s" % (ckpt_rel or "$ORCH_CHECKPOINT_DIR"))
-            env = dict(os.environ)
-            env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
-            env.update(self.extra_env)
-            env.update(self.secrets)
-            env.update({
-                "ORCH_JOB_ID": self.args.job_id,
-                "ORCH_JOB_NAME": self.args.job_name,
-                "ORCH_ATTEMPT": str(self.args.attempt),
-                "ORCH_OUTPUT_DIR": out_dir,
-                "ORCH_CHECKPOINT_DIR": ckpt_dir,
-                "ORCH_DATA": self.data_dir,
-                "ORCH_DEADLINE": str(int(self.stop_at)),
-                "ORCH_CODE_DIR": self.code_dir,
-                "PYTHONUNBUFFERED": "1",
-            })
-            python_bin = os.path.dirname(sys.executable)
-            env["PATH"] = python_bin + os.pathsep + env.get("PATH", "")
-            self.phase = "setup"
-            setup_started = time.time()
-            pydeps = self.install_requirements(job, env, tee)
-            paths = [self.code_dir] + ([pydeps] if pydeps else []) + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-            env["PYTHONPATH"] = os.pathsep.join(paths)
-            self.result["setup_s"] = round(time.time() - setup_started, 3)
-            if self.cancelled.is_set():
-                raise Cancelled()
-            self.phase = "running"
-            tee.note("running: %s" % job["run"])
-            run_started = time.time()
-            self.result["run_started_at"] = run_started
-            proc = subprocess.Popen(["/bin/bash", "-c", job["run"]] if os.path.exists("/bin/bash") else ["/bin/sh", "-c", job["run"]],
-                                    cwd=self.code_dir, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            pid_file = self.path("runner.pid.json")
-            write_json_atomic(pid_file, {"pid": os.getpid(), "job_pgid": proc.pid, "started": self.started})
-            pump = threading.Thread(target=_pump, args=(proc.stdout, tee), name="log", daemon=True)
-            pump.start()
-            exit_code, reason = run_under_deadline(proc, self.stop_at, self.args.grace, self.cancelled)
-            pump.join(timeout=10)
-            self.result["runtime_s"] = round(time.time() - run_started, 3)
-            self.phase = "packing"
-            outputs, skipped = self.pack_outputs(job, out_dir)
-            self.result["outputs"] = outputs
-            if skipped:
-                self.result["skipped_outputs"] = skipped
-                tee.note("skipped %d output entries that are not regular files: %s" % (len(skipped), ", ".join(skipped[:5])))
-            has_ckpt = bool(ckpt_rel) and self.pack_checkpoint(ckpt_dir)
-            self.result["checkpoint"] = has_ckpt
-            if reason == "cancelled":
-                status, failure, message = "cancelled", "cancelled", "cancelled"
-            elif reason == "deadline" and self.stop_is_session and has_ckpt:
-                status, failure, message = "checkpointed", None, "stopped before the session end; checkpoint saved"
-            elif reason == "deadline":
-                status, failure = "failed", "timeout"
-                message = "stopped at max_runtime (%gs)" % self.args.max_runtime if not self.stop_is_session else "stopped at the session end with no checkpoint"
-            elif exit_code == 0:
-                status, failure, message = "succeeded", None, ""
-            else:
-                status, failure, message = "failed", "user", "job exited with code %d" % exit_code
+            exit_code, status, failure, message = self.run_steps(tee)
         except Cancelled:
-            status, failure, message, exit_code = "cancelled", "cancelled", "cancelled before the job started", 143
+            status, failure, message = self.stopped_by_signal(False, "before the job started")
+            exit_code = 143
+        except NoSpace as exc:
+            status, failure, message, exit_code = "failed", "space", str(exc), 1
         except SetupFailed as exc:
             status, failure, message, exit_code = "failed", "setup", str(exc), 1
         except BundleInvalid as exc:
@@ -664,14 +673,132 @@ class Runner:
         except Exception as exc:  # the runner must always leave a result.json
             status, failure, message, exit_code = "failed", "runner", "%s: %s" % (type(exc).__name__, exc), 1
         finally:
-            if proc is not None and proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGKILL)
+            if self.proc is not None and self.proc.poll() is None:
+                _signal_group(self.proc.pid, signal.SIGKILL)
             self.stop_heartbeat.set()
             beat.join(timeout=15)
             if message and failure:
                 tee.note(message)
             tee.close()
             log.close()
+        self.write_result(status, exit_code, failure, message)
+        return exit_code
+
+    def on_signal(self, signum, frame) -> None:
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        self.cancelled.set()
+
+    def stopped_by_signal(self, has_ckpt: bool, when: str = "") -> tuple:
+        """(status, failure_class, message) of a job a signal stopped: ``cancelled`` only
+        when orch's cancel left CANCEL_MARKER, else ``interrupted``."""
+        if os.path.exists(self.path(CANCEL_MARKER)):
+            return "cancelled", "cancelled", "cancelled" + (" " + when if when else "")
+        saved = "; checkpoint saved" if has_ckpt else ""
+        return ("interrupted", "interrupted", "interrupted by %s, not by orch cancel%s%s"
+                % (self.signal_name or "a signal", " " + when if when else "", saved))
+
+    def run_steps(self, tee: MaskingTee) -> tuple:
+        """Unpack, set up, run, pack: (exit_code, status, failure_class, message)."""
+        self.phase = "unpacking"
+        job = self.unpack(tee)["job"]
+        out_dir = os.path.join(self.work_dir, "out")
+        os.makedirs(out_dir, exist_ok=True)
+        ckpt_rel = job.get("checkpoint")
+        ckpt_dir = self.restore_checkpoint(ckpt_rel, tee)
+        env = self.job_env(job, out_dir, ckpt_dir)
+        self.phase = "setup"
+        setup_started = time.time()
+        pydeps = self.install_requirements(job, env, tee)
+        paths = [self.code_dir] + ([pydeps] if pydeps else []) + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        self.result["setup_s"] = round(time.time() - setup_started, 3)
+        if self.cancelled.is_set():
+            raise Cancelled()
+        if self.args.hard_deadline:
+            self.measure_write_rate()
+            self.pack_dirs = [out_dir] + ([ckpt_dir] if ckpt_rel else [])
+            self.pending_bytes = sum(tree_size(d) for d in self.pack_dirs)
+        exit_code, reason = self.run_job(job, env, tee)
+        self.phase = "packing"
+        if self.args.hard_deadline:  # the platform may kill us mid-pack; elsewhere result.json means "ended"
+            self.write_result("failed", 1, "packing", "the run was stopped while packing its outputs (the job itself "
+                              "had ended: %s); outputs and checkpoint are incomplete"
+                              % (self.outcome(exit_code, reason, bool(ckpt_rel))[0]), final=False)
+        outputs, skipped = self.pack_outputs(job, out_dir)
+        self.result["outputs"] = outputs
+        if skipped:
+            self.result["skipped_outputs"] = skipped
+            tee.note("skipped %d output entries that are not regular files: %s" % (len(skipped), ", ".join(skipped[:5])))
+        has_ckpt = bool(ckpt_rel) and self.pack_checkpoint(ckpt_dir)
+        self.result["checkpoint"] = has_ckpt
+        status, failure, message = self.outcome(exit_code, reason, has_ckpt)
+        return exit_code, status, failure, message
+
+    def restore_checkpoint(self, ckpt_rel: str | None, tee: MaskingTee) -> str:
+        """The checkpoint dir (the job's declared one, else work/checkpoint), restored from --checkpoint."""
+        ckpt_dir = os.path.join(self.code_dir, safe_member_name(ckpt_rel)) if ckpt_rel else os.path.join(self.work_dir, "checkpoint")
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if self.args.checkpoint:
+            extract_checkpoint(self.args.checkpoint, ckpt_dir)
+            tee.note("checkpoint restored into %s" % (ckpt_rel or "$ORCH_CHECKPOINT_DIR"))
+        return ckpt_dir
+
+    def job_env(self, job: dict, out_dir: str, ckpt_dir: str) -> dict:
+        """The job's environment: ours, then job.yaml's env, orch's extras, secrets and ORCH_*."""
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+        env.update(self.extra_env)
+        env.update(self.secrets)
+        env.update({
+            "ORCH_JOB_ID": self.args.job_id,
+            "ORCH_JOB_NAME": self.args.job_name,
+            "ORCH_ATTEMPT": str(self.args.attempt),
+            "ORCH_OUTPUT_DIR": out_dir,
+            "ORCH_CHECKPOINT_DIR": ckpt_dir,
+            "ORCH_DATA": self.data_dir,
+            "ORCH_DEADLINE": str(int(self.stop_at)),
+            "ORCH_CODE_DIR": self.code_dir,
+            "PYTHONUNBUFFERED": "1",
+        })
+        python_bin = os.path.dirname(sys.executable)
+        env["PATH"] = python_bin + os.pathsep + env.get("PATH", "")
+        return env
+
+    def run_job(self, job: dict, env: dict, tee: MaskingTee) -> tuple:
+        """Run the job's command in its own process group under the deadline: (exit_code, reason)."""
+        self.phase = "running"
+        tee.note("running: %s" % job["run"])
+        run_started = time.time()
+        self.result["run_started_at"] = run_started
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        self.proc = proc = subprocess.Popen([shell, "-c", job["run"]], cwd=self.code_dir, env=env,
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        write_json_atomic(self.path("runner.pid.json"), {"pid": os.getpid(), "job_pgid": proc.pid, "started": self.started})
+        pump = threading.Thread(target=_pump, args=(proc.stdout, tee), name="log", daemon=True)
+        pump.start()
+        exit_code, reason = run_under_deadline(proc, self.current_stop, self.args.grace, self.cancelled)
+        pump.join(timeout=10)
+        self.result["runtime_s"] = round(time.time() - run_started, 3)
+        return exit_code, reason
+
+    def outcome(self, exit_code: int, reason: str | None, has_ckpt: bool) -> tuple:
+        """(status, failure_class, message) of a job that ran."""
+        if reason == "cancelled":
+            return self.stopped_by_signal(has_ckpt)
+        if reason == "deadline" and self.stop_is_session and has_ckpt:
+            return "checkpointed", None, "stopped before the session end; checkpoint saved"
+        if reason == "deadline":
+            if self.stop_is_session:
+                return "failed", "timeout", "stopped at the session end with no checkpoint"
+            return "failed", "timeout", "stopped at max_runtime (%gs)" % self.args.max_runtime
+        if exit_code == 0:
+            return "succeeded", None, ""
+        return "failed", "user", "job exited with code %d" % exit_code
+
+    def write_result(self, status: str, exit_code: int, failure: str | None, message: str,
+                     final: bool = True) -> None:
+        """Write result.json (atomically) and, when ``final``, the last heartbeat."""
         ended = time.time()
         gpus = self.gpu.gpus
         self.result.update({
@@ -686,10 +813,10 @@ class Runner:
             "peak_gpu_memory_mb": self.gpu.peak_memory_mb if gpus else None,
             "max_gpu_utilization_pct": self.gpu.max_util if gpus else None,
         })
-        self.phase = "done"
-        write_json_atomic(self.path("heartbeat.json"), {"time": ended, "pid": os.getpid(), "phase": "done", "gpus": []})
+        if final:
+            self.phase = "done"
+            write_json_atomic(self.path("heartbeat.json"), {"time": ended, "pid": os.getpid(), "phase": "done", "gpus": []})
         write_json_atomic(self.path("result.json"), self.result)
-        return exit_code
 
 
 class SetupFailed(Exception):
@@ -707,18 +834,62 @@ def _pump(stream, tee: MaskingTee) -> None:
 
 
 def write_tar(dest: str, files: list) -> None:
-    """A gzip tar of (arcname, path) pairs with normalised metadata, written atomically."""
+    """A tar of (arcname, path) pairs with normalised metadata, written atomically.
+
+    It is a gzip file without compression (level 0): packing must finish before a
+    platform's hard deadline, and level 9 takes ~30x longer on checkpoint weights,
+    which hardly compress. Running out of space raises NoSpace, leaving no partial file.
+    """
     tmp = dest + ".partial"
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for arcname, path in files:
-                    info = tar.gettarinfo(path, arcname=arcname)
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
+    try:
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for arcname, path in files:
+                        info = tar.gettarinfo(path, arcname=arcname)
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
+                        with open(path, "rb") as f:
+                            tar.addfile(info, f)
+            raw.flush()
+            os.fsync(raw.fileno())
+    except OSError as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if exc.errno in NO_SPACE:
+            raise NoSpace("outputs exceed the space the platform gives: %s (packing %s needed %s)"
+                          % (_size(disk_size(os.path.dirname(dest))), os.path.basename(dest),
+                             _size(sum(os.path.getsize(p) for _, p in files))))
+        raise
     os.replace(tmp, dest)
+
+
+def tree_size(root: str) -> int:
+    """Bytes in the regular files under ``root`` (links not followed)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for fn in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, fn))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def disk_size(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_blocks * st.f_frsize
+
+
+def _size(n: int) -> str:
+    return "%.1f GB" % (n / 1e9) if n >= 1e9 else "%d MB" % round(n / 1e6)
 
 
 def extract_checkpoint(archive: str, dest: str) -> None:
@@ -753,6 +924,10 @@ def parse_args(argv=None):
     p.add_argument("--max-runtime", type=float, required=True, help="seconds")
     p.add_argument("--grace", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL")
     p.add_argument("--session-seconds", type=float, help="session length; the job is stopped GRACE before it ends")
+    p.add_argument("--hard-deadline", type=float,
+                   help="epoch seconds at which the platform kills the session (its clock); the job is "
+                        "stopped GRACE plus the measured packing time before it")
+    p.add_argument("--offline", action="store_true", help="the platform gives this run no internet (for messages)")
     p.add_argument("--env-stdin", action="store_true", help='read {"env": {}, "secrets": {}} JSON from stdin')
     p.add_argument("--detach", action="store_true", help="run in the background, in a new session")
     return p.parse_args(argv)

@@ -27,13 +27,13 @@ from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, share_artifacts
 from .errors import (
-    CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
+    CapacityError, ConfigError, CredentialsError, LostError, OrchError, PrecheckError, SpecError, TransientError,
 )
 from .doctor import LAST_TICK
 from .launch import job_spec
 from .notify import delivery as notify
 from .planning import Planner
-from .platforms.base import Handle, Offer, RemoteState, RemoteStatus
+from .platforms.base import Feature, Handle, Offer, RemoteState, RemoteStatus
 from .results import install_attempt, read_result
 from .states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
 from .store import AttemptRow, Conflict, JobRow, host
@@ -285,8 +285,11 @@ class Controller:
     def _poll_one(self, att: AttemptRow) -> None:
         now = time.time()
         handle = Handle.from_json(att.handle or {"key": att.key})
+        held = False
         try:
             status = self.app.platform(att.platform).poll(handle)
+        except CredentialsError as exc:  # the platform's key, not the run: no window runs out meanwhile
+            status, held = RemoteStatus(RemoteState.UNKNOWN, str(exc)), True
         except (TransientError, ConfigError, PrecheckError) as exc:
             # A refused read (changed host key, revoked token) is not the job's failure.
             status = RemoteStatus(RemoteState.UNKNOWN, str(exc))
@@ -314,8 +317,12 @@ class Controller:
                         tx.move_attempt(att.id, att.job_id, att.state, A.UNKNOWN, status.message, unknown_since=now,
                                         message=status.message)
                         tx.move_job(att.job_id, job_state, J.UNKNOWN, status.message, message=status.message)
+                elif held:
+                    with self.store.transaction() as tx:
+                        tx.update_attempt(att.id, att.state, unknown_since=now, message=status.message)
                 elif now - (att.unknown_since or now) > self.settings.unknown_window:
-                    self._lost(att, f"no status for {int(now - att.unknown_since)}s: {status.message}")
+                    self._lost(att, f"no status for {int(now - att.unknown_since)}s: {status.message}",
+                               maybe_running=True)
             elif status.state == RemoteState.LOST:
                 self._lost(att, status.message or "the platform lost the run")
             elif status.state == RemoteState.EXITED:
@@ -327,11 +334,13 @@ class Controller:
         except Conflict:
             pass  # cancelled meanwhile
 
-    def _lost(self, att: AttemptRow, reason: str) -> None:
+    def _lost(self, att: AttemptRow, reason: str, maybe_running: bool = False) -> None:
         job = self.store.job(att.job_id)
         spec = self._spec(job)
         now = time.time()
-        closing = self.ledger_close(att, None, now)
+        # Unheard is not gone: on a platform that cannot stop a run (Kaggle) it may go on
+        # to its deadline, still using quota, so its whole reservation is charged.
+        closing = self.ledger_close(att, None, now, whole=maybe_running and not self._can_cancel(att.platform))
         with self.store.transaction() as tx:
             tx.move_attempt(att.id, job.id, att.state, A.LOST, reason, message=reason, ended_at=now)
             closing(tx)
@@ -450,6 +459,12 @@ class Controller:
                           reserve["end"])
 
         return write
+
+    def _can_cancel(self, platform: str) -> bool:
+        try:
+            return Feature.CANCEL not in self.app.platform(platform).offer().unsupported
+        except OrchError:
+            return True
 
     def _release(self, att: AttemptRow) -> None:
         if not att.handle:

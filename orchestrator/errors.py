@@ -77,6 +77,11 @@ class TransientError(PlatformError):
     """Temporary trouble (429, 5xx, timeout, dropped tunnel): retry the same call later."""
 
 
+class CredentialsError(TransientError):
+    """The platform refused orch's credentials (a rotated or revoked key): the platform is
+    unavailable until the user fixes them, and no run on it is judged meanwhile."""
+
+
 class CapacityError(PlatformError):
     """No capacity or quota right now: keep the job queued or place it elsewhere."""
 

@@ -84,10 +84,7 @@ def _bundle(app: App, job: JobRow) -> bundle_mod.Bundle:
 
 def _secrets(app: App, job: JobRow, spec: spec_mod.JobSpec) -> dict[str, str]:
     """The job's secrets from this controller's environment (held in memory only), only
-    those this controller may give the job's submitter (see trust.py).
-    With ``secrets_from: kaggle`` the values are read inside the kernel, never here."""
-    if spec.secrets_from == "kaggle":
-        return {}
+    those this controller may give the job's submitter (see trust.py)."""
     refused = set(trust.refused_secrets(job, spec.secrets, app.config.team))
     return {name: os.environ[name] for name in spec.secrets if name in os.environ and name not in refused}
 

@@ -135,10 +135,9 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
     if spec.internet and (not offer.internet or Feature.INTERNET in offer.unsupported):
         why = offer.unsupported.get(Feature.INTERNET) or "has no internet"
         return f"{why}; the job sets internet: true (the default)"
-    if spec.secrets and spec.secrets_from == "kaggle":
-        if offer.type != "kaggle":
-            return "the job's secrets live in Kaggle Secrets (secrets_from: kaggle); it runs on Kaggle only"
-    elif spec.secrets and Feature.SECRETS in offer.unsupported:
+    if not spec.internet and Feature.OFFLINE_SETUP in offer.unsupported and setup_downloads(spec):
+        return offer.unsupported[Feature.OFFLINE_SETUP]
+    if spec.secrets and Feature.SECRETS in offer.unsupported:
         return offer.unsupported[Feature.SECRETS]
     if not chains(spec, offer) and offer.session_seconds and res.max_runtime > offer.session_seconds:
         fix = (offer.unsupported[Feature.CHECKPOINT] if spec.checkpoint is not None
@@ -146,6 +145,19 @@ def misfit(spec: JobSpec, offer: Offer) -> str | None:
         return (f"sessions last {format_duration(offer.session_seconds)}, job needs "
                 f"{format_duration(res.max_runtime)}; {fix}")
     return None
+
+
+def setup_downloads(spec: JobSpec) -> bool:
+    """Whether the job's ``setup:`` needs a package index: anything but local wheel or
+    sdist paths, unless pip is told ``--no-index`` (a wheelhouse in the code or a dataset)."""
+    setup = spec.setup
+    if "--no-index" in (r.strip() for r in setup.requirements):
+        return False
+    if setup.file:
+        return True
+    local = (".whl", ".tar.gz", ".zip")
+    return any(not (r.startswith(("./", "/", "../")) or r.endswith(local)) for r in setup.requirements
+               if not r.lstrip().startswith("-"))
 
 
 def chains(spec: JobSpec, offer: Offer) -> bool:

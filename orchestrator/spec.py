@@ -251,8 +251,8 @@ class JobSpec(_Model):
     priority: Count = Field(default=0, ge=INT32[0], le=INT32[1])
     checkpoint: str | None = None
     internet: bool = True
-    #: Where secret values come from: this controller's environment ("local"), or the
-    #: Kaggle account's Secrets ("kaggle": the job then runs only on Kaggle).
+    #: Where secret values come from: this controller's environment ("local", the only
+    #: source; "kaggle" is refused with the reason, see _secrets_from).
     secrets_from: Literal["local", "kaggle"] = "local"
     #: seconds between SIGTERM and SIGKILL, and how long before a session ends the job is
     #: told to checkpoint; None = the platform's or controller's grace.
@@ -313,6 +313,16 @@ class JobSpec(_Model):
                 raise ValueError(f"{key}: value must be a string, number or boolean")
             out[key] = _no_nul(str(val).lower() if isinstance(val, bool) else str(val), f"env {key}")
         return out
+
+    @field_validator("secrets_from")
+    @classmethod
+    def _secrets_from(cls, value: str) -> str:
+        if value == "kaggle":
+            raise ValueError(
+                "secrets_from: kaggle is not supported: Kaggle's API has no way to attach Kaggle Secrets to a "
+                "kernel it creates (a push carries no secrets), and every attempt is a new kernel, so the job "
+                "could never read them; remove the line and run jobs with secrets on a platform that takes them")
+        return value
 
     @field_validator("secrets", mode="before")
     @classmethod

@@ -5,9 +5,7 @@ A controller's secrets are its user's. In a shared queue any member can submit a
 whose ``run:`` prints its secrets to its outputs, so a controller gives a job every
 secret it names only when the job was submitted by the controller's own user
 (:func:`orchestrator.store.user`); another member's job gets only the names this
-controller's config shares (``team.share_secrets``). Kaggle Secrets
-(``secrets_from: kaggle``) are read from the dispatching controller's Kaggle account, so
-the same rule covers them. A ``local`` platform runs jobs as this machine's user (with
+controller's config shares (``team.share_secrets``). A ``local`` platform runs jobs as this machine's user (with
 its files, ``~/.ssh`` included), so other members' jobs run there only with
 ``team.run_others_locally: true``.
 

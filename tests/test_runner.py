@@ -16,6 +16,7 @@ from orchestrator import bundle as b
 from orchestrator import spec as spec_mod
 from orchestrator.platforms.base import runner_path
 from tests.conftest import wait_until
+from tests.emulators.kaggle_runs import can_mount_small_disk
 
 
 def make_bundle(tmp: Path, yaml: str, files: dict[str, str] | None = None) -> b.Bundle:
@@ -166,3 +167,103 @@ def test_runner_works_under_python_3_9(tmp_path):
                           capture_output=True, text=True, timeout=60)
     result = json.loads((attempt / "result.json").read_text())
     assert result["status"] == "succeeded" and result["python"].startswith("3.9"), proc.stderr
+
+
+# ------------------------------------------------------------------ hard deadlines, signals, full disks
+
+CHECKPOINTING_STEPS = """\
+import os, pathlib, signal, time
+ckpt = pathlib.Path(os.environ["ORCH_CHECKPOINT_DIR"])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+step = int((ckpt / "step").read_text()) if (ckpt / "step").exists() else 0
+(ckpt / "weights.bin").write_bytes(os.urandom({mb} << 20))  # a checkpoint, written while running
+while not stop:
+    time.sleep(0.5)  # one "step"; SIGTERM is obeyed only between steps
+    step += 1
+    (ckpt / "step").write_text(str(step))
+print("stopped at step", step, flush=True)
+"""
+
+
+def test_a_hard_deadline_stops_the_job_early_enough_to_pack_a_big_checkpoint(tmp_path):
+    bun = make_bundle(tmp_path, "run: python job.py\ncheckpoint: ckpt\n", {"job.py": CHECKPOINTING_STEPS.format(mb=200)})
+    hard = time.time() + 12
+    proc, result = run_runner(tmp_path, bun, "--max-runtime", "600", "--grace", "2", "--session-seconds", "3600",
+                              "--hard-deadline", f"{hard:.3f}")
+    assert result["status"] == "checkpointed", result
+    assert result["ended_at"] < hard  # packed and written before the platform's kill
+    assert result["pack_write_mb_s"] > 0
+    import tarfile
+
+    with tarfile.open(tmp_path / "attempt" / "checkpoint.tar.gz") as tar:
+        assert tar.getmember("weights.bin").size == 200 << 20
+    assert not list((tmp_path / "attempt").glob("*.partial"))
+
+
+def _start_runner(tmp_path: Path, bun: b.Bundle, *extra: str) -> subprocess.Popen:
+    attempt = tmp_path / "attempt"
+    cmd = [sys.executable, str(runner_path()), "--attempt-dir", str(attempt), "--bundle", str(bun.directory),
+           "--data-path", str(tmp_path / "blobs"), "--cache-dir", str(tmp_path / "cache"), "--job-id", "j" * 32,
+           "--max-runtime", "600", "--grace", "5", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "ORCH_HEARTBEAT_SECONDS": "0.2"})
+    wait_until(lambda: "stopped" not in (attempt / "job.log").read_text() and "running:" in (attempt / "job.log").read_text()
+               if (attempt / "job.log").exists() else False, 30, "the job to start", interval=0.1)
+    time.sleep(1.0)
+    return proc
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_that_orch_cancel_did_not_send_is_an_interruption_with_the_checkpoint_saved(tmp_path, sig):
+    import signal
+
+    bun = make_bundle(tmp_path, "run: python job.py\ncheckpoint: ckpt\n", {"job.py": CHECKPOINTING_STEPS.format(mb=1)})
+    proc = _start_runner(tmp_path, bun)
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=30)
+    result = json.loads((tmp_path / "attempt" / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["failure_class"] == "interrupted", result
+    assert sig in result["message"] and "checkpoint saved" in result["message"]
+    assert result["checkpoint"] is True and (tmp_path / "attempt" / "checkpoint.tar.gz").is_file()
+
+
+def test_a_signal_after_orch_cancel_left_its_marker_is_a_cancellation(tmp_path):
+    import signal
+
+    from kernels.runner import CANCEL_MARKER
+
+    bun = make_bundle(tmp_path, "run: python job.py\ncheckpoint: ckpt\n", {"job.py": CHECKPOINTING_STEPS.format(mb=1)})
+    proc = _start_runner(tmp_path, bun)
+    (tmp_path / "attempt" / CANCEL_MARKER).write_text("")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    result = json.loads((tmp_path / "attempt" / "result.json").read_text())
+    assert result["status"] == "cancelled" and result["failure_class"] == "cancelled", result
+
+
+@pytest.mark.skipif(not can_mount_small_disk(), reason="needs root and unshare to mount a small tmpfs")
+def test_outputs_bigger_than_the_attempt_dirs_disk_fail_the_job_with_the_space_it_had(tmp_path):
+    bun = make_bundle(tmp_path, "run: head -c 30000000 /dev/urandom > $ORCH_OUTPUT_DIR/big.bin\n")
+    attempt, kept = tmp_path / "attempt", tmp_path / "kept"
+    attempt.mkdir()
+    kept.mkdir()
+    runner = [sys.executable, str(runner_path()), "--attempt-dir", str(attempt), "--bundle", str(bun.directory),
+              "--work-dir", str(tmp_path / "work"), "--job-id", "j" * 32, "--max-runtime", "60"]
+    script = ('mount -t tmpfs -o size=10m tmpfs "$1" && shift 2 && "$@"; '
+              'cp -a "$ATTEMPT"/. "$KEPT"/')
+    subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(attempt), "--", *runner], timeout=60,
+                   env={**os.environ, "ATTEMPT": str(attempt), "KEPT": str(kept)}, capture_output=True)
+    result = json.loads((kept / "result.json").read_text())
+    assert result["status"] == "failed" and result["failure_class"] == "space", result
+    assert "outputs exceed the space the platform gives: 10 MB" in result["message"]
+    assert not list(kept.glob("*.partial"))
+
+
+def test_pip_failing_on_a_run_without_internet_says_so(tmp_path):
+    bun = make_bundle(tmp_path, "run: echo never\nsetup: [orch-no-such-package-xyz]\n")
+    dead = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
+            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    proc, result = run_runner(tmp_path, bun, "--max-runtime", "120", "--offline", env=dead, timeout=120)
+    assert result["status"] == "failed" and result["failure_class"] == "setup"
+    assert result["message"].startswith("pip install exited with 1: no internet on this kernel (internet: false)")

@@ -51,6 +51,7 @@ class Feature(str, Enum):
     CANCEL = "cancel"          # stop a run before its deadline
     INTERNET = "internet"      # let the job reach the internet
     CHECKPOINT = "checkpoint"  # keep a checkpoint between chain segments
+    OFFLINE_SETUP = "offline_setup"  # pip-install setup: packages from an index with internet: false
 
 
 @dataclass(frozen=True)

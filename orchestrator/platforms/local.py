@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from kernels.runner import CANCEL_MARKER
+
 from ..errors import TransientError
 from ..gpus import reported_type
 from ..results import copy_regular, keep_capped_file
@@ -171,6 +173,7 @@ class LocalPlatform(PlatformBase):
         d = Path(handle.data["dir"])
         pid = _read_json(d / "runner.pid.json").get("pid")
         if pid and _lock_held(d):
+            (d / CANCEL_MARKER).touch()  # so the runner reports "cancelled", not "interrupted"
             try:
                 os.kill(int(pid), signal.SIGTERM)
             except ProcessLookupError:

@@ -13,7 +13,12 @@ camelCase bodies, ``{"code": N, "message": ...}`` errors), the blob PUT protocol
 stream, and it really runs pushed kernels as local processes (see
 ``kaggle_runs.py``) with realistic timing: queued, running, complete/error, datasets
 processing before they are ready, a session limit, weekly GPU quota accounting and
-a cap on concurrent GPU sessions.
+a cap on concurrent GPU sessions. Kaggle's own faults are knobs too: the session clock
+starting before the script (``boot_delay``) and killing at the limit, output links that
+expire (``output_url_ttl``: 400 ExpiredToken) or answer 403 once the kernel is deleted,
+status values the client does not know (``status_value``), a small ``/kaggle/working``
+(``working_limit_mb``), a rotated key (set ``key``: the old one gets 401) and a server
+that accepts and never answers (the ``hang`` fault).
 
 Test API: ``inject(route, kind, ...)`` for faults, ``calls[route]`` and ``log`` for
 inspection, ``kernels``/``datasets``/``blobs`` for state, ``reset()`` between tests.
@@ -36,7 +41,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from . import kaggle_runs
-from .kaggle_http import BLOB_PUT, FAULT_KINDS, LOGS_STREAM, OUTPUT_FILE, Fault, Handler, error_reply
+from .kaggle_http import BLOB_PUT, FAULT_KINDS, LOGS_STREAM, OUTPUT_FILE, Fault, Handler, Reply, error_reply
 from .kaggle_runs import KernelRun, RunEnvironment
 
 __all__ = ["BLOB_PUT", "FAULT_KINDS", "LOGS_STREAM", "OUTPUT_FILE", "Fault", "KaggleEmulator"]
@@ -123,6 +128,10 @@ class KaggleEmulator:
         "queue_delay": 0.05,
         "dataset_delay": 0.1,
         "session_limit": None,
+        #: Seconds between the session clock starting and the script starting (container boot).
+        "boot_delay": 0.0,
+        #: Size of /kaggle/working in MB (Kaggle: 20 GB); None = the test machine's disk.
+        "working_limit_mb": None,
         "input_layout": "legacy",
         "extract_archives": False,
         "keep_output_on_timeout": True,
@@ -133,12 +142,17 @@ class KaggleEmulator:
         "quota_hours_per_second": 1 / 3600,
         "hostile_output_names": (),
         "refresh_time": None,
+        #: A status value the client's enum does not know, answered instead of the real one.
+        "status_value": None,
+        #: Seconds a listed output URL stays valid (signed storage URLs expire: GCS then
+        #: answers 400 ExpiredToken); None = forever.
+        "output_url_ttl": None,
     }
 
     def __init__(self, root: Path, username: str = "alice", key: str = "emulator-key-0000", seed: int = 7):
         self.root = Path(root)
         self.username = username
-        self.key = key
+        self.key = self._first_key = key
         self._seed = seed
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -177,10 +191,12 @@ class KaggleEmulator:
 
     def _reset_state(self) -> None:
         with self._lock:
+            self.key = self._first_key  # a test may have rotated it
             for name, value in self.DEFAULTS.items():
                 setattr(self, name, value)
             self.kernels: dict[str, Kernel] = {}
             self.datasets: dict[str, Dataset] = {}
+            self.deleted_slugs: set[str] = set()
             self.blobs: dict[str, Blob] = {}
             self.faults: list[Fault] = []
             self.calls: Counter[str] = Counter()
@@ -304,6 +320,8 @@ class KaggleEmulator:
             python=kaggle_runs.python_executable(),
             queue_delay=self.queue_delay,
             session_limit=self.session_limit,
+            boot_delay=self.boot_delay,
+            working_limit_mb=self.working_limit_mb,
             input_layout=self.input_layout,
             extract_archives=self.extract_archives,
             keep_output_on_timeout=self.keep_output_on_timeout,
@@ -365,7 +383,7 @@ class KaggleEmulator:
         if body.get("language") not in ("python", "r", "rmarkdown") or body.get("kernelType") not in ("script", "notebook"):
             return {"error": "A valid language and kernel type are required"}
         timeout = body.get("sessionTimeoutSeconds")
-        if timeout is not None and int(timeout) > MAX_SESSION_SECONDS:
+        if timeout is not None and int(timeout) >= MAX_SESSION_SECONDS:
             return {"error": f"sessionTimeoutSeconds must be lower than the global maximum of {MAX_SESSION_SECONDS}"}
         gpu = bool(body.get("enableGpu")) or str(body.get("machineShape") or "").startswith("Nvidia")
         with self._lock:
@@ -406,7 +424,7 @@ class KaggleEmulator:
     def _rpc_GetKernelSessionStatus(self, body: dict) -> dict:
         with self._lock:
             run = self._kernel(body.get("userName", ""), body.get("kernelSlug", "")).latest
-        out: dict[str, Any] = {"status": run.status}
+        out: dict[str, Any] = {"status": self.status_value or run.status}
         if run.failure_message:
             out["failureMessage"] = run.failure_message
         return out
@@ -416,7 +434,8 @@ class KaggleEmulator:
             run = self._kernel(body.get("userName", ""), body.get("kernelSlug", "")).latest
         if not run.finished:
             return {"files": [], "log": ""}
-        entries = [(name, f"{self.direct_url}/outputs/{run.owner}/{run.slug}/{run.version}/{quote(name)}")
+        expires = "" if self.output_url_ttl is None else f"?expires={time.monotonic() + self.output_url_ttl:.3f}"
+        entries = [(name, f"{self.direct_url}/outputs/{run.owner}/{run.slug}/{run.version}/{quote(name)}{expires}")
                    for name, _ in run.outputs]
         entries += [(name, f"{self.direct_url}/outputs/{run.owner}/{run.slug}/{run.version}/hostile/{i}")
                     for i, name in enumerate(self.hostile_output_names)]
@@ -508,7 +527,7 @@ class KaggleEmulator:
         if not (6 <= len(slug) <= 50) or slugify(slug) != slug:
             return {"status": "Error", "error": f"Invalid dataset slug {slug!r}"}
         with self._lock:
-            if f"{owner}/{slug}" in self.datasets:
+            if f"{owner}/{slug}" in self.datasets or f"{owner}/{slug}" in self.deleted_slugs:
                 return {"status": "Error", "error": f"The requested slug {slug!r} is already in use."}
             files = self._dataset_files(body.get("files") or [])
             if isinstance(files, str):
@@ -574,6 +593,7 @@ class KaggleEmulator:
             if ds.owner != self.username:
                 raise error_reply(403, "Permission denied")
             del self.datasets[ds.ref]
+            self.deleted_slugs.add(ds.ref)  # Kaggle keeps a deleted dataset's slug reserved
         return {}
 
     # ------------------------------------------------------------------ plain URLs
@@ -598,10 +618,13 @@ class KaggleEmulator:
             return (200 if blob.complete else 308), {}
 
     def output_file(self, parts: list[str]) -> bytes | None:
+        """The bytes of one output file; raises Reply(403) once its kernel was deleted."""
         owner, slug, version, *rest = parts
         with self._lock:
             kernel = self.kernels.get(f"{owner}/{slug}")
-            if kernel is None or int(version) > len(kernel.runs):
+            if kernel is None:
+                raise Reply(403, {"xml": "AccessDenied"})
+            if int(version) > len(kernel.runs):
                 return None
             run = kernel.runs[int(version) - 1]
         if rest[:1] == ["hostile"]:

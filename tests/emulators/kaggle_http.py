@@ -22,7 +22,8 @@ BLOB_PUT = "BlobPut"
 OUTPUT_FILE = "OutputFile"
 LOGS_STREAM = "LogsStream"
 
-FAULT_KINDS = ("429", "500", "503", "200-code", "push-error", "invalid-sources", "latency", "drop", "drop-after")
+FAULT_KINDS = ("429", "500", "503", "200-code", "push-error", "invalid-sources", "latency", "drop", "drop-after",
+               "hang")
 
 
 @dataclass
@@ -97,6 +98,11 @@ class Handler(BaseHTTPRequestHandler):
         if fault.kind == "latency":
             time.sleep(fault.delay)
             return False
+        if fault.kind == "hang":  # accept, read the request, never answer (until reset or ``delay``)
+            self.emu._record(route, None)
+            self.emu._stop.wait(fault.delay or None)
+            self._drop()
+            return True
         if fault.kind == "drop":
             self.emu._record(route, None)
             self._drop()
@@ -175,7 +181,15 @@ class Handler(BaseHTTPRequestHandler):
         fault = self.emu._take_fault(OUTPUT_FILE)
         if self._apply_fault(OUTPUT_FILE, fault):
             return
-        data = self.emu.output_file(path[len("/outputs/"):].split("/"))
+        expires = re.fullmatch(r"expires=([\d.]+)", urlsplit(self.path).query)
+        if expires and time.monotonic() > float(expires.group(1)):
+            self._storage_error(400, "ExpiredToken", "The provided token has expired.")
+            return
+        try:
+            data = self.emu.output_file(path[len("/outputs/"):].split("/"))
+        except Reply as exc:  # the kernel (and its output objects) was deleted
+            self._storage_error(exc.status, "AccessDenied", "Access denied.")
+            return
         if data is None:
             self.emu._record(OUTPUT_FILE, 404)
             self._send(404, b"<html><body>Not Found</body></html>", "text/html")
@@ -196,6 +210,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.emu._record(OUTPUT_FILE, 200)
         self._send(200, data, "application/octet-stream", headers)
+
+    def _storage_error(self, status: int, code: str, message: str) -> None:
+        """An error from the signed-URL storage (GCS's XML error document)."""
+        self.emu._record(OUTPUT_FILE, status)
+        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                f"<Message>{message}</Message></Error>").encode()
+        self._send(status, body, "application/xml; charset=UTF-8")
 
     def _get_logs(self, path: str) -> None:
         fault = self.emu._take_fault(LOGS_STREAM)

@@ -61,6 +61,29 @@ class UserSecretsClient:
 '''
 
 
+#: Runs the script with a tmpfs of size $3 over working/ ($1) in a private mount
+#: namespace, and copies what it left there to $2 for the output listing (the mount
+#: goes when the namespace does). Needs root and unshare: see ``can_mount_small_disk``.
+_SMALL_WORKING = r"""
+mount -t tmpfs -o "size=$3" tmpfs "$1" || exit 97
+w=$1 s=$2; shift 3
+cd "$w" && "$@"; rc=$?
+cp -a "$w"/. "$s"/
+exit $rc
+"""
+
+
+def can_mount_small_disk() -> bool:
+    """Whether this machine lets the emulator mount a small working/ (root + unshare)."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
 @dataclass
 class KernelRun:
     """One pushed version of a kernel and its (emulated) session."""
@@ -106,6 +129,8 @@ class RunEnvironment:
     python: str
     queue_delay: float
     session_limit: float | None
+    boot_delay: float
+    working_limit_mb: int | None
     input_layout: str
     extract_archives: bool
     keep_output_on_timeout: bool
@@ -162,9 +187,23 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
         "KAGGLE_KERNEL_RUN_TYPE": "Batch",
         "KAGGLE_KERNEL_INTEGRATIONS": "",
     }
+    if not run.request.get("enableInternet", True):  # no route out: every connection is refused
+        proc_env.update({"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                         "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"})
+    # Kaggle's session clock (and its hard kill at the limit) starts when the session is
+    # assigned; the script starts once the container has booted.
     started = time.monotonic()
+    _set(run, status="RUNNING", started_at=started)
+    if stop.wait(env.boot_delay):
+        return
+    argv, saved = [env.python, str(script)], run.root / "working"
+    if env.working_limit_mb:  # a /kaggle/working of that size: writes past it fail with ENOSPC
+        saved = run.root / "working-saved"
+        saved.mkdir()
+        argv = ["unshare", "-m", "sh", "-c", _SMALL_WORKING, "sh", str(run.root / "working"), str(saved),
+                f"{env.working_limit_mb}m", *argv]
     proc = subprocess.Popen(
-        [env.python, str(script)],
+        argv,
         cwd=run.root / "working",
         env=proc_env,
         stdin=subprocess.DEVNULL,
@@ -196,7 +235,7 @@ def _session(run: KernelRun, env: RunEnvironment, stop: threading.Event) -> None
             break
     for reader in readers:
         reader.join(timeout=5)
-    outputs = [] if (timed_out and not env.keep_output_on_timeout) else _collect(run.root / "working")
+    outputs = [] if (timed_out and not env.keep_output_on_timeout) else _collect(saved)
     if timed_out:
         status, message = "ERROR", TIMEOUT_MESSAGE.format(limit=limit)
     elif rc == 0:

@@ -62,11 +62,12 @@ def test_another_members_job_does_not_get_this_controllers_secret(orch, orch_hom
     assert "team.share_secrets" in plan.output  # `orch plan` says why
 
 
-def test_kaggle_secrets_follow_the_same_rule(orch, orch_home, tmp_path, monkeypatch, config, kaggle_emulator):
-    # Kaggle Secrets are read from the dispatching controller's Kaggle account.
-    config("platforms: {kaggle: {type: kaggle}}\n")
-    job = alice_submits_bob_ticks(orch, tmp_path, monkeypatch, "secrets_from: kaggle\n")
-    assert job.state == JobState.QUEUED and "team.share_secrets" in job.message
+def test_kaggle_secrets_cannot_be_asked_for_at_all(orch, orch_home, tmp_path):
+    # `secrets_from: kaggle` read Kaggle Secrets from the dispatching controller's account;
+    # the feature is gone (a push cannot attach secrets), so the theft has no way in.
+    job = make_job(tmp_path / "k", "name: k\nrun: env\nsecrets: [TEAM_HF_TOKEN]\nsecrets_from: kaggle\n")
+    result = orch("submit", str(job))
+    assert result.exit_code == 2 and "secrets_from: kaggle is not supported" in " ".join(result.output.split())
 
 
 def test_a_shared_secret_reaches_another_members_job_only_where_config_allows(orch, orch_home, tmp_path,

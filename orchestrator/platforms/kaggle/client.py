@@ -1,4 +1,5 @@
-"""The edge between orch and the unmodified ``kaggle`` client (2.2.4).
+"""The edge between orch and the unmodified ``kaggle`` client (2.2.4 up to 2.3, see
+:data:`SUPPORTED`).
 
 Everything orch says to Kaggle goes through :class:`KaggleAccount`, which
 
@@ -12,7 +13,11 @@ Everything orch says to Kaggle goes through :class:`KaggleAccount`, which
 * maps every client error onto orch's tree once, in :func:`kaggle_errors`; and
 * retries every call with backoff and jitter (:data:`CALLS`, an
   :class:`orchestrator.retry.Retry`), honouring ``Retry-After``, because the client
-  itself retries only uploads.
+  itself retries only uploads; and
+* gives every call a deadline: kagglesdk sends without a timeout, so a server that
+  accepts and never answers would hang a tick. :class:`TimeoutAdapter` is mounted on
+  the client's own ``requests`` session (proxies and environment settings still
+  apply), in every client the ``KaggleApi`` builds.
 
 Design choice: the client reads ``KAGGLE_API_ENVIRONMENT`` and its config dir once,
 at import. ``KaggleAccount`` re-reads both when it builds its ``KaggleApi`` (setting
@@ -36,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import requests
 
-from ...errors import CapacityError, OrchError, PrecheckError, TransientError
+from ...errors import CapacityError, CredentialsError, OrchError, PrecheckError, TransientError
 from ...partfile import PartFile
 from ...retry import Retry
 from ..base import QuotaReading
@@ -112,7 +117,9 @@ def classify_http(what: str, exc: requests.HTTPError, platform: str | None = Non
     if status is None or status >= 500 or status == 408:
         return TransientError(f"{what}: Kaggle answered {status}: {message}", platform)
     if status == 401:
-        return PrecheckError(f"{what}: Kaggle rejected the credentials (401: {message}); {CREDENTIALS_FIX}", platform)
+        return CredentialsError(f"{what}: Kaggle rejected the credentials (401: {message}); Kaggle is unavailable "
+                                f"until they work, and runs there are left alone meanwhile. To fix the key: "
+                                f"{CREDENTIALS_FIX}; then run: orch platforms", platform)
     if status in (403, 404):
         return MissingError(f"{what}: not found on Kaggle or not visible to this account ({status}: {message})", platform)
     return PrecheckError(f"{what}: Kaggle refused the request ({status}: {message})", platform)
@@ -140,17 +147,28 @@ def kaggle_errors(what: str, platform: str | None = None) -> Iterator[None]:
         cause = exc.__context__
         if isinstance(cause, requests.HTTPError):
             raise classify_http(what, cause, platform) from exc
+        if str(exc).startswith("Upload unsuccessful"):  # 2.2.5: a blob PUT that gave up
+            raise TransientError(f"{what}: {exc}; will retry", platform) from exc
         raise PrecheckError(f"{what}: {exc}", platform) from exc
     except OSError as exc:  # urllib3 errors that escaped requests, sockets
         raise TransientError(f"{what}: network error talking to Kaggle ({exc}); will retry", platform) from exc
 
 
+class ExpiredLink(TransientError):
+    """A signed output URL no longer works (GCS answers 400 ``ExpiredToken``, or 403/404
+    once it lapsed): a fresh listing hands out a new one. Not retried with the same URL."""
+
+
 def _download_error(what: str, resp: requests.Response, platform: str | None) -> OrchError:
     """The error for a download that answered neither 200 nor 206."""
-    body = resp.text[:200] if "json" in resp.headers.get("Content-Type", "") else ""
+    kind = resp.headers.get("Content-Type", "")
+    text = resp.text[:300] if ("json" in kind or "xml" in kind) else ""
+    code = re.search(r"<Code>(\w+)</Code>", text)
+    body = code.group(1) if code else ("".join(ch for ch in text[:200] if ch.isprintable()) if "json" in kind else "")
     message = f"{what}: download answered HTTP {resp.status_code} {body}".rstrip()
-    if resp.status_code in (429,) or resp.status_code >= 500 or resp.status_code in (403, 404, 408):
-        # 403/404 on a signed URL: it expired; a fresh listing gives a new one.
+    if resp.status_code in (403, 404) or (resp.status_code == 400 and "ExpiredToken" in text):
+        return ExpiredLink(message, platform)
+    if resp.status_code in (429,) or resp.status_code >= 500 or resp.status_code == 408:
         err = TransientError(message, platform)
         err.retry_after = _retry_after(resp)  # type: ignore[attr-defined]
         return err
@@ -199,6 +217,36 @@ class OutputPage:
     next_token: str
 
 
+class TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """An ``HTTPAdapter`` that sends with ``timeout`` when the caller gave none."""
+
+    def __init__(self, timeout: tuple[float, float]):
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def with_deadlines(api: "KaggleApi", read_s: float) -> None:
+    """Make every kagglesdk client ``api`` builds send with a (connect, read) timeout."""
+    build = api.build_kaggle_client
+    timeout = (min(10.0, read_s), read_s)
+
+    def build_with_deadlines() -> Any:
+        client = build()
+        http = client._http_client  # kagglesdk's KaggleHttpClient; its session is made once
+        http._init_session()
+        adapter = TimeoutAdapter(timeout)
+        http._session.mount("https://", adapter)
+        http._session.mount("http://", adapter)
+        return client
+
+    api.build_kaggle_client = build_with_deadlines  # type: ignore[method-assign]
+
+
 class _NoAuth(requests.auth.AuthBase):
     """Send no credentials: output URLs are signed storage URLs on another host."""
 
@@ -217,7 +265,44 @@ def _quiet() -> Iterator[io.StringIO]:
         log.debug("kaggle client said: %s", buf.getvalue().strip())
 
 
+#: The client versions orch is tested against (CI runs the Kaggle tests at both ends):
+#: package -> (lowest, first version above the range).
+SUPPORTED = {"kaggle": ((2, 2, 4), (2, 3)), "kagglesdk": ((0, 1, 37), (0, 2))}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def version_problem(installed: dict[str, str | None]) -> str | None:
+    """One line naming a client package outside :data:`SUPPORTED` and the fix, else None."""
+    for name, (low, high) in SUPPORTED.items():
+        found = installed.get(name)
+        if found is None:
+            continue
+        if not low <= _version_tuple(found) < high:
+            wanted = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+            return (f"{name} {found} is installed, but orch is tested with {name}{wanted}; "
+                    f"install a tested one with: pip install '{name}{wanted}'")
+    return None
+
+
+def _installed_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in SUPPORTED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _client_class() -> type["KaggleApi"]:
+    problem = version_problem(_installed_versions())
+    if problem:
+        raise PrecheckError(problem)
     try:
         with _quiet():  # the package authenticates (and may print help) at import
             from kaggle.api.kaggle_api_extended import KaggleApi
@@ -233,9 +318,13 @@ class KaggleAccount:
     Every method retries transient failures with ``backoff`` and raises orch errors.
     """
 
-    def __init__(self, backoff: Retry | None = None, platform: str | None = None):
+    def __init__(self, backoff: Retry | None = None, platform: str | None = None, timeout_s: float = 60.0):
         self.backoff = backoff or CALLS
         self.platform = platform
+        #: Read timeout of every request (no answer for this long: a transient error).
+        self.timeout_s = timeout_s
+        #: The last "Kaggle rejected the credentials" message, until a call works again.
+        self.auth_failure: str | None = None
         self.warnings: list[str] = []
         self._api: KaggleApi | None = None
 
@@ -260,6 +349,7 @@ class KaggleAccount:
         if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST":
             args.append("--local")
         api.args = args
+        with_deadlines(api, self.timeout_s)
         try:
             with _quiet():
                 api.authenticate()
@@ -284,19 +374,37 @@ class KaggleAccount:
         policy given) unless ``retry`` is False."""
 
         def once() -> T:
-            with kaggle_errors(what, self.platform):
-                return fn(self.api())
+            try:
+                with kaggle_errors(what, self.platform):
+                    out = fn(self.api())
+            except CredentialsError as exc:
+                self.auth_failure = str(exc)
+                raise
+            self.auth_failure = None
+            return out
 
         if retry is False:
             return once()
-        return (retry if isinstance(retry, Retry) else self.backoff).run(what, once)
+        # A rejected key stays rejected within a call: not retried.
+        return (retry if isinstance(retry, Retry) else self.backoff).run(
+            what, once, retry_if=lambda e: isinstance(e, TransientError) and not isinstance(e, CredentialsError))
 
     # -- kernels
     def kernel_status(self, ref: str, retry: bool | Retry = True) -> KernelState:
         """Raises MissingError when the kernel does not exist."""
-        resp = self.call(f"status of {ref}", lambda api: api.kernels_status(ref), retry)
-        status = getattr(resp.status, "name", None) or str(resp.status or "QUEUED")
-        return KernelState(status=status.upper(), failure_message=resp.failure_message or "")
+
+        def read(api: "KaggleApi") -> KernelState:
+            try:
+                resp = api.kernels_status(ref)
+            except KeyError as exc:
+                # kagglesdk parses the status into its enum and raises KeyError(<raw value>)
+                # for a value it does not know (a newer server): show the value, don't crash.
+                raw = str(exc.args[0]) if exc.args else ""
+                return KernelState(status="".join(ch for ch in raw if ch.isprintable())[:60] or "?")
+            status = getattr(resp.status, "name", None) or str(resp.status or "QUEUED")
+            return KernelState(status=status.upper(), failure_message=resp.failure_message or "")
+
+        return self.call(f"status of {ref}", read, retry)
 
     def push(self, folder: Path, ref: str, timeout_s: int | None, machine_shape: str | None) -> int:
         """Push the kernel folder once (no retry: the caller reconciles). Returns the
@@ -363,7 +471,13 @@ class KaggleAccount:
                             out.write(block)
             return part.commit().stat().st_size
 
-        return self.call(what, fetch)
+        def once() -> int:
+            with kaggle_errors(what, self.platform):
+                return fetch(self.api())
+
+        # A dead link is not tried again as it is: the caller lists the outputs afresh.
+        return self.backoff.run(what, once, retry_if=lambda e: isinstance(e, TransientError)
+                                and not isinstance(e, ExpiredLink))
 
     def log_stream(self, ref: str) -> Iterator[str]:
         """The text of each event of the kernel's log stream, as it arrives (server-sent

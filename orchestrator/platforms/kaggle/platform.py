@@ -8,15 +8,18 @@ them and nothing else):
   attempt, so ``find(key)`` can adopt a push whose answer a crash lost; 2.2.4
   always reads the latest version of a slug, so a slug is never pushed twice.
 * ``orch-data-<content hash>``: one dataset per distinct dataset content, uploaded
-  once and reused by every later job with the same content.
+  once and reused by every later job with the same content. When Kaggle no longer
+  allows that slug (orch gc deleted it, Kaggle failed to process it) the same content
+  goes to ``orch-data-<content hash>-1``, ``-2``, ... (see ``transfer.place_dataset``).
 * ``orch-code-<bundle hash>``: the job's bundle, only when it is too big to embed in
   the kernel script (``script.EMBED_LIMIT``).
 * ``orch-ckpt-<sha256>``: a local checkpoint for a retry that did not start on Kaggle.
   A retry that follows a Kaggle attempt attaches that kernel instead
   (``kernel_sources``), so its checkpoint is read on Kaggle with no re-upload.
 
-Kaggle has no cancel API and cannot receive secrets through its API; both are
-declared in ``Offer.unsupported`` so the scheduler and ``orch cancel`` can say so.
+Kaggle has no cancel API and cannot receive secrets (a push has no field for them
+and Kaggle Secrets are attached per notebook by hand); both are declared in
+``Offer.unsupported`` so the scheduler and ``orch cancel`` can say so.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pydantic import field_validator
 
 from ...bundle import sha256_file
 from ...durations import format_duration
-from ...errors import CapacityError, PrecheckError, TransientError
+from ...errors import CapacityError, LostError, PrecheckError, TransientError
 from . import script as kaggle_script
 from ..base import (
     Feature, Handle, Launch, LogChunk, Offer, PlatformBase, QuotaReading, RemoteState, RemoteStatus, runner_path,
@@ -46,7 +49,7 @@ from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import CALLS, KaggleAccount, KernelState, MissingError
 from .credentials import CREDENTIALS_FIX, find_credentials, permission_warning
-from .transfer import download_outputs, ensure_dataset, log_text
+from .transfer import download_outputs, log_text, place_dataset
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ KERNEL_PREFIX = "orch-"
 DATASET_KINDS = ("data", "code", "ckpt")
 #: Names orch gives what it creates; `orch gc` touches nothing else.
 OWNED_KERNEL = re.compile(r"^orch-o[0-9a-z]+-\d+$")
-OWNED_DATASET = re.compile(r"^orch-(data|code|ckpt)-[0-9a-f]{32}$")
+OWNED_DATASET = re.compile(r"^orch-(data|code|ckpt)-[0-9a-f]{32}(-\d+)?$")
 
 #: Kaggle machine shapes (notes §8) -> (GPU types offered, GPUs per session, GB per GPU).
 ACCELERATORS: dict[str, tuple[tuple[str, ...], int, float]] = {
@@ -82,9 +85,14 @@ _STATES = {
 }
 
 SECRETS_REFUSED = (
-    "Kaggle cannot receive secrets through its API; attach them once as Kaggle Secrets in the notebook "
-    "editor (Add-ons -> Secrets) and set `secrets_from: kaggle` in job.yaml, and the job reads them with "
-    f"kaggle_secrets.UserSecretsClient (see {DOCS})"
+    "Kaggle cannot receive secrets: a kernel push carries none, and Kaggle Secrets must be attached to each "
+    "notebook by hand in its editor, which the new kernel of every attempt never is; run jobs with secrets "
+    f"on another platform (see {DOCS})"
+)
+OFFLINE_SETUP_REFUSED = (
+    "a Kaggle kernel with internet: false cannot download setup: packages; ship them as wheels "
+    "(setup: [./wheels/pkg-1.0-py3-none-any.whl] in the code directory, or --no-index --find-links "
+    "to a dataset) or set internet: true"
 )
 CANCEL_UNSUPPORTED = (
     "Kaggle has no API to stop a running kernel: it runs until its own deadline (max_runtime) and orch "
@@ -103,11 +111,17 @@ class KaggleSettings(PlatformSettings):
     session_hours: float = 12.0
     #: First retry delay of Kaggle calls (doubles per try, with jitter).
     retry_base: PositiveDuration = 1.0
+    #: The longest one Kaggle request may go without an answer (then it is retried).
+    call_timeout: PositiveDuration = 60.0
     #: How long a submit waits for a new dataset to be processed before trying again next tick.
     dataset_wait: Duration = 900.0
     dataset_poll: PositiveDuration = 5.0
     #: Outputs per listing page.
     page_size: int = 50
+    #: How long Kaggle's session clock may run before the kernel script starts; the
+    #: runner plans its end from script start + session timeout - this (at most a
+    #: tenth of the timeout).
+    startup_allowance: Duration = 60.0
 
     @field_validator("accelerator")
     @classmethod
@@ -136,12 +150,19 @@ def kernel_slug(key: str) -> str:
 
 
 def dataset_slug(kind: str, digest: str) -> str:
-    """A content-addressed dataset slug: the same content always gets the same slug."""
+    """A content-addressed dataset slug: the same content always gets the same slug (its
+    first generation; ``transfer.place_dataset`` moves on to ``-1``, ``-2``... when
+    Kaggle no longer allows it)."""
     assert kind in DATASET_KINDS
     return f"orch-{kind}-{digest[:32]}"
 
 
 # --------------------------------------------------------------------------- status
+
+
+#: Kaggle refuses a ``sessionTimeoutSeconds`` that is not lower than its global maximum
+#: (12 h for CPU/GPU sessions); orch asks for at most this.
+MAX_SESSION_TIMEOUT_S = 12 * 3600 - 60
 
 
 def remote_status(state: KernelState) -> RemoteStatus:
@@ -169,7 +190,8 @@ class KagglePlatform(PlatformBase):
     def __init__(self, name: str, settings: KaggleSettings, home: Any):
         super().__init__(name, settings, home)
         base = settings.retry_base
-        self.account = KaggleAccount(CALLS.replace(base=base, cap=max(base * 60, 1.0)), name)
+        self.account = KaggleAccount(CALLS.replace(base=base, cap=max(base * 60, 1.0)), name,
+                                     timeout_s=settings.call_timeout)
         #: Status reads retry briefly: a read that keeps failing makes the attempt
         #: UNKNOWN for this tick, and the next tick reads again.
         self.poll_backoff = CALLS.replace(base=base, cap=max(base * 8, 1.0), attempts=3, budget=base * 20)
@@ -197,8 +219,11 @@ class KagglePlatform(PlatformBase):
             platform=self.name, type="kaggle", gpus=gpus, gpu_memory_gb=memory, gpu_count=count,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.session_hours * 3600,
             internet=True, tier="free",
-            unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED},
-            available=not missing, reason=f"no Kaggle credentials found; {CREDENTIALS_FIX}" if missing else "",
+            unsupported={Feature.SECRETS: SECRETS_REFUSED, Feature.CANCEL: CANCEL_UNSUPPORTED,
+                         Feature.OFFLINE_SETUP: OFFLINE_SETUP_REFUSED},
+            # No credentials, or a key Kaggle rejected this tick: no new work until it is fixed.
+            available=not missing and self.account.auth_failure is None,
+            reason=f"no Kaggle credentials found; {CREDENTIALS_FIX}" if missing else (self.account.auth_failure or ""),
         )
 
     def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:
@@ -250,8 +275,7 @@ class KagglePlatform(PlatformBase):
 
     def submit(self, launch: Launch) -> Handle:
         spec = launch.spec
-        kaggle_secrets = getattr(spec, "secrets_from", None) == "kaggle"
-        if spec.secrets and not kaggle_secrets:
+        if spec.secrets:
             raise PrecheckError(f"job uses secrets ({', '.join(spec.secrets)}): {SECRETS_REFUSED}", self.name)
         ref = self._ref(launch.key)
         if self._exists(ref) is not None:  # pushed before a crash: adopt, never push twice
@@ -259,48 +283,77 @@ class KagglePlatform(PlatformBase):
         wants_gpu = spec.resources.wants_gpu
         if wants_gpu:  # a checkpointed chain needs one session's worth now
             self._check_quota(min(launch.max_runtime_s, launch.session_seconds or launch.max_runtime_s))
-        owner = self.account.username
         staging = self.root / "staging"
         staging.mkdir(parents=True, exist_ok=True)
+        sources, pairs, uploaded = self._upload_datasets(launch, staging)
+        bundle_files, bundle_slug = self._place_bundle(launch, staging, sources)
+        kernel_sources, ckpt_source, ckpt_file = self._place_checkpoint(launch, staging, sources)
+        timeout = self._session_timeout(launch)
+        plan = kaggle_script.ScriptPlan(
+            key=launch.key, runner_args=launch.runner_args() + ([] if spec.internet else ["--offline"]),
+            env=dict(launch.env), datasets=pairs,
+            bundle_files=bundle_files, bundle_slug=bundle_slug, checkpoint_source=ckpt_source,
+            checkpoint_file=ckpt_file, session_timeout=timeout, startup_allowance=min(self.settings.startup_allowance, timeout / 10),
+        )
+        folder = self._write_kernel_folder(launch, staging, plan, ref, {
+            "enable_gpu": wants_gpu, "enable_internet": bool(spec.internet),
+            "dataset_sources": sources, "kernel_sources": kernel_sources,
+        })
+        try:
+            version = self._push(folder, ref, timeout, self.settings.accelerator if wants_gpu else None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
+                            submitted_at=time.time())
+
+    def _ensure(self, ref: str, files: Mapping[str, Path], staging: Path) -> tuple[str, bool]:
+        """``place_dataset`` with this platform's waits: (the ref used, whether it uploaded)."""
+        return place_dataset(self.account, ref, files, staging, self.settings.dataset_wait,
+                             self.settings.dataset_poll, self.sleep, self.clock)
+
+    def _upload_datasets(self, launch: Launch, staging: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+        """One content-addressed dataset per job dataset: (sources, (digest, slug) pairs, newly uploaded)."""
+        owner = self.account.username
         sources, pairs, uploaded = [], [], []
         for blob in launch.bundle.datasets:
-            ds_ref = f"{owner}/{dataset_slug('data', blob.digest)}"
-            if ensure_dataset(self.account, ds_ref, {blob.filename: blob.archive}, staging,
-                              self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock):
+            ds_ref, fresh = self._ensure(f"{owner}/{dataset_slug('data', blob.digest)}",
+                                         {blob.filename: blob.archive}, staging)
+            if fresh:
                 uploaded.append(ds_ref)
             sources.append(ds_ref)
             pairs.append((blob.digest, ds_ref.split("/")[1]))
-        bundle_files: dict[str, bytes] = {}
-        bundle_slug = None
-        size = launch.bundle.manifest_path.stat().st_size + launch.bundle.code_archive.stat().st_size
-        if size <= kaggle_script.EMBED_LIMIT:
-            bundle_files = {"manifest.json": launch.bundle.manifest_path.read_bytes(),
-                            launch.bundle.code_archive.name: launch.bundle.code_archive.read_bytes()}
-        else:
-            bundle_ref = f"{owner}/{dataset_slug('code', launch.bundle.digest)}"
-            ensure_dataset(self.account, bundle_ref, {"manifest.json": launch.bundle.manifest_path,
-                                                       launch.bundle.code_archive.name: launch.bundle.code_archive},
-                           staging, self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock)
-            sources.append(bundle_ref)
-            bundle_slug = bundle_ref.split("/")[1]
-        kernel_sources: list[str] = []
-        ckpt_source = ckpt_file = None
+        return sources, pairs, uploaded
+
+    def _place_bundle(self, launch: Launch, staging: Path, sources: list[str]) -> tuple[dict[str, bytes], str | None]:
+        """Embed a small bundle in the script; upload a big one as a dataset (appended to ``sources``)."""
+        bundle = launch.bundle
+        if bundle.manifest_path.stat().st_size + bundle.code_archive.stat().st_size <= kaggle_script.EMBED_LIMIT:
+            return {"manifest.json": bundle.manifest_path.read_bytes(),
+                    bundle.code_archive.name: bundle.code_archive.read_bytes()}, None
+        bundle_ref, _ = self._ensure(f"{self.account.username}/{dataset_slug('code', bundle.digest)}",
+                                     {"manifest.json": bundle.manifest_path,
+                                      bundle.code_archive.name: bundle.code_archive}, staging)
+        sources.append(bundle_ref)
+        return {}, bundle_ref.split("/")[1]
+
+    def _place_checkpoint(self, launch: Launch, staging: Path,
+                          sources: list[str]) -> tuple[list[str], str | None, str | None]:
+        """Where the kernel finds the checkpoint it resumes from: the previous Kaggle
+        kernel's outputs, or an uploaded dataset. (kernel_sources, source slug, file)."""
+        owner = self.account.username
         previous = launch.previous.data.get("ref") if launch.previous is not None else None
         if previous and str(previous).startswith(f"{owner}/"):
-            kernel_sources.append(str(previous))
-            ckpt_source, ckpt_file = str(previous).split("/")[1], "checkpoint.tar.gz"
-        elif launch.checkpoint is not None:
-            digest = sha256_file(launch.checkpoint)
-            ckpt_ref = f"{owner}/{dataset_slug('ckpt', digest)}"
-            ensure_dataset(self.account, ckpt_ref, {"checkpoint.tar.gz": launch.checkpoint}, staging,
-                           self.settings.dataset_wait, self.settings.dataset_poll, self.sleep, self.clock)
-            sources.append(ckpt_ref)
-            ckpt_source, ckpt_file = ckpt_ref.split("/")[1], "checkpoint.tar.gz"
-        plan = kaggle_script.ScriptPlan(
-            key=launch.key, runner_args=launch.runner_args(), env=dict(launch.env), datasets=pairs,
-            bundle_files=bundle_files, bundle_slug=bundle_slug, checkpoint_source=ckpt_source,
-            checkpoint_file=ckpt_file, secret_names=list(spec.secrets) if kaggle_secrets else [],
-        )
+            return [str(previous)], str(previous).split("/")[1], "checkpoint.tar.gz"
+        if launch.checkpoint is None:
+            return [], None, None
+        ckpt_ref, _ = self._ensure(f"{owner}/{dataset_slug('ckpt', sha256_file(launch.checkpoint))}",
+                                   {"checkpoint.tar.gz": launch.checkpoint}, staging)
+        sources.append(ckpt_ref)
+        return [], ckpt_ref.split("/")[1], "checkpoint.tar.gz"
+
+    def _write_kernel_folder(self, launch: Launch, staging: Path, plan: kaggle_script.ScriptPlan, ref: str,
+                             metadata: dict[str, Any]) -> Path:
+        """The folder ``kaggle kernels push`` reads: the script and kernel-metadata.json."""
         folder = staging / kernel_slug(launch.key)
         if folder.exists():
             shutil.rmtree(folder)
@@ -309,17 +362,15 @@ class KagglePlatform(PlatformBase):
         (folder / code_file).write_text(kaggle_script.render_for(plan, runner_path()), encoding="utf-8")
         (folder / "kernel-metadata.json").write_text(json.dumps({
             "id": ref, "title": kernel_slug(launch.key), "code_file": code_file, "language": "python",
-            "kernel_type": "script", "is_private": True, "enable_gpu": wants_gpu, "enable_tpu": False,
-            "enable_internet": bool(spec.internet), "dataset_sources": sources, "kernel_sources": kernel_sources,
-            "competition_sources": [], "model_sources": [],
+            "kernel_type": "script", "is_private": True, "enable_tpu": False,
+            "competition_sources": [], "model_sources": [], **metadata,
         }, indent=2))
-        timeout = int(min(self.settings.session_hours * 3600, launch.max_runtime_s + 2 * launch.grace_s + 600))
-        try:
-            version = self._push(folder, ref, timeout, self.settings.accelerator if wants_gpu else None)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return self._handle(launch.key, ref, version=version, datasets=sources, uploaded=uploaded,
-                            submitted_at=time.time())
+        return folder
+
+    def _session_timeout(self, launch: Launch) -> int:
+        """The kernel's ``sessionTimeoutSeconds``: the job's runtime with room to set up and pack."""
+        wanted = min(self.settings.session_hours * 3600, launch.max_runtime_s + 2 * launch.grace_s + 600)
+        return int(min(wanted, MAX_SESSION_TIMEOUT_S))
 
     def _check_quota(self, need_s: float) -> None:
         """The scheduler keeps jobs that do not fit off Kaggle using a cached reading;
@@ -386,7 +437,10 @@ class KagglePlatform(PlatformBase):
 
     def fetch(self, handle: Handle, dest: Path) -> None:
         ref = handle.data.get("ref") or self._ref(handle.key)
-        report = download_outputs(self.account, ref, dest, self.settings.page_size)
+        try:
+            report = download_outputs(self.account, ref, dest, self.settings.page_size)
+        except MissingError as exc:  # deleted on kaggle.com (or by another gc) before orch had the outputs
+            raise LostError(f"kernel {ref} was deleted before its outputs were fetched ({exc})", self.name) from exc
         text = log_text(report.log)
         if text:
             (dest / "kaggle.log").write_text(text, encoding="utf-8")

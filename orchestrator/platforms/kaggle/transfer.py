@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -20,7 +21,13 @@ from typing import Callable, Mapping
 
 from ...errors import PrecheckError, TransientError
 from ...partfile import PartFile
-from .client import KaggleAccount
+from .client import ExpiredLink, KaggleAccount
+
+#: What a run stopped mid-write leaves: the runner's ``<archive>.partial`` and
+#: ``<file>.tmp.<pid>``, its write-speed probe. Never fetched as results.
+INCOMPLETE = re.compile(r"(\.partial|\.tmp\.\d+)$|(^|/)pack-probe\.")
+#: Fresh listings tried for one file whose links keep expiring.
+RELISTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,36 @@ def log_text(raw: str) -> str:
 
 
 # --------------------------------------------------------------------------- datasets
+
+
+#: Slugs tried for one content before giving up (``<slug>``, ``<slug>-1``, ...).
+GENERATIONS = 8
+
+
+class DeadSlug(PrecheckError):
+    """This slug can no longer hold the dataset: Kaggle failed to process it, it was
+    deleted (Kaggle keeps a deleted slug reserved), or it is taken by nothing we can see."""
+
+
+def generation_ref(ref: str, generation: int) -> str:
+    """``ref`` for generation 0, ``ref-<n>`` after it: same content, a slug Kaggle still allows."""
+    return ref if generation == 0 else f"{ref}-{generation}"
+
+
+def place_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], staging: Path,
+                  wait_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> tuple[str, bool]:
+    """:func:`ensure_dataset` on the first generation of ``ref`` whose slug still works,
+    so content whose dataset orch deleted (``orch gc``) or Kaggle failed can be uploaded
+    again. Stateless: every controller finds the same generation. Returns (ref, uploaded)."""
+    for generation in range(GENERATIONS):
+        candidate = generation_ref(ref, generation)
+        try:
+            return candidate, ensure_dataset(account, candidate, files, staging, wait_s, poll_s, sleep, clock)
+        except DeadSlug as exc:
+            log.info("%s; trying the next slug", exc)
+    raise PrecheckError(f"no usable slug for dataset {ref} after {GENERATIONS} tries; delete the old ones "
+                        f"with `orch gc` and submit again")
 
 
 def ensure_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], staging: Path,
@@ -69,14 +106,18 @@ def ensure_dataset(account: KaggleAccount, ref: str, files: Mapping[str, Path], 
             account.create_dataset(folder, ref)
             uploaded = True
         except PrecheckError as exc:
-            if "already in use" not in str(exc):  # lost a race with another submit: fine
+            if "already in use" not in str(exc):
                 raise
+            status = account.dataset_status(ref)  # lost a race with another submit: fine
+            if status is None:
+                raise DeadSlug(f"the slug of dataset {ref} is taken by nothing this account can see "
+                               "(deleted datasets keep their slug)") from exc
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     deadline = clock() + wait_s
     while status != "ready":
         if status in ("failed", "deleted"):
-            raise PrecheckError(f"Kaggle could not process dataset {ref} (status {status}); delete it with "
+            raise DeadSlug(f"Kaggle could not process dataset {ref} (status {status}); delete it with "
                                 f"`kaggle datasets delete {ref}` (or `orch gc`) and submit again")
         if clock() >= deadline:
             raise TransientError(f"dataset {ref} is still being processed by Kaggle ({status or 'not listed yet'}); "
@@ -133,15 +174,35 @@ def download_outputs(account: KaggleAccount, ref: str, dest: Path, page_size: in
         page = account.output_page(ref, token, page_size)
         report.log = page.log or report.log
         for name, url in page.files:
+            if INCOMPLETE.search(name):
+                report.skipped.append(f"{name} (incomplete: the run was stopped while writing it)")
+                continue
             target = _safe_target(dest, name)
             if target is None:
                 report.skipped.append(f"{name} (unsafe name)")
                 log.warning("%s: refused output file name %r", ref, name)
                 continue
             if not PartFile(target).complete():  # else fetched on an earlier tick
-                account.download(url, target, f"output {name} of {ref}")
+                _download_listed(account, ref, token, page_size, name, url, target)
             report.saved.append(str(target.relative_to(dest)))
         token = page.next_token
         if not token or token in seen:  # a repeated token would loop forever
             return report
         seen.add(token)
+
+
+def _download_listed(account: KaggleAccount, ref: str, token: str, page_size: int, name: str, url: str,
+                     target: Path) -> None:
+    """Download one listed file; when its signed link has expired, list that page again
+    for a fresh link and go on from the bytes already saved (``.part``)."""
+    for _ in range(RELISTS):
+        try:
+            account.download(url, target, f"output {name} of {ref}")
+            return
+        except ExpiredLink as exc:
+            log.info("%s; listing the outputs again for a fresh link", exc)
+            fresh = dict(account.output_page(ref, token, page_size).files)
+            if name not in fresh:
+                raise TransientError(f"output {name} of {ref} is no longer listed by Kaggle") from exc
+            url = fresh[name]
+    account.download(url, target, f"output {name} of {ref}")

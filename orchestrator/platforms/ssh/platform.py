@@ -385,7 +385,7 @@ class SSHPlatform(PlatformBase):
     def cancel(self, handle: Handle) -> None:
         """SIGTERM the run's process group; the runner stops the job (grace, SIGKILL)."""
         grace = float(handle.data.get("grace", 30.0)) + 5
-        self.call(handle, lambda conn: runs.kill_detached(conn, handle.data["dir"], grace_s=grace))
+        self.call(handle, lambda conn: runs.kill_detached(conn, handle.data["dir"], grace_s=grace, cancel=True))
 
     def release(self, handle: Handle) -> None:
         """Remove the attempt directory from the host (killing anything left)."""

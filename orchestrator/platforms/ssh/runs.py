@@ -89,6 +89,7 @@ exit 0
 _KILL = _SESSION_FN + r"""
 cd -- "$1" 2>/dev/null || exit 0
 [ -f pid ] || exit 0
+[ "$3" = cancel ] && : > cancel-requested  # kernels/runner.py CANCEL_MARKER: "cancelled", not "interrupted"
 sid=$(cat pid); limit=$(($2 * 10))
 kill -TERM "-$sid" 2>/dev/null  # no "--": dash's kill refuses it
 i=0; while [ -n "$(members)" ] && [ $i -lt $limit ]; do sleep 0.1; i=$((i+1)); done
@@ -143,7 +144,8 @@ def detached_status(conn: Connection, workdir: str, files: Sequence[str] = ()) -
     )
 
 
-def kill_detached(conn: Connection, workdir: str, grace_s: float = 10.0) -> None:
-    """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``."""
+def kill_detached(conn: Connection, workdir: str, grace_s: float = 10.0, cancel: bool = False) -> None:
+    """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``;
+    ``cancel`` marks it as orch's cancel first (the runner then reports "cancelled")."""
     grace = max(0, int(round(grace_s)))
-    conn.run(sh(_KILL, workdir, grace), timeout=grace + conn.endpoint.timeouts.command, what="cancelling the run")
+    conn.run(sh(_KILL, workdir, grace, "cancel" if cancel else "-"), timeout=grace + conn.endpoint.timeouts.command, what="cancelling the run")

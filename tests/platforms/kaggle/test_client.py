@@ -10,7 +10,7 @@ from datetime import timezone
 import pytest
 import requests
 
-from orchestrator.errors import CapacityError, PrecheckError, TransientError
+from orchestrator.errors import CapacityError, CredentialsError, PrecheckError, TransientError
 from orchestrator.platforms.kaggle.client import CALLS, KaggleAccount, MissingError, classify_http
 from orchestrator.platforms.kaggle.credentials import config_dir, find_credentials, permission_warning
 from tests.emulators.kaggle import OUTPUT_FILE
@@ -74,7 +74,7 @@ def _http_error(status: int, body: dict, headers: dict | None = None) -> request
     (503, {"code": 503, "message": "Unavailable"}, TransientError),
     (200, {"code": 429, "message": "Too many requests"}, TransientError),
     (200, {"code": 403, "message": "Forbidden"}, MissingError),
-    (401, {"code": 401, "message": "Unauthenticated"}, PrecheckError),
+    (401, {"code": 401, "message": "Unauthenticated"}, CredentialsError),
     (404, {"code": 404, "message": "Not found"}, MissingError),
     (400, {"code": 400, "message": "Bad request"}, PrecheckError),
 ])
@@ -91,7 +91,7 @@ def test_retry_after_is_read_from_a_429():
 
 def test_a_401_says_how_to_fix_the_credentials():
     err = classify_http("x", _http_error(401, {"code": 401, "message": "Unauthenticated"}))
-    assert "kaggle.json" in str(err) and "KAGGLE_USERNAME" in str(err)
+    assert "kaggle.json" in str(err) and "KAGGLE_USERNAME" in str(err) and "run: orch platforms" in str(err)
 
 
 def test_status_reads_survive_a_429_storm_without_a_tight_loop(kaggle_emulator, kaggle_api, tmp_path):
@@ -124,11 +124,14 @@ def test_an_unknown_kernel_is_missing(kaggle_emulator):
         account().kernel_status(f"{USERNAME}/orch-not-there")
 
 
-def test_wrong_credentials_are_a_precheck_error_with_the_fix(kaggle_emulator, monkeypatch):
+def test_wrong_credentials_are_a_credentials_error_with_the_fix_tried_once(kaggle_emulator, monkeypatch):
     monkeypatch.setenv("KAGGLE_KEY", "wrong-key")
-    with pytest.raises(PrecheckError, match="401") as info:
-        account().quota()
+    acct = account()
+    with pytest.raises(CredentialsError, match="401") as info:
+        acct.quota()
     assert "wrong-key" not in str(info.value)
+    assert kaggle_emulator.calls["GetAcceleratorQuotaStatistics"] == 1  # a rejected key is not retried
+    assert acct.auth_failure == str(info.value)
 
 
 # ------------------------------------------------------------------ push
@@ -306,3 +309,75 @@ def test_no_credentials_at_all_is_a_precheck_error_with_the_fix(monkeypatch, tmp
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "empty"))
     with pytest.raises(PrecheckError, match="kaggle.json"):
         account().api()
+
+
+# ------------------------------------------------------------------ client versions and newer servers
+
+
+@pytest.mark.parametrize("installed, bad", [
+    ({"kaggle": "2.2.4", "kagglesdk": "0.1.37"}, None),
+    ({"kaggle": "2.2.5", "kagglesdk": "0.1.38"}, None),
+    ({"kaggle": "2.3.0", "kagglesdk": "0.1.38"}, "kaggle 2.3.0"),
+    ({"kaggle": "2.2.4", "kagglesdk": "0.1.36"}, "kagglesdk 0.1.36"),
+])
+def test_a_client_outside_the_tested_range_is_one_line_with_the_pip_command(installed, bad):
+    from orchestrator.platforms.kaggle.client import version_problem
+
+    problem = version_problem(installed)
+    if bad is None:
+        assert problem is None
+    else:
+        assert problem.startswith(bad) and "pip install '" in problem and "\n" not in problem
+
+
+def test_the_installed_client_is_inside_the_tested_range():
+    from orchestrator.platforms.kaggle.client import _installed_versions, version_problem
+
+    assert version_problem(_installed_versions()) is None
+
+
+def test_an_upload_the_client_gave_up_on_is_transient():
+    # kaggle 2.2.5 raises ValueError("Upload unsuccessful: ...") when a blob PUT fails for good.
+    from orchestrator.platforms.kaggle.client import kaggle_errors
+
+    with pytest.raises(TransientError, match="Upload unsuccessful"):
+        with kaggle_errors("upload of dataset alice/x"):
+            raise ValueError("Upload unsuccessful: data.tar")
+
+
+def test_a_status_value_the_client_does_not_know_comes_back_raw(kaggle_emulator, kaggle_api, tmp_path):
+    pushed(kaggle_api, tmp_path)
+    kaggle_emulator.status_value = "PAUSED_FOR_MAINTENANCE"
+    with pytest.raises(KeyError):  # what the unmodified client does with it
+        kaggle_api.kernels_status(REF)
+    assert account().kernel_status(REF).status == "PAUSED_FOR_MAINTENANCE"
+
+
+def test_a_session_timeout_at_the_global_maximum_is_refused_as_on_kaggle(kaggle_emulator, tmp_path):
+    folder = kernel_folder(tmp_path, "orch-api-test", "print(1)\n")
+    with pytest.raises(PrecheckError, match="lower than the global maximum"):
+        account().push(folder, REF, 12 * 3600, None)
+
+
+def test_a_server_that_accepts_and_never_answers_is_a_transient_error_after_the_timeout(kaggle_emulator):
+    import time
+
+    kaggle_emulator.inject("*", "hang", times=None)
+    acct = account(attempts=2)
+    acct.timeout_s = 0.5
+    began = time.monotonic()
+    with pytest.raises(TransientError, match="no answer from Kaggle"):
+        acct.quota()
+    assert time.monotonic() - began < 5
+    assert kaggle_emulator.calls["GetAcceleratorQuotaStatistics"] == 2
+
+
+def test_the_deadline_rides_on_the_clients_own_session_so_the_proxy_still_applies(kaggle_emulator):
+    from orchestrator.platforms.kaggle.client import TimeoutAdapter
+
+    api = account().api()
+    with api.build_kaggle_client() as client:
+        adapter = client._http_client._session.get_adapter("http://localhost/api/v1/x")
+        assert isinstance(adapter, TimeoutAdapter) and adapter.timeout == (10.0, 60.0)
+    account().quota()  # reached through HTTP_PROXY (the emulator), as before
+    assert kaggle_emulator.calls["GetAcceleratorQuotaStatistics"] == 1

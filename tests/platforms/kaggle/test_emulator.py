@@ -238,13 +238,24 @@ def test_intermittent_faults_hit_a_seeded_share_of_requests(kaggle_api, kaggle_e
     assert 3 <= failures <= 17
 
 
-def test_client_224_saves_an_output_error_page_as_the_file(kaggle_api, kaggle_emulator, tmp_path):
-    # The bug orch must not inherit (kaggle-cli PR #1176): no status check on downloads.
+def test_client_224_saves_an_output_error_page_as_the_file_and_later_clients_do_not(kaggle_api, kaggle_emulator,
+                                                                                    tmp_path):
+    # The bug orch must not inherit (kaggle-cli PR #1176, fixed in 2.2.5): no status check on downloads.
+    from importlib import metadata
+
     push(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
     wait_status(kaggle_api, REF)
     kaggle_emulator.inject(OUTPUT_FILE, "500")
-    kaggle_api.kernels_output(REF, str(tmp_path / "out"))
-    assert "Internal error" in (tmp_path / "out" / "model.bin").read_text()
+    fixed = tuple(int(x) for x in metadata.version("kaggle").split(".")[:3]) >= (2, 2, 5)
+    try:
+        kaggle_api.kernels_output(REF, str(tmp_path / "out"))
+    except Exception:
+        assert fixed
+    saved = tmp_path / "out" / "model.bin"
+    if fixed:
+        assert not saved.exists() or "Internal error" not in saved.read_text()
+    else:
+        assert "Internal error" in saved.read_text()
 
 
 def test_hostile_output_names_are_listed_verbatim(kaggle_api, kaggle_emulator, tmp_path):

@@ -246,21 +246,51 @@ def test_a_failing_job_makes_the_kernel_end_in_error(kaggle_emulator, kaggle_api
     assert result["exit_code"] == 4 and result["failure_class"] == "user"
 
 
-def test_kaggle_secrets_reach_the_job_and_a_missing_one_is_explained(kaggle_emulator, kaggle_api, tmp_path):
-    files, _ = tiny_bundle(tmp_path, 'test "${#HF_TOKEN}" -eq 8 && echo "token-ok $HF_TOKEN"')
-    plan = ScriptPlan(key="o123abc-1", runner_args=["--job-id", "123abc", "--max-runtime", "60", "--grace", "2"],
-                      bundle_files=files, secret_names=["HF_TOKEN"])
-    script = render(plan, runner_path().read_text())
-    assert "hf-dummy" not in script
-    kaggle_emulator.secrets = {"HF_TOKEN": "hf-dummy"}
-    assert not kaggle_api.kernels_push(str(kernel_folder(tmp_path, "orch-parts-test", script))).error
-    assert wait_status(kaggle_api, REF, timeout=30).status.name == "COMPLETE"
-    log = kaggle_api.kernels_logs(REF)
-    assert "token-ok ***" in log and "hf-dummy" not in log  # the runner masks secret values
+def test_an_expired_output_link_is_listed_again_and_the_download_goes_on(kaggle_emulator, kaggle_api, tmp_path):
+    run_kernel(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
+    kaggle_emulator.output_url_ttl = 0.3
+    kaggle_emulator.inject(OUTPUT_FILE, "latency", delay=0.6)  # the link expires while we wait
+    report = download_outputs(account(), REF, tmp_path / "dest")
+    assert report.saved == ["model.bin"] and (tmp_path / "dest" / "model.bin").read_text() == "weights"
+    assert kaggle_emulator.calls["ListKernelSessionOutput"] == 2
+    assert [c.status for c in kaggle_emulator.log if c.route == OUTPUT_FILE] == [400, 200]
 
-    kaggle_emulator.secrets = {}
-    assert not kaggle_api.kernels_push(str(kernel_folder(tmp_path, "orch-parts-test", script))).error
-    assert wait_status(kaggle_api, REF, timeout=30).status.name == "ERROR"
-    download_outputs(account(), REF, tmp_path / "dest2")
-    message = json.loads((tmp_path / "dest2" / "result.json").read_text())["message"]
-    assert "HF_TOKEN" in message and "Add-ons -> Secrets" in message
+
+def test_a_kernel_deleted_mid_fetch_is_missing_not_a_retry_loop(kaggle_emulator, kaggle_api, tmp_path):
+    import threading
+
+    from orchestrator.platforms.kaggle.client import MissingError
+
+    run_kernel(kaggle_api, tmp_path, "open('model.bin', 'w').write('weights')\n")
+    kaggle_emulator.inject(OUTPUT_FILE, "latency", delay=0.5)
+    threading.Timer(0.2, lambda: kaggle_emulator.kernels.pop(REF)).start()  # deleted on kaggle.com meanwhile
+    with pytest.raises(MissingError):
+        download_outputs(account(), REF, tmp_path / "dest")
+    assert [c.status for c in kaggle_emulator.log if c.route == OUTPUT_FILE] == [403]
+    assert not (tmp_path / "dest" / "model.bin").exists()
+
+
+def test_files_a_stopped_run_left_half_written_are_never_fetched(kaggle_emulator, kaggle_api, tmp_path):
+    run_kernel(kaggle_api, tmp_path, "open('result.json', 'w').write('{}')\n"
+                                     "open('checkpoint.tar.gz.partial', 'w').write('half')\n"
+                                     "open('result.json.tmp.42', 'w').write('{')\n")
+    report = download_outputs(account(), REF, tmp_path / "dest")
+    assert report.saved == ["result.json"]
+    assert sorted(s.split()[0] for s in report.skipped) == ["checkpoint.tar.gz.partial", "result.json.tmp.42"]
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["result.json"]
+
+
+def test_content_whose_dataset_was_deleted_or_failed_is_uploaded_again_under_the_next_slug(kaggle_emulator, kaggle_api,
+                                                                                          tmp_path):
+    from orchestrator.platforms.kaggle.transfer import place_dataset
+
+    digest, path = blob_file(tmp_path)
+    ref = f"{USERNAME}/{dataset_slug('data', digest)}"
+    assert place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05) == (ref, True)
+    kaggle_api.dataset_delete(USERNAME, ref.split("/")[1], no_confirm=True)  # what orch gc does
+    assert place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05) == (f"{ref}-1", True)
+    kaggle_emulator.datasets[f"{ref}-1"].failed = True  # Kaggle failed to process the second one
+    again = place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05)
+    assert again == (f"{ref}-2", True)
+    assert place_dataset(account(), ref, {path.name: path}, tmp_path / "s", wait_s=10, poll_s=0.05) == (f"{ref}-2", False)
+    assert kaggle_emulator.datasets[f"{ref}-2"].files == {path.name: b"training data"}

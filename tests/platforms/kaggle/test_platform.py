@@ -14,6 +14,7 @@ import pytest
 from orchestrator.store import attempt_key
 from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
 from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
+from tests.emulators.kaggle_runs import can_mount_small_disk
 from tests.platforms.kaggle.conftest import USERNAME
 from tests.platforms.kaggle.helpers import kernel_folder
 
@@ -298,28 +299,212 @@ def test_bad_kaggle_config_is_one_line_naming_the_field(config, orch, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_secrets_from_kaggle_runs_on_kaggle_with_the_account_secrets_and_never_elsewhere(kaggle, config, orch,
-                                                                                         tmp_path, monkeypatch):
-    config("""\
-        platforms:
-          laptop: {type: local, max_concurrent: 4}
-          kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, dataset_wait: 20s}
-        """)
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # not on this controller: it lives in Kaggle
-    kaggle.secrets = {"HF_TOKEN": "hf-from-kaggle-account"}
+def test_secrets_from_kaggle_is_refused_in_one_line_because_a_push_cannot_attach_secrets(kaggle, orch, tmp_path):
+    # kagglesdk's ApiSaveKernelRequest (0.1.37, 0.1.38) has no secrets field, and each attempt is a new
+    # kernel, so Kaggle Secrets could never be attached to the kernel that runs the job.
     path = make_job(tmp_path / "ks", """\
         name: ks
         secrets: [HF_TOKEN]
         secrets_from: kaggle
-        run: python3 -c "import os,hashlib; print('token', os.environ['HF_TOKEN']); open(os.environ['ORCH_OUTPUT_DIR']+'/h','w').write(hashlib.sha256(os.environ['HF_TOKEN'].encode()).hexdigest())"
+        run: echo hi
+        """)
+    result = orch("submit", str(path))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "secrets_from: kaggle is not supported" in " ".join(result.output.split())
+    assert kaggle.calls["SaveKernel"] == 0
+
+
+def test_a_kernel_status_the_client_cannot_parse_makes_the_job_unknown_with_the_raw_value(kaggle, orch, tmp_path):
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 3"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.status_value = "PAUSED_FOR_MAINTENANCE"
+    app = tick_until(lambda app: app.store.job(job_id).state.value == "UNKNOWN", timeout=30, interval=0.1)
+    assert "PAUSED_FOR_MAINTENANCE" in app.store.job(job_id).message
+    kaggle.status_value = None
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+
+
+def test_a_twelve_hour_job_asks_kaggle_for_less_than_its_global_maximum(kaggle, orch, tmp_path):
+    path = make_job(tmp_path / "long", """\
+        name: long
+        run: python3 -c "print(1)"
+        resources: {gpu: T4, max_runtime: 12h}
         """)
     job_id = submit(orch, path)
     app = finished(job_id)
     assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
-    assert app.store.attempts_of(job_id)[-1].platform == "kaggle"  # never the laptop
+    assert kaggle.runs(kernel_ref(job_id))[0].request["sessionTimeoutSeconds"] < 12 * 3600
+
+
+CHAIN_STEPS = """\
+import os, pathlib, signal, time
+ckpt = pathlib.Path(os.environ["ORCH_CHECKPOINT_DIR"])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+step = int((ckpt / "step").read_text()) if (ckpt / "step").exists() else 0
+print("resuming at", step, flush=True)
+weights = ckpt / "weights.bin"
+if not weights.exists():  # the model: written once, carried from segment to segment
+    block = os.urandom(1 << 20)
+    with open(weights, "wb") as f:
+        for _ in range({mb}):
+            f.write(block)
+while not stop and step < {steps}:
+    time.sleep(0.5)  # one training step; SIGTERM is obeyed between steps only
+    step += 1
+    (ckpt / "step").write_text(str(step))
+open(os.path.join(os.environ["ORCH_OUTPUT_DIR"], "done.txt"), "w").write(str(step))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mb, session_s, grace_s, steps", [(1024, 60, 5, 170)])
+def test_a_big_checkpoint_chain_beats_kaggles_own_session_kill_segment_after_segment(
+        kaggle, config, orch, tmp_path, mb, session_s, grace_s, steps):
+    # Kaggle's clock starts 2 s before the script (boot); it kills at exactly the session
+    # timeout orch pushed. Each segment must stop, pack 1 GB and write result.json first.
+    kaggle.boot_delay = 2.0
+    path = make_job(tmp_path / "chain", """\
+        name: bigchain
+        run: python3 step.py
+        checkpoint: ckpt
+        resources: {gpu: T4, max_runtime: 1h}
+        """, {"step.py": CHAIN_STEPS.format(mb=mb, steps=steps)})
+    config(f"platforms:\n  kaggle: {{type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, "
+           f"session_hours: {session_s / 3600!r}, min_segment: 1s, startup_allowance: 3s}}\n"
+           f"controller: {{grace: {grace_s}s}}\n")
+    job_id = submit(orch, path)
+    app = finished(job_id, timeout=600)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    attempts = app.store.attempts_of(job_id)
+    assert len(attempts) >= 3 and [a.state.value for a in attempts[:-1]] == ["CHECKPOINTED"] * (len(attempts) - 1)
+    for number in range(1, len(attempts)):
+        run = kaggle.runs(kernel_ref(job_id, number))[0]
+        assert "exceeded the maximum execution time" not in (run.failure_message or ""), number
+    print({a.number: {k: a.result.get(k) for k in ("runtime_s", "wall_s", "pack_write_mb_s", "status")}
+           for a in attempts})
+
+
+def test_a_kaggle_that_accepts_connections_and_never_answers_does_not_hang_the_tick(kaggle, config, orch, tmp_path):
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s, call_timeout: 1s}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 5"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.inject("*", "hang", times=None)
+    began = time.monotonic()
+    assert orch("tick").exit_code == 0
+    assert time.monotonic() - began < 30  # 3 status reads of at most 1 s each, plus backoff
+    row, = json.loads(orch("status", "--json").output)
+    assert row["state"] == "UNKNOWN" and "no answer from Kaggle" in row["message"]
+    kaggle.clear_faults()
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED"
+
+
+def test_a_rotated_key_leaves_the_finished_run_unknown_and_it_is_fetched_once_the_key_works(
+        kaggle, config, orch, tmp_path, monkeypatch):
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s}\n"
+           "controller: {unknown_window: 1s}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 2"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.key = "rotated-key-1111"  # the user made a new token on kaggle.com; orch still has the old one
+    assert kaggle.wait_idle(30)
+    for _ in range(3):  # well past unknown_window: still not LOST, never FAILED, nothing pushed again
+        assert orch("tick").exit_code == 0
+        time.sleep(0.6)
+    row, = json.loads(orch("status", "--json").output)
+    assert row["state"] == "UNKNOWN", row
+    assert "rejected the credentials (401" in row["message"] and "run: orch platforms" in row["message"]
+    assert kaggle.calls["SaveKernel"] == 1
+    second = submit(orch, job(tmp_path, "second"))
+    assert orch("tick").exit_code == 0
+    shown = {r["id"]: r for r in json.loads(orch("status", "--json").output)}
+    assert shown[second]["state"] == "QUEUED" and "401" in shown[second]["message"]  # Kaggle unavailable
+    monkeypatch.setenv("KAGGLE_KEY", "rotated-key-1111")  # the new key is in place
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
     out = tmp_path / "out"
     assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
-    import hashlib
+    assert (out / "outputs" / "model.txt").read_text() == "weights for 3 rows"
 
-    assert (out / "outputs" / "h").read_text() == hashlib.sha256(b"hf-from-kaggle-account").hexdigest()
-    assert "token ***" in (out / "job.log").read_text()
+
+def test_setup_packages_without_internet_are_refused_at_submit_unless_shipped_as_wheels(kaggle, orch, tmp_path):
+    import zipfile
+
+    refused = make_job(tmp_path / "offline", """\
+        name: offline
+        run: python3 -c "import requests"
+        internet: false
+        setup: [requests]
+        """)
+    result = orch("submit", str(refused))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "internet: false cannot download setup: packages" in " ".join(result.output.split())
+    assert kaggle.calls["SaveKernel"] == 0
+
+    shipped = make_job(tmp_path / "wheels", """\
+        name: wheels
+        run: python3 -c "import minipkg; print('value', minipkg.VALUE)"
+        internet: false
+        setup: [./minipkg-0.1-py3-none-any.whl]
+        """)
+    with zipfile.ZipFile(shipped.parent / "minipkg-0.1-py3-none-any.whl", "w") as z:
+        z.writestr("minipkg/__init__.py", "VALUE = 42\n")
+        z.writestr("minipkg-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: minipkg\nVersion: 0.1\n")
+        z.writestr("minipkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n")
+        z.writestr("minipkg-0.1.dist-info/RECORD", "")
+    job_id = submit(orch, shipped)
+    app = finished(job_id)
+    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    run = kaggle.runs(kernel_ref(job_id))[0]
+    assert run.request["enableInternet"] is False and "value 42" in run.log_text()
+
+
+def test_a_job_after_gc_deleted_its_dataset_uploads_it_again_under_the_next_slug(kaggle, orch, tmp_path):
+    first = submit(orch, job(tmp_path, "first"))
+    finished(first)
+    source, = kaggle.runs(kernel_ref(first))[0].request["datasetDataSources"]
+    time.sleep(1.1)
+    assert orch("gc", "--older-than", "1s", "--yes").exit_code == 0
+    assert source not in kaggle.datasets and source in kaggle.deleted_slugs
+    second = submit(orch, job(tmp_path, "second"))
+    app = finished(second)
+    assert app.store.job(second).state.value == "SUCCEEDED", app.store.job(second).message
+    assert kaggle.runs(kernel_ref(second))[0].request["datasetDataSources"] == [f"{source}-1"]
+
+
+def test_an_unheard_kaggle_attempt_declared_lost_is_charged_to_its_deadline(kaggle, config, orch, tmp_path):
+    # Kaggle cannot stop a kernel: one orch stopped hearing may run (and use quota) to its deadline.
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s}\n"
+           "controller: {unknown_window: 1s}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 30", extra="retries: 0"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    kaggle.inject("GetKernelSessionStatus", "503", times=None)
+    app = tick_until(lambda app: app.store.job(job_id).state.value == "LOST", timeout=30, interval=0.3)
+    att = app.store.attempts_of(job_id)[-1]
+    rows = [r for r in app.store.ledger_rows("kaggle") if r["attempt_id"] == att.id]
+    reserve = next(r for r in rows if r["kind"] == "reserve")
+    charge = next(r for r in rows if r["kind"] == "charge")
+    assert charge["end"] == pytest.approx(reserve["end"])  # not "until we stopped hearing"
+    assert charge["end"] - charge["start"] > 500  # max_runtime 10m
+
+
+@pytest.mark.skipif(not can_mount_small_disk(), reason="needs root and unshare to give the kernel a small disk")
+def test_outputs_bigger_than_kaggles_working_space_fail_the_job_once_with_the_space_it_had(kaggle, orch, tmp_path):
+    kaggle.working_limit_mb = 20
+    path = make_job(tmp_path / "big", """\
+        name: big
+        run: head -c 40000000 /dev/urandom > $ORCH_OUTPUT_DIR/big.bin
+        resources: {gpu: T4, max_runtime: 10m}
+        retries_on_error: 2
+        """)
+    job_id = submit(orch, path)
+    app = finished(job_id)
+    row = app.store.job(job_id)
+    assert row.state.value == "FAILED" and "outputs exceed the space the platform gives: 21 MB" in row.message
+    assert len(app.store.attempts_of(job_id)) == 1  # not retried: it would not fit next time either
+    out = tmp_path / "out"
+    assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
+    assert json.loads((out / "result.json").read_text())["failure_class"] == "space"
+    assert not list(out.rglob("*.partial"))
