@@ -33,7 +33,6 @@ from ...errors import CapacityError, ConfigError, LostError, PlatformError, Prec
 from ..base import Feature, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus
 from ...gpus import COLAB_PLAN_UNITS
 from ...quota import Budget
-from ...windows import Window
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import build_drive, drive_errors, load_credentials, save_credentials
 from .mailbox import AgentInfo, Mailbox
@@ -133,11 +132,8 @@ class ColabDrivePlatform(PlatformBase):
     def default_budget(cls, settings: PlatformSettings) -> Budget:
         """A paid Colab plan's compute units a month (see ``gpus.COLAB_PLAN_UNITS``)."""
         assert isinstance(settings, ColabDriveSettings)
-        units = COLAB_PLAN_UNITS.get(settings.tier)
-        if units is None:
-            return super().default_budget(settings)
-        return Budget(unit="compute_units", limit=units, window=Window("monthly"),
-                      source=f"default for Colab {settings.tier.title()}")
+        return (Budget.monthly_units(COLAB_PLAN_UNITS.get(settings.tier), f"default for Colab {settings.tier.title()}")
+                or super().default_budget(settings))
 
     def offer(self) -> Offer:
         base = dict(platform=self.name, type="colab_drive", tier=self.settings.tier, internet=True,
