@@ -7,8 +7,9 @@ map)::
       blobs/                       bundle files, datasets, checkpoints; tagged by content hash
       agents/<agent>/heartbeat.json  orch_kind=heartbeat; its properties carry the state
       agents/<agent>/inbox/        ticket-<key>.json, written here and nowhere else
-      runs/<key>/                  orch_kind=run; status.json and artefacts from the agent,
-                                   cancel.json from the controller
+      runs/<key>/                  orch_kind=run; status.json (made by the controller, written
+                                   by the agent), artefacts; property orch_cancel asks the
+                                   agent to stop
 
 Design choice: Drive has no compare-and-swap and allows duplicate names, so no agent
 ever claims a shared job. The controller picks one agent (fresh heartbeat, idle, enough
@@ -25,10 +26,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from ...errors import LostError, PlatformError
+from ...errors import LostError
 from ...gpus import reported_type
 from ..base import Handle, Launch
-from .transfer import FOLDER_MIME, Transfers, quote, sha256_file
+from .transfer import FILE_FIELDS, FOLDER_MIME, Transfers, quote, sha256_file
+
+def _needs_gpu(launch: Launch) -> bool:
+    res = getattr(getattr(launch, "spec", None), "resources", None)
+    return bool(res is not None and res.wants_gpu and not res.cpu_fallback)
+
 
 def drive_time(text: str | None) -> float:
     """Epoch seconds of an RFC 3339 time as Drive prints it (0 when absent)."""
@@ -136,6 +142,17 @@ class Mailbox:
         files = self.t.list(f"{quote(run_id)} in parents and trashed = false")
         return {f["name"]: f for f in files}
 
+    def log_parts(self, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """The log increments of a running job as (offset, file), in order."""
+        q = f"{quote(run_id)} in parents and properties has {{ key='orch_kind' and value='logpart' }} and trashed = false"
+        parts = []
+        for f in self.t.list(q):
+            try:
+                parts.append((int((f.get("properties") or {}).get("orch_offset", "")), f))
+            except ValueError:
+                continue  # not written by an agent
+        return sorted(parts, key=lambda p: p[0])
+
     def status(self, files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
         """The agent's ``status.json`` for a run, or None before the agent took it."""
         f = files.get("status.json")
@@ -149,7 +166,8 @@ class Mailbox:
     def handle(self, folder: Mapping[str, Any]) -> Handle:
         p = folder.get("properties") or {}
         return Handle(p["orch_key"], {"run": folder["id"], "agent": p.get("orch_agent", ""),
-                                      "heartbeat": p.get("orch_heartbeat", ""), "inbox": p.get("orch_inbox", "")})
+                                      "heartbeat": p.get("orch_heartbeat", ""), "inbox": p.get("orch_inbox", ""),
+                                      "status": p.get("orch_status", ""), "ticket": p.get("orch_ticket", "")})
 
     # ---- posting work
     def upload_inputs(self, launch: Launch) -> dict[str, Any]:
@@ -176,49 +194,96 @@ class Mailbox:
         return {"bundle": {"digest": bundle.digest, "files": files}, "datasets": datasets, "checkpoint": checkpoint}
 
     def open_run(self, launch: Launch, agent: AgentInfo) -> dict[str, Any]:
-        """The run folder for ``launch.key`` (found again after a crash, else created)."""
+        """The run folder for ``launch.key`` (found again after a crash, else created),
+        with an empty ``status.json`` the agent will overwrite by id.
+
+        Design choice: the controller creates every file both sides read by id (the run
+        folder, ``status.json``) and records their ids, because Drive's listings lag
+        behind creates; a read by id is always current.
+        """
         existing = self.run_folder(launch.key)
         if existing is not None:
             return existing
         props = {"orch_kind": "run", "orch_root": self.root, "orch_key": launch.key, "orch_agent": agent.id,
                  "orch_heartbeat": agent.heartbeat_id, "orch_inbox": agent.inbox, "orch_job": launch.job_id}
         body = {"name": launch.key, "mimeType": FOLDER_MIME, "parents": [self.sub("runs")], "properties": props}
-        self.t.call(f"create run folder {launch.key}", lambda: self.t.service.files().create(body=body, fields="id"))
-        found = self.run_folder(launch.key)
-        if found is None:  # pragma: no cover - Drive lists what it just created
-            raise PlatformError(f"run folder {launch.key} vanished right after it was created")
-        return found
+        return self.t.create(f"create run folder {launch.key}",
+                             lambda: self.t.service.files().create(body=body, fields=FILE_FIELDS),
+                             lookup=self._tagged("run", orch_key=launch.key))
 
-    def post_ticket(self, launch: Launch, agent: AgentInfo, run: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
-        """Write the ticket into ``agent``'s inbox unless it is already there."""
-        if self.tickets(orch_key=launch.key):
-            return
+    def post_ticket(self, launch: Launch, agent: AgentInfo, run: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``status.json`` (state ``new``) and the ticket into ``agent``'s inbox, then
+        mark the run folder as posted; returns the run folder as it now is.
+
+        The mark is written last: a run folder without it is what a crash mid-way leaves,
+        and ``submit`` then starts over (an agent drops a ticket whose run folder is gone).
+        """
+        props = run.get("properties") or {}
+        if props.get("orch_ticket"):
+            return dict(run)
+        key = launch.key
+        status = self.t.put_bytes(json.dumps({"state": "new", "key": key}).encode(), name="status.json",
+                                  parent=run["id"], properties={"orch_kind": "status", "orch_key": key},
+                                  lookup=f"{quote(run['id'])} in parents and name = 'status.json' and trashed = false")
         ticket = {
-            "key": launch.key, "job_id": launch.job_id, "job_name": launch.job_name, "attempt": launch.attempt,
+            "key": key, "job_id": launch.job_id, "job_name": launch.job_name, "attempt": launch.attempt,
             "runner_args": launch.runner_args(), "max_runtime_s": launch.max_runtime_s, "grace_s": launch.grace_s,
             "session_seconds": launch.session_seconds, "env": dict(launch.env), "run_folder": run["id"],
-            "created_at": time.time(), **inputs,
+            "status_file": status["id"], "needs_gpu": _needs_gpu(launch), "created_at": time.time(), **inputs,
         }
-        props = {"orch_kind": "ticket", "orch_root": self.root, "orch_key": launch.key, "orch_agent": agent.id}
-        self.t.put_bytes(json.dumps(ticket, indent=1).encode(), name=f"ticket-{launch.key}.json",
-                         parent=agent.inbox, properties=props)
+        tprops = {"orch_kind": "ticket", "orch_root": self.root, "orch_key": key, "orch_agent": agent.id}
+        posted = self.t.put_bytes(json.dumps(ticket, indent=1).encode(), name=f"ticket-{key}.json",
+                                  parent=agent.inbox, properties=tprops, lookup=self._tagged("ticket", orch_key=key))
+        return self.t.update(run["id"], {"properties": {"orch_status": status["id"], "orch_ticket": posted["id"]}})
+
+    def read_status(self, handle: Handle) -> dict[str, Any] | None:
+        """The run's ``status.json``, read by id (None while it is caught mid-write).
+
+        Raises:
+            LostError: the file (and so the run folder) is gone.
+        """
+        status_id = handle.data.get("status")
+        if not status_id:  # a run posted before status.json was made by the controller
+            return self.status(self.run_files(handle.data["run"]))
+        try:
+            doc = json.loads(self.t.read_bytes(status_id))
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def ticket_waiting(self, handle: Handle) -> bool:
+        """Whether the run's ticket is still in its inbox (read by id when known)."""
+        ticket_id = handle.data.get("ticket")
+        if not ticket_id:
+            return bool(self.tickets(orch_key=handle.key))
+        try:
+            self.t.get(ticket_id, "id")
+        except LostError:
+            return False
+        return True
 
     def cancel(self, handle: Handle) -> None:
-        """Ask the agent to stop: drop an untaken ticket, leave cancel.json in the run folder."""
-        for ticket in self.tickets(orch_key=handle.key):
-            self.t.delete(ticket["id"])
+        """Ask the agent to stop: drop an untaken ticket, flag the run folder (the agent
+        reads the folder by id at every heartbeat, so a lagging listing cannot hide it)."""
+        self._drop_tickets(handle)
         run = handle.data.get("run")
         if run:
             try:
-                self.t.put_bytes(b'{"cancel": true}', name="cancel.json", parent=run,
-                                 properties={"orch_kind": "cancel", "orch_key": handle.key})
+                self.t.update(run, {"properties": {"orch_cancel": "1"}})
             except LostError:
                 pass  # the run folder is gone already
 
     def release(self, handle: Handle) -> None:
         """Delete the run folder and any ticket left for it; blobs stay for later jobs."""
-        for ticket in self.tickets(orch_key=handle.key):
-            self.t.delete(ticket["id"])
+        self._drop_tickets(handle)
         run = handle.data.get("run")
         if run:
             self.t.delete(run)
+
+    def _drop_tickets(self, handle: Handle) -> None:
+        known = handle.data.get("ticket")
+        if known:
+            self.t.delete(known)
+        for ticket in self.tickets(orch_key=handle.key):
+            if ticket["id"] != known:
+                self.t.delete(ticket["id"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import google_auth_httplib2
 from googleapiclient.http import build_http
@@ -40,6 +40,8 @@ from ...partfile import PartFile
 from .transfer import DRIVE_CALLS, Transfers, UploadJournal
 
 PAID_TIERS = ("pro", "pro+", "pay-as-you-go")
+#: At most this much log is read per ``logs`` call.
+LOG_READ_MAX = 8 * 1024 * 1024
 FREE_TIER_REASON = (
     "Colab's terms ban running distributed-computing workers on free runtimes, and an agent notebook "
     "polling a Drive queue is one (research.google.com/colaboratory/faq.html); set tier: pro, pro+ or "
@@ -196,14 +198,13 @@ class ColabDrivePlatform(PlatformBase):
             raise CapacityError(str(exc), self.name) from exc
         existing = mb.run_folder(launch.key)
         if existing is not None:
-            if self._posted(mb, launch.key, existing["id"]):
+            if _posted(existing):
                 return mb.handle(existing)  # submitted before: never start a second run
             mb.t.delete(existing["id"])  # a crash left a run folder without its ticket
         agent = self._choose_agent(mb, launch)
         inputs = mb.upload_inputs(launch)
         run = mb.open_run(launch, agent)
-        mb.post_ticket(launch, agent, run, inputs)
-        return mb.handle(run)
+        return mb.handle(mb.post_ticket(launch, agent, run, inputs))
 
     def _choose_agent(self, mb: Mailbox, launch: Launch) -> AgentInfo:
         """The idle agent with the least time left that still fits the job (best fit)."""
@@ -231,24 +232,14 @@ class ColabDrivePlatform(PlatformBase):
         what a crash between the two writes leaves: submit then starts over)."""
         mb = self._reading()
         folder = mb.run_folder(key)
-        if folder is None or not self._posted(mb, key, folder["id"]):
+        if folder is None or not _posted(folder):
             return None
         return mb.handle(folder)
-
-    @staticmethod
-    def _posted(mb: Mailbox, key: str, run_id: str) -> bool:
-        """Whether the ticket for ``key`` is in an inbox or an agent took it.
-
-        The agent writes status.json before it deletes the ticket, so reading the run
-        folder after seeing no ticket cannot miss a run that was taken meanwhile.
-        """
-        return bool(mb.tickets(orch_key=key)) or "status.json" in mb.run_files(run_id)
 
     # ---- status
     def poll(self, handle: Handle) -> RemoteStatus:
         mb = self._reading()
-        files = self._run_files(mb, handle)
-        status = mb.status(files)
+        status = self._status(mb, handle)
         if status is not None and status.get("state") == "exited":
             return RemoteStatus(RemoteState.EXITED, status.get("message", ""), exit_code=status.get("exit_code"),
                                 heartbeat_at=status.get("updated_at"))
@@ -265,8 +256,10 @@ class ColabDrivePlatform(PlatformBase):
         if not agent.fresh(now, self.settings.heartbeat_stale):
             return RemoteStatus(RemoteState.UNKNOWN, f"agent {agent.id} silent for {agent.age(now):.0f}s")
         telemetry = {"agent": agent.id, "gpu": agent.gpu, "time_left_s": round(agent.time_left(now))}
-        if status is None:
-            if not self._posted(mb, handle.key, handle.data["run"]):
+        if status is None or status.get("state") == "new":
+            # The agent writes status.json before it deletes the ticket: read the status
+            # again after seeing no ticket, so a run taken meanwhile is not called lost.
+            if not mb.ticket_waiting(handle) and (self._status(mb, handle) or {}).get("state", "new") == "new":
                 return RemoteStatus(RemoteState.LOST, f"the ticket left agent {agent.id}'s inbox untaken "
                                                       "(deleted by a clean-up or a cancel)")
             return RemoteStatus(RemoteState.PENDING, f"in agent {agent.id}'s inbox", heartbeat_at=agent.modified,
@@ -274,6 +267,14 @@ class ColabDrivePlatform(PlatformBase):
         telemetry.update(status.get("telemetry") or {})
         return RemoteStatus(RemoteState.RUNNING, status.get("message", ""), heartbeat_at=agent.modified,
                             telemetry=telemetry)
+
+    def _status(self, mb: Mailbox, handle: Handle) -> dict[str, Any] | None:
+        if not handle.data.get("run"):
+            raise LostError(f"{handle.key}: no run folder recorded", self.name)
+        try:
+            return mb.read_status(handle)
+        except LostError as exc:
+            raise LostError(f"{handle.key}: the run's folder in Drive is gone ({exc})", self.name) from exc
 
     def _run_files(self, mb: Mailbox, handle: Handle) -> dict[str, dict[str, Any]]:
         run = handle.data.get("run")
@@ -285,20 +286,33 @@ class ColabDrivePlatform(PlatformBase):
         return files
 
     def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
+        """The log from ``offset``: from the final ``job.log`` once the run ended, else from
+        the increments the agent uploads while it runs (``job.log.NNNNNN``)."""
         mb = self._reading()
-        files = self._run_files(mb, handle)
-        status = mb.status(files) or {}
+        status = self._status(mb, handle) or {}
         done = status.get("state") == "exited"
-        log = files.get("job.log")
-        size = int(log.get("size", 0)) if log else 0
-        if log is None or offset >= size:
-            return LogChunk("", offset, complete=done)
-        data = mb.t.read_range(log["id"], offset, size)
-        return LogChunk(data.decode("utf-8", "replace"), offset, complete=done and offset + len(data) >= size)
+        final = (status.get("artefacts") or {}).get("job.log")
+        if final:
+            size = int(final.get("size", 0))
+            if offset >= size:
+                return LogChunk("", offset, complete=done)
+            data = mb.t.read_range(final["id"], offset, min(size, offset + LOG_READ_MAX))
+            return LogChunk(data.decode("utf-8", "replace"), offset, complete=offset + len(data) >= size)
+        if done:
+            return LogChunk("", offset, complete=True)
+        data = b""
+        for start, part in mb.log_parts(handle.data["run"]):
+            pos, end = offset + len(data), start + int(part.get("size", 0))
+            if end <= pos:
+                continue
+            if start > pos or len(data) >= LOG_READ_MAX:
+                break  # the next part is not listed yet (listings lag), or enough for now
+            data += mb.t.read_range(part["id"], pos - start, end - start)
+        return LogChunk(data.decode("utf-8", "replace"), offset, complete=False)
 
     def fetch(self, handle: Handle, dest: Path) -> None:
         mb = self._reading()
-        status = mb.status(self._run_files(mb, handle)) or {}
+        status = self._status(mb, handle) or {}
         if status.get("state") != "exited":
             raise TransientError(f"{handle.key}: the run has not finished yet", self.name)
         for name, art in (status.get("artefacts") or {}).items():
@@ -329,6 +343,11 @@ class ColabDrivePlatform(PlatformBase):
                 mb.t.delete(run["id"])
 
 
+def _posted(run_folder: Mapping[str, Any]) -> bool:
+    """Whether the run folder carries the mark ``Mailbox.post_ticket`` writes last."""
+    return bool((run_folder.get("properties") or {}).get("orch_ticket"))
+
+
 def _idle(agent: AgentInfo) -> bool:
     return agent.state == "idle" and not agent.job
 
@@ -338,8 +357,10 @@ def _gpu_fits(agent: AgentInfo, launch: Launch) -> bool:
     res = getattr(getattr(launch, "spec", None), "resources", None)
     if res is None:
         return True
+    if res.wants_gpu and not res.cpu_fallback and agent.gpu_count < max(1, res.gpus_needed):
+        return False  # gpu: any never lands on a CPU-only agent
     wanted = [g for g in (getattr(res, "gpu", None) or []) if g not in ("any", "none")]
-    if wanted and agent.gpu not in wanted:
+    if wanted and agent.gpu not in wanted and not (res.cpu_fallback and agent.gpu_count == 0):
         return False
     need_mem = getattr(res, "min_gpu_memory_gb", None)
     return not (need_mem and agent.gpu_memory_gb and agent.gpu_memory_gb < need_mem)
