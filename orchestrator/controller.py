@@ -385,8 +385,14 @@ class Controller:
             a_new, j_new, why = A.SUCCEEDED, J.SUCCEEDED, "succeeded"
         elif status == "checkpointed":
             a_new, j_new, why = A.CHECKPOINTED, J.QUEUED, "checkpointed; the next segment is queued"
-        elif status == "cancelled":
-            a_new, j_new, why = A.CANCELLED, J.CANCELLED, "cancelled"
+        elif status in ("cancelled", "interrupted"):
+            # Only `orch cancel` cancels, and it ends the attempt before any fetch: a runner
+            # stopped from outside (an agent or VM shutting down) was interrupted, not
+            # cancelled. With a checkpoint the next segment goes on; without, it is lost.
+            if not checkpoint:
+                self._lost(att, f"the run was stopped from outside orch ({result.get('message') or status})")
+                return
+            a_new, j_new, why = A.CHECKPOINTED, J.QUEUED, "interrupted with a checkpoint; the next segment is queued"
         else:
             why = result.get("message") or f"exit code {result.get('exit_code')}"
             a_new = A.FAILED

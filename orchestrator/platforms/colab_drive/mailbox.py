@@ -91,11 +91,15 @@ class Mailbox:
     Args:
         transfers: the retrying Drive wrapper.
         folder: the folder's name in My Drive (created on first use).
+        controller: this controller's identity (one per orch home). Every ticket and run
+            folder carries it, and only its own are ever cleaned up, so two controllers on
+            one Google account never delete each other's runs.
     """
 
-    def __init__(self, transfers: Transfers, folder: str):
+    def __init__(self, transfers: Transfers, folder: str, controller: str = ""):
         self.t = transfers
         self.folder_name = folder
+        self.controller = controller
         self._ids: dict[str, str] = {}
 
     # ---- folders (ids cached for the life of this object: one tick)
@@ -126,15 +130,27 @@ class Mailbox:
         return AgentInfo.from_file(self.t.get(heartbeat_id))
 
     def tickets(self, **props: str) -> list[dict[str, Any]]:
-        return self.t.list(self._tagged("ticket", **props))
+        """This controller's tickets (with ``props`` narrowing them)."""
+        return self.t.list(self._tagged("ticket", orch_controller=self.controller, **props))
+
+    def all_tickets(self) -> list[dict[str, Any]]:
+        """Every controller's tickets: an agent with any ticket waiting is not idle."""
+        return self.t.list(self._tagged("ticket"))
 
     # ---- runs
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run folder in this mailbox (one list call)."""
-        return self.t.list(self._tagged("run"), fields="id,name,properties")
+    def runs(self, everyone: bool = False) -> list[dict[str, Any]]:
+        """This controller's run folders (every controller's with ``everyone``)."""
+        mine = {} if everyone else {"orch_controller": self.controller}
+        return self.t.list(self._tagged("run", **mine), fields="id,name,properties")
+
+    def other_controllers(self) -> set[str]:
+        """Identities of other controllers with tickets or runs in this folder now."""
+        found = {(f.get("properties") or {}).get("orch_controller", "") for f in self.runs(everyone=True)}
+        found |= {(f.get("properties") or {}).get("orch_controller", "") for f in self.all_tickets()}
+        return {c for c in found if c and c != self.controller}
 
     def run_folder(self, key: str) -> dict[str, Any] | None:
-        found = self.t.list(self._tagged("run", orch_key=key))
+        found = self.t.list(self._tagged("run", orch_controller=self.controller, orch_key=key))
         return found[0] if found else None
 
     def run_files(self, run_id: str) -> dict[str, dict[str, Any]]:
@@ -204,12 +220,13 @@ class Mailbox:
         existing = self.run_folder(launch.key)
         if existing is not None:
             return existing
-        props = {"orch_kind": "run", "orch_root": self.root, "orch_key": launch.key, "orch_agent": agent.id,
+        props = {"orch_kind": "run", "orch_root": self.root, "orch_controller": self.controller,
+                 "orch_key": launch.key, "orch_agent": agent.id,
                  "orch_heartbeat": agent.heartbeat_id, "orch_inbox": agent.inbox, "orch_job": launch.job_id}
         body = {"name": launch.key, "mimeType": FOLDER_MIME, "parents": [self.sub("runs")], "properties": props}
         return self.t.create(f"create run folder {launch.key}",
                              lambda: self.t.service.files().create(body=body, fields=FILE_FIELDS),
-                             lookup=self._tagged("run", orch_key=launch.key))
+                             lookup=self._tagged("run", orch_controller=self.controller, orch_key=launch.key))
 
     def post_ticket(self, launch: Launch, agent: AgentInfo, run: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``status.json`` (state ``new``) and the ticket into ``agent``'s inbox, then
@@ -231,9 +248,11 @@ class Mailbox:
             "session_seconds": launch.session_seconds, "env": dict(launch.env), "run_folder": run["id"],
             "status_file": status["id"], "needs_gpu": _needs_gpu(launch), "created_at": time.time(), **inputs,
         }
-        tprops = {"orch_kind": "ticket", "orch_root": self.root, "orch_key": key, "orch_agent": agent.id}
+        tprops = {"orch_kind": "ticket", "orch_root": self.root, "orch_controller": self.controller, "orch_key": key,
+                  "orch_agent": agent.id}
         posted = self.t.put_bytes(json.dumps(ticket, indent=1).encode(), name=f"ticket-{key}.json",
-                                  parent=agent.inbox, properties=tprops, lookup=self._tagged("ticket", orch_key=key))
+                                  parent=agent.inbox, properties=tprops,
+                                  lookup=self._tagged("ticket", orch_controller=self.controller, orch_key=key))
         return self.t.update(run["id"], {"properties": {"orch_status": status["id"], "orch_ticket": posted["id"]}})
 
     def read_status(self, handle: Handle) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ Config::
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -118,8 +119,20 @@ class ColabDrivePlatform(PlatformBase):
             journal = UploadJournal(self.home.platform_dir(self.name) / "uploads")
             backoff = DRIVE_CALLS.replace(base=s.backoff_base, cap=32.0 * s.backoff_base, attempts=s.retries)
             transfers = Transfers(service, journal, self.name, backoff, chunk_size=s.chunk_mb * 1024 * 1024)
-            self._mailbox = Mailbox(transfers, s.folder)
+            self._mailbox = Mailbox(transfers, s.folder, self.controller_id)
         return self._mailbox
+
+    @property
+    def controller_id(self) -> str:
+        """This orch home's identity on Drive (made once, kept under the orch home)."""
+        path = self.home.platform_dir(self.name) / "controller-id"
+        try:
+            return path.read_text().strip()
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(6) + "\n")
+        return path.read_text().strip()
 
     def _reading(self) -> Mailbox:
         """The mailbox for a status read: a credential problem reads as transient, since a
@@ -178,11 +191,17 @@ class ColabDrivePlatform(PlatformBase):
             return [FREE_TIER_REASON, *problems]  # refused: do not even touch Drive
         try:
             agents = self.mailbox().agents()
+            others = self.mailbox().other_controllers()
         except PlatformError as exc:
             problems.append(str(exc))
         else:
             if not any(a.fresh(time.time(), self.settings.heartbeat_stale) for a in agents):
                 problems.append(self._no_agent_reason())
+            if others:
+                problems.append(
+                    f"another orch controller ({', '.join(sorted(others))}) posts jobs in Drive folder "
+                    f"'{self.settings.folder}' too; give each orch home its own folder "
+                    f"(platforms.{self.name}.folder) so their agents and clean-ups stay apart")
         return problems
 
     # ---- submit
@@ -213,7 +232,7 @@ class ColabDrivePlatform(PlatformBase):
         if launch.session_seconds:
             runtime = min(runtime, launch.session_seconds)
         need = runtime + launch.grace_s + self.settings.setup_margin
-        pending = {t.get("properties", {}).get("orch_agent") for t in mb.tickets()}
+        pending = {t.get("properties", {}).get("orch_agent") for t in mb.all_tickets()}
         fresh = [a for a in mb.agents() if a.fresh(now, self.settings.heartbeat_stale)]
         if not fresh:
             raise CapacityError(self._no_agent_reason(), self.name)
@@ -329,9 +348,10 @@ class ColabDrivePlatform(PlatformBase):
         self._reading().release(handle)
 
     def reconcile(self, active_keys: set[str]) -> None:
-        """Delete tickets and run folders that no active attempt owns (a cancelled job, a
-        crashed tick): an agent drops a ticket whose run folder is gone and stops a job
-        whose run folder disappears, so no agent keeps working for nobody."""
+        """Delete this controller's tickets and run folders that no active attempt owns (a
+        cancelled job, a crashed tick): an agent drops a ticket whose run folder is gone and
+        stops a job whose run folder disappears, so no agent keeps working for nobody.
+        Another controller's (another orch home on the same account) are never touched."""
         if self.settings.tier not in PAID_TIERS:
             return
         mb = self._reading()
