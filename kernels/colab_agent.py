@@ -885,6 +885,8 @@ def parse_args(argv=None):
     p.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0 = no limit)")
     p.add_argument("--timeout", type=float, default=60, help="socket timeout for Drive calls")
     p.add_argument("--cpu-ok", action="store_true", help="run without a GPU (only jobs that need none are given)")
+    p.add_argument("--retries", type=int, default=8, help=argparse.SUPPRESS)  # tries per Drive call
+    p.add_argument("--backoff-base", type=float, default=1.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -902,7 +904,8 @@ def main(argv=None) -> int:
         return 3
     creds = credentials(args)
     agent = Agent(args, lambda: Drive(build_service(creds, args.endpoint, args.timeout),
-                                      chunk_size=args.chunk_mb * 1024 * 1024))
+                                      chunk_size=args.chunk_mb * 1024 * 1024, attempts=args.retries,
+                                      base=args.backoff_base))
 
     def stop(signum, frame):
         if agent.stopping:

@@ -27,7 +27,7 @@ from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, share_artifacts
 from .errors import (
-    CapacityError, ConfigError, LostError, OrchError, PrecheckError, SpecError, TransientError,
+    CapacityError, ConfigError, LostError, OrchError, PrecheckError, SignInRequired, SpecError, TransientError,
 )
 from .launch import job_spec
 from .planning import Planner
@@ -263,8 +263,13 @@ class Controller:
     def _poll_one(self, att: AttemptRow) -> None:
         now = time.time()
         handle = Handle.from_json(att.handle or {"key": att.key})
+        deaf = False
         try:
             status = self.app.platform(att.platform).poll(handle)
+        except SignInRequired as exc:
+            # We cannot hear the remote because our own token is refused; the run is not
+            # silent. It stays UNKNOWN (never LOST) until the user signs in again.
+            status, deaf = RemoteStatus(RemoteState.UNKNOWN, str(exc)), True
         except (TransientError, ConfigError, PrecheckError) as exc:
             # A refused read (changed host key, revoked token) is not the job's failure.
             status = RemoteStatus(RemoteState.UNKNOWN, str(exc))
@@ -292,7 +297,7 @@ class Controller:
                         tx.move_attempt(att.id, att.job_id, att.state, A.UNKNOWN, status.message, unknown_since=now,
                                         message=status.message)
                         tx.move_job(att.job_id, job_state, J.UNKNOWN, status.message, message=status.message)
-                elif now - (att.unknown_since or now) > self.settings.unknown_window:
+                elif now - (att.unknown_since or now) > self.settings.unknown_window and not deaf:
                     self._lost(att, f"no status for {int(now - att.unknown_since)}s: {status.message}")
             elif status.state == RemoteState.LOST:
                 self._lost(att, status.message or "the platform lost the run")

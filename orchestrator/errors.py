@@ -11,6 +11,7 @@ they can act on and never match on message strings::
     ├── StateError                 a transition the state table forbids (a bug or a race lost)
     └── PlatformError              a remote platform said no
         ├── TransientError         back off and try the same call again later
+        │   └── SignInRequired     our token is refused: wait for the user to sign in again
         ├── CapacityError          no room now (quota, concurrency): wait or go elsewhere
         ├── PrecheckError          bad credentials / spec for this platform: fail fast, never retry
         └── LostError              the remote run is gone: retry the job elsewhere
@@ -75,6 +76,12 @@ class PlatformError(OrchError):
 
 class TransientError(PlatformError):
     """Temporary trouble (429, 5xx, timeout, dropped tunnel): retry the same call later."""
+
+
+class SignInRequired(TransientError):
+    """orch's own sign-in to a platform is refused (a revoked or expired token): nothing
+    there can be read until the user signs in again. The remote runs go on regardless,
+    so a status read failing this way never counts toward LOST."""
 
 
 class CapacityError(PlatformError):

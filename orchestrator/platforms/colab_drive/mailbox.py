@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import LostError
@@ -96,18 +97,45 @@ class Mailbox:
             one Google account never delete each other's runs.
     """
 
-    def __init__(self, transfers: Transfers, folder: str, controller: str = ""):
+    def __init__(self, transfers: Transfers, folder: str, controller: str = "", root_file: Path | None = None):
         self.t = transfers
         self.folder_name = folder
         self.controller = controller
+        self.root_file = root_file
         self._ids: dict[str, str] = {}
 
     # ---- folders (ids cached for the life of this object: one tick)
     @property
     def root(self) -> str:
+        """The mailbox folder's id, kept in ``root_file`` once known.
+
+        Design choice: where a create answered 500 and a lagging listing hid the folder
+        it made, there are two; the one this controller uses (and prints into the agent
+        notebook) must then stay the same across ticks, whatever a later listing shows.
+        """
         if "root" not in self._ids:
-            self._ids["root"] = self.t.folder(self.folder_name, "root", {"orch_kind": "root"})["id"]
+            self._ids["root"] = self._known_root() or self._find_root()
         return self._ids["root"]
+
+    def _known_root(self) -> str | None:
+        try:
+            doc = json.loads(self.root_file.read_text()) if self.root_file else {}
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("folder") != self.folder_name or not doc.get("id"):
+            return None
+        try:
+            found = self.t.get(str(doc["id"]), "id,trashed")
+        except LostError:
+            return None  # deleted in Drive: find or make it again
+        return None if found.get("trashed") else found["id"]
+
+    def _find_root(self) -> str:
+        found = self.t.folder(self.folder_name, "root", {"orch_kind": "root"})["id"]
+        if self.root_file:
+            self.root_file.parent.mkdir(parents=True, exist_ok=True)
+            self.root_file.write_text(json.dumps({"folder": self.folder_name, "id": found}))
+        return found
 
     def sub(self, name: str) -> str:
         if name not in self._ids:

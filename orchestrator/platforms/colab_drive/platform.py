@@ -30,7 +30,9 @@ import google_auth_httplib2
 from googleapiclient.http import build_http
 from pydantic import Field
 
-from ...errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
+from ...errors import (
+    CapacityError, ConfigError, LostError, PlatformError, PrecheckError, SignInRequired, TransientError,
+)
 from ..base import Feature, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus
 from ...gpus import COLAB_PLAN_UNITS
 from ...quota import Budget
@@ -90,6 +92,7 @@ class ColabDrivePlatform(PlatformBase):
     def __init__(self, name: str, settings: PlatformSettings, home: Any) -> None:
         super().__init__(name, settings, home)
         self._mailbox: Mailbox | None = None
+        self._sign_in_problem = ""
 
     # ---- plumbing
     @property
@@ -106,7 +109,8 @@ class ColabDrivePlatform(PlatformBase):
         """The Drive mailbox, built once per platform object (one CLI call or tick).
 
         Raises:
-            PrecheckError: no token, or one Google refuses to refresh (run ``orch auth drive``).
+            PrecheckError: no token file (run ``orch auth drive``).
+            SignInRequired: a token Google refuses to refresh (run ``orch auth drive``).
         """
         if self._mailbox is None:
             creds = load_credentials(self.token_path, self.name, self.settings.token_uri)
@@ -119,7 +123,8 @@ class ColabDrivePlatform(PlatformBase):
             journal = UploadJournal(self.home.platform_dir(self.name) / "uploads")
             backoff = DRIVE_CALLS.replace(base=s.backoff_base, cap=32.0 * s.backoff_base, attempts=s.retries)
             transfers = Transfers(service, journal, self.name, backoff, chunk_size=s.chunk_mb * 1024 * 1024)
-            self._mailbox = Mailbox(transfers, s.folder, self.controller_id)
+            self._mailbox = Mailbox(transfers, s.folder, self.controller_id,
+                                    root_file=self.home.platform_dir(self.name) / "root.json")
         return self._mailbox
 
     @property
@@ -135,12 +140,12 @@ class ColabDrivePlatform(PlatformBase):
         return path.read_text().strip()
 
     def _reading(self) -> Mailbox:
-        """The mailbox for a status read: a credential problem reads as transient, since a
-        failed read must never fail a job."""
+        """The mailbox for a status read. A token problem is ``SignInRequired``: the runs go
+        on while orch cannot read them, so it must never fail or lose a job."""
         try:
             return self.mailbox()
         except PrecheckError as exc:
-            raise TransientError(str(exc), self.name) from exc
+            raise SignInRequired(str(exc), self.name) from exc
 
     # ---- capabilities
     @classmethod
@@ -158,6 +163,8 @@ class ColabDrivePlatform(PlatformBase):
         try:
             agents = self.mailbox().agents()
         except PlatformError as exc:
+            if isinstance(exc, (SignInRequired, PrecheckError)):
+                self._sign_in_problem = str(exc)
             return Offer(**base, available=False, reason=str(exc))
         now = time.time()
         fresh = [a for a in agents if a.fresh(now, self.settings.heartbeat_stale)]
@@ -176,6 +183,10 @@ class ColabDrivePlatform(PlatformBase):
             available=bool(idle),
             reason="" if idle else f"all {len(fresh)} agent(s) are busy",
         )
+
+    def submit_warnings(self) -> list[str]:
+        """The token problem ``offer`` ran into: jobs queued now wait for ``orch auth drive``."""
+        return [self._sign_in_problem] if self._sign_in_problem else []
 
     def _no_agent_reason(self) -> str:
         return (f"no agent has sent a heartbeat to Drive folder '{self.settings.folder}' in the last "
@@ -212,7 +223,7 @@ class ColabDrivePlatform(PlatformBase):
             raise PrecheckError(f"job {launch.job_name}: {UNSUPPORTED[Feature.SECRETS]}", self.name)
         try:
             mb = self.mailbox()
-        except PrecheckError as exc:
+        except (PrecheckError, SignInRequired) as exc:
             # The job is fine; the token is not. Keep the job queued (it may go elsewhere).
             raise CapacityError(str(exc), self.name) from exc
         existing = mb.run_folder(launch.key)

@@ -160,7 +160,14 @@ def test_an_agent_killed_mid_job_goes_unknown_then_lost_then_runs_on_the_other_a
 
 def test_an_expired_token_gives_one_clear_error_and_keeps_the_queue(orch, orch_home, gdrive, tmp_path):
     gdrive.revoke("rt-1")
-    job = _submit(orch, _job(tmp_path, "waiting"))
+    submitted = orch("submit", str(_job(tmp_path, "waiting")), "--platform", "gdrive", "--json")
+    job = json.loads(submitted.stdout)["id"]
+
+    # Queued (rc 0), with the reason it will wait said at once, on stderr.
+    assert submitted.exit_code == 0 and "Traceback" not in submitted.stderr
+    (warning,) = submitted.stderr.splitlines()
+    assert warning.startswith("warning: gdrive: Google Drive token for platform 'gdrive' has expired or been revoked")
+    assert warning.endswith("run: orch auth drive gdrive")
 
     result = orch("tick")
     status = json.loads(orch("status", job, "--json").output)
