@@ -302,3 +302,64 @@ def test_a_gpu_job_never_lands_on_a_cpu_agent_and_a_cpu_runtime_starts_no_agent(
 
     assert _state(job) == JobState.SUCCEEDED
     assert agents.keys_run_by("cpu") == [] and len(agents.keys_run_by("gpu")) == 1
+
+
+# --------------------------------------------------------------------------- 7: the log goes up in increments
+
+CHATTY = """\
+import sys, time
+for burst in range(8):
+    sys.stdout.write(("burst %d " % burst + "x" * 99 + "\\n") * 1000)  # ~100 KB
+    sys.stdout.flush()
+    time.sleep(0.5)
+"""
+
+
+def test_the_log_is_uploaded_in_increments_so_the_bytes_sent_grow_with_its_size(orch, orch_home, agents, gdrive,
+                                                                                 tmp_path):
+    agents.start("a1")
+    path = make_job(tmp_path / "chatty", "name: chatty\nrun: python3 -u main.py\nresources: {max_runtime: 1m}\n",
+                    {"main.py": CHATTY})
+    job = _submit(orch, path)
+    seen = {}  # the run folder (and its increments) is deleted once the job is fetched
+
+    def watch(app):
+        seen.update({p.id: p for p in gdrive.find(orch_kind="logpart")})
+        return app.store.job(job).state.terminal
+
+    tick_until(watch, timeout=60)
+
+    assert _state(job) == JobState.SUCCEEDED
+    final = len((orch_home / "results" / job / "attempt-1" / "job.log").read_bytes())
+    parts = list(seen.values())
+    assert final > 800_000 and len(parts) >= 3  # uploaded while it ran, in several pieces
+    assert all(p.version == 1 for p in parts)  # each increment written once, never re-sent
+    sent = sum(len(p.content) for p in parts) + final  # the increments, then job.log once at the end
+    assert sent <= 2 * final  # O(log size); uploading the whole log every time cost ~ size x uploads
+    offsets = sorted(int(p.properties["orch_offset"]) for p in parts)
+    assert offsets[0] == 0 and all(b > a for a, b in zip(offsets, offsets[1:]))
+
+
+# --------------------------------------------------------------------------- 9: a dead token during a job
+
+def test_a_token_that_dies_during_a_job_keeps_the_attempt_and_it_is_fetched_after_sign_in(
+        orch, orch_home, agents, gdrive, tmp_path):
+    agents.start("a1")
+    job = _submit(orch, _sleeper(tmp_path, "patient", 2, tag="patient"))
+    tick_until(lambda app: app.store.job(job).state == JobState.RUNNING, timeout=30)
+    token = orch_home / "platforms" / "gdrive" / "token.json"
+    gdrive.revoke(json.loads(token.read_text())["token"])
+    gdrive.revoke("rt-1")
+
+    deadline = time.monotonic() + 5  # five unknown_windows; the job ends meanwhile
+    while time.monotonic() < deadline:
+        tick_until(lambda app: True, timeout=10)
+        time.sleep(0.2)
+    assert _state(job) == JobState.UNKNOWN and len(_attempts(job)) == 1
+    assert "orch auth drive gdrive" in _attempts(job)[0].message
+
+    gdrive.add_refresh_token("rt-2")
+    token.write_text(json.dumps({**json.loads(token.read_text()), "refresh_token": "rt-2", "expiry": None}))
+    tick_until(lambda app: app.store.job(job).state.terminal, timeout=30)
+    assert _state(job) == JobState.SUCCEEDED and len(_attempts(job)) == 1
+    assert (orch_home / "results" / job / "attempt-1" / "outputs" / "out.txt").read_text() == "patient 200000\n"

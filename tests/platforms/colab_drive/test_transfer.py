@@ -164,3 +164,14 @@ def test_backoff_is_truncated_exponential_with_full_jitter():
     backoff = DRIVE_CALLS.replace(base=1.0, cap=8.0, rand=lambda: 1.0)
     assert [backoff.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert DRIVE_CALLS.replace(rand=lambda: 0.0).delay(3) == 0.0  # full jitter: anywhere from zero
+
+
+def test_multipart_is_used_only_up_to_5mb_and_larger_files_go_resumable(drive, service, tmp_path, backoff):
+    # Drive documents uploadType=multipart for files up to 5 MB; the chunk (8 MiB) is larger.
+    transfers = Transfers(service, UploadJournal(tmp_path / "uploads"), "gdrive", backoff, chunk_size=8 * MiB)
+    folder = transfers.folder("orch", "root")["id"]
+    small = transfers.upload(_random_file(tmp_path / "small.bin", 4 * MiB), name="small.bin", parent=folder, key="s")
+    assert (drive.count("create-multipart"), drive.count("create-resumable")) == (1, 0)
+    large = transfers.upload(_random_file(tmp_path / "large.bin", 6 * MiB), name="large.bin", parent=folder, key="l")
+    assert (drive.count("create-multipart"), drive.count("create-resumable")) == (1, 1)
+    assert [int(small["size"]), int(large["size"])] == [4 * MiB, 6 * MiB]
