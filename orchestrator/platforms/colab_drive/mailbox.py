@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,6 +35,10 @@ from .transfer import FILE_FIELDS, FOLDER_MIME, Transfers, quote, sha256_file
 def _needs_gpu(launch: Launch) -> bool:
     res = getattr(getattr(launch, "spec", None), "resources", None)
     return bool(res is not None and res.wants_gpu and not res.cpu_fallback)
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def drive_time(text: str | None) -> float:
@@ -62,6 +66,7 @@ class AgentInfo:
     gpu: str
     gpu_memory_gb: float | None
     gpu_count: int
+    folder: str = ""  # the agent's own folder (the heartbeat's parent)
 
     @classmethod
     def from_file(cls, f: Mapping[str, Any]) -> "AgentInfo":
@@ -73,7 +78,7 @@ class AgentInfo:
             state=p.get("orch_state", "unknown"), job=p.get("orch_job", ""),
             time_left_s=float(p.get("orch_time_left") or 0), modified=drive_time(f.get("modifiedTime")),
             gpu=reported_type(gpu_name) if gpu_name else "", gpu_memory_gb=round(mb / 1024, 1) if mb else None,
-            gpu_count=int(p.get("orch_gpu_count") or 0),
+            gpu_count=int(p.get("orch_gpu_count") or 0), folder=(f.get("parents") or [""])[0],
         )
 
     def age(self, now: float) -> float:
@@ -169,7 +174,7 @@ class Mailbox:
     def runs(self, everyone: bool = False) -> list[dict[str, Any]]:
         """This controller's run folders (every controller's with ``everyone``)."""
         mine = {} if everyone else {"orch_controller": self.controller}
-        return self.t.list(self._tagged("run", **mine), fields="id,name,properties")
+        return self.t.list(self._tagged("run", **mine), fields="id,name,properties,createdTime")
 
     def other_controllers(self) -> set[str]:
         """Identities of other controllers with tickets or runs in this folder now."""
@@ -212,6 +217,33 @@ class Mailbox:
         return Handle(p["orch_key"], {"run": folder["id"], "agent": p.get("orch_agent", ""),
                                       "heartbeat": p.get("orch_heartbeat", ""), "inbox": p.get("orch_inbox", ""),
                                       "status": p.get("orch_status", ""), "ticket": p.get("orch_ticket", "")})
+
+    # ---- clean-up (orch gc)
+    def garbage(self, before: float) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, file) for what orch made here and nobody touched since ``before``:
+        blobs (code, datasets, checkpoints; touched whenever a job reuses them) and the
+        folders of agents whose last heartbeat is older. Nothing else is ever listed."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        blobs = self.sub("blobs")
+        for f in self.t.list(f"{quote(blobs)} in parents and trashed = false"):
+            p = f.get("properties") or {}
+            if not (p.get("orch_sha256") or p.get("orch_digest")) or drive_time(f.get("modifiedTime")) >= before:
+                continue
+            kind = "dataset" if p.get("orch_digest") else "checkpoint" if f["name"].startswith("checkpoint-") else "code"
+            out.append((kind, f))
+        for agent in self.agents():
+            if agent.modified < before:
+                out.append(("agent", {"id": agent.folder, "name": f"agents/{agent.id}",
+                                      "modifiedTime": _rfc3339(agent.modified)}))
+        return out
+
+    def owned(self, file_id: str) -> bool:
+        """Whether ``file_id`` is a blob or an agent folder of this mailbox (gc deletes nothing else)."""
+        f = self.t.get(file_id)
+        p = f.get("properties") or {}
+        if self.sub("blobs") in (f.get("parents") or []):
+            return bool(p.get("orch_sha256") or p.get("orch_digest"))
+        return p.get("orch_kind") == "agent" and p.get("orch_root") == self.root
 
     # ---- posting work
     def upload_inputs(self, launch: Launch) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -38,7 +39,7 @@ from ...gpus import COLAB_PLAN_UNITS
 from ...quota import Budget
 from ...settings import Duration, PlatformSettings, PositiveDuration
 from .client import build_drive, drive_errors, load_credentials, save_credentials
-from .mailbox import AgentInfo, Mailbox
+from .mailbox import AgentInfo, Mailbox, drive_time
 from ...partfile import PartFile
 from .transfer import DRIVE_CALLS, Transfers, UploadJournal
 
@@ -358,6 +359,31 @@ class ColabDrivePlatform(PlatformBase):
     def release(self, handle: Handle) -> None:
         self._reading().release(handle)
 
+    # ---- clean-up
+    def garbage(self, older_than_s: float, keep: set[str] = frozenset(),
+                last_used: Mapping[str, float] | None = None) -> list[tuple[str, str, datetime | None]]:
+        """What orch made in the Drive folder and nothing used for ``older_than_s``:
+        (kind, ref, last use). Blobs are touched whenever a job reuses them, and nothing
+        newer than this controller's oldest live run is listed (that run may still read
+        it); agent folders count from their last heartbeat. ``keep``/``last_used`` are
+        the Kaggle shape of the same question and are not needed here.
+        """
+        mb = self.mailbox()
+        before = time.time() - older_than_s
+        live = [drive_time(r.get("createdTime")) for r in mb.runs()]
+        if live:
+            before = min(before, min(live))
+        return [(kind, _gc_ref(f), datetime.fromtimestamp(drive_time(f.get("modifiedTime")), timezone.utc))
+                for kind, f in mb.garbage(before)]
+
+    def delete(self, kind: str, ref: str) -> None:
+        """Delete one thing ``garbage`` listed; refuses anything orch did not make."""
+        file_id = ref.rpartition("[")[2].rstrip("]")
+        mb = self.mailbox()
+        if not file_id or not mb.owned(file_id):
+            raise PrecheckError(f"refusing to delete {kind} {ref}: orch did not create it", self.name)
+        mb.t.delete(file_id)
+
     def reconcile(self, active_keys: set[str]) -> None:
         """Delete this controller's tickets and run folders that no active attempt owns (a
         cancelled job, a crashed tick): an agent drops a ticket whose run folder is gone and
@@ -372,6 +398,10 @@ class ColabDrivePlatform(PlatformBase):
         for run in mb.runs():
             if (run.get("properties") or {}).get("orch_key") not in active_keys:
                 mb.t.delete(run["id"])
+
+
+def _gc_ref(f: Mapping[str, Any]) -> str:
+    return f"{f.get('name', '?')} [{f['id']}]"
 
 
 def _posted(run_folder: Mapping[str, Any]) -> bool:

@@ -311,7 +311,8 @@ class Transfers:
              f" and trashed = false")
         for existing in self.list(q):
             if int(existing.get("size", -1)) == size:
-                return existing, False
+                # Touched on reuse: its modifiedTime is when a job last needed it (orch gc).
+                return self.update(existing["id"], {"properties": {"orch_used": str(int(time.time()))}}), False
         props = {prop: value, **dict(properties or {})}
         return self.upload(path, name=name, parent=parent, key=f"blob-{value}", properties=props,
                            sha256=sha256), True

@@ -363,3 +363,36 @@ def test_a_token_that_dies_during_a_job_keeps_the_attempt_and_it_is_fetched_afte
     tick_until(lambda app: app.store.job(job).state.terminal, timeout=30)
     assert _state(job) == JobState.SUCCEEDED and len(_attempts(job)) == 1
     assert (orch_home / "results" / job / "attempt-1" / "outputs" / "out.txt").read_text() == "patient 200000\n"
+
+
+# --------------------------------------------------------------------------- 8: orch gc on Drive
+
+def test_orch_gc_lists_then_deletes_old_drive_blobs_and_gone_agents_and_nothing_else(
+        orch, orch_home, agents, gdrive, tmp_path):
+    agents.start("a1")
+    job = _submit(orch, _job(tmp_path, "done", tag="done"))
+    tick_until(lambda app: app.store.job(job).state.terminal, timeout=60)
+    agents.kill("a1")
+    mine = App.open()
+    try:
+        root = mine.platform("gdrive").mailbox().root
+    finally:
+        mine.close()
+    with gdrive._lock:  # a file of the user's own, right in orch's folder
+        gdrive._create({"name": "notes.txt", "parents": [root]}, "orch-test-client", b"mine")
+    blobs = [f for f in gdrive.files.values() if "orch_sha256" in f.properties or "orch_digest" in f.properties]
+    assert len(blobs) == 3  # manifest, code, dataset
+
+    assert "nothing orch created on gdrive is older than 7d" in orch("gc").output
+    time.sleep(1.1)
+    listed = orch("gc", "--older-than", "1s")
+    assert listed.exit_code == 0 and "run again with --yes" in listed.output
+    assert "dataset" in listed.output and "agent" in listed.output and "notes.txt" not in listed.output
+    assert len(gdrive.files) > 5  # listing deleted nothing
+
+    deleted = orch("gc", "--older-than", "1s", "--yes", "--json")
+    rows = json.loads(deleted.output)
+    assert deleted.exit_code == 0 and all(r["deleted"] for r in rows)
+    assert sorted(r["kind"] for r in rows) == ["agent", "code", "code", "dataset"]
+    assert not [f for f in gdrive.files.values() if "orch_sha256" in f.properties or "orch_digest" in f.properties]
+    assert gdrive.find("notes.txt") and not gdrive.find("heartbeat.json")
