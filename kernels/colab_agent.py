@@ -11,9 +11,11 @@ Mailbox layout under the orch folder (``--folder-id``), shared with the controll
     blobs/                       code archives, manifests, datasets, by content hash
     agents/<agent>/heartbeat.json  this agent: GPU, session start, time left, current job
     agents/<agent>/inbox/        tickets the controller assigned to this agent only
-    runs/<key>/                  one attempt: status.json + job.log, result.json,
-                                 outputs.tar.gz, checkpoint.tar.gz; cancel.json from
-                                 the controller asks the agent to stop the job
+    runs/<key>/                  one attempt: status.json (made by the controller, its id
+                                 in the ticket; the agent overwrites it), job.log.NNNNNN
+                                 increments while it runs, then job.log, result.json,
+                                 outputs.tar.gz, checkpoint.tar.gz; the folder's property
+                                 orch_cancel asks the agent to stop the job
 
 Drive has no atomic claim, so nothing is ever claimed: the controller writes each
 ticket into exactly one agent's inbox, and only that agent reads it.
@@ -24,6 +26,13 @@ in the cache), run ``runner.py`` as a subprocess (secrets never arrive here: the
 Drive platform refuses jobs that have any), keep heartbeating and uploading the log
 while it runs, upload the artefacts and write ``status.json`` last. Once the session
 has less than ``--min-job-seconds`` left the agent stops taking work and exits.
+
+Under faults: one runner at a time, always (a Drive outage only delays the report; the
+next ticket waits). An interrupt or SIGTERM drains the job (see :func:`main`). Drive's
+listings lag, so everything shared is read by id. A restarted agent on the same VM
+keeps its name (``agent.json`` in the work dir) and adopts or stops the runners it
+finds there (:meth:`Agent.recover`). Without a GPU the agent does not start unless
+``--cpu-ok``.
 
 Credentials: inside Colab ``google.colab.auth``; elsewhere ``--token-file`` (an
 authorized-user JSON such as the one ``orch auth drive`` saves). Tests point the agent
