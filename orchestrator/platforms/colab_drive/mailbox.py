@@ -155,12 +155,24 @@ class Mailbox:
 
     # ---- agents
     def agents(self) -> list[AgentInfo]:
-        """Every agent that ever wrote a heartbeat here (one list call)."""
-        return [AgentInfo.from_file(f) for f in self.t.list(self._tagged("heartbeat"))]
+        """Every agent that ever wrote a heartbeat here (one list call). An agent whose
+        heartbeat create answered an error may have two: the one it still writes wins."""
+        newest: dict[str, AgentInfo] = {}
+        for info in (AgentInfo.from_file(f) for f in self.t.list(self._tagged("heartbeat"))):
+            if info.id not in newest or info.modified > newest[info.id].modified:
+                newest[info.id] = info
+        return list(newest.values())
 
-    def agent(self, heartbeat_id: str) -> AgentInfo:
-        """One agent's current heartbeat; LostError when its heartbeat file is gone."""
-        return AgentInfo.from_file(self.t.get(heartbeat_id))
+    def agent(self, heartbeat_id: str, stale_after: float | None = None) -> AgentInfo:
+        """One agent's current heartbeat; LostError when its heartbeat file is gone.
+
+        With ``stale_after``, a stale heartbeat is checked against the agent's others (a
+        duplicate made by a create that answered an error): the freshest one counts.
+        """
+        info = AgentInfo.from_file(self.t.get(heartbeat_id))
+        if stale_after is None or info.fresh(time.time(), stale_after) or info.state == "stopped":
+            return info
+        return next((a for a in self.agents() if a.id == info.id and a.modified > info.modified), info)
 
     def tickets(self, **props: str) -> list[dict[str, Any]]:
         """This controller's tickets (with ``props`` narrowing them)."""

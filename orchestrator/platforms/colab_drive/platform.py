@@ -277,7 +277,7 @@ class ColabDrivePlatform(PlatformBase):
         if status is not None and status.get("state") == "rejected":
             return RemoteStatus(RemoteState.LOST, f"agent {status.get('agent')} refused it: {status.get('message')}")
         try:
-            agent = mb.agent(handle.data["heartbeat"])
+            agent = mb.agent(handle.data["heartbeat"], self.settings.heartbeat_stale)
         except LostError as exc:
             raise LostError(f"agent {handle.data.get('agent')} is gone (its heartbeat file was deleted)",
                             self.name) from exc

@@ -229,7 +229,7 @@ class Transfers:
     # ---- resumable uploads
     def upload(self, path: Path, *, name: str, parent: str, key: str,
                properties: Mapping[str, str] | None = None, sha256: str | None = None,
-               mime: str = "application/octet-stream") -> dict[str, Any]:
+               mime: str = "application/octet-stream", lookup: str | None = None) -> dict[str, Any]:
         """Upload ``path`` as a new file, resumably, and check what Drive stored.
 
         ``key`` names the upload in the journal: calling again with the same key after a
@@ -242,7 +242,8 @@ class Transfers:
         sha256 = sha256 or sha256_file(path)
         body = {"name": name, "parents": [parent], "properties": dict(properties or {})}
         if size < min(self.chunk_size, MULTIPART_MAX):
-            result = self.put_bytes(path.read_bytes(), name=name, parent=parent, properties=properties, mime=mime)
+            result = self.put_bytes(path.read_bytes(), name=name, parent=parent, properties=properties, mime=mime,
+                                    lookup=lookup)
         else:
             result = self._resumable(path, body, key, size, sha256, mime)
         self._verify(result, size, sha256, name)
@@ -315,7 +316,7 @@ class Transfers:
                 return self.update(existing["id"], {"properties": {"orch_used": str(int(time.time()))}}), False
         props = {prop: value, **dict(properties or {})}
         return self.upload(path, name=name, parent=parent, key=f"blob-{value}", properties=props,
-                           sha256=sha256), True
+                           sha256=sha256, lookup=q), True
 
     # ---- downloads
     def _get_range(self, req: Any, start: int, end: int) -> tuple[int, bytes]:
