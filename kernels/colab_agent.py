@@ -11,9 +11,11 @@ Mailbox layout under the orch folder (``--folder-id``), shared with the controll
     blobs/                       code archives, manifests, datasets, by content hash
     agents/<agent>/heartbeat.json  this agent: GPU, session start, time left, current job
     agents/<agent>/inbox/        tickets the controller assigned to this agent only
-    runs/<key>/                  one attempt: status.json + job.log, result.json,
-                                 outputs.tar.gz, checkpoint.tar.gz; cancel.json from
-                                 the controller asks the agent to stop the job
+    runs/<key>/                  one attempt: status.json (made by the controller, its id
+                                 in the ticket; the agent overwrites it), job.log.NNNNNN
+                                 increments while it runs, then job.log, result.json,
+                                 outputs.tar.gz, checkpoint.tar.gz; the folder's property
+                                 orch_cancel asks the agent to stop the job
 
 Drive has no atomic claim, so nothing is ever claimed: the controller writes each
 ticket into exactly one agent's inbox, and only that agent reads it.
@@ -24,6 +26,13 @@ in the cache), run ``runner.py`` as a subprocess (secrets never arrive here: the
 Drive platform refuses jobs that have any), keep heartbeating and uploading the log
 while it runs, upload the artefacts and write ``status.json`` last. Once the session
 has less than ``--min-job-seconds`` left the agent stops taking work and exits.
+
+Under faults: one runner at a time, always (a Drive outage only delays the report; the
+next ticket waits). An interrupt or SIGTERM drains the job (see :func:`main`). Drive's
+listings lag, so everything shared is read by id. A restarted agent on the same VM
+keeps its name (``agent.json`` in the work dir) and adopts or stops the runners it
+finds there (:meth:`Agent.recover`). Without a GPU the agent does not start unless
+``--cpu-ok``.
 
 Credentials: inside Colab ``google.colab.auth``; elsewhere ``--token-file`` (an
 authorized-user JSON such as the one ``orch auth drive`` saves). Tests point the agent
@@ -59,6 +68,8 @@ SCOPES = ["https://www.googleapis.com/auth/drive"]
 FOLDER = "application/vnd.google-apps.folder"
 FIELDS = "id,name,mimeType,parents,size,sha256Checksum,properties,createdTime,modifiedTime"
 QUANTUM = 256 * 1024
+MULTIPART_MAX = 5 * 1024 * 1024  # Drive's documented ceiling for uploadType=multipart
+LOG_PART_MAX = 4 * 1024 * 1024  # one log increment file at most
 ARTEFACTS = ("result.json", "job.log", "outputs.tar.gz", "checkpoint.tar.gz")
 RATE_REASONS = ("userRateLimitExceeded", "rateLimitExceeded")
 
@@ -172,14 +183,37 @@ class Drive:
         return self.list(q)
 
     def folder(self, name, parent, properties=None):
-        """The oldest folder ``name`` under ``parent`` (created if missing)."""
+        """The oldest folder ``name`` under ``parent``; created when none is listed.
+
+        Drive's listings lag behind creates and names are not unique: the id ``create``
+        returns is used as it is, and where a lagging listing let a duplicate be made,
+        everybody who lists later agrees on the oldest.
+        """
         q = "%s in parents and name = %s and mimeType = '%s' and trashed = false" % (quote(parent), quote(name), FOLDER)
         found = self.list(q)
-        if not found:
-            body = {"name": name, "mimeType": FOLDER, "parents": [parent], "properties": properties or {}}
-            self.call(lambda: self.service.files().create(body=body, fields=FIELDS))
-            found = self.list(q)
-        return found[0]
+        if found:
+            return found[0]
+        body = {"name": name, "mimeType": FOLDER, "parents": [parent], "properties": properties or {}}
+        return self.create(lambda: self.service.files().create(body=body, fields=FIELDS), q)
+
+    def create(self, make, lookup=None):
+        """A create request, retried; a create can succeed and still answer 5xx, so
+        before each retry ``lookup`` (a query only that file matches) is listed and a
+        file it finds is taken instead of making a second one."""
+        failures = 0
+        while True:
+            try:
+                return make().execute(num_retries=0)
+            except Exception as exc:  # noqa: BLE001 - _backoff re-raises what it cannot retry
+                failures += 1
+                self._backoff(exc, failures)
+            if lookup:
+                found = self.list(lookup)
+                if found:
+                    return found[0]
+
+    def get(self, file_id, fields="id,trashed,properties"):
+        return self.call(lambda: self.service.files().get(fileId=file_id, fields=fields))
 
     def delete(self, file_id):
         try:
@@ -191,7 +225,7 @@ class Drive:
     def read(self, file_id):
         return self.call(lambda: self.service.files().get_media(fileId=file_id))
 
-    def write(self, data, name, parent, properties=None, file_id=None, mime="application/json"):
+    def write(self, data, name, parent, properties=None, file_id=None, mime="application/json", lookup=None):
         """Create, or overwrite ``file_id``, with a small document (one request)."""
         def make():
             media = MediaInMemoryUpload(data, mimetype=mime, resumable=False)
@@ -200,12 +234,12 @@ class Drive:
                                                    media_body=media, fields=FIELDS)
             return self.service.files().create(body={"name": name, "parents": [parent], "properties": properties or {}},
                                                media_body=media, fields=FIELDS)
-        return self.call(make)
+        return self.call(make) if file_id else self.create(make, lookup)
 
     def upload(self, path, name, parent, properties=None, file_id=None):
         """Upload a file, resumably in chunks when it is large, with our own retries."""
         size = os.path.getsize(path)
-        if size < self.chunk_size:
+        if size < min(self.chunk_size, MULTIPART_MAX):
             with open(path, "rb") as fh:
                 return self.write(fh.read(), name, parent, properties, file_id, "application/octet-stream")
         media = MediaFileUpload(path, mimetype="application/octet-stream", chunksize=self.chunk_size, resumable=True)
@@ -312,34 +346,114 @@ def credentials(args):
     raise SystemExit("orch-agent: no credentials: pass --token-file (outside Colab)")
 
 
+class Orphan:
+    """A runner that an earlier agent process on this machine started (a kernel restart
+    or an OOM kill took the agent, not the VM): not our child, so watched by its pid."""
+
+    def __init__(self, pid):
+        self.pid, self.returncode = pid, None
+
+    @classmethod
+    def find(cls, run_dir):
+        try:
+            with open(os.path.join(run_dir, "agent-run.json")) as fh:
+                pid = int(json.load(fh)["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return cls(pid) if _runner_alive(pid) else None
+
+    def poll(self):
+        if self.returncode is None and not _runner_alive(self.pid):
+            self.returncode = -1  # unknown: result.json has the job's exit code
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired("runner", timeout)
+            time.sleep(0.1)
+        return self.returncode
+
+
+def _runner_alive(pid):
+    """Whether ``pid`` is still a runner (its command line names runner.py, so a reused
+    pid is not mistaken for it; a zombie has an empty command line)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            return b"runner.py" in fh.read()
+    except OSError:
+        pass
+    if os.path.isdir("/proc"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _kill_groups(proc, run_dir, sig):
+    """Signal the runner's process group and its job's (the job has a session of its own)."""
+    groups = [proc.pid]
+    try:
+        with open(os.path.join(run_dir, "attempt", "runner.pid.json")) as fh:
+            job = json.load(fh).get("job_pgid")
+        if job:
+            groups.append(int(job))
+    except (OSError, ValueError, TypeError):
+        pass
+    for pgid in groups if sig == signal.SIGKILL else groups[:1]:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 class Agent:
     def __init__(self, args, make_drive):
         self.args, self.make_drive = args, make_drive
         self.drive = make_drive()
-        self.id = args.agent_id or "%s-%s" % (socket.gethostname().split(".")[0][:20], os.urandom(3).hex())
+        self.work = os.path.abspath(args.work_dir)
+        self.cache = os.path.join(self.work, "cache")
+        os.makedirs(os.path.join(self.cache, "blobs"), exist_ok=True)
+        self.saved = self._load_identity()
+        self.id = args.agent_id or self.saved.get("id") or "%s-%s" % (socket.gethostname().split(".")[0][:20],
+                                                                       os.urandom(3).hex())
         self.root = args.folder_id
         self.started = session_start() if (args.session_from_boot or in_colab()) else time.time()
         self.gpu = gpu_info()
         self.job = None
         self.jobs_done = 0
-        self.stopping = False
-        self.work = os.path.abspath(args.work_dir)
-        self.cache = os.path.join(self.work, "cache")
-        os.makedirs(os.path.join(self.cache, "blobs"), exist_ok=True)
+        self.stopping = False  # asked to stop: drain the job, take no more
+        self.abandon = False  # asked twice: stop the runner at once
         self.heartbeat_id = None
         self.last_beat = 0.0
         self.beat_lock = threading.Lock()  # one heartbeat write at a time, each with the latest state
         self.quit = threading.Event()
+
+    # ---- identity kept in the work dir: a restarted agent on the same VM is the same agent
+    def _load_identity(self):
+        try:
+            with open(os.path.join(self.work, "agent.json")) as fh:
+                doc = json.load(fh)
+            return doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_identity(self):
+        write_json(os.path.join(self.work, "agent.json"),
+                   {"id": self.id, "root": self.root, "heartbeat": self.heartbeat_id})
 
     # ---- session clock
     def time_left(self) -> float:
         return self.started + self.args.session_seconds - time.time()
 
     def state(self) -> str:
+        if self.job:
+            return "busy"  # also while draining a job on the way out
         if self.stopping:
             return "stopped"
-        if self.job:
-            return "busy"
         return "draining" if self.time_left() < self.args.min_job_seconds else "idle"
 
     # ---- mailbox
@@ -348,7 +462,19 @@ class Agent:
         props = {"orch_kind": "agent", "orch_agent": self.id, "orch_root": self.root}
         self.folder = self.drive.folder(self.id, agents["id"], props)["id"]
         self.inbox = self.drive.folder("inbox", self.folder, dict(props, orch_kind="inbox"))["id"]
-        self.beat(force=True)
+        if self.saved.get("id") == self.id and self.saved.get("root") == self.root and self.saved.get("heartbeat"):
+            self.heartbeat_id = self.saved["heartbeat"]  # by id: a listing may not show it yet
+        else:
+            known = self.drive.children(self.folder, "heartbeat.json")
+            self.heartbeat_id = known[0]["id"] if known else None
+        try:
+            self.beat(force=True)
+        except HttpError as exc:
+            if exc.resp.status != 404:
+                raise
+            self.heartbeat_id = None  # deleted meanwhile: write a new one
+            self.beat(force=True)
+        self._save_identity()
         log("agent %s ready: inbox %s, %s, %.0f s left in the session"
             % (self.id, self.inbox, (self.gpu or {}).get("name", "no GPU"), self.time_left()))
 
@@ -382,7 +508,8 @@ class Agent:
                  "orch_gpu_count": str((self.gpu or {}).get("count", 0))}
         data = json.dumps(doc, indent=1).encode()
         if self.heartbeat_id is None:
-            self.heartbeat_id = drive.write(data, "heartbeat.json", self.folder, props)["id"]
+            lookup = "%s in parents and name = 'heartbeat.json' and trashed = false" % quote(self.folder)
+            self.heartbeat_id = drive.write(data, "heartbeat.json", self.folder, props, lookup=lookup)["id"]
         else:
             drive.write(data, "heartbeat.json", self.folder, props, file_id=self.heartbeat_id)
         self.last_beat = time.time()
@@ -395,7 +522,10 @@ class Agent:
         beater = threading.Thread(target=self.beat_forever, name="heartbeat", daemon=True)
         beater.start()
         try:
+            self.recover()
             self.work_loop()
+            if self.stopping:
+                self.refuse_all("the agent is stopping")
         finally:
             self.quit.set()
             beater.join(timeout=self.args.timeout)
@@ -408,23 +538,20 @@ class Agent:
             try:
                 if not self.step():
                     break
-            except HttpError as exc:
-                if retryable(exc) or exc.resp.status == 404:
-                    log("Drive trouble (%s); carrying on" % exc)
-                    time.sleep(self.args.poll)
-                    continue
-                raise
-            except (OSError, http.client.HTTPException, httplib2.HttpLib2Error,
-                    google.auth.exceptions.TransportError) as exc:
-                log("Drive unreachable (%s: %s); carrying on" % (type(exc).__name__, exc))
+            except google.auth.exceptions.RefreshError as exc:
+                if not retryable(exc):
+                    raise
+                log("Google sign-in unreachable (%s); carrying on" % exc)
+                time.sleep(self.args.poll)
+            except Exception as exc:  # noqa: BLE001 - Drive trouble between jobs: wait and look again
+                log("Drive trouble (%s: %s); carrying on" % (type(exc).__name__, exc))
                 time.sleep(self.args.poll)
 
     def step(self) -> bool:
         """One turn of the loop; False when the agent should stop."""
         if self.state() == "draining":
             log("%.0f s left in the session: not taking more work" % self.time_left())
-            for t in self.tickets():
-                self.refuse(t, json.loads(self.drive.read(t["id"])), "the agent's session is ending")
+            self.refuse_all("the agent's session is ending")
             return False
         tickets = self.tickets()
         if not tickets:
@@ -433,25 +560,43 @@ class Agent:
         self.take(tickets[0])
         return not (self.args.max_jobs and self.jobs_done >= self.args.max_jobs)
 
-    def run_files(self, ticket):
-        """The run folder's files by name, or None when the controller deleted the folder
-        (it gave up on the run): listing a deleted folder is not an error, so ask for it."""
-        files = {f["name"]: f for f in self.drive.children(ticket["run_folder"])}
-        if not files:
-            try:
-                self.drive.call(lambda: self.drive.service.files().get(fileId=ticket["run_folder"], fields="id,trashed"))
-            except HttpError as exc:
-                if exc.resp.status == 404:
-                    return None
-                raise
-        return files
+    def refuse_all(self, reason):
+        try:
+            for t in self.tickets():
+                self.refuse(t, json.loads(self.drive.read(t["id"])), reason)
+        except Exception as exc:  # noqa: BLE001 - the controller finds out from the heartbeat
+            log("could not hand back the tickets (%s: %s)" % (type(exc).__name__, exc))
 
-    def write_status(self, ticket, doc, status_id=None):
+    def run_state(self, ticket):
+        """"gone" (the controller deleted the run folder: it gave up on the run),
+        "cancelled" (``orch cancel``) or "open"; read by id, which no listing lag hides."""
+        try:
+            folder = self.drive.get(ticket["run_folder"])
+        except HttpError as exc:
+            if exc.resp.status == 404:
+                return "gone"
+            raise
+        if folder.get("trashed"):
+            return "gone"
+        return "cancelled" if (folder.get("properties") or {}).get("orch_cancel") else "open"
+
+    def status_of(self, ticket):
+        """The run's status.json as it stands (None when the controller made none)."""
+        if not ticket.get("status_file"):
+            return None
+        try:
+            doc = json.loads(self.drive.read(ticket["status_file"]))
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def write_status(self, ticket, doc):
         doc = dict(doc, key=ticket["key"], agent=self.id, updated_at=time.time())
         props = {"orch_kind": "status", "orch_key": ticket["key"], "orch_state": doc["state"],
                  "orch_exit": "" if doc.get("exit_code") is None else str(doc["exit_code"])}
         f = self.drive.write(json.dumps(doc, indent=1).encode(), "status.json", ticket["run_folder"], props,
-                             file_id=status_id)
+                             file_id=ticket.get("status_file"))
+        ticket["status_file"] = f["id"]
         return f["id"]
 
     def refuse(self, ticket_file, ticket, reason):
@@ -466,34 +611,79 @@ class Agent:
     def take(self, ticket_file):
         ticket = json.loads(self.drive.read(ticket_file["id"]))
         key = ticket["key"]
-        existing = self.run_files(ticket)
-        if existing is None or "cancel.json" in existing or "status.json" in existing:
-            log("dropping ticket %s: the run was cancelled or already taken" % key)
+        state = self.run_state(ticket)
+        status = self.status_of(ticket) or {}
+        mine = status.get("agent") == self.id and not os.path.exists(os.path.join(self.work, "runs", key, "reported"))
+        if state != "open" or (status.get("state", "new") != "new" and not mine):
+            log("dropping ticket %s: the run was %s" % (key, "cancelled or abandoned" if state != "open" else "taken"))
             self.drive.delete(ticket_file["id"])
             return
         need = float(ticket["max_runtime_s"]) + float(ticket.get("grace_s", 0)) + self.args.margin
         if need > self.time_left():
             self.refuse(ticket_file, ticket, "needs %.0f s but the session has %.0f s left" % (need, self.time_left()))
             return
+        if ticket.get("needs_gpu") and not self.gpu:
+            self.refuse(ticket_file, ticket, "the job needs a GPU and this runtime has none")
+            return
         # Heartbeat first, then status, then drop the ticket: the controller always sees
         # this job either in the inbox or as the agent's current job.
         self.job = key
         try:
             self.beat(force=True)
-            status_id = self.write_status(ticket, {"state": "running", "started_at": time.time(),
-                                                   "message": "preparing"})
+            self.write_status(ticket, {"state": "running", "started_at": time.time(), "message": "preparing"})
             self.drive.delete(ticket_file["id"])
             log("running %s (%s, attempt %s)" % (key, ticket.get("job_name"), ticket.get("attempt")))
+            run_dir = os.path.join(self.work, "runs", key)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.makedirs(os.path.join(run_dir, "attempt"))
+            write_json(os.path.join(run_dir, "ticket.json"), ticket)
+            returncode, error = None, None
             try:
-                doc = self.execute(ticket, status_id)
+                returncode = self.execute(ticket, run_dir)
             except Exception as exc:  # noqa: BLE001 - the controller must hear about any failure
                 log("job %s failed in the agent: %s: %s" % (key, type(exc).__name__, exc))
-                doc = {"state": "exited", "exit_code": None, "artefacts": {},
-                       "message": "agent error: %s: %s" % (type(exc).__name__, exc)}
-            self.write_status(ticket, doc, status_id)
+                error = "agent error: %s: %s" % (type(exc).__name__, exc)
+            self.report(ticket, run_dir, returncode, error)
             self.jobs_done += 1
         finally:
             self.job = None
+        self.beat(force=True)
+
+    def recover(self):
+        """Finish what an earlier agent process on this VM left: a runner still going is
+        adopted (watched, then reported) unless its run was given up or cancelled, then it
+        is stopped; a runner that ended meanwhile has its results uploaded now."""
+        runs = os.path.join(self.work, "runs")
+        for key in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+            run_dir = os.path.join(runs, key)
+            if os.path.exists(os.path.join(run_dir, "reported")):
+                continue
+            try:
+                with open(os.path.join(run_dir, "ticket.json")) as fh:
+                    ticket = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            proc = Orphan.find(run_dir)
+            try:
+                state = self.run_state(ticket)
+            except Exception as exc:  # noqa: BLE001 - cannot tell: keep the job, as if open
+                log("cannot read run %s (%s); adopting it" % (key, type(exc).__name__))
+                state = "open"
+            self.job = key
+            try:
+                if proc is not None and state != "open":
+                    log("stopping leftover runner of %s: the run was %s" % (key, state))
+                    self.stop_runner(proc, run_dir, ticket)
+                elif proc is not None:
+                    log("adopting the runner of %s (pid %d) left by an earlier agent" % (key, proc.pid))
+                    self.supervise(ticket, proc, run_dir)
+                    if proc.poll() is None:
+                        self.stop_runner(proc, run_dir, ticket)
+                else:
+                    log("uploading the results of %s left by an earlier agent" % key)
+                self.report(ticket, run_dir, proc.returncode if proc else None, None)
+            finally:
+                self.job = None
         self.beat(force=True)
 
     # ---- one job
@@ -531,84 +721,156 @@ class Agent:
             cmd += ["--checkpoint", checkpoint]
         return cmd
 
-    def execute(self, ticket, status_id):
-        key = ticket["key"]
-        run_dir = os.path.join(self.work, "runs", key)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    def execute(self, ticket, run_dir):
+        """Run the job; returns the runner's exit status. The runner never outlives this
+        call: whatever ends it (an error, an interrupt), a runner still going is stopped."""
         attempt_dir = os.path.join(run_dir, "attempt")
-        os.makedirs(attempt_dir)
         bundle_dir, checkpoint = self.fetch_inputs(ticket)
+        if self.stopping:
+            raise RuntimeError("the agent was stopped before the job started")
         cmd = self.runner_command(ticket, attempt_dir, bundle_dir, checkpoint)
         with open(os.path.join(run_dir, "runner.out"), "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=run_dir)
+        write_json(os.path.join(run_dir, "agent-run.json"), {"pid": proc.pid, "agent": self.id, "started": time.time()})
+        try:
             proc.stdin.write(json.dumps({"env": ticket.get("env") or {}, "secrets": {}}).encode())
             proc.stdin.close()
-            self.supervise(ticket, proc, attempt_dir, status_id)
-        return self.upload_results(ticket, attempt_dir, proc.returncode)
+            self.supervise(ticket, proc, run_dir)
+        finally:
+            if proc.poll() is None:
+                self.stop_runner(proc, run_dir, ticket)
+        return proc.returncode
 
-    def supervise(self, ticket, proc, attempt_dir, status_id):
-        log_id, log_size, last_log, last_check, stopped = None, -1, 0.0, 0.0, False
+    def stop_runner(self, proc, run_dir, ticket):
+        """SIGTERM (the runner saves the checkpoint and packs what it has), then SIGKILL
+        to both process groups once the grace is over."""
+        _kill_groups(proc, run_dir, signal.SIGTERM)
+        try:
+            proc.wait(timeout=float(ticket.get("grace_s") or 30) + 30)
+        except subprocess.TimeoutExpired:
+            log("the runner of %s ignored SIGTERM: killing it" % ticket["key"])
+            _kill_groups(proc, run_dir, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    def supervise(self, ticket, proc, run_dir):
+        """Watch the runner until it exits: heartbeat-rate checks of the run folder, status
+        and log increments. Design choice: no Drive failure ends this loop (an outage
+        leaves the job running, and the agent keeps trying); only the runner's end does.
+        The runner is stopped when the agent is asked to stop, when the controller cancels
+        the run, or when the run folder is gone (404)."""
+        attempt_dir = os.path.join(run_dir, "attempt")
+        last_check, stopped_at, log_at = 0.0, None, (0, 0, 0.0)  # log: (offset, part, time)
         while proc.poll() is None:
-            try:
-                time.sleep(min(self.args.poll, self.args.heartbeat))
-            except KeyboardInterrupt:
-                if self.stopping:
-                    raise  # interrupted twice: abandon the job
-                log("interrupted: stopping the job and uploading what it has (interrupt again to abandon it)")
-                self.stopping = True
-            if self.stopping and not stopped:  # SIGTERM: let the runner checkpoint and stop
-                os.killpg(proc.pid, signal.SIGTERM)
-                stopped = True
+            time.sleep(min(self.args.poll, self.args.heartbeat))
+            if self.abandon:
+                log("stopping the runner of %s at once" % ticket["key"])
+                _kill_groups(proc, run_dir, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return
+            if self.stopping and stopped_at is None:
+                log("agent stopping: %s gets SIGTERM, saves its checkpoint, and what it has is uploaded" % ticket["key"])
+                _kill_groups(proc, run_dir, signal.SIGTERM)
+                stopped_at = time.time()
+            if stopped_at is not None and time.time() - stopped_at > float(ticket.get("grace_s") or 30) + 30:
+                _kill_groups(proc, run_dir, signal.SIGKILL)
             if time.time() - last_check < self.args.heartbeat:
                 continue
             last_check = time.time()
             try:
-                files = self.run_files(ticket)
-            except (HttpError, OSError, http.client.HTTPException, httplib2.HttpLib2Error) as exc:
-                log("Drive unreachable while running (%s); the job goes on" % type(exc).__name__)
-                continue
-            if (files is None or "cancel.json" in files) and not stopped:
-                log("%s was cancelled or abandoned by the controller: stopping the runner" % ticket["key"])
-                os.killpg(proc.pid, signal.SIGTERM)
-                stopped = True
-            telemetry = {}
-            try:
-                with open(os.path.join(attempt_dir, "heartbeat.json")) as fh:
-                    telemetry = json.load(fh)
-            except (OSError, ValueError):
-                pass
-            if files is None:
-                continue  # nobody will read the status of a deleted run
-            self.write_status(ticket, {"state": "running", "message": "running", "telemetry": telemetry}, status_id)
-            path = os.path.join(attempt_dir, "job.log")
-            if os.path.isfile(path) and os.path.getsize(path) != log_size and time.time() - last_log >= self.args.log_interval:
-                log_size, last_log = os.path.getsize(path), time.time()
-                log_id = self.drive.upload(path, "job.log", ticket["run_folder"], {"orch_kind": "log"}, log_id)["id"]
+                state = self.run_state(ticket)
+                if state != "open" and stopped_at is None:
+                    log("%s was %s by the controller: stopping the runner" % (ticket["key"], state))
+                    _kill_groups(proc, run_dir, signal.SIGTERM)
+                    stopped_at = time.time()
+                if state == "gone":
+                    continue  # nobody will read the status of a deleted run
+                self.write_status(ticket, {"state": "running", "message": "running",
+                                           "telemetry": read_json(os.path.join(attempt_dir, "heartbeat.json"))})
+                if time.time() - log_at[2] >= self.args.log_interval:
+                    log_at = self.upload_log_increments(ticket, attempt_dir, log_at[0], log_at[1]) + (time.time(),)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log("Drive trouble while %s runs (%s: %s); the job goes on" % (ticket["key"], type(exc).__name__, exc))
 
-    def upload_results(self, ticket, attempt_dir, returncode):
-        artefacts = {}
-        existing = self.run_files(ticket)
-        if existing is None:
-            return {"state": "exited", "exit_code": returncode, "message": "run folder deleted", "artefacts": {}}
+    def upload_log_increments(self, ticket, attempt_dir, offset, part):
+        """Upload what the log gained since ``offset`` as new files ``job.log.NNNNNN``
+        (each at most LOG_PART_MAX bytes), so the bytes sent grow with the log, not with
+        the log times the number of uploads; returns the new (offset, part)."""
+        path = os.path.join(attempt_dir, "job.log")
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        if size <= offset:
+            return offset, part
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while offset < size:
+                data = fh.read(min(size - offset, LOG_PART_MAX))
+                if not data:
+                    break
+                name = "job.log.%06d" % part
+                lookup = "%s in parents and name = %s and trashed = false" % (quote(ticket["run_folder"]), quote(name))
+                self.drive.write(data, name, ticket["run_folder"], {"orch_kind": "logpart", "orch_offset": str(offset)},
+                                 mime="text/plain", lookup=lookup)
+                offset, part = offset + len(data), part + 1
+        return offset, part
+
+    def report(self, ticket, run_dir, returncode, error):
+        """Upload the artefacts and write the final status, retrying until Drive takes
+        them (an outage only delays the report), the run folder is gone, or the agent is
+        told to stop at once. No other job starts meanwhile."""
+        failures, uploaded = 0, {}
+        while True:
+            try:
+                if self.run_state(ticket) == "gone":
+                    log("the run folder of %s is gone: not reporting" % ticket["key"])
+                    break
+                if error:
+                    doc = {"state": "exited", "exit_code": None, "artefacts": {}, "message": error}
+                else:
+                    doc = self.upload_results(ticket, os.path.join(run_dir, "attempt"), returncode, uploaded)
+                self.write_status(ticket, doc)
+                break
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                if self.abandon:
+                    break
+                failures += 1
+                delay = min(60.0, self.args.poll * 2 ** min(failures, 8))
+                log("could not report %s (%s: %s); retrying in %.0f s" % (ticket["key"], type(exc).__name__, exc, delay))
+                time.sleep(delay)
+        write_json(os.path.join(run_dir, "reported"), {"at": time.time()})
+
+    def upload_results(self, ticket, attempt_dir, returncode, uploaded):
+        """The final status document, after uploading each artefact once (``uploaded``
+        remembers them across retries of :meth:`report`)."""
         for name in ARTEFACTS:
             path = os.path.join(attempt_dir, name)
-            if not os.path.isfile(path):
+            if name in uploaded or not os.path.isfile(path):
                 continue
             sha = sha256_file(path)
             props = {"orch_kind": "artefact", "orch_sha256": sha}
-            file_id = existing[name]["id"] if name in existing else None
-            f = self.drive.upload(path, name, ticket["run_folder"], props, file_id)
-            artefacts[name] = {"id": f["id"], "size": os.path.getsize(path), "sha256": sha}
-        exit_code = returncode
-        try:
-            with open(os.path.join(attempt_dir, "result.json")) as fh:
-                exit_code = json.load(fh).get("exit_code", returncode)
-        except (OSError, ValueError):
-            pass
-        message = "finished" if "result.json" in artefacts else "the runner left no result.json (exit %s)" % returncode
+            f = self.drive.upload(path, name, ticket["run_folder"], props)
+            uploaded[name] = {"id": f["id"], "size": os.path.getsize(path), "sha256": sha}
+        result = read_json(os.path.join(attempt_dir, "result.json"))
+        exit_code = result.get("exit_code", returncode)
+        message = "finished" if "result.json" in uploaded else "the runner left no result.json (exit %s)" % returncode
         return {"state": "exited", "exit_code": exit_code, "runner_exit": returncode, "message": message,
-                "artefacts": artefacts, "finished_at": time.time()}
+                "artefacts": dict(uploaded), "finished_at": time.time()}
+
+
+def read_json(path):
+    """A small JSON object from a local file; {} when it is missing or half-written."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def write_json(path, doc):
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)
 
 
 def parse_args(argv=None):
@@ -631,27 +893,52 @@ def parse_args(argv=None):
     p.add_argument("--chunk-mb", type=int, default=8, help="upload chunk size (multiple of 0.25)")
     p.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0 = no limit)")
     p.add_argument("--timeout", type=float, default=60, help="socket timeout for Drive calls")
+    p.add_argument("--cpu-ok", action="store_true", help="run without a GPU (only jobs that need none are given)")
+    p.add_argument("--retries", type=int, default=8, help=argparse.SUPPRESS)  # tries per Drive call
+    p.add_argument("--backoff-base", type=float, default=1.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    """Run the agent until its session ends or it is stopped.
+
+    Stopping it the documented way (interrupt the cell: SIGINT; or SIGTERM) drains: the
+    running job gets SIGTERM, saves its checkpoint, its results are uploaded and the
+    controller retries it (only ``orch cancel`` cancels a job). A second interrupt
+    stops the runner at once. Either way the runner never outlives the agent.
+    """
     args = parse_args(argv)
+    if gpu_info() is None and not args.cpu_ok:
+        log("no GPU on this runtime: choose a GPU runtime (Runtime > Change runtime type) and run all again")
+        return 3
     creds = credentials(args)
     agent = Agent(args, lambda: Drive(build_service(creds, args.endpoint, args.timeout),
-                                      chunk_size=args.chunk_mb * 1024 * 1024))
+                                      chunk_size=args.chunk_mb * 1024 * 1024, attempts=args.retries,
+                                      base=args.backoff_base))
 
     def stop(signum, frame):
-        agent.stopping = True
+        if agent.stopping:
+            agent.abandon = True
+            log("interrupted again: stopping the runner now")
+        else:
+            agent.stopping = True
+            log("stopping: the running job (if any) saves its checkpoint and its results are uploaded; "
+                "interrupt again to stop at once")
 
-    signal.signal(signal.SIGTERM, stop)
+    # In the notebook this runs in the kernel's main thread: the handler replaces the
+    # kernel's KeyboardInterrupt for the agent's lifetime, so an interrupt can never land
+    # inside a Drive call and leave a runner behind.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         agent.loop()
-    except KeyboardInterrupt:
-        agent.stopping = True
-        agent.beat(force=True)
     except google.auth.exceptions.RefreshError as exc:
         log("the Google token was refused (%s): re-run the notebook's sign-in cell" % exc)
         return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

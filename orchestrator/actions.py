@@ -36,6 +36,8 @@ class SubmitResult:
     #: For a sweep: its id (also in ``job_id``) and the id of every point.
     sweep_id: str | None = None
     job_ids: list[str] = field(default_factory=list)
+    #: What the job will wait on where it may run (``Platform.submit_warnings``).
+    warnings: list[str] = field(default_factory=list)
 
 
 def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str, ...] = (),
@@ -55,8 +57,9 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     if single and spec.sweep:
         raise UsageError(f"{spec.where('sweep')}: --wait follows one job and this job.yaml is a sweep; "
                          "submit it without --wait and follow it with `orch status SWEEP`")
-    _check_feasible(app, spec, pin)
+    allowed = _check_feasible(app, spec, pin)
     check_job_notify(spec, list(app.config.notify.channels))
+    warnings = [f"{name}: {w}" for name in allowed for w in app.platform(name).submit_warnings()]
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root],
                               gitignore=gitignore)
@@ -66,13 +69,13 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     if dry_run:
         candidate = scheduler.Candidate(id="(new)", spec=spec, pin=pin)
         decision = Planner(app).plan([candidate])[0]
-        return SubmitResult(None, spec.name, bundle, decision)
+        return SubmitResult(None, spec.name, bundle, decision, warnings=warnings)
     if points:
         sweep_id, job_ids = sweep_mod.submit(app.store, spec, bundle.digest, points, pin)
-        return SubmitResult(sweep_id, spec.name, bundle, None, sweep_id=sweep_id, job_ids=job_ids)
+        return SubmitResult(sweep_id, spec.name, bundle, None, sweep_id=sweep_id, job_ids=job_ids, warnings=warnings)
     job_id = app.store.add_job(name=spec.name, spec=spec.public_dict(), bundle=bundle.digest,
                                priority=spec.priority, pin=pin)
-    return SubmitResult(job_id, spec.name, bundle, None, job_ids=[job_id])
+    return SubmitResult(job_id, spec.name, bundle, None, job_ids=[job_id], warnings=warnings)
 
 
 def check_job_notify(spec: spec_mod.JobSpec, channels: list[str]) -> None:
@@ -84,17 +87,20 @@ def check_job_notify(spec: spec_mod.JobSpec, channels: list[str]) -> None:
                                 f"config.yaml notify.channels: {', '.join(channels) or 'none'})")
 
 
-def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> None:
+def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> list[str]:
     """Refuse a job that no allowed platform could ever run as configured (a GPU job and
-    only CPU platforms, say): queued, it would wait forever."""
+    only CPU platforms, say): queued, it would wait forever. Returns the platforms that fit."""
     offers = Planner(app).offers()
     names = scheduler.allowed_platforms(scheduler.Candidate("(new)", spec, pin), list(offers))
-    reasons = []
+    fitting, reasons = [], []
     for name in names:
         why = scheduler.misfit(spec, offers[name])
         if why is None:
-            return
-        reasons.append(f"{name}: {why}")
+            fitting.append(name)
+        else:
+            reasons.append(f"{name}: {why}")
+    if fitting:
+        return fitting
     hint = " — configure a platform that has one, or accept the CPU with gpu: [any, none]" \
         if spec.resources.wants_gpu else ""
     raise SpecError(f"{spec.where('resources')}: no configured platform can run this job "

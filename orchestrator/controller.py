@@ -288,7 +288,9 @@ class Controller:
         held = False
         try:
             status = self.app.platform(att.platform).poll(handle)
-        except CredentialsError as exc:  # the platform's key, not the run: no window runs out meanwhile
+        except CredentialsError as exc:
+            # We cannot hear the remote because our own key or token is refused; the run is
+            # not silent. It stays UNKNOWN, and no window runs out, until the user fixes it.
             status, held = RemoteStatus(RemoteState.UNKNOWN, str(exc)), True
         except (TransientError, ConfigError, PrecheckError) as exc:
             # A refused read (changed host key, revoked token) is not the job's failure.
@@ -416,8 +418,14 @@ class Controller:
             a_new, j_new, why = A.SUCCEEDED, J.SUCCEEDED, "succeeded"
         elif status == "checkpointed":
             a_new, j_new, why = A.CHECKPOINTED, J.QUEUED, "checkpointed; the next segment is queued"
-        elif status == "cancelled":
-            a_new, j_new, why = A.CANCELLED, J.CANCELLED, "cancelled"
+        elif status in ("cancelled", "interrupted"):
+            # Only `orch cancel` cancels, and it ends the attempt before any fetch: a runner
+            # stopped from outside (an agent or VM shutting down) was interrupted, not
+            # cancelled. With a checkpoint the next segment goes on; without, it is lost.
+            if not checkpoint:
+                self._lost(att, f"the run was stopped from outside orch ({result.get('message') or status})")
+                return
+            a_new, j_new, why = A.CHECKPOINTED, J.QUEUED, "interrupted with a checkpoint; the next segment is queued"
         else:
             why = result.get("message") or f"exit code {result.get('exit_code')}"
             a_new = A.FAILED

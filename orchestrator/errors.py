@@ -11,6 +11,7 @@ they can act on and never match on message strings::
     ├── StateError                 a transition the state table forbids (a bug or a race lost)
     └── PlatformError              a remote platform said no
         ├── TransientError         back off and try the same call again later
+        │   └── CredentialsError     our token is refused: wait for the user to sign in again
         ├── CapacityError          no room now (quota, concurrency): wait or go elsewhere
         ├── PrecheckError          bad credentials / spec for this platform: fail fast, never retry
         └── LostError              the remote run is gone: retry the job elsewhere
@@ -78,8 +79,10 @@ class TransientError(PlatformError):
 
 
 class CredentialsError(TransientError):
-    """The platform refused orch's credentials (a rotated or revoked key): the platform is
-    unavailable until the user fixes them, and no run on it is judged meanwhile."""
+    """The platform refused orch's own credentials (a rotated or revoked key, an expired
+    token): the platform is unavailable until the user fixes them, and no run on it is
+    judged meanwhile — the remote runs go on regardless, so a status read failing this
+    way never counts toward LOST."""
 
 
 class CapacityError(PlatformError):

@@ -78,6 +78,14 @@ class Budget:
         return f"{units:.1f} {UNIT_NAMES.get(self.unit, self.unit)}"
 
     @classmethod
+    def monthly_units(cls, units: float | None, source: str) -> "Budget | None":
+        """A plan's compute units a month (Colab's tiers), or None for a plan without any,
+        so a platform falls back to its base default."""
+        if units is None:
+            return None
+        return cls(unit="compute_units", limit=units, window=Window("monthly"), source=source)
+
+    @classmethod
     def from_settings(cls, b: "BudgetSettings") -> "Budget":
         """The ``budget:`` of a platform entry."""
         return cls(unit=b.unit, limit=b.limit, window=parse_reset(b.window, b.reset), per_gpu=b.per_gpu,

@@ -1,9 +1,12 @@
-"""``orch gc``: list, and with ``--yes`` delete, what orch created in a Kaggle account.
+"""``orch gc``: list, and with ``--yes`` delete, what orch created in a Kaggle account
+or a Colab-through-Drive folder.
 
-Only kernels and datasets whose names have orch's own shapes (``orch-<attempt key>``,
-``orch-data|code|ckpt-<hash>``), owned by the configured account, are considered;
-the kernel of an attempt that is still active, or whose checkpoint a queued job
-will read, is always kept. Nothing else is ever touched.
+Kaggle: only kernels and datasets whose names have orch's own shapes
+(``orch-<attempt key>``, ``orch-data|code|ckpt-<hash>``), owned by the configured
+account, are considered; the kernel of an attempt that is still active, or whose
+checkpoint a queued job will read, is always kept. Drive: only the blobs (code,
+datasets, checkpoints) and agent folders orch made in its folder, none newer than a
+live run. Nothing else is ever touched.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from ..durations import format_duration, parse_duration
 from ..errors import NotFoundError, OrchError
 from ..states import ACTIVE_ATTEMPT_STATES, AttemptState
 from .common import console, err_console, json_option, pass_app, print_json, untrusted
+
+
+#: Platform types ``orch gc`` cleans (each has ``garbage`` and ``delete``).
+GC_TYPES = ("kaggle", "colab_drive")
 
 
 def register(main: click.Group) -> None:
@@ -49,14 +56,16 @@ def _usage(app: Any, platform: str) -> tuple[set[str], dict[str, float]]:
 @click.option("--older-than", "older_than", default="7d", show_default=True, metavar="DURATION",
               help="Only what no attempt used for this long (e.g. 7d, 36h).")
 @click.option("--yes", "-y", is_flag=True, help="Delete what is listed (without it, only list).")
-@click.option("--platform", "only", metavar="NAME", help="Only this configured Kaggle platform.")
+@click.option("--platform", "only", metavar="NAME", help="Only this configured Kaggle or colab_drive platform.")
 @json_option
 @pass_app
 def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) -> None:
-    """List (and with --yes delete) old kernels and datasets orch created on Kaggle.
+    """List (and with --yes delete) old kernels, datasets and Drive files orch created.
 
     Kaggle keeps every kernel and private dataset orch pushed; they count against
-    your private dataset quota. Your own notebooks and datasets are never touched.
+    your private dataset quota. In a colab_drive folder, code archives, datasets,
+    checkpoints and the folders of long-gone agents stay until removed. Your own
+    notebooks, datasets and files are never touched.
 
     \b
     Example:
@@ -67,9 +76,10 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
         seconds = parse_duration(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    names = [n for n, s in app.config.platforms.items() if s.type == "kaggle" and (only is None or n == only)]
+    names = [n for n, s in app.config.platforms.items() if s.type in GC_TYPES and (only is None or n == only)]
     if only is not None and not names:
-        raise NotFoundError(f"no Kaggle platform named '{only}'; configured: {', '.join(app.config.names)}")
+        raise NotFoundError(f"no Kaggle or colab_drive platform named '{only}'; "
+                            f"configured: {', '.join(app.config.names)}")
     rows: list[dict] = []
     failures = 0
     for name in names:
@@ -91,9 +101,9 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
     if as_json:
         print_json(rows)
     elif not names:
-        console.print("no Kaggle platform is configured; nothing to clean")
+        console.print("no Kaggle or colab_drive platform is configured; nothing to clean")
     elif not rows:
-        console.print(f"nothing orch created on Kaggle is older than {format_duration(seconds)}")
+        console.print(f"nothing orch created on {', '.join(names)} is older than {format_duration(seconds)}")
     else:
         now = datetime.now().astimezone()
         for row in rows:

@@ -13,7 +13,8 @@ import click
 from ..durations import format_duration
 from ..errors import NotFoundError
 from ..states import JobState
-from .common import console, json_option, pass_app, print_json, strip_controls, styled_state, transfer_bars, untrusted
+from .common import (console, err_console, json_option, pass_app, print_json, strip_controls, styled_state,
+                     transfer_bars, untrusted)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..actions import SubmitResult
@@ -52,6 +53,8 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
         res = actions.submit(app, job_yaml, pin=pin, allow_files=allow_file, dry_run=dry_run, single=wait,
                              gitignore=not no_gitignore)
     _warn_about(res.bundle)
+    for warning in res.warnings:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False)
     if dry_run:
         _print_dry_run(res, as_json)
         return

@@ -239,6 +239,11 @@ class Platform(Protocol):
         a sentence saying how to fix it. Empty when ready. Used by ``orch platforms``."""
         ...
 
+    def submit_warnings(self) -> list[str]:
+        """Problems a job queued for this platform now will wait on (a dead token), found
+        while ``offer`` was read; ``orch submit`` prints them. Never touches the network."""
+        ...
+
     def submit(self, launch: Launch) -> Handle:
         """Start ``launch``. Idempotent on ``launch.key``: a second call for a key that
         already started returns the first run's handle and starts nothing.
@@ -323,6 +328,9 @@ class PlatformBase:
         return None
 
     def check(self) -> list[str]:
+        return []
+
+    def submit_warnings(self) -> list[str]:
         return []
 
     def submit(self, launch: Launch) -> Handle:

@@ -22,7 +22,11 @@ real client code path:
 the visibility pitfall of the real service is reproduced.
 
 Faults are injected with :meth:`DriveServer.inject` (HTTP errors with Drive's error
-bodies, a connection reset part-way through a request body, latency), and
+bodies, an error answered *after* the request took effect (``commit=True``: a create
+that succeeded but answered 500 or 403), a connection reset part-way through a request
+body, latency). :attr:`DriveServer.list_lag` hides files created in the last N seconds
+from ``files.list``: Drive's listings are not read-after-write consistent (a name query
+right after a create may not show the new file), while ``files.get`` by id always is. And
 :attr:`DriveServer.log` / :meth:`DriveServer.count` / :attr:`DriveServer.sessions` let a
 test see what the client actually sent (create calls, bytes per upload session).
 """
@@ -128,6 +132,7 @@ class Fault:
     reason: str = "backendError"
     after_bytes: int | None = None  # drop: bytes of the body read before the reset
     delay: float = 0.0
+    commit: bool = False  # error: carry the request out first, then answer the error
     seen: int = 0  # matching requests so far
     hits: int = 0  # requests this fault acted on
 
@@ -464,6 +469,7 @@ class DriveServer:
             self.revoked: set[str] = set()
             self.codes: dict[str, str] = {}  # authorization code -> client id
             self.latency = self.default_latency
+            self.list_lag = 0.0  # seconds a new file stays out of files.list
 
     # ---- test API: auth
     def add_refresh_token(self, refresh_token: str, client_id: str = DEFAULT_CLIENT) -> None:
@@ -486,7 +492,8 @@ class DriveServer:
         """Queue a fault; see :class:`Fault` for the matching and action fields.
 
         Examples: ``inject("error", status=429, reason="rateLimitExceeded", chunk_only=True)``,
-        ``inject("drop", method="PUT", chunk_only=True, skip=3)``, ``inject("delay", delay=0.2)``.
+        ``inject("drop", method="PUT", chunk_only=True, skip=3)``, ``inject("delay", delay=0.2)``,
+        ``inject("error", method="POST", path="/drive/v3/files", commit=True)`` (created, answered 500).
         """
         fault = Fault(kind=kind, **kwargs)
         with self._lock:
@@ -582,7 +589,8 @@ class DriveServer:
 
     def _list(self, query: dict[str, str], client: str) -> dict[str, Any]:
         pred = _Query(query["q"], client).parse() if query.get("q") else (lambda f: True)
-        items = [f for f in self.files.values() if f.id != "root" and pred(f)]
+        seen_before = time.time() - self.list_lag
+        items = [f for f in self.files.values() if f.id != "root" and f.created <= seen_before and pred(f)]
         for spec in reversed([s.strip() for s in query.get("orderBy", "createdTime").split(",") if s.strip()]):
             key, _, direction = spec.partition(" ")
             attr = {"createdTime": "created", "modifiedTime": "modified", "name": "name"}.get(key)
@@ -635,6 +643,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.kind = "unknown"
         self.length = int(self.headers.get("Content-Length") or 0)
         self.body_read = 0
+        self.swallow = False
         generation = drive.generation
         is_chunk = "upload_id" in self.query and not self.headers.get("Content-Range", "").startswith("bytes */")
         if drive.latency:
@@ -653,6 +662,15 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.delay)
                 fault = None
+            if fault is not None and fault.kind == "error" and fault.commit:
+                self.swallow = True
+                try:
+                    self._route(drive, None)
+                finally:
+                    self.swallow = False
+                self._drain()
+                raise DriveError(fault.status, fault.reason, f"Injected {fault.reason} (after the change was made)",
+                                 domain="usageLimits" if "Limit" in fault.reason else "global")
             if fault is not None and fault.kind == "error":
                 self._drain()
                 raise DriveError(fault.status, fault.reason, f"Injected {fault.reason}",
@@ -722,6 +740,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "application/json; charset=UTF-8") -> int:
+        if self.swallow:  # an injected error answers instead of this reply
+            return status
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)

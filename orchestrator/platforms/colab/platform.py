@@ -40,7 +40,6 @@ from ...gpus import COLAB_PLAN_UNITS
 from ...quota import Budget
 from ...settings import PlatformSettings, PositiveDuration
 from ...store import actor
-from ...windows import Window
 from ..base import Handle, Launch, Offer, QuotaReading, RemoteState, RemoteStatus
 from ..ssh import runs
 from ..ssh.connection import ACCEPTED_KEY_TYPES, Endpoint, load_key, pinned_keys
@@ -126,11 +125,8 @@ class ColabPlatform(SSHPlatform):
     def default_budget(cls, settings: PlatformSettings) -> Budget:
         """A paid Colab plan's compute units a month (see ``gpus.COLAB_PLAN_UNITS``)."""
         assert isinstance(settings, ColabSettings)
-        units = COLAB_PLAN_UNITS.get(settings.tier)
-        if units is None:
-            return super().default_budget(settings)
-        return Budget(unit="compute_units", limit=units, window=Window("monthly"),
-                      source=f"default for Colab {settings.tier.title()}")
+        return (Budget.monthly_units(COLAB_PLAN_UNITS.get(settings.tier), f"default for Colab {settings.tier.title()}")
+                or super().default_budget(settings))
 
     def offer(self) -> Offer:
         s = self.settings

@@ -37,7 +37,9 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest, build_http
 
-from ...errors import CapacityError, ConfigError, LostError, PlatformError, PrecheckError, TransientError
+from ...errors import (
+    CapacityError, ConfigError, LostError, PlatformError, PrecheckError, CredentialsError, TransientError,
+)
 
 #: Full Drive scope: the agent in Colab writes through Colab's own OAuth client, and
 #: files another client created are invisible under the narrower ``drive.file``.
@@ -194,7 +196,7 @@ def classify(exc: BaseException, what: str, platform: str | None = None) -> Plat
         return exc
     if isinstance(exc, google.auth.exceptions.RefreshError) and not getattr(exc, "retryable", False):
         detail = exc.args[0] if exc.args else exc
-        return PrecheckError(
+        return CredentialsError(
             f"Google Drive token for platform '{name}' has expired or been revoked ({detail}); {relogin}", platform)
     if isinstance(exc, HttpError):
         status, reasons = exc.resp.status, error_reasons(exc)
@@ -202,7 +204,7 @@ def classify(exc: BaseException, what: str, platform: str | None = None) -> Plat
         if is_retryable(exc):
             return TransientError(summary, platform)
         if status == 401:
-            return PrecheckError(f"{summary}; the token was rejected, {relogin}", platform)
+            return CredentialsError(f"{summary}; the token was rejected, {relogin}", platform)
         if status == 403 and "storageQuotaExceeded" in reasons:
             return CapacityError(f"{summary}; the Drive is full, free some space", platform)
         if status == 403:

@@ -44,7 +44,11 @@ def agent_notebook(*, platform: str, folder: str, folder_id: str, tier: str, ses
         "uploading their results.\n\n"
         f"Colab plan in orch's config: **{tier}**. Colab's terms allow a worker like this one only on "
         "paid runtimes with compute units left; it stops taking work "
-        f"{min_job_seconds / 60:g} minutes before the session ends. Interrupt the last cell to stop it."
+        f"{min_job_seconds / 60:g} minutes before the session ends.\n\n"
+        "To stop it, interrupt the last cell once: it hands back waiting jobs, lets the running one save "
+        "its checkpoint, uploads its results and stops (orch then retries that job; only `orch cancel` "
+        "cancels one). Interrupting twice stops the running job at once. On a runtime without a GPU the "
+        "agent does not start."
     )
     args = ["--folder-id", folder_id, "--runner", f"{AGENT_DIR}/runner.py", "--work-dir", f"{AGENT_DIR}/work",
             "--session-seconds", f"{session_seconds:g}", "--session-from-boot",

@@ -42,6 +42,8 @@ FILE_FIELDS = "id,name,mimeType,parents,size,sha256Checksum,properties,createdTi
 #: Drive wants non-final chunks in multiples of this.
 CHUNK_QUANTUM = 256 * 1024
 DEFAULT_CHUNK = 8 * 1024 * 1024
+#: Drive's documented ceiling for ``uploadType=multipart``; anything larger goes resumable.
+MULTIPART_MAX = 5 * 1024 * 1024
 
 
 def quote(value: str) -> str:
@@ -170,23 +172,46 @@ class Transfers:
             fileId=file_id, body=dict(body), fields=FILE_FIELDS))
 
     def folder(self, name: str, parent: str, properties: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """The oldest folder ``name`` under ``parent``, created when there is none.
+        """The oldest folder ``name`` under ``parent``, created when none is listed.
 
-        Drive has no unique names, so two creators racing may make two; everybody then
-        agrees on the oldest, and the other stays empty.
+        Design choice: Drive's listings are not read-after-write consistent and names are
+        not unique. So the id ``create`` returns is used as it is (never looked up again
+        by name), and where two creators raced, or a listing lagged, everybody who later
+        lists agrees on the oldest.
         """
         q = f"{quote(parent)} in parents and name = {quote(name)} and mimeType = '{FOLDER_MIME}' and trashed = false"
         found = self.list(q)
         if found:
             return found[0]
         body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent], "properties": dict(properties or {})}
-        self.call(f"create folder {name}", lambda: self.service.files().create(body=body, fields=FILE_FIELDS))
-        return self.list(q)[0]
+        return self.create(f"create folder {name}", lambda: self.service.files().create(body=body, fields=FILE_FIELDS),
+                           lookup=q)
+
+    def create(self, what: str, make: Callable[[], Any], lookup: str | None = None) -> dict[str, Any]:
+        """Execute a create request, retrying without making a second file where it can tell.
+
+        A create can succeed and still answer 5xx or time out. Before each retry the
+        ``lookup`` query (one that matches only the file being made) is listed once more
+        and the oldest match is taken. A listing that lags may still miss it; then a
+        duplicate is made, which the oldest-wins rule of every lookup tolerates.
+        """
+        tries = self.backoff.begin()
+        while True:
+            try:
+                return make().execute(num_retries=0)
+            except Exception as exc:  # noqa: BLE001 - classified in _absorb
+                self._absorb(exc, what, tries)
+            if lookup:
+                found = self.list(lookup)
+                if found:
+                    return found[0]
 
     # ---- small documents
     def put_bytes(self, data: bytes, *, name: str, parent: str, properties: Mapping[str, str] | None = None,
-                  file_id: str | None = None, mime: str = "application/json") -> dict[str, Any]:
-        """Create (or, with ``file_id``, overwrite) a small file in one multipart request."""
+                  file_id: str | None = None, mime: str = "application/json",
+                  lookup: str | None = None) -> dict[str, Any]:
+        """Create (or, with ``file_id``, overwrite) a small file in one multipart request;
+        ``lookup`` finds it again if a create's answer was lost (see :meth:`create`)."""
         def make() -> Any:
             media = MediaInMemoryUpload(data, mimetype=mime, resumable=False)
             if file_id:
@@ -194,7 +219,9 @@ class Transfers:
                                                    media_body=media, fields=FILE_FIELDS)
             body = {"name": name, "parents": [parent], "properties": dict(properties or {})}
             return self.service.files().create(body=body, media_body=media, fields=FILE_FIELDS)
-        return self.call(f"write {name}", make)
+        if file_id:
+            return self.call(f"write {name}", make)
+        return self.create(f"write {name}", make, lookup=lookup)
 
     def read_bytes(self, file_id: str) -> bytes:
         return self.call(f"read {file_id}", lambda: self.service.files().get_media(fileId=file_id))
@@ -202,7 +229,7 @@ class Transfers:
     # ---- resumable uploads
     def upload(self, path: Path, *, name: str, parent: str, key: str,
                properties: Mapping[str, str] | None = None, sha256: str | None = None,
-               mime: str = "application/octet-stream") -> dict[str, Any]:
+               mime: str = "application/octet-stream", lookup: str | None = None) -> dict[str, Any]:
         """Upload ``path`` as a new file, resumably, and check what Drive stored.
 
         ``key`` names the upload in the journal: calling again with the same key after a
@@ -214,8 +241,9 @@ class Transfers:
         size = path.stat().st_size
         sha256 = sha256 or sha256_file(path)
         body = {"name": name, "parents": [parent], "properties": dict(properties or {})}
-        if size < self.chunk_size:
-            result = self.put_bytes(path.read_bytes(), name=name, parent=parent, properties=properties, mime=mime)
+        if size < min(self.chunk_size, MULTIPART_MAX):
+            result = self.put_bytes(path.read_bytes(), name=name, parent=parent, properties=properties, mime=mime,
+                                    lookup=lookup)
         else:
             result = self._resumable(path, body, key, size, sha256, mime)
         self._verify(result, size, sha256, name)
@@ -284,10 +312,11 @@ class Transfers:
              f" and trashed = false")
         for existing in self.list(q):
             if int(existing.get("size", -1)) == size:
-                return existing, False
+                # Touched on reuse: its modifiedTime is when a job last needed it (orch gc).
+                return self.update(existing["id"], {"properties": {"orch_used": str(int(time.time()))}}), False
         props = {prop: value, **dict(properties or {})}
         return self.upload(path, name=name, parent=parent, key=f"blob-{value}", properties=props,
-                           sha256=sha256), True
+                           sha256=sha256, lookup=q), True
 
     # ---- downloads
     def _get_range(self, req: Any, start: int, end: int) -> tuple[int, bytes]:

@@ -144,16 +144,17 @@ class Agents:
     def work_dir(self, agent_id: str) -> Path:
         return self.home / "agents" / agent_id
 
-    def start(self, agent_id: str, session_seconds: float = 3600, wait: bool = True,
-              margin: float = 1) -> subprocess.Popen:
+    def start(self, agent_id: str, session_seconds: float = 3600, wait: bool = True, margin: float = 1,
+              extra: tuple[str, ...] = (), cpu_ok: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start an agent (``cpu_ok``: allowed to run without a GPU, as on this machine)."""
         env = {**os.environ, "ORCH_DRIVE_FAKE_TOKEN": "test-token", "ORCH_DRIVE_ENDPOINT": self.drive.api_endpoint,
-               "ORCH_HEARTBEAT_SECONDS": "0.3"}
-        log = open(self.home / f"agent-{agent_id}.log", "wb")
+               "ORCH_HEARTBEAT_SECONDS": "0.3", **(env or {})}
+        log = open(self.home / f"agent-{agent_id}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, str(AGENT), "--folder-id", drive_root(), "--agent-id", agent_id,
              "--work-dir", str(self.work_dir(agent_id)), "--session-seconds", f"{session_seconds:g}",
              "--poll", "0.1", "--heartbeat", "0.3", "--log-interval", "0.3", "--min-job-seconds", "2",
-             "--margin", f"{margin:g}"],
+             "--margin", f"{margin:g}", *(["--cpu-ok"] if cpu_ok else []), *extra],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs[agent_id] = proc

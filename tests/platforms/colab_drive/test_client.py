@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 from google.oauth2.credentials import Credentials
 
-from orchestrator.errors import CapacityError, ConfigError, LostError, PrecheckError, TransientError
+from orchestrator.errors import CapacityError, ConfigError, LostError, PrecheckError, CredentialsError, TransientError
 from orchestrator.platforms.colab_drive.client import (
     DRIVE_SCOPES, build_drive, drive_errors, load_credentials, run_consent_flow, save_credentials,
 )
@@ -44,19 +44,19 @@ def test_a_revoked_refresh_token_says_to_run_orch_auth_drive(drive, tmp_path):
     drive.add_refresh_token("rt-1")
     drive.revoke("rt-1")
     creds = load_credentials(_token_file(tmp_path / "t.json", drive), "gdrive", drive.token_uri)
-    with pytest.raises(PrecheckError) as err:
+    with pytest.raises(CredentialsError) as err:  # reads wait for the user; no job is lost over it
         _transfers(creds, drive, tmp_path).list("trashed = false")
     message = str(err.value)
     assert "expired or been revoked" in message and "run: orch auth drive gdrive" in message
     assert "\n" not in message and "s3cret" not in message
 
 
-def test_a_token_rejected_after_refresh_is_a_precheck_error(drive, tmp_path):
+def test_a_token_rejected_after_refresh_asks_for_a_new_sign_in(drive, tmp_path):
     # Refresh works but Drive still says 401 (e.g. the grant lost the Drive scope).
     drive.add_refresh_token("rt-1")
     drive.inject("error", status=401, reason="authError", times=10)
     creds = load_credentials(_token_file(tmp_path / "t.json", drive, expired=False), "gdrive", drive.token_uri)
-    with pytest.raises(PrecheckError, match="orch auth drive gdrive"):
+    with pytest.raises(CredentialsError, match="orch auth drive gdrive"):
         _transfers(creds, drive, tmp_path).list("trashed = false")
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.app import App
 from orchestrator.states import AttemptState, JobState
 from tests.conftest import make_job, submit, tick_until
@@ -38,6 +40,19 @@ time.sleep(float(os.environ.get("SLEEP_FIRST", "0")) if os.environ["ORCH_ATTEMPT
 print("job", os.environ["ORCH_JOB_NAME"], "attempt", os.environ["ORCH_ATTEMPT"], "saw", total, "bytes")
 pathlib.Path("out.txt").write_text("{tag} %d\\n" % total)
 """
+
+
+@pytest.fixture(autouse=True, params=["plain", "lagging"])
+def conditions(request, drive):
+    """Every test here runs twice: on a well-behaved Drive, and on one whose listings lag
+    3 s behind creates and whose first folder create and first two small-file creates
+    take effect but answer 500 / 403 rateLimitExceeded (issue 15)."""
+    if request.param == "lagging":
+        drive.list_lag = 3.0
+        drive.inject("error", method="POST", path="/drive/v3/files?", commit=True, status=500, times=1)
+        drive.inject("error", method="POST", path="uploadType=multipart", commit=True, status=403,
+                      reason="rateLimitExceeded", times=2)
+    return request.param
 
 
 def _dataset(root: Path, size: int = 200_000) -> Path:
@@ -127,7 +142,7 @@ def test_two_agents_five_jobs_each_job_runs_exactly_once(orch, agents, gdrive, t
     assert [_state(j) for j in jobs] == [JobState.SUCCEEDED] * 5
     ran = agents.keys_run_by("a1") + agents.keys_run_by("a2")
     keys = sorted(a.key for j in jobs for a in _attempts(j))
-    assert sorted(ran) == keys and len(keys) == 5  # one attempt each, run by one agent
+    assert sorted(ran) == keys and len(keys) == 5, [(a.key, a.state, a.message) for j in jobs for a in _attempts(j)]
     assert agents.keys_run_by("a1") and agents.keys_run_by("a2")  # both agents took work
     assert not gdrive.find(orch_kind="ticket")  # every inbox is empty
 
@@ -160,7 +175,14 @@ def test_an_agent_killed_mid_job_goes_unknown_then_lost_then_runs_on_the_other_a
 
 def test_an_expired_token_gives_one_clear_error_and_keeps_the_queue(orch, orch_home, gdrive, tmp_path):
     gdrive.revoke("rt-1")
-    job = _submit(orch, _job(tmp_path, "waiting"))
+    submitted = orch("submit", str(_job(tmp_path, "waiting")), "--platform", "gdrive", "--json")
+    job = json.loads(submitted.stdout)["id"]
+
+    # Queued (rc 0), with the reason it will wait said at once, on stderr.
+    assert submitted.exit_code == 0 and "Traceback" not in submitted.stderr
+    (warning,) = submitted.stderr.splitlines()
+    assert warning.startswith("warning: gdrive: Google Drive token for platform 'gdrive' has expired or been revoked")
+    assert warning.endswith("run: orch auth drive gdrive")
 
     result = orch("tick")
     status = json.loads(orch("status", job, "--json").output)
@@ -192,6 +214,7 @@ def test_a_controller_killed_mid_upload_resumes_the_upload_on_the_next_tick(orch
                     {"main.py": MAIN.replace('"shared"', '"big"').replace("{tag}", "big")})
     job = _submit(orch, path)
     agents.start("a1")
+    time.sleep(gdrive.list_lag)  # until Drive lists the agent's heartbeat
     gdrive.inject("delay", method="PUT", chunk_only=True, delay=0.05, times=10_000)
     tick = subprocess.Popen([sys.executable, "-m", "orchestrator", "tick"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import pytest
 from google.oauth2.credentials import Credentials
@@ -172,3 +173,21 @@ def test_uploads_need_the_http_fix_against_an_http_endpoint(drive):
     with pytest.raises(Exception) as err:
         svc.files().create(body={"name": "x"}, media_body=media).execute()
     assert "SSL" in type(err.value).__name__ or "SSL" in str(err.value)
+
+
+def test_with_list_lag_a_new_file_is_missing_from_listings_but_gettable_by_id(service, drive):
+    drive.list_lag = 0.5
+    file_id = _create(service, "late")
+    q = "name = 'late' and trashed = false"
+    assert service.files().list(q=q).execute()["files"] == []
+    assert service.files().get(fileId=file_id, fields="id").execute()["id"] == file_id
+    time.sleep(0.6)
+    assert [f["id"] for f in service.files().list(q=q).execute()["files"]] == [file_id]
+
+
+def test_a_commit_fault_makes_the_change_then_answers_the_error(service, drive):
+    drive.inject("error", method="POST", path="/drive/v3/files", commit=True, status=500)
+    with pytest.raises(HttpError) as err:
+        _create(service, "made-anyway")
+    assert err.value.resp.status == 500
+    assert [f.name for f in drive.find("made-anyway")] == ["made-anyway"]

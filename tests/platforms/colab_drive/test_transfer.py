@@ -148,7 +148,8 @@ def test_a_blob_is_uploaded_once_by_content_hash(drive, transfers, folder, tmp_p
     again, sent_again = transfers.ensure_blob(src, parent=folder, name="data.tar", identity=("orch_digest", digest))
     assert sent and not sent_again and first["id"] == again["id"]
     assert drive.count("create-resumable") + drive.count("create-multipart") == 1
-    assert drive.files[first["id"]].properties == {"orch_digest": digest}
+    assert drive.files[first["id"]].properties["orch_digest"] == digest
+    assert "orch_used" in drive.files[first["id"]].properties  # reuse touches it (orch gc reads that)
 
 
 def test_rate_limits_that_never_end_give_a_transient_error_after_the_retry_budget(drive, service, tmp_path):
@@ -164,3 +165,14 @@ def test_backoff_is_truncated_exponential_with_full_jitter():
     backoff = DRIVE_CALLS.replace(base=1.0, cap=8.0, rand=lambda: 1.0)
     assert [backoff.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert DRIVE_CALLS.replace(rand=lambda: 0.0).delay(3) == 0.0  # full jitter: anywhere from zero
+
+
+def test_multipart_is_used_only_up_to_5mb_and_larger_files_go_resumable(drive, service, tmp_path, backoff):
+    # Drive documents uploadType=multipart for files up to 5 MB; the chunk (8 MiB) is larger.
+    transfers = Transfers(service, UploadJournal(tmp_path / "uploads"), "gdrive", backoff, chunk_size=8 * MiB)
+    folder = transfers.folder("orch", "root")["id"]
+    small = transfers.upload(_random_file(tmp_path / "small.bin", 4 * MiB), name="small.bin", parent=folder, key="s")
+    large = transfers.upload(_random_file(tmp_path / "large.bin", 6 * MiB), name="large.bin", parent=folder, key="l")
+    resumable = sorted(s.metadata.get("name") for s in drive.sessions.values())
+    assert resumable == ["large.bin"]  # the 4 MiB file went in one multipart request
+    assert [int(small["size"]), int(large["size"])] == [4 * MiB, 6 * MiB]
