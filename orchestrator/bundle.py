@@ -48,13 +48,17 @@ CREDENTIAL_PATTERNS = (
     ".vault-token", "credentials.toml", "*.ovpn",
 )
 
+#: Passwords in URLs that are placeholders in docs and examples, not secrets
+#: (``https://user:token@host``, ``https://me:<PAT>@host``, ``https://u:$TOKEN@host``).
+PLACEHOLDER = rb"(?:token|password|passwd|pass|pw|secret|pat|x+|\*+|<[^>@\s]*>|\$\{?\w+\}?|\{\{?[^}@\s]*\}\}?)"
+
 #: What credential files look like inside, checked in the first :data:`SNIFF_BYTES` of each file.
 CREDENTIAL_CONTENT = re.compile(
     rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"           # PEM / OpenSSH private keys
     rb'|"type"\s*:\s*"service_account"'                   # Google service-account keys
     rb"|_authToken\s*="                                     # npm tokens
     rb"|aws_secret_access_key\s*="                          # AWS shared credentials
-    rb"|\bhttps?://[^\s/:@\"']+:[^\s/@\"']+@"                # https://user:token@host (.git-credentials, git config)
+    rb"|\bhttps?://[^\s/:@\"']+:(?!" + PLACEHOLDER + rb"@)[^\s/@\"']+@"  # a URL with a password (.git-credentials)
 )
 SNIFF_BYTES = 8192
 

@@ -151,3 +151,20 @@ def test_the_orch_home_and_results_are_never_bundled_even_when_re_included(orch,
     names = names_in_code(home)
     assert names == [".orchignore", "job.yaml", "main.py"], names
     assert json.loads(r.output)["id"]
+
+
+def test_placeholders_in_docs_are_not_credentials_and_the_readme_job_bundles(tmp_path):
+    """Docs that show the pattern (`https://user:token@host`, `https://me:<PAT>@host`) are
+    not credentials; and the README's main command bundles this repository (its tests,
+    whose fixtures hold fake keys on purpose, are left out by the repo's .orchignore)."""
+    from orchestrator.bundle import CREDENTIAL_CONTENT, DatasetCache, build
+    from orchestrator.spec import load
+    from tests.conftest import REPO
+
+    for text in (b"https://user:token@host", b"https://me:<PAT>@github.com", b"https://u:$TOKEN@h"):
+        assert CREDENTIAL_CONTENT.search(text) is None, text
+    assert CREDENTIAL_CONTENT.search(b"https://me:ghp_a1b2c3@github.com") is not None
+    spec = load(REPO / "jobs" / "els-pricer" / "job.yaml")
+    bundle = build(spec, tmp_path / "bundles", DatasetCache(tmp_path / "blobs", tmp_path / "index"))
+    names = [name for name, _size in bundle.code_files]
+    assert "kernels/els/fdm.py" in names and not any(n.startswith("tests/") for n in names)
