@@ -1,0 +1,164 @@
+"""The dashboard's web server: a Flask app on 127.0.0.1, read-only, behind a random token.
+
+Access: the URL ``orch ui`` prints carries the token once (``/?token=…``); the server
+answers it with a cookie (HttpOnly, SameSite=Strict, named after the port so that two
+dashboards do not overwrite each other's) and redirects to the same page without the
+token, so that it does not stay in the address bar or the history. Any request without
+the cookie or the token, or addressed to another host name than 127.0.0.1/localhost on
+this port (DNS rebinding), gets 403. Every page is a GET; nothing is changed.
+
+Untrusted text: Jinja autoescapes every value (no template marks job or remote text
+safe), and a ``finalize`` hook strips control characters from every value before that
+(``strip_controls``). Responses carry a strict Content-Security-Policy (scripts and
+styles from this server only, no inline script), and a job's output files are served
+as downloads except raster images, with ``nosniff``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import threading
+import webbrowser
+from typing import TYPE_CHECKING, Callable
+
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
+from markupsafe import Markup
+
+from ..errors import NotFoundError
+from . import pages
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import App
+
+#: C0/C1 controls and the bidi overrides that reorder what a line appears to say.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_LOG_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+REFRESH_SECONDS = 5
+
+
+def strip_controls(value: object) -> object:
+    """Every rendered value without control characters (markup the templates built stays)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _CONTROLS.sub("", value)
+    return value
+
+
+def create(app: App, token: str, port: int) -> Flask:
+    """The Flask app serving ``app``'s store; ``token`` is the one way in, ``port`` the
+    port it is reached on (for the Host check and the cookie's name)."""
+    web = Flask(__name__)
+    web.jinja_env.autoescape = True
+    web.jinja_env.finalize = strip_controls
+    web.jinja_env.globals.update(refresh=REFRESH_SECONDS, short=lambda s: (s or "")[:8])
+    cookie = f"orch_ui_{port}"
+    hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+    lock = threading.RLock()  # platform objects are made on first use and are not shared safely
+
+    @web.before_request
+    def guard():
+        if request.host not in hosts:
+            abort(403)
+        given = request.args.get("token")
+        if given is not None:
+            if not hmac.compare_digest(given, token):
+                abort(403)
+            args = {k: v for k, v in request.args.items() if k != "token"}
+            resp = redirect(url_for(request.endpoint, **(request.view_args or {}), **args)
+                            if request.endpoint else "/")
+            resp.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
+            return resp
+        if not hmac.compare_digest(request.cookies.get(cookie, ""), token):
+            return Response(render_template("denied.html"), status=403)
+        return None
+
+    @web.after_request
+    def headers(resp: Response) -> Response:
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @web.errorhandler(NotFoundError)
+    def not_found(exc: NotFoundError):
+        return Response(render_template("error.html", message=str(exc)), status=404)
+
+    def page(template: str, **data) -> str:
+        """The whole page, or only its live part when the page's script asks for a refresh."""
+        layout = "bare.html" if request.headers.get("X-Orch-Partial") else "base.html"
+        return render_template(template, layout=layout, **data)
+
+    @web.get("/")
+    def queue():
+        return page("queue.html", nav="queue", **pages.queue(app, pages.Filters.from_args(request.args)))
+
+    @web.get("/jobs/<job_id>")
+    def job(job_id: str):
+        return page("job.html", nav="queue", **pages.job(app, _job_id(job_id)))
+
+    @web.get("/jobs/<job_id>/log")
+    def log(job_id: str):
+        with lock:
+            doc = pages.log_tail(app, _job_id(job_id))
+        doc["text"] = _LOG_CONTROLS.sub("", doc["text"])
+        doc["problem"] = _CONTROLS.sub("", doc["problem"])
+        return jsonify(doc)
+
+    @web.get("/jobs/<job_id>/files/<path:rel>")
+    def result_file(job_id: str, rel: str):
+        path = pages.result_file(app, _job_id(job_id), rel)
+        if path is None:
+            abort(404)
+        kind = pages.IMAGE_TYPES.get(path.suffix.lower())
+        inline = kind is not None and request.args.get("download") is None
+        return send_file(path, mimetype=kind or "application/octet-stream", as_attachment=not inline,
+                         download_name=path.name, conditional=False)
+
+    @web.get("/quota")
+    def quota():
+        return page("quota.html", nav="quota", **pages.quota(app))
+
+    @web.get("/platforms")
+    def platforms():
+        with lock:
+            data = pages.platforms(app)
+        return page("platforms.html", nav="platforms", **data)
+
+    def _job_id(ref: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{32}", ref):
+            raise NotFoundError(f"no job {ref[:40]}")
+        return ref
+
+    return web
+
+
+def serve(app: App, port: int = 0, open_browser: bool = False, echo: Callable[[str], None] = print) -> None:
+    """Serve the dashboard on 127.0.0.1 until Ctrl-C; prints the one URL that gets in."""
+    from werkzeug.serving import make_server
+
+    from ..errors import UsageError
+
+    token = secrets.token_urlsafe(24)
+    try:
+        server = make_server("127.0.0.1", port, Flask("orch-ui-bind"), threaded=True)
+    except OSError as exc:
+        raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); "
+                         "pick another port, or --port 0 for any free one") from None
+    bound = server.server_port
+    server.app = create(app, token, bound)
+    url = f"http://127.0.0.1:{bound}/?token={token}"
+    echo(f"orch ui: {url}")
+    echo("read-only dashboard on this machine only; the token in the URL is the one way in; Ctrl-C stops it")
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        echo("orch ui stopped")
+    finally:
+        server.server_close()
