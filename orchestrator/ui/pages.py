@@ -237,7 +237,8 @@ def quota(app: App) -> dict:
     day0 = (int(now // 86400) - CHART_DAYS + 1) * 86400
     per_day: dict[str, list[float]] = {name: [0.0] * CHART_DAYS for name in states}
     for platform, amount, start, end in app.store.ledger_charges(list(states), day0):
-        for d in range(CHART_DAYS):
+        first, last = max(0, int((start - day0) // 86400)), min(CHART_DAYS - 1, int((end - day0) // 86400))
+        for d in range(first, last + 1):  # only the days this charge touches
             lo = day0 + d * 86400
             per_day[platform][d] += quota_mod.overlap(amount, start, end, lo, lo + 86400)
     out = []

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+import signal
+import socket
 import threading
 import webbrowser
 from typing import TYPE_CHECKING, Callable
@@ -38,6 +40,8 @@ _LOG_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u20
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+#: A job's file on its own: the browser's image viewer styles itself inline; nothing runs.
+FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 REFRESH_SECONDS = 5
 
 
@@ -78,7 +82,7 @@ def create(app: App, token: str, port: int) -> Flask:
 
     @web.after_request
     def headers(resp: Response) -> Response:
-        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers.setdefault("Content-Security-Policy", CSP)
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "no-referrer"
         resp.headers["Cache-Control"] = "no-store"
@@ -116,8 +120,10 @@ def create(app: App, token: str, port: int) -> Flask:
             abort(404)
         kind = pages.IMAGE_TYPES.get(path.suffix.lower())
         inline = kind is not None and request.args.get("download") is None
-        return send_file(path, mimetype=kind or "application/octet-stream", as_attachment=not inline,
+        resp = send_file(path, mimetype=kind or "application/octet-stream", as_attachment=not inline,
                          download_name=path.name, conditional=False)
+        resp.headers["Content-Security-Policy"] = FILE_CSP
+        return resp
 
     @web.get("/quota")
     def quota():
@@ -144,21 +150,36 @@ def serve(app: App, port: int = 0, open_browser: bool = False, echo: Callable[[s
     from ..errors import UsageError
 
     token = secrets.token_urlsafe(24)
-    try:
-        server = make_server("127.0.0.1", port, Flask("orch-ui-bind"), threaded=True)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:  # bound here, not by werkzeug, which exits the process on a port in use
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
     except OSError as exc:
+        sock.close()
         raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); "
                          "pick another port, or --port 0 for any free one") from None
-    bound = server.server_port
-    server.app = create(app, token, bound)
+    bound = sock.getsockname()[1]
+    server = make_server("127.0.0.1", bound, create(app, token, bound), threaded=True, fd=sock.fileno())
     url = f"http://127.0.0.1:{bound}/?token={token}"
-    echo(f"orch ui: {url}")
-    echo("read-only dashboard on this machine only; the token in the URL is the one way in; Ctrl-C stops it")
-    if open_browser:
-        webbrowser.open(url)
+    # Ctrl-C (and a plain kill) stop it cleanly, from the moment the URL is out, even where
+    # SIGINT was inherited ignored (a shell's background job).
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.serve_forever()
+        echo(f"orch ui: {url}")
+        echo("read-only dashboard on this machine only; the token in the URL is the one way in; Ctrl-C stops it")
+        if open_browser:
+            webbrowser.open(url)
+        server.serve_forever()  # werkzeug's returns on KeyboardInterrupt
     except KeyboardInterrupt:
-        echo("orch ui stopped")
+        pass
     finally:
         server.server_close()
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    echo("orch ui stopped")
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
