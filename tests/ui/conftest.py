@@ -188,19 +188,23 @@ def _synthetic(app: App, ids: dict[str, str]) -> None:
         tx.move_attempt(att, ids["fetching"], A.RUNNING, A.FETCHING, "ended", ended_at=now - 5)
         tx.move_job(ids["fetching"], J.RUNNING, J.FETCHING, "ended")
     # LOST after failing over: Kaggle lost it, then Colab did, and no retries were left.
+    # Its times are those of three hours ago (as a tick then would have written them).
     ids["lost"] = job("moved-around")
-    for number, platform, last in ((1, "kaggle", False), (2, "colab", True)):
+    hour = 3600
+    for number, platform, last, (made, began, ended) in ((1, "kaggle", False, (-2.9, -2.8, -1.9)),
+                                                         (2, "colab", True, (-1.8, -1.7, -0.6))):
         att = place(ids["lost"], number, platform, J.PENDING)
         with store.transaction() as tx:
-            tx.move_attempt(att, ids["lost"], A.PENDING, A.RUNNING, "running", started_at=time.time(),
-                            gpu_name="Tesla T4")
+            tx.move_attempt(att, ids["lost"], A.PENDING, A.RUNNING, "running", started_at=now + began * hour,
+                            gpu_name="Tesla T4", created_at=now + made * hour)
             tx.move_job(ids["lost"], J.PENDING, J.RUNNING, "running")
             tx.move_attempt(att, ids["lost"], A.RUNNING, A.LOST, f"{platform} lost the run: session ended",
-                            ended_at=time.time(), message=f"{platform} lost the run")
+                            ended_at=now + ended * hour, message=f"{platform} lost the run")
             tx.move_job(ids["lost"], J.RUNNING, J.LOST if last else J.QUEUED,
                         "no retries left" if last else f"lost on {platform}; retrying elsewhere",
                         message=HOSTILE if last else "")
-        time.sleep(0.05)
+    with store.transaction() as tx:
+        tx.update_job(ids["lost"], J.LOST, created_at=now - 3 * hour)
     with store.transaction() as tx:  # GPU hours charged on lab over the last days
         for days_ago, hours in ((1, 2.5), (2, 4.0), (5, 1.0), (9, 6.0)):
             end = now - days_ago * 86400
