@@ -140,6 +140,21 @@ def test_running_job_page_follows_its_log(browser, served, shots, dashboard):
     assert "following" in browser.find_element(By.ID, "log-status").text
 
 
+def test_the_queue_refreshes_itself(browser, served, dashboard):
+    from orchestrator.app import App
+
+    browser.get(served.base + "/?state=PENDING")
+    note = f"//tr[td/a[text()='{dashboard.ids['pending'][:8]}']]/td[@class='note']"
+    assert browser.find_element(By.XPATH, note).text == ""
+    app = App.open()
+    try:  # what a tick on Kaggle would write while the page is open
+        app.store.note(dashboard.ids["pending"], "kaggle: kernel queued behind 2 others")
+    finally:
+        app.close()
+    _wait(lambda: "queued behind" in browser.find_element(By.XPATH, note).text, timeout=15)
+    assert not console_errors(browser)
+
+
 def test_quota_page_shows_bars_countdown_and_history(browser, served, shots):
     visit(browser, served, "/quota", shots, "quota")
     lab = browser.find_element(By.ID, "quota-lab")
