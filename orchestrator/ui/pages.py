@@ -216,10 +216,13 @@ def result_file(app: App, job_id: str, rel: str) -> Path | None:
 def log_tail(app: App, job_id: str) -> dict:
     """The last ``LOG_TAIL_BYTES`` of the job's latest attempt's log (the stored copy once
     fetched, else the platform's live log), and whether the job still runs."""
-    from ..logtail import LogTail
+    from ..logtail import LogTail, Piece
 
     row = app.store.job(job_id)
-    piece = LogTail(app, row.id).read()
+    try:
+        piece = LogTail(app, row.id).read()
+    except Exception as exc:  # e.g. a platform's client not installed here: said, not a broken page
+        piece = Piece(found=False, problem=f"{type(exc).__name__}: {exc}")
     text = piece.text[-LOG_TAIL_BYTES:]
     return {"text": text, "cut": len(piece.text) > len(text), "found": piece.found, "problem": piece.problem,
             "state": row.state.value, "active": row.state.active or row.state == JobState.QUEUED}
@@ -306,6 +309,8 @@ def platforms(app: App) -> dict:
             problems = app.platform(name).check()
         except OrchError as exc:
             problems = [str(exc)]
+        except Exception as exc:  # a bug in one platform's check: shown on its line, the page still loads
+            problems = [f"its check failed: {type(exc).__name__}: {exc}"]
         ready = offer.available and not problems
         out.append({
             "name": name, "type": offer.type, "gpus": "/".join(offer.gpus) or "CPU", "running": running.get(name, 0),
