@@ -321,6 +321,17 @@ def platforms(app: App) -> dict:
     return {"platforms": out}
 
 
+def health(app: App) -> list[dict] | None:
+    """The ``orch doctor`` checklist (config, state, disk, cron, credentials, logins,
+    notifications, stuck jobs, quota forecast) where this orch has it, else None (the
+    platforms table above is then the health). Each check is guarded by doctor itself."""
+    if not (Path(__file__).resolve().parents[1] / "doctor.py").is_file():
+        return None  # (checked on disk: an editable install of another checkout could serve one)
+    from .. import doctor
+
+    return [{"name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix} for c in doctor.run(app)]
+
+
 # ---------------------------------------------------------------------------- small helpers
 
 

@@ -22,6 +22,7 @@ import secrets
 import signal
 import socket
 import threading
+import time
 import webbrowser
 from typing import TYPE_CHECKING, Callable
 
@@ -43,6 +44,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 #: A job's file on its own: the browser's image viewer styles itself inline; nothing runs.
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 REFRESH_SECONDS = 5
+#: How long the platforms page keeps an `orch doctor` checklist before running it again.
+HEALTH_SECONDS = 60
 
 
 def strip_controls(value: object) -> object:
@@ -129,11 +132,15 @@ def create(app: App, token: str, port: int) -> Flask:
     def quota():
         return page("quota.html", nav="quota", **pages.quota(app))
 
+    health: dict = {"at": 0.0, "checks": None}
+
     @web.get("/platforms")
     def platforms():
         with lock:
             data = pages.platforms(app)
-        return page("platforms.html", nav="platforms", **data)
+            if time.time() - health["at"] > HEALTH_SECONDS:  # doctor reads live quotas: not on every view
+                health.update(checks=pages.health(app), at=time.time())
+        return page("platforms.html", nav="platforms", health=health["checks"], **data)
 
     def _job_id(ref: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{32}", ref):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,11 +99,15 @@ def dashboard(tmp_path_factory) -> Dashboard:
 
 def _build(root: Path, home: Path) -> Dashboard:
     ids: dict[str, str] = {}
-    els = make_job(root / "els", f"""
+    # The ELS pricer as jobs/els-pricer runs it, with only the code it imports (kernels/).
+    code = root / "els-code"
+    shutil.copytree(REPO / "kernels", code / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "jobs" / "els-pricer").mkdir(parents=True)
+    shutil.copy(REPO / "jobs" / "els-pricer" / "price.py", code / "jobs" / "els-pricer")
+    els = make_job(code, """
         name: els-pricer
-        code: {REPO}
         run: python jobs/els-pricer/price.py --grids 40x40x80,60x60x120
-        resources: {{gpu: [any, none], max_runtime: 10m}}
+        resources: {gpu: [any, none], max_runtime: 10m}
     """)
     ids["els"] = _submit(els, "--platform", "lab")["id"]
     failing = make_job(root / "failing", """

@@ -3,6 +3,8 @@ filters and pages, through Flask's test client on the shared dashboard home."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.app import App
@@ -144,6 +146,14 @@ def test_platforms_page_shows_each_platform(client):
     html = get(client, "/platforms").get_data(as_text=True)
     assert 'data-name="laptop"' in html and 'data-name="lab"' in html
     assert "1/1" in html
+
+
+def test_platforms_page_shows_the_doctor_checklist_where_orch_has_one(client):
+    html = get(client, "/platforms").get_data(as_text=True)
+    if not (Path(server.__file__).resolve().parents[1] / "doctor.py").is_file():  # before issue 19
+        assert "this orch has no <code>orch doctor</code>" in html
+        return
+    assert 'data-check="config"' in html and 'data-check="state"' in html
 
 
 def test_a_refresh_returns_only_the_live_part(client):
