@@ -178,20 +178,19 @@ def _synthetic(app: App, ids: dict[str, str]) -> None:
     place(ids["submitting"], 1, "kaggle", J.SUBMITTING)
     ids["pending"] = job("waiting-gpu")
     place(ids["pending"], 1, "kaggle", J.PENDING)
+    def run_then(job_id: str, started: float, to_attempt: A, to_job: J, reason: str, **values) -> None:
+        """A placed job that ran since ``started`` and then moved to ``to_attempt``/``to_job``."""
+        att = place(job_id, 1, "colab", J.PENDING)
+        with store.transaction() as tx:
+            tx.move_attempt(att, job_id, A.PENDING, A.RUNNING, "running", started_at=started)
+            tx.move_job(job_id, J.PENDING, J.RUNNING, "running")
+            tx.move_attempt(att, job_id, A.RUNNING, to_attempt, reason, **values)
+            tx.move_job(job_id, J.RUNNING, to_job, reason)
+
     ids["unknown"] = job("cannot-hear")
-    att = place(ids["unknown"], 1, "colab", J.PENDING)
-    with store.transaction() as tx:
-        tx.move_attempt(att, ids["unknown"], A.PENDING, A.RUNNING, "running", started_at=now - 300)
-        tx.move_job(ids["unknown"], J.PENDING, J.RUNNING, "running")
-        tx.move_attempt(att, ids["unknown"], A.RUNNING, A.UNKNOWN, "status read failed: timed out", unknown_since=now - 60)
-        tx.move_job(ids["unknown"], J.RUNNING, J.UNKNOWN, "status read failed: timed out")
+    run_then(ids["unknown"], now - 300, A.UNKNOWN, J.UNKNOWN, "status read failed: timed out", unknown_since=now - 60)
     ids["fetching"] = job("downloading")
-    att = place(ids["fetching"], 1, "colab", J.PENDING)
-    with store.transaction() as tx:
-        tx.move_attempt(att, ids["fetching"], A.PENDING, A.RUNNING, "running", started_at=now - 900)
-        tx.move_job(ids["fetching"], J.PENDING, J.RUNNING, "running")
-        tx.move_attempt(att, ids["fetching"], A.RUNNING, A.FETCHING, "ended", ended_at=now - 5)
-        tx.move_job(ids["fetching"], J.RUNNING, J.FETCHING, "ended")
+    run_then(ids["fetching"], now - 900, A.FETCHING, J.FETCHING, "ended", ended_at=now - 5)
     # LOST after failing over: Kaggle lost it, then Colab did, and no retries were left.
     # Its times are those of three hours ago (as a tick then would have written them).
     ids["lost"] = job("moved-around")
