@@ -4,8 +4,8 @@ across platforms, quota history, and text from a hostile job.
 The jobs that can really run here do (the local platform, through ``orch submit`` and
 ticks): the ELS pricer with its plot (SUCCEEDED), a failing job, a running one, one
 waiting behind it, a cancelled one, a sweep. States the local platform cannot reach on
-demand (SUBMITTING, PENDING, UNKNOWN, FETCHING, LOST after failover between Kaggle and
-Colab) are written through the store's own transactions, as a tick on those platforms
+demand (SUBMITTING, PENDING, UNKNOWN, FETCHING, and a chain checkpointed on Kaggle then
+LOST on Colab) are written through the store's own transactions, as a tick on those platforms
 would write them; the UI only reads, so it sees what it would see in real use.
 """
 
@@ -191,22 +191,29 @@ def _synthetic(app: App, ids: dict[str, str]) -> None:
     run_then(ids["unknown"], now - 300, A.UNKNOWN, J.UNKNOWN, "status read failed: timed out", unknown_since=now - 60)
     ids["fetching"] = job("downloading")
     run_then(ids["fetching"], now - 900, A.FETCHING, J.FETCHING, "ended", ended_at=now - 5)
-    # LOST after failing over: Kaggle lost it, then Colab did, and no retries were left.
-    # Its times are those of three hours ago (as a tick then would have written them).
+    # A chain that moved across platforms: its first segment ran on Kaggle until the session
+    # ended and checkpointed, the next went to Colab, which lost it; no retries were left.
+    # Its times are those of three hours ago (as the ticks then would have written them).
     ids["lost"] = job("moved-around")
     hour = 3600
-    for number, platform, last, (made, began, ended) in ((1, "kaggle", False, (-2.9, -2.8, -1.9)),
-                                                         (2, "colab", True, (-1.8, -1.7, -0.6))):
-        att = place(ids["lost"], number, platform, J.PENDING)
-        with store.transaction() as tx:
-            tx.move_attempt(att, ids["lost"], A.PENDING, A.RUNNING, "running", started_at=now + began * hour,
-                            gpu_name="Tesla T4", created_at=now + made * hour)
-            tx.move_job(ids["lost"], J.PENDING, J.RUNNING, "running")
-            tx.move_attempt(att, ids["lost"], A.RUNNING, A.LOST, f"{platform} lost the run: session ended",
-                            ended_at=now + ended * hour, message=f"{platform} lost the run")
-            tx.move_job(ids["lost"], J.RUNNING, J.LOST if last else J.QUEUED,
-                        "no retries left" if last else f"lost on {platform}; retrying elsewhere",
-                        message=HOSTILE if last else "")
+    att = place(ids["lost"], 1, "kaggle", J.PENDING)
+    with store.transaction() as tx:
+        tx.move_attempt(att, ids["lost"], A.PENDING, A.RUNNING, "running", started_at=now - 2.8 * hour,
+                        gpu_name="Tesla T4", created_at=now - 2.9 * hour)
+        tx.move_job(ids["lost"], J.PENDING, J.RUNNING, "running")
+        tx.move_attempt(att, ids["lost"], A.RUNNING, A.FETCHING, "session ended", ended_at=now - 1.9 * hour)
+        tx.move_job(ids["lost"], J.RUNNING, J.FETCHING, "session ended")
+        tx.move_attempt(att, ids["lost"], A.FETCHING, A.CHECKPOINTED, "checkpointed; the next segment is queued",
+                        runtime_s=0.9 * hour)
+        tx.move_job(ids["lost"], J.FETCHING, J.QUEUED, "checkpointed; the next segment is queued")
+    att = place(ids["lost"], 2, "colab", J.PENDING)
+    with store.transaction() as tx:
+        tx.move_attempt(att, ids["lost"], A.PENDING, A.RUNNING, "running", started_at=now - 1.7 * hour,
+                        gpu_name="Tesla T4", created_at=now - 1.8 * hour)
+        tx.move_job(ids["lost"], J.PENDING, J.RUNNING, "running")
+        tx.move_attempt(att, ids["lost"], A.RUNNING, A.LOST, "colab lost the run: session ended",
+                        ended_at=now - 0.6 * hour, message="colab lost the run")
+        tx.move_job(ids["lost"], J.RUNNING, J.LOST, "no retries left", message=HOSTILE)
     with store.transaction() as tx:
         tx.update_job(ids["lost"], J.LOST, created_at=now - 3 * hour)
     with store.transaction() as tx:  # GPU hours charged on lab over the last days

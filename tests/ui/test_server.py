@@ -99,7 +99,8 @@ def test_job_page_shows_attempts_across_platforms_with_their_events(client, dash
     html = get(client, f"/jobs/{dashboard.ids['lost']}").get_data(as_text=True)
     assert "kaggle → colab" in html
     assert html.count('class="attempt"') == 2
-    assert "placed on kaggle: est. 12m on T4" in html and "kaggle lost the run" in html
+    assert "placed on kaggle: est. 12m on T4" in html and "colab lost the run" in html
+    assert "s-checkpointed" in html and "checkpointed; the next segment is queued" in html
 
 
 def test_job_page_shows_result_fields_and_the_plot_inline(client, dashboard):
