@@ -210,7 +210,8 @@ class Controller:
                     raise _NoRoom(full)
                 tx.move_job(job.id, J.QUEUED, J.SUBMITTING, f"placed on {decision.platform}",
                             platform=decision.platform, attempts=number, message="")
-                attempt_id = tx.add_attempt(job.id, number, decision.platform, f"placed on {decision.platform}",
+                why = f"placed on {decision.platform}" + (f": {decision.why}" if decision.why else "")
+                attempt_id = tx.add_attempt(job.id, number, decision.platform, why,
                                             max_runtime_s=decision.max_runtime_s, session_s=decision.session_s,
                                             host=host())
                 # The reservation is written with the attempt, so a crash never leaves one without the other.

@@ -376,17 +376,28 @@ class Store:
         return _job(rows[0])
 
     def jobs(self, states: Iterable[JobState] | None = None, limit: int | None = None,
-             submitted_by: str | None = None) -> list[JobRow]:
-        q = select(jobs)
-        if states is not None:
-            q = q.where(jobs.c.state.in_([s.value for s in states]))
-        if submitted_by:
-            q = q.where(jobs.c.submitted_by == submitted_by)
-        q = q.order_by(jobs.c.created_at.desc())
+             submitted_by: str | None = None, platform: str | None = None, sweep_id: str | None = None,
+             offset: int = 0) -> list[JobRow]:
+        """Jobs, newest first, matching every filter given; ``offset``/``limit`` page them."""
+        q = _job_filter(select(jobs), states, submitted_by, platform, sweep_id).order_by(jobs.c.created_at.desc())
+        if offset:
+            q = q.offset(offset)
         if limit:
             q = q.limit(limit)
         with self.read() as conn:
             return [_job(r) for r in conn.execute(q)]
+
+    def count_jobs(self, states: Iterable[JobState] | None = None, submitted_by: str | None = None,
+                   platform: str | None = None, sweep_id: str | None = None) -> int:
+        """How many jobs :meth:`jobs` would list with these filters and no limit."""
+        q = _job_filter(select(func.count()).select_from(jobs), states, submitted_by, platform, sweep_id)
+        with self.read() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def submitters(self) -> list[str]:
+        """Everyone who has submitted a job to this store (a team's members), sorted."""
+        with self.read() as conn:
+            return sorted(r[0] for r in conn.execute(select(jobs.c.submitted_by).distinct()))
 
     def queued(self) -> list[JobRow]:
         """Queued jobs in dispatch order: priority first, then FIFO."""
@@ -545,6 +556,20 @@ class Store:
         self.engine.dispose()
 
 
+
+
+def _job_filter(q, states: Iterable[JobState] | None, submitted_by: str | None, platform: str | None,
+                sweep_id: str | None):
+    """``q`` narrowed to the jobs that match every filter given."""
+    if states is not None:
+        q = q.where(jobs.c.state.in_([s.value for s in states]))
+    if submitted_by:
+        q = q.where(jobs.c.submitted_by == submitted_by)
+    if platform:
+        q = q.where(jobs.c.platform == platform)
+    if sweep_id:
+        q = q.where(jobs.c.sweep_id == sweep_id)
+    return q
 
 
 def _engine(url: str) -> Engine:

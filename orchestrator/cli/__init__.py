@@ -6,7 +6,7 @@ traceback instead. The core commands live in ``submit_commands.py``,
 ``status_commands.py`` (status, logs), ``control_commands.py`` (fetch, cancel,
 retry, tick) and ``setup_commands.py`` (platforms, cron, init); the others in
 sibling modules (``kaggle_commands.py``, ``ssh_commands.py``, ``drive_commands.py``,
-``schedule_commands.py``), which import their optional dependencies lazily. Every
+``schedule_commands.py``, ``ui_commands.py``), which import their optional dependencies lazily. Every
 command module has a ``register(main)`` function (none imports this package back)
 and imports the library inside its commands, so that ``orch --help`` loads no
 config, store or platform (``bench/cli_startup.py`` times it).
@@ -27,7 +27,7 @@ from ..errors import OrchError
 from .common import err_console, untrusted
 
 PLUGIN_MODULES = ("kaggle_commands", "ssh_commands", "drive_commands", "schedule_commands", "notify_commands",
-                  "doctor_commands")
+                  "doctor_commands", "ui_commands")
 
 
 class OrchGroup(click.Group):
