@@ -347,9 +347,10 @@ def run_section(spec) -> dict:
 
 
 def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = (),
-          exclude: Iterable[Path] = ()) -> Bundle:
+          exclude: Iterable[Path] = (), extra_files: Iterable[tuple[str, Path]] = ()) -> Bundle:
     """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``; ``exclude``
-    names directories never bundled (the orch home).
+    names directories never bundled (the orch home); ``extra_files`` are orch's own
+    ``(".orch/<name>", source)`` additions (a notebook job's executor).
 
     Raises:
         BundleError: a credential-looking file, or an unreadable path.
@@ -357,6 +358,7 @@ def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[st
     code_root = Path(spec.code)
     try:
         files, skipped = list_code_files(code_root, exclude)
+        files += list(extra_files)  # under .orch/, which list_code_files never returns
         allowed = tuple(allow_files)
         check_credentials([rel for rel, _ in files], allowed)
         datasets = tuple(
