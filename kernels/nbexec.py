@@ -37,7 +37,9 @@ import sys
 import time
 
 INJECTED_TAG = "injected-parameters"
-#: How long before ``$ORCH_DEADLINE`` a cell is stopped, so the notebook is still saved.
+#: A cell's timeout never reaches past ``$ORCH_DEADLINE`` by more than this: at the
+#: deadline the runner's SIGTERM interrupts the cell (see Execution.on_term), which
+#: lets a notebook save its checkpoint; the timeout is only the backstop.
 DEADLINE_MARGIN = 5.0
 SCRAP_MIME = "application/scrapbook.scrap.json+json"
 IMAGE_MIMES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}
@@ -210,7 +212,7 @@ class Execution:
         self.kernel_pid: int | None = None
 
     def timeout(self) -> int:
-        left = self.deadline - time.time() - DEADLINE_MARGIN
+        left = self.deadline - time.time() + DEADLINE_MARGIN
         limit = min(left, self.cell_timeout) if self.cell_timeout else left
         return max(1, int(limit))
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from orchestrator import notebooks, spec
 from orchestrator.errors import SpecError
-from tests.conftest import make_job, submit, submitted, tick_until
+from tests.conftest import REPO, make_job, submit, submitted, tick_until
 from tests.notebook_helpers import cells_of, code, markdown, text_of, write_notebook
 
 pytest.importorskip("nbclient")
@@ -113,26 +114,67 @@ def test_a_cell_past_its_timeout_fails_the_job_naming_the_cell(orch, config, tmp
     assert job.message == "slow.ipynb cell 2 `import time`: timed out after 3s"
 
 
-def test_a_sweep_runs_one_notebook_per_point_and_the_summary_has_what_each_recorded(orch, config, tmp_path):
+def test_the_notebook_demo_runs_as_a_three_point_sweep_and_the_summary_has_what_each_point_recorded(
+        orch, config, tmp_path):
+    pytest.importorskip("matplotlib")
     config("platforms:\n  local: {type: local, max_concurrent: 3}\n")
-    write_notebook(tmp_path / "job" / "train.ipynb", TRAIN)
-    path = make_job(tmp_path / "job", """\
-        name: nbsweep
-        run: train.ipynb
-        sweep:
-          grid: {LR: [0.5, 0.25, 0.125]}
-        """)
-    doc = submitted(orch, path)
-    tick_until(lambda app: all(app.store.job(j).state.terminal for j in doc["jobs"]), timeout=180)
+    shutil.copytree(REPO / "jobs" / "notebook-demo", tmp_path / "demo")
+    doc = submitted(orch, tmp_path / "demo" / "job.yaml")
+    assert len(doc["jobs"]) == 3
+    tick_until(lambda app: all(app.store.job(j).state.terminal for j in doc["jobs"]), timeout=240)
     out = tmp_path / "out"
     assert orch("fetch", doc["sweep_id"], "-o", str(out)).exit_code == 0
-    for i, lr in enumerate(["0.5", "0.25", "0.125"]):
-        cells = cells_of(out / f"nbsweep-{i}" / "outputs" / "train.ipynb")
-        assert f"LR = {lr}" in "".join(cells[2]["source"])
+    for i, degree in enumerate(["1", "3", "5"]):
+        point = out / f"notebook-demo-{i}" / "outputs"
+        injected = cells_of(point / "fit.ipynb")[2]
+        assert "".join(injected["source"]).splitlines()[1:] == ["NOISE = 0.2", f"DEGREE = {degree}"]
+        assert (point / "fit_images" / "cell5_1.png").read_bytes()[:4] == b"\x89PNG"
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["LR"], r["state"], r["loss"]) for r in rows] == [
-        ("0.5", "SUCCEEDED", "2.0"), ("0.25", "SUCCEEDED", "4.0"), ("0.125", "SUCCEEDED", "8.0")]
+    assert [(r["DEGREE"], r["state"], r["degree"]) for r in rows] == [
+        ("1", "SUCCEEDED", "1"), ("3", "SUCCEEDED", "3"), ("5", "SUCCEEDED", "5")]
+    rmse = [float(r["rmse"]) for r in rows]
+    assert rmse[1] < rmse[0], "a cubic fits a sine better than a line"
+
+
+RESUMABLE = [
+    code("STEPS = 12\nSTEP_SECONDS = 0.5", "parameters"),
+    code("import json, os\n"
+         "CKPT = os.path.join(os.environ.get('ORCH_CHECKPOINT_DIR', 'ckpt'), 'state.json')\n"
+         "def save(state):\n"
+         "    os.makedirs(os.path.dirname(CKPT), exist_ok=True)\n"
+         "    json.dump(state, open(CKPT + '.tmp', 'w'))\n"
+         "    os.replace(CKPT + '.tmp', CKPT)\n"
+         "state = json.load(open(CKPT)) if os.path.exists(CKPT) else {'step': 0, 'total': 0, 'segments': 0}\n"
+         "state['segments'] += 1\n"
+         "print('resuming at step', state['step'])"),
+    code("import time\n"
+         "try:\n"
+         "    while state['step'] < STEPS:\n"
+         "        time.sleep(STEP_SECONDS)\n"
+         "        state['total'] += state['step']\n"
+         "        state['step'] += 1\n"
+         "        save(state)\n"
+         "except KeyboardInterrupt:  # orch interrupts the cell when the session ends\n"
+         "    save(state)"),
+    code("json.dump(state, open(os.path.join(os.environ['ORCH_OUTPUT_DIR'], 'final.json'), 'w'))"),
+]
+
+
+def test_a_notebook_that_saves_and_resumes_its_state_runs_as_a_checkpoint_chain(orch, config, tmp_path):
+    config("platforms:\n  local: {type: local, session_hours: 0.003, min_segment: 3s}\n")  # 10.8 s sessions
+    write_notebook(tmp_path / "job" / "resume.ipynb", RESUMABLE)
+    job_id = submit(orch, make_job(tmp_path / "job", "run: resume.ipynb\ncheckpoint: ckpt\ngrace: 2s\n"
+                                                       "resources: {max_runtime: 3m}\n"))
+    app = finished(job_id, timeout=180)
+    job = app.store.job(job_id)
+    assert job.state.value == "SUCCEEDED", job.message
+    states = [a.state.value for a in app.store.attempts_of(job_id)]
+    assert states[-1] == "SUCCEEDED" and "CHECKPOINTED" in states
+    out = fetch(orch, job_id, tmp_path / "out")
+    final = json.loads((out / "outputs" / "final.json").read_text())
+    assert final["step"] == 12 and final["total"] == sum(range(12)), "no step lost or repeated"
+    assert final["segments"] == len(states)
 
 
 def test_submit_a_notebook_with_no_job_yaml_takes_its_spec_from_the_notebook_metadata(orch, config, tmp_path):
