@@ -160,6 +160,16 @@ def scraps(nb: dict) -> dict:
     return found
 
 
+def read_metrics(out_dir: str) -> dict:
+    """What the notebook itself wrote to ``metrics.json`` (kept beside its scraps)."""
+    try:
+        with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def write_json(path: str, doc) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -356,7 +366,7 @@ def main(argv=None) -> int:
         images = extract_images(run.nb, os.path.join(out_dir, stem + "_images"))
         recorded = scraps(run.nb)
         if recorded:
-            write_json(os.path.join(out_dir, "metrics.json"), recorded)
+            write_json(os.path.join(out_dir, "metrics.json"), {**read_metrics(out_dir), **recorded})
         print("[nbexec] executed notebook: %s (%d images)" % (os.path.basename(out_path), len(images)), flush=True)
     if run.timed_out:  # before first_error: a timed-out cell also shows the interrupt it got
         cell = run.timed_out.get("cell")

@@ -23,6 +23,9 @@ TRAIN = [
     code("LR = 0.5\nEPOCHS = 1\nNAME = 'default'", "parameters"),
     code("import os\nloss = round(1.0 / (LR * EPOCHS), 4)\nprint('loss', loss, NAME)"),
     code("import json\njson.dump({'loss': loss}, open(os.path.join(os.environ['ORCH_OUTPUT_DIR'], 'metrics.json'), 'w'))"),
+    code("from IPython.display import display  # what scrapbook's sb.glue('epochs', EPOCHS) displays\n"
+         "display({'application/scrapbook.scrap.json+json': {'name': 'epochs', 'data': EPOCHS, 'encoder': 'json',"
+         " 'version': 1}}, raw=True)"),
 ]
 
 
@@ -53,7 +56,7 @@ def test_a_parameterised_notebook_runs_on_local_and_the_executed_notebook_comes_
     assert injected["metadata"]["tags"] == ["injected-parameters"]
     assert "".join(injected["source"]).splitlines()[1:] == ["LR = 0.25", "EPOCHS = 4", "NAME = 'run-a'"]
     assert text_of(cells[3]) == "loss 1.0 run-a\n"  # typed: 1 / (0.25 * 4)
-    assert json.loads((out / "outputs" / "metrics.json").read_text()) == {"loss": 1.0}
+    assert json.loads((out / "outputs" / "metrics.json").read_text()) == {"loss": 1.0, "epochs": 4}
     assert "executing train.ipynb with nbclient" in (out / "job.log").read_text()
 
 
