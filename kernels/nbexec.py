@@ -3,9 +3,15 @@
 orch ships this file in the bundle as ``.orch/nbexec.py`` when a job's ``run:`` names a
 notebook, and runs it with the job's Python. Like ``runner.py`` it is stdlib-only
 (Python >= 3.9): the executor it drives is found on the host, in this order:
-papermill, nbclient, ``jupyter nbconvert --execute``. When none is present and the job
+nbclient, papermill, ``jupyter nbconvert --execute``. When none is present and the job
 may use the internet, it installs ``nbclient`` + ``ipykernel`` with ``pip --target``
 next to the job (the host's Python is never modified).
+
+Design choice: nbclient before papermill. papermill (>= 2) executes through nbclient,
+so nbclient is there wherever papermill is, and driving it in-process gives what the
+papermill CLI cannot: the running cell is interrupted on SIGTERM (so a notebook can
+save its checkpoint at a session's end), the notebook is saved before every cell, and
+each cell's timeout shrinks with the time left. The parameters cell is papermill's.
 
 What it does:
 
@@ -41,6 +47,7 @@ INJECTED_TAG = "injected-parameters"
 #: deadline the runner's SIGTERM interrupts the cell (see Execution.on_term), which
 #: lets a notebook save its checkpoint; the timeout is only the backstop.
 DEADLINE_MARGIN = 5.0
+EXECUTORS = ("nbclient", "papermill", "nbconvert")
 SCRAP_MIME = "application/scrapbook.scrap.json+json"
 IMAGE_MIMES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}
 MAX_TEXT = 300
@@ -182,7 +189,8 @@ def write_json(path: str, doc) -> None:
 
 
 def find_executor(prefer: str | None) -> str | None:
-    """The first of papermill, nbclient, nbconvert this Python can use (``prefer`` first)."""
+    """The first of nbclient, papermill, nbconvert this Python can use (only ``prefer``
+    when given)."""
     import importlib.util
     import shutil
 
@@ -193,7 +201,7 @@ def find_executor(prefer: str | None) -> str | None:
     }
     if prefer:
         return prefer if have.get(prefer) else None
-    return next((name for name in ("papermill", "nbclient", "nbconvert") if have[name]), None)
+    return next((name for name in EXECUTORS if have[name]), None)
 
 
 def install_nbclient(target: str) -> bool:
@@ -274,7 +282,7 @@ class Execution:
             self.timed_out = {"cell": current["index"] + 1, "dead": clean(exc)}
 
     def _papermill(self) -> None:
-        self._subprocess([sys.executable, "-m", "papermill", "--cwd", self.cwd, "--log-output",
+        self._subprocess([sys.executable, "-m", "papermill", "--cwd", self.cwd, "--log-output", "-k", "python3",
                           "--execution-timeout", str(self.timeout()), self.out_path, self.out_path])
 
     def _nbconvert(self) -> None:
@@ -317,8 +325,7 @@ def parse_args(argv=None):
     p.add_argument("--param", action="append", default=[], metavar="NAME",
                    help="a parameter whose value is read from the environment variable NAME")
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--executor", choices=("papermill", "nbclient", "nbconvert"),
-                   default=os.environ.get("ORCH_NB_EXECUTOR") or None)
+    p.add_argument("--executor", choices=EXECUTORS, default=None, help="use this one, or fail")
     p.add_argument("--no-install", action="store_true", help="never pip-install an executor")
     return p.parse_args(argv)
 
@@ -381,7 +388,8 @@ def main(argv=None) -> int:
         else:
             what = "the executor exited with code %s" % run.timed_out.get("exit")
         where = "%s cell %d `%s`" % (args.notebook, cell, line) if cell else args.notebook
-        return fail({"cell": cell, "source_line": line, "ename": "Timeout" if "timed out" in what else "Stopped",
+        kind = "Timeout" if "timed out" in what else "Stopped" if run.stopped else "ExecutorFailed"
+        return fail({"cell": cell, "source_line": line, "ename": kind,
                      "evalue": what}, clean("%s: %s" % (where, what), 500))
     failure = first_error(run.nb)
     if failure:

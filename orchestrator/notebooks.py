@@ -21,6 +21,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernels.nbexec import EXECUTORS
+
 from .errors import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,17 +120,19 @@ def resolve(spec: JobSpec) -> JobSpec:
         raise SpecError(f"{where}: run: notebook '{notebook}' must lie inside the code directory {code}")
     read_notebook(path, f"{where}: run")
     params = dict(spec.params)
-    cell_timeout = None
+    cell_timeout = executor = None
     while rest:
         word = rest.pop(0)
         if word in ("--cell-timeout", "--cell_timeout") and rest:
             cell_timeout = _seconds(rest.pop(0), where)
+        elif word == "--executor" and rest and rest[0] in EXECUTORS:
+            executor = rest.pop(0)
         elif "=" in word and not word.startswith("-"):
             name, value = word.split("=", 1)
             params[name] = value
         else:
-            raise SpecError(f"{where}: run: '{word}' after the notebook is not NAME=value or --cell-timeout DURATION "
-                            f"(e.g. run: {notebook} EPOCHS=3 --cell-timeout 10m)")
+            raise SpecError(f"{where}: run: '{word}' after the notebook is not NAME=value, --cell-timeout DURATION "
+                            f"or --executor {'|'.join(EXECUTORS)} (e.g. run: {notebook} EPOCHS=3 --cell-timeout 10m)")
     names = list(params) + [n for n in _sweep_names(spec) if n not in params]
     for name in names:
         if not name.isidentifier() or keyword.iskeyword(name) or name.upper().startswith("ORCH_"):
@@ -142,6 +146,8 @@ def resolve(spec: JobSpec) -> JobSpec:
         cmd += ["--param", name]
     if cell_timeout:
         cmd += ["--cell-timeout", f"{cell_timeout:g}"]
+    if executor:
+        cmd += ["--executor", executor]
     if not spec.internet:
         cmd.append("--no-install")
     env = {**spec.env, **{k: str(v) for k, v in params.items()}}

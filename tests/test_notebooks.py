@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,7 +221,7 @@ def test_bad_notebook_metadata_is_one_line_naming_the_field(tmp_path, orch_meta,
 @pytest.mark.parametrize("run, notebook, expected", [
     ("missing.ipynb", None, "notebook '"),
     ("bad.ipynb", "{not json", "bad.ipynb is not a notebook (JSONDecodeError"),
-    ("x.ipynb LR", "ok", "'LR' after the notebook is not NAME=value or --cell-timeout DURATION"),
+    ("x.ipynb LR", "ok", "'LR' after the notebook is not NAME=value, --cell-timeout DURATION or --executor"),
     ("x.ipynb class=1", "ok", "parameter 'class' must be a Python name"),
     ("x.ipynb --cell-timeout 10", "ok", "--cell-timeout 10: '10' is not a duration"),
     ("../x.ipynb", "ok", "must lie inside the code directory"),
@@ -246,7 +250,9 @@ def test_internet_false_with_no_executor_anywhere_is_refused_at_submit(orch, con
     config("platforms:\n  local: {type: local}\n")
     write_notebook(tmp_path / "job" / "x.ipynb", [code("1")])
     path = make_job(tmp_path / "job", "run: x.ipynb\ninternet: false\n")
-    monkeypatch.setattr("kernels.nbexec.find_executor", lambda prefer: None)  # this Python has none
+    # A Python without executors: hide them from the import system (orch's code is unpatched).
+    hidden, real = {"papermill", "nbclient", "ipykernel", "nbconvert"}, importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
     result = orch("submit", str(path))
     assert result.exit_code == 2
     assert "internet: false and no notebook executor where this job may run (local:" in result.output
@@ -254,3 +260,22 @@ def test_internet_false_with_no_executor_anywhere_is_refused_at_submit(orch, con
     # With the executor among its requirements, the job brings its own.
     path.write_text("run: x.ipynb\ninternet: false\nsetup: [nbclient, ipykernel]\n")
     assert orch("submit", str(path), "--dry-run").exit_code == 0
+
+
+@pytest.mark.parametrize("executor", ["nbclient", "papermill"])
+def test_every_executor_gives_the_same_failure_and_the_partial_notebook(executor, tmp_path):
+    if executor == "papermill":
+        pytest.importorskip("papermill")
+    nb = write_notebook(tmp_path / "bad.ipynb", [code("N = 1", "parameters"), code("print('n', N)"),
+                                                 code("import json\njson.loads('{oops')"), code("print('not run')")])
+    env = {**os.environ, "N": "7", "ORCH_OUTPUT_DIR": str(tmp_path / "out"),
+           "ORCH_FAILURE_FILE": str(tmp_path / "failure.json")}
+    done = subprocess.run([sys.executable, str(notebooks.executor_script()), nb.name, "--param", "N",
+                           "--executor", executor], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    assert failure["message"] == "bad.ipynb cell 4, line 2 `json.loads('{oops')`: JSONDecodeError: Expecting " \
+                                 "property name enclosed in double quotes: line 1 column 2 (char 1)"
+    cells = [c for c in cells_of(tmp_path / "out" / "bad.ipynb") if "papermill-error-cell-tag" not in c["metadata"].get("tags", [])]
+    assert text_of(cells[2]) == "n 7\n"
+    assert cells[3]["outputs"][-1]["ename"] == "JSONDecodeError" and not cells[4]["outputs"]
