@@ -58,7 +58,6 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
         raise UsageError(f"{spec.where('sweep')}: --wait follows one job and this job.yaml is a sweep; "
                          "submit it without --wait and follow it with `orch status SWEEP`")
     _check_feasible(app, spec, pin)
-    notebooks.check_executor(app, spec, pin)
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root],
                               extra_files=notebooks.bundle_files(spec))
@@ -82,6 +81,7 @@ def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> None:
     only CPU platforms, say): queued, it would wait forever."""
     offers = Planner(app).offers()
     names = scheduler.allowed_platforms(scheduler.Candidate("(new)", spec, pin), list(offers))
+    notebooks.check_executor(spec, [offers[n] for n in names])
     reasons = []
     for name in names:
         why = scheduler.misfit(spec, offers[name])

@@ -26,7 +26,7 @@ from kernels.nbexec import EXECUTORS
 from .errors import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import App
+    from .platforms.base import Offer
     from .spec import JobSpec
 
 #: Where the executor lands in the bundle, relative to the job's working directory.
@@ -88,9 +88,9 @@ def read_notebook(path: Path, what: str) -> dict:
 
 
 def infer(path: Path) -> dict[str, Any]:
-    """A job.yaml document for ``orch submit x.ipynb``: the name from the file, the rest
-    (resources, datasets, outputs, setup, params, sweep, ...) from the notebook's
-    ``metadata.orch`` mapping, when it has one."""
+    """A job.yaml document for ``orch submit x.ipynb``: everything (resources, datasets,
+    outputs, setup, params, sweep, ...) from the notebook's ``metadata.orch`` mapping,
+    when it has one; ``spec.load`` names the job after the file."""
     doc = read_notebook(path, str(path))
     meta = (doc.get("metadata") or {}).get("orch") or {}
     if not isinstance(meta, dict):
@@ -99,9 +99,7 @@ def infer(path: Path) -> dict[str, Any]:
         if key in meta:
             raise SpecError(f"{path}: metadata.orch.{key}: a notebook submitted alone runs itself from its own "
                             f"directory; remove '{key}' (or write a job.yaml)")
-    from .spec import _default_name
-
-    return {"name": _default_name(Path(path.stem)), **meta, "run": shlex.quote(path.name)}
+    return {**meta, "run": shlex.quote(path.name)}
 
 
 def resolve(spec: JobSpec) -> JobSpec:
@@ -174,26 +172,21 @@ def _seconds(text: str, where: str) -> float:
     return value
 
 
-def check_executor(app: App, spec: JobSpec, pin: str | None) -> None:
-    """Refuse at submit a notebook job that cannot get an executor anywhere it may run:
-    with ``internet: false`` the executor cannot install one, so some allowed platform
-    must have one (Kaggle and Colab images do; this machine does when papermill or
-    nbclient+ipykernel is importable here; an ssh host is not known, so it counts)."""
+def check_executor(spec: JobSpec, offers: list[Offer]) -> None:
+    """Refuse at submit a notebook job that cannot get an executor on any of ``offers``
+    (its allowed platforms): with ``internet: false`` the executor cannot install one,
+    so some platform must have one (Kaggle and Colab images do; this machine does when
+    papermill or nbclient+ipykernel is importable here; an ssh host is not known, so it
+    counts)."""
     if notebook_of(spec) is None or spec.internet:
         return
     if any(_requirement_name(r) in EXECUTOR_PACKAGES for r in spec.setup.requirements):
         return
-    from . import scheduler
-    from .planning import Planner
-
-    offers = Planner(app).offers()
-    names = scheduler.allowed_platforms(scheduler.Candidate("(new)", spec, pin), list(offers))
     missing = []
-    for name in names:
-        kind = offers[name].type
-        if kind in HAS_EXECUTOR or kind == "ssh" or (kind == "local" and _local_executor()):
+    for offer in offers:
+        if offer.type in HAS_EXECUTOR or offer.type == "ssh" or (offer.type == "local" and _local_executor()):
             return
-        missing.append(name)
+        missing.append(offer.platform)
     raise SpecError(f"{spec.where('internet')}: internet: false and no notebook executor where this job may run "
                     f"({', '.join(missing) or 'no platform'}: none of papermill, nbclient+ipykernel, jupyter nbconvert); "
                     "run `pip install 'orch[notebooks]'` here, or add nbclient and ipykernel to setup:")

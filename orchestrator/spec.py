@@ -399,7 +399,8 @@ def load(path: str | Path) -> JobSpec:
     if source.suffix == ".ipynb":
         from .notebooks import infer
 
-        return _validated(infer(source), source, {}, prefix=("metadata", "orch"))
+        doc = {"name": _default_name(Path(source.stem)), **infer(source)}
+        return _validated(doc, source, {}, prefix=("metadata", "orch"))
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
