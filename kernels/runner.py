@@ -732,6 +732,10 @@ class Runner:
         has_ckpt = bool(ckpt_rel) and self.pack_checkpoint(ckpt_dir)
         self.result["checkpoint"] = has_ckpt
         status, failure, message = self.outcome(exit_code, reason, has_ckpt)
+        note = read_failure_note(self.path("failure.json"))
+        if note:  # the job said why it failed (a notebook: the cell and the exception)
+            self.result["failure"] = note
+            message = note["message"] if failure == "user" else message
         return exit_code, status, failure, message
 
     def restore_checkpoint(self, ckpt_rel: str | None, tee: MaskingTee) -> str:
@@ -758,6 +762,7 @@ class Runner:
             "ORCH_DATA": self.data_dir,
             "ORCH_DEADLINE": str(int(self.stop_at)),
             "ORCH_CODE_DIR": self.code_dir,
+            "ORCH_FAILURE_FILE": self.path("failure.json"),
             "PYTHONUNBUFFERED": "1",
         })
         python_bin = os.path.dirname(sys.executable)
@@ -831,6 +836,26 @@ def _pump(stream, tee: MaskingTee) -> None:
     read = getattr(stream, "read1", None) or stream.read
     for block in iter(lambda: read(65536), b""):
         tee.write(block)
+
+
+def read_failure_note(path: str) -> dict | None:
+    """``$ORCH_FAILURE_FILE``: what a failed job wrote about why, as ``{"message": ...}``
+    plus flat details; untrusted, so size-capped, scalars only, one printable line each."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(16384).decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
+        return None
+    note = {}
+    for key, value in list(doc.items())[:20]:
+        if isinstance(value, str):
+            value = "".join(ch if ch.isprintable() else " " for ch in value)[:500]
+        elif not (value is None or isinstance(value, (bool, int, float))):
+            continue
+        note[str(key)[:40]] = value
+    return note
 
 
 def write_tar(dest: str, files: list) -> None:

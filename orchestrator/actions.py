@@ -5,12 +5,14 @@ The CLI calls these; ``controller.py`` moves the jobs along in between.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bundle as bundle_mod
+from . import notebooks
 from . import scheduler
 from . import spec as spec_mod
 from . import sweep as sweep_mod
@@ -62,7 +64,7 @@ def submit(app: App, path: Path, pin: str | None = None, allow_files: tuple[str,
     warnings = [f"{name}: {w}" for name in allowed for w in app.platform(name).submit_warnings()]
     cache = bundle_mod.DatasetCache(app.home.blobs, app.home.index)
     bundle = bundle_mod.build(spec, app.home.bundles, cache, allow_files, exclude=[app.home.root],
-                              gitignore=gitignore)
+                              gitignore=gitignore, extra_files=notebooks.bundle_files(spec))
     points = sweep_mod.expand(spec.sweep) if spec.sweep else []
     if not dry_run and app.store.shared:
         share_bundle(BlobStore(app.store), bundle)  # any team controller may dispatch it
@@ -92,6 +94,7 @@ def _check_feasible(app: App, spec: spec_mod.JobSpec, pin: str | None) -> list[s
     only CPU platforms, say): queued, it would wait forever. Returns the platforms that fit."""
     offers = Planner(app).offers()
     names = scheduler.allowed_platforms(scheduler.Candidate("(new)", spec, pin), list(offers))
+    notebooks.check_executor(spec, [offers[n] for n in names])
     fitting, reasons = [], []
     for name in names:
         why = scheduler.misfit(spec, offers[name])
@@ -209,6 +212,28 @@ class SweepFetch:
 SUMMARY_FIELDS = ("point", "id", "state", "exit_code", "runtime_s", "gpu", "platform")
 
 
+#: ``outputs/metrics.json`` larger than this, or with more keys, is not summarised.
+MAX_METRICS_BYTES, MAX_METRICS = 65536, 50
+
+
+def recorded_metrics(folder: Path) -> dict[str, str]:
+    """What a point recorded in ``$ORCH_OUTPUT_DIR/metrics.json`` (a flat JSON object; a
+    notebook's scrapbook ``glue`` values land there too), as summary.csv columns.
+    Untrusted: size-capped, scalars only, names and values one printable line."""
+    path = folder / "outputs" / "metrics.json"
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_METRICS_BYTES:
+            return {}
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    line = lambda v: "".join(ch for ch in str(v) if ch.isprintable())[:200]  # noqa: E731
+    return {line(k)[:64]: line(v) for k, v in list(doc.items())[:MAX_METRICS]
+            if isinstance(v, (str, int, float, bool)) and line(k)}
+
+
 def fetch_sweep(app: App, sweep_id: str, rows: list[JobRow], dest: Path | None, force: bool = False) -> SweepFetch:
     """Fetch every point that has results into ``dest/<point name>/`` (default
     ``./results/<sweep name>-<id8>/``) and write ``summary.csv`` there: one row per point,
@@ -228,13 +253,17 @@ def fetch_sweep(app: App, sweep_id: str, rows: list[JobRow], dest: Path | None, 
         result = (atts[-1].result if atts else None) or {}
         gpu = result.get("gpu") if isinstance(result.get("gpu"), dict) else {}
         point = (row.extra.get("sweep") or {}).get("params") or {}
+        recorded = recorded_metrics(fetched[row.name]) if row.name in fetched else {}
         summary.append({**{k: str(point.get(k, "")) for k in params}, "point": row.name, "id": row.short_id,
                         "state": row.state.value, "exit_code": str(result.get("exit_code", "")),
                         "runtime_s": str(result.get("runtime_s", "")), "gpu": str(gpu.get("name") or ""),
-                        "platform": row.platform or ""})
+                        "platform": row.platform or "",
+                        **{k: v for k, v in recorded.items() if k not in params and k not in SUMMARY_FIELDS}})
     target.mkdir(parents=True, exist_ok=True)
+    taken = {*params, *SUMMARY_FIELDS}
+    metrics = list(dict.fromkeys(k for r in summary for k in r if k not in taken))
     with open(target / "summary.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=[*params, *SUMMARY_FIELDS])
+        writer = csv.DictWriter(f, fieldnames=[*params, *SUMMARY_FIELDS, *metrics], restval="")
         writer.writeheader()
         writer.writerows(summary)
     return SweepFetch(target, fetched, missing, summary)

@@ -439,10 +439,12 @@ def run_section(spec) -> dict:
 
 
 def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[str] = (),
-          exclude: Iterable[Path] = (), gitignore: bool = True) -> Bundle:
+          exclude: Iterable[Path] = (), gitignore: bool = True,
+          extra_files: Iterable[tuple[str, Path]] = ()) -> Bundle:
     """Package ``spec`` (a loaded JobSpec) into ``bundles_dir/<digest>/``; ``exclude``
     names directories never bundled (the orch home); ``gitignore=False`` reads only
-    ``.orchignore`` (``submit --no-gitignore``).
+    ``.orchignore`` (``submit --no-gitignore``); ``extra_files`` are orch's own
+    ``(".orch/<name>", source)`` additions (a notebook job's executor).
 
     Raises:
         BundleError: a credential-looking file, or an unreadable path.
@@ -452,6 +454,7 @@ def build(spec, bundles_dir: Path, cache: DatasetCache, allow_files: Iterable[st
         files, skipped = list_code_files(code_root, exclude, gitignore)
         allowed = tuple(allow_files)
         check_credentials(files, allowed, code_root)
+        files += list(extra_files)  # orch's own, under .orch/ (which list_code_files never returns)
         datasets = tuple(
             cache.add(ds.name, Path(ds.path),
                       check=lambda entries, root, same: check_credentials(entries, allowed, root, same))

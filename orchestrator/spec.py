@@ -241,6 +241,8 @@ class JobSpec(_Model):
     run: str
     setup: Setup = Setup()
     env: dict[str, str] = Field(default_factory=dict)
+    #: A notebook job's parameters (``run: x.ipynb``): injected after its `parameters` cell.
+    params: dict[str, str] = Field(default_factory=dict)
     secrets: tuple[str, ...] = ()
     datasets: tuple[Dataset, ...] = ()
     outputs: tuple[str, ...] = ()
@@ -297,7 +299,7 @@ class JobSpec(_Model):
             return value
         raise ValueError("expected a list of pip requirements or the path of a requirements file")
 
-    @field_validator("env", mode="before")
+    @field_validator("env", "params", mode="before")
     @classmethod
     def _env(cls, value: Any) -> Any:
         if value is None:
@@ -401,12 +403,17 @@ class JobSpec(_Model):
 
 
 def load(path: str | Path) -> JobSpec:
-    """Read and validate a job.yaml.
+    """Read and validate a job.yaml, or infer a spec from a notebook (``x.ipynb``).
 
     Raises:
         SpecError: one line, ``file:line: field: what is wrong`` plus the fix.
     """
     source = Path(path)
+    if source.suffix == ".ipynb":
+        from .notebooks import infer
+
+        doc = {"name": _default_name(Path(source.stem)), **infer(source)}
+        return _validated(doc, source, {}, prefix=("metadata", "orch"))
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -419,10 +426,14 @@ def load(path: str | Path) -> JobSpec:
 def loads(text: str, source: Path) -> JobSpec:
     """Validate job.yaml ``text``; ``source`` names it in errors and anchors relative paths."""
     data, lines = parse_yaml(text, source, SpecError, what="a job needs at least `run: <command>`")
+    return _validated(data, source, lines)
+
+
+def _validated(data: Any, source: Path, lines: dict, prefix: tuple = ()) -> JobSpec:
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(first_error(exc, JobSpec, source, lines, DOCS)) from None
+        raise SpecError(first_error(exc, JobSpec, source, lines, DOCS, prefix)) from None
     spec._source = source
     spec._lines = lines
     return _resolve_paths(spec, source)
@@ -453,6 +464,13 @@ def _resolve_paths(spec: JobSpec, source: Path) -> JobSpec:
     resolved = spec.model_copy(update={"code": str(code), "datasets": tuple(datasets), "name": name})
     resolved._source = spec._source
     resolved._lines = spec._lines
+    from . import notebooks
+
+    if notebooks.is_notebook_run(resolved.run):
+        return notebooks.resolve(resolved)
+    if resolved.params:
+        raise SpecError(f"{spec.where('params')}: params: is for notebook jobs (run: x.ipynb); "
+                        "a command takes its values from env:")
     return resolved
 
 

@@ -42,10 +42,14 @@ def submit(app: App, job_yaml: Path, wait: bool, pin: str | None, dry_run: bool,
            no_gitignore: bool, interval: float, as_json: bool) -> None:
     """Package a job (code + datasets), queue it, and place it where capacity is left.
 
+    JOB_YAML is a job.yaml, or a notebook (x.ipynb) to run as a job of its own
+    (docs/notebooks.md).
+
     \b
     Example:
       orch submit jobs/els-pricer/job.yaml --wait
       orch submit job.yaml --platform kaggle --json
+      orch submit train.ipynb --wait
     """
     from .. import actions
 
