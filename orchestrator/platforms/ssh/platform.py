@@ -183,17 +183,23 @@ class SSHPlatform(PlatformBase):
         """Close every connection this platform holds (also done on garbage collection)."""
         _close_links(self._links)
 
-    def call(self, handle: Handle | None, fn: Callable[[Connection], Any]) -> Any:
-        """``fn(connection)`` for a run already out there (status, logs, fetch, cancel).
+    def call(self, handle: Handle | None, fn: Callable[[Connection], Any], *, starting: bool = False,
+             endpoint: Endpoint | None = None) -> Any:
+        """``fn(connection)``: every remote operation of this platform goes through here.
 
         A refusal while looking at a run (host key changed, key no longer authorised)
         is not the job's fault: it becomes a TransientError, so the attempt goes
         UNKNOWN (and LOST after the controller's window) instead of failing, while the
-        message still says what to fix. Only ``submit`` fails fast on a PrecheckError.
+        message still says what to fix. Only a submit (``starting``) fails fast on a
+        PrecheckError, and only one the host really gave (a dropped channel is a
+        TransientError by then, see ``Connection.run``). ``endpoint`` overrides
+        ``self.endpoint(handle)`` (Colab's first contact with a new runtime).
         """
         try:
-            return self.link(self.endpoint(handle)).call(fn)
+            return self.link(endpoint or self.endpoint(handle)).call(fn)
         except PrecheckError as exc:
+            if starting:
+                raise
             raise TransientError(str(exc), self.name) from exc
 
     def root(self, conn: Connection) -> str:
@@ -242,7 +248,7 @@ class SSHPlatform(PlatformBase):
         return f"{self.root(conn)}/attempts/{key}"
 
     def submit(self, launch: Launch) -> Handle:
-        return self.link(self.endpoint()).call(lambda conn: self.start(conn, launch, {}))
+        return self.call(None, lambda conn: self.start(conn, launch, {}), starting=True)
 
     def start(self, conn: Connection, launch: Launch, extra: dict[str, Any]) -> Handle:
         """Upload what the run needs (skipping what the host has) and start it detached.
