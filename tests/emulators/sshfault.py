@@ -16,7 +16,8 @@ channel ends without an exit status, perhaps after part of the output::
 
 ``when``: ``before`` (the command never runs), ``after`` (it ran, its output may be
 on the way, its exit status never is); for SFTP ``up:N`` / ``down:N``: after N bytes
-towards the server (an upload) or the client (a download). Every fault fired is
+towards the server (an upload) or the client (a download); ``delay:S``: no cut, the
+command just starts S seconds late (a slow or overloaded host). Every fault fired is
 appended to ``CONTROL/hits.log`` as ``match when``.
 """
 
@@ -29,6 +30,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -109,6 +111,9 @@ def main() -> int:
         if rule is not None:
             cut()
         os.execv(SFTP_SERVER, [SFTP_SERVER])
+    if rule is not None and rule["when"].startswith("delay:"):
+        time.sleep(float(rule["when"].split(":")[1]))
+        rule = None
     if rule is not None and rule["when"] == "before":
         cut()
     if rule is None:

@@ -37,6 +37,7 @@ from . import runs
 from .link import RECONNECT, Link
 from ...bundle import sha256_file
 from ...partfile import PartFile
+from ...results import MAX_HEARTBEAT_BYTES, parse_heartbeat
 from .connection import Connection, Endpoint, Timeouts, connect, pinned_keys
 
 #: Files whose age and size one status read reports.
@@ -281,6 +282,9 @@ class SSHPlatform(PlatformBase):
         for local, remote, digest in uploads:
             self.upload(conn, local, remote, digest)
         env = json.dumps(launch.runner_env()).encode()
+        # Uploads may have taken long: still this controller's job? (No re-check of the
+        # directory is needed: start_detached adopts a run already there, atomically.)
+        launch.guard()
         pid = runs.start_detached(conn, workdir, argv, stdin=env, discard_stdout=True)
         return Handle(launch.key, {**data, "pid": pid})
 
@@ -319,6 +323,7 @@ class SSHPlatform(PlatformBase):
                 message = f"the runner exited {st.rc} without result.json: {tail.decode('utf-8', 'replace').strip()[-300:]}"
             return RemoteStatus(RemoteState.EXITED, message, exit_code=st.rc)
         if not st.alive:
+            runs.kill_detached(conn, workdir, grace_s=1)  # the job may outlive its runner: never beside a retry
             return RemoteStatus(RemoteState.LOST, "the runner is gone without an exit code (host rebooted or process killed)")
         timeout = self.settings.heartbeat_timeout
         age = st.age("heartbeat.json")
@@ -331,10 +336,10 @@ class SSHPlatform(PlatformBase):
         if age > timeout:
             runs.kill_detached(conn, workdir, grace_s=1)  # never let a silent run finish behind a retry
             return RemoteStatus(RemoteState.LOST, f"no heartbeat for {age:.0f}s (limit {timeout:.0f}s)")
-        beat = _json(conn.read_from(f"{workdir}/heartbeat.json", 0, 65536))
-        state = RemoteState.RUNNING if beat.get("phase") in ("running", "packing") else RemoteState.PENDING
-        return RemoteStatus(state, beat.get("phase", ""), heartbeat_at=time.time() - age,
-                            telemetry={"gpus": beat.get("gpus", [])})
+        beat = parse_heartbeat(conn.read_from(f"{workdir}/heartbeat.json", 0, MAX_HEARTBEAT_BYTES))
+        phase = beat.phase if beat else ""
+        state = RemoteState.RUNNING if phase in ("running", "packing") else RemoteState.PENDING
+        return RemoteStatus(state, phase, heartbeat_at=time.time() - age, telemetry={"gpus": beat.gpus if beat else []})
 
     def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
         """The job log from ``offset``: one status read plus one SFTP read, up to 1 MiB."""
@@ -387,14 +392,6 @@ class SSHPlatform(PlatformBase):
                 conn.remove(workdir)
 
             self.call(handle, clean)
-
-
-def _json(data: bytes) -> dict:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _whole_utf8(data: bytes) -> bytes:

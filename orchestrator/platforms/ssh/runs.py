@@ -87,12 +87,28 @@ exit 0
 """
 
 _KILL = _SESSION_FN + r"""
-cd -- "$1" 2>/dev/null || exit 0
+d=$1
+cd -- "$d" 2>/dev/null || exit 0
 [ -f pid ] || exit 0
 sid=$(cat pid); limit=$(($2 * 10))
 kill -TERM "-$sid" 2>/dev/null  # no "--": dash's kill refuses it
 i=0; while [ -n "$(members)" ] && [ $i -lt $limit ]; do sleep 0.1; i=$((i+1)); done
 for p in $(members); do kill -KILL "$p" 2>/dev/null; done
+# The job runs in a session of its own (the runner's start_new_session): a runner that
+# was killed outright leaves it behind. Its members that carry this attempt's output
+# dir are killed too (a recycled session id never matches that).
+job=$(sed -n 's/.*"job_pgid": *\([0-9][0-9]*\).*/\1/p' runner.pid.json 2>/dev/null)
+[ -n "$job" ] || exit 0
+sid=$job
+ours() {
+  for p in $(members); do
+    tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qF "ORCH_OUTPUT_DIR=$d/" && echo "$p"
+  done
+}
+for sig in TERM KILL; do
+  for p in $(ours); do kill -$sig "$p" 2>/dev/null; done
+  i=0; while [ -n "$(ours)" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+done
 exit 0
 """
 
@@ -169,6 +185,7 @@ def parse_status(text: str, label: str = "host", platform: str | None = None) ->
 
 
 def kill_detached(conn: Connection, workdir: str, grace_s: float = 10.0) -> None:
-    """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``."""
+    """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``; then
+    kill what is left of the job's own session (an orphan of a killed runner)."""
     grace = max(0, int(round(grace_s)))
-    conn.run(sh(_KILL, workdir, grace), timeout=grace + conn.endpoint.timeouts.command, what="cancelling the run")
+    conn.run(sh(_KILL, workdir, grace), timeout=grace + 5 + conn.endpoint.timeouts.command, what="cancelling the run")
