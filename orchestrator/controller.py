@@ -412,7 +412,7 @@ class Controller:
             elif status.state == RemoteState.EXITED:
                 with self.store.transaction() as tx:
                     tx.move_attempt(att.id, att.job_id, att.state, A.FETCHING, status.message or "run ended",
-                                    message=status.message)
+                                    message=status.message, unknown_since=None)
                     tx.move_job(att.job_id, job_state, J.FETCHING, "run ended")
                 self._finish(self.store.attempt(att.id))
         except Conflict:
