@@ -87,8 +87,7 @@ def one_run(root: Path, args, rng: random.Random, sshd, kaggle) -> dict:
 
     (home / "config.yaml").write_text(yaml.safe_dump({
         "platforms": platforms,
-        "controller": {"failover_backoff": "0s", "lease_seconds": "20s", "unknown_window": "10m",
-                       "tick_budget": "60s"}}))
+        "controller": {"failover_backoff": "0s", "lease_seconds": "20s", "unknown_window": "10m"}}))
     ledger = root / "ledger.txt"
     job_dir = root / "job"
     job_dir.mkdir(exist_ok=True)

@@ -465,6 +465,13 @@ def connect(endpoint: Endpoint) -> Connection:
             except Exception as exc:
                 if dog.fired:
                     raise _Aborted(f"timed out after {dog.seconds:g}s") from exc
+                transport = client.get_transport()
+                if isinstance(exc, AuthenticationException) and (transport is None or not transport.is_active()):
+                    # paramiko reports a connection cut during auth as an auth failure
+                    # ("transport shut down or saw EOF"): not a refusal, a dropped link.
+                    raise EOFError("the connection closed during authentication") from exc
+                if isinstance(exc, AuthenticationException) and str(exc) == "Authentication timeout.":
+                    raise socket.timeout() from exc  # the server did not answer: not a refusal
                 raise
         client.get_transport().set_keepalive(int(max(1, t.keepalive)))
     except BaseException:
