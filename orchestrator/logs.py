@@ -4,9 +4,11 @@ orch speaks to its user through the CLI (``Error: ...``, ``warning: ...``); the
 libraries under it (paramiko's transport thread, urllib3, googleapiclient, the
 Kaggle client) log through :mod:`logging`, and Python's last-resort handler would
 print their records, tracebacks included, to stderr, which is cron's mail. So the
-CLI calls :func:`setup` once per process: every record, at debug level, goes to
-``$ORCH_HOME/logs/orch.log`` (rotated), and nothing goes to a stream. Warnings
-raised through :mod:`warnings` (a library's deprecation notice) go there too.
+CLI calls :func:`setup` once per process: orch's own records from debug level and
+its libraries' from info level (paramiko's debug level logs every channel, which
+costs a busy tick real time) go to ``$ORCH_HOME/logs/orch.log`` (rotated), and
+nothing goes to a stream. Warnings raised through :mod:`warnings` (a library's
+deprecation notice) go there too.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def setup(root: Path) -> Path | None:
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.setLevel(logging.DEBUG)
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("orchestrator").setLevel(logging.DEBUG)
     logging.captureWarnings(True)
     _installed = handler
     return path
