@@ -133,3 +133,21 @@ def test_two_ticks_racing_on_a_submit_longer_than_the_lease_make_one_run_and_one
         assert not any("adopted" in r for r in reasons), reasons  # the second tick never touched it
     finally:
         app.close()
+
+
+def test_library_chatter_during_tunnel_cuts_goes_to_the_log_file_never_to_cron_output(orch, config, orch_home,
+                                                                                    ssh_platform, relay, tmp_path):
+    from tests.conftest import orch_process
+
+    config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv))})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script="import time; time.sleep(3)"))
+    outputs_seen = []
+    for _ in range(12):
+        relay.cut_after("down", 3000)  # every tick's connection dies during its key exchange or auth
+        proc = orch_process("tick", "--quiet")
+        outputs_seen.append(proc.stdout + proc.stderr)
+    relay.up()
+    text = "\n".join(outputs_seen)
+    assert "Traceback" not in text and "paramiko" not in text, text[-2000:]
+    assert "paramiko" in (orch_home / "logs" / "orch.log").read_text()
+    assert tick_until_state(orch, job_id, DONE, timeout=60)["state"] == "SUCCEEDED"
