@@ -14,8 +14,12 @@ every transition is still a compare-and-set, so no attempt is ever submitted twi
 
 from __future__ import annotations
 
+import logging
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,34 +31,82 @@ from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, share_artifacts
 from .errors import (
-    CapacityError, ConfigError, CredentialsError, LostError, OrchError, PrecheckError, SpecError, TransientError,
+    CapacityError, ConfigError, CredentialsError, LeaseLost, LostError, OrchError, PrecheckError, SpecError,
+    TransientError,
 )
 from .doctor import LAST_TICK
 from .launch import job_spec
 from .notify import delivery as notify
 from .planning import Planner
 from .platforms.base import Feature, Handle, Offer, RemoteState, RemoteStatus
-from .results import install_attempt, read_result
+from .releases import Unreleased
+from .results import ResultRead, install_attempt, read_result
 from .states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
 from .store import AttemptRow, Conflict, JobRow, host
 
 A, J = AttemptState, JobState
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TickReport:
+    """What one tick did, as recorded in the store (never what it merely tried).
+
+    ``problems`` are expected trouble the next tick retries (a host that does not
+    answer); ``errors`` are job steps that failed in a way orch did not expect, each
+    naming its job: the tick went on with the other jobs, and ``orch tick`` exits 1.
+    """
+
     dispatched: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"dispatched": self.dispatched, "finished": self.finished,
-                "requeued": self.requeued, "problems": self.problems, "seconds": round(self.seconds, 3)}
+        return {"dispatched": self.dispatched, "finished": self.finished, "requeued": self.requeued,
+                "problems": self.problems, "errors": self.errors, "seconds": round(self.seconds, 3)}
 
 
 # ---------------------------------------------------------------------------- tick
+
+
+class TickOverrun(BaseException):
+    """The tick ran past its hard deadline (see :func:`tick_deadline`).
+
+    A BaseException on purpose, like rq's ``ShutDownImminentException``: it must get
+    past every ``except Exception`` on the way out (a job step's containment, a
+    platform's error mapping), so that the tick really stops. What it interrupts is
+    finished by the next tick, exactly as after a killed tick.
+    """
+
+
+def hard_stop_after(budget: float) -> float:
+    """When a tick over its ``budget`` is stopped: a minute later at most."""
+    return budget + min(60.0, budget / 2)
+
+
+@contextmanager
+def tick_deadline(seconds: float):
+    """Raise :class:`TickOverrun` in this (main) thread once ``seconds`` have passed,
+    whatever it is blocked in (a remote call with no timeout of its own). A no-op off
+    the main thread, where signals cannot be delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise TickOverrun(f"the tick was stopped after {seconds:g}s, over its budget (controller.tick_budget); "
+                          "what it was doing is finished by the next tick")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class Controller:
@@ -67,6 +119,8 @@ class Controller:
         self.report = TickReport()
         self.owner = leases.owner_id()
         self.void_owners: list[str] = []
+        self.started = time.time()
+        self.keeper = leases.Keeper(self.store, self.owner, self.settings.lease_seconds)
         self.planner = Planner(app, self.report.problems)
 
     # ------------------------------------------------------------------ helpers
@@ -76,22 +130,49 @@ class Controller:
     def _problem(self, text: str) -> None:
         self.report.problems.append(text)
 
+    @contextmanager
+    def _contained(self, job_id: str, what: str):
+        """Run one job's step; an exception orch did not expect is that job's alone.
+
+        It is logged with its traceback (``logs/orch.log``), noted on the job as its
+        status line, and named in the tick's ``errors``; the tick goes on with the
+        next job. Design choice: the job is not failed for it, since the cause may be
+        orch's own bug or a passing fault; a step that keeps failing shows on every
+        tick, by job, until someone looks.
+        """
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 -- one job's bad data must never stop the tick
+            log.exception("job %s: %s failed", job_id, what)
+            text = f"{what} failed: {type(exc).__name__}: {exc}"[:500]
+            self.report.errors.append(f"job {job_id[:8]}: {text}")
+            try:
+                self.store.note(job_id, f"{text} (see {self.app.home.root}/logs/orch.log)")
+            except Exception:  # noqa: BLE001 -- the store itself may be what failed
+                log.exception("job %s: could not note the failure", job_id)
+
     # ------------------------------------------------------------------ tick
     def tick(self) -> TickReport:
-        """One pass over the work that no other controller holds right now."""
-        started = time.time()
+        """One pass over the work that no other controller holds right now.
+
+        Once ``controller.tick_budget`` is spent no new job step starts: the rest is
+        left to the next tick (the CLI also puts a hard deadline on the whole tick).
+        """
+        started = self.started = time.time()
         self.owner = leases.owner_id()
         self.void_owners = leases.dead_local_owners(self.store)
+        self.keeper = leases.Keeper(self.store, self.owner, self.settings.lease_seconds).start()
         try:
             self.reconcile()
             self.poll()
             self.dispatch()
             self.platform_cleanup()
         finally:
+            self.keeper.stop()
             leases.release(self.store, self.owner)
+            self.report.seconds = time.time() - started
         notify.deliver(self.app, self.owner, self.report.problems)
         self.store.meta_set(LAST_TICK, f"{time.time():.3f}")  # what `orch doctor` shows
-        self.report.seconds = time.time() - started
         return self.report
 
     def settle(self, job_ids: list[str]) -> None:
@@ -101,24 +182,40 @@ class Controller:
         wanted = set(job_ids)
         atts = [a for a in self.store.attempts_in([A.PENDING, A.RUNNING, A.UNKNOWN, A.FETCHING])
                 if a.job_id in wanted]
+        self.started = time.time()
         self.owner = leases.owner_id()
         self.void_owners = leases.dead_local_owners(self.store)
+        self.keeper = leases.Keeper(self.store, self.owner, self.settings.lease_seconds).start()
         try:
             for att in self._claimed(atts):
-                if att.state == A.FETCHING:
-                    self._finish(att)
-                elif att.state in (A.PENDING, A.RUNNING, A.UNKNOWN):
-                    self._poll_one(att)
+                with self._contained(att.job_id, f"polling {att.platform}"):
+                    if att.state == A.FETCHING:
+                        self._finish(att)
+                    elif att.state in (A.PENDING, A.RUNNING, A.UNKNOWN):
+                        self._poll_one(att)
         finally:
+            self.keeper.stop()
             leases.release(self.store, self.owner)
+
+    def _spent(self) -> bool:
+        """Whether the tick's budget is spent (said once in the report)."""
+        if time.time() - self.started <= self.settings.tick_budget:
+            return False
+        note = f"tick budget of {self.settings.tick_budget:g}s spent: the rest is left to the next tick"
+        if note not in self.report.problems:
+            self._problem(note)
+        return True
 
     def _claimed(self, atts: list[AttemptRow]):
         """Yield (freshly re-read) attempts whose jobs this tick claims, a batch at a
-        time, skipping attempts another machine must handle (see ``host_bound``)."""
+        time, skipping attempts another machine must handle (see ``host_bound``), until
+        the tick's budget is spent."""
         me = host()
         mine = [a for a in atts if not (a.host and a.host != me and self.app.host_bound(a.platform))]
         batch = max(1, self.settings.claim_batch)
         for i in range(0, len(mine), batch):
+            if self._spent():
+                return
             chunk = mine[i:i + batch]
             got = leases.claim(self.store, [a.job_id for a in chunk], self.owner, self.settings.lease_seconds,
                                self.void_owners)
@@ -130,24 +227,32 @@ class Controller:
     def reconcile(self) -> None:
         """Finish what a crashed tick left half-done."""
         for att in self._claimed(self.store.attempts_in([A.SUBMITTING])):
-            job = self.store.job(att.job_id)
-            if job.state != J.SUBMITTING or att.state != A.SUBMITTING:
-                continue
-            try:
-                platform = self.app.platform(att.platform)
-                handle = platform.find(att.key)
-            except (TransientError, ConfigError, PrecheckError) as exc:
-                self._problem(f"{att.key}: cannot check {att.platform} yet: {exc}")
-                continue
-            if handle is None:
-                offer = self.planner.offers().get(att.platform)
-                self._submit(job, att, offer)
-            else:
-                self._record_submitted(job, att, handle, "adopted after a controller crash")
+            with self._contained(att.job_id, "resuming its submit"):
+                self._resume_submit(att)
         for att in self._claimed(self.store.attempts_in([A.FETCHING])):
-            self._finish(att)
+            with self._contained(att.job_id, "fetching"):
+                self._finish(att)
 
-    def _record_submitted(self, job: JobRow, att: AttemptRow, handle: Handle, reason: str) -> None:
+    def _resume_submit(self, att: AttemptRow) -> None:
+        """Adopt the run a crashed tick started for ``att``, or start it now."""
+        job = self.store.job(att.job_id)
+        if job.state != J.SUBMITTING or att.state != A.SUBMITTING:
+            return
+        try:
+            platform = self.app.platform(att.platform)
+            handle = platform.find(att.key)
+        except (TransientError, ConfigError, PrecheckError) as exc:
+            self._problem(f"{att.key}: cannot check {att.platform} yet: {exc}")
+            return
+        if handle is None:
+            offer = self.planner.offers().get(att.platform)
+            self._submit(job, att, offer)
+        elif self._record_submitted(job, att, handle, "adopted after a controller crash"):
+            self.report.dispatched.append(job.id)
+
+    def _record_submitted(self, job: JobRow, att: AttemptRow, handle: Handle, reason: str) -> bool:
+        """Record the run ``handle`` as ``att``'s; False when the store no longer agrees
+        (the job was cancelled or taken meanwhile), after stopping that run."""
         try:
             with self.store.transaction() as tx:
                 tx.move_attempt(att.id, job.id, A.SUBMITTING, A.PENDING, reason, handle=handle.to_json(),
@@ -156,6 +261,8 @@ class Controller:
         except Conflict:
             # Cancelled while we were submitting: stop what we just started.
             self.best_effort_cancel(att.platform, handle)
+            return False
+        return True
 
     def best_effort_cancel(self, platform_name: str, handle: Handle) -> None:
         """Ask the platform to stop the run; a failure is reported, never raised."""
@@ -184,12 +291,15 @@ class Controller:
             leases.ensure_platform_rows(self.store, {d.platform for d in placed})
         batch = max(1, self.settings.claim_batch)
         for i in range(0, len(placed), batch):
+            if self._spent():
+                break
             chunk = placed[i:i + batch]
             got = leases.claim(self.store, [d.job_id for d in chunk], self.owner, self.settings.lease_seconds,
                                self.void_owners)
             for decision in chunk:
                 if decision.job_id in got:  # else another controller is on it
-                    self._dispatch_one(decision, offers)
+                    with self._contained(decision.job_id, f"dispatching to {decision.platform}"):
+                        self._dispatch_one(decision, offers)
         self.store.note_many({k: v for k, v in waits.items() if by_id.get(k) and by_id[k].message != v})
 
     def _dispatch_one(self, decision: scheduler.Place, offers: dict[str, Offer]) -> None:
@@ -242,8 +352,14 @@ class Controller:
         """The remote call of a dispatch (or of its reconcile)."""
         try:
             platform = self.app.platform(att.platform)
-            launch = launch_mod.build(self.app, job, att, offer)
+            launch = launch_mod.build(self.app, job, att, offer, guard=lambda: self.keeper.check(job.id))
+            self.keeper.check(job.id)
             handle = platform.submit(launch)
+        except LeaseLost as exc:
+            # Another controller holds the job now and finishes this submit (its
+            # reconcile finds the run, or starts it): nothing is recorded here.
+            self._problem(str(exc))
+            return
         except TransientError as exc:
             # Stays SUBMITTING: the next tick's reconcile finds or resubmits it.
             self.store.note(job.id, f"{att.platform}: submit will be retried: {exc}")
@@ -256,8 +372,8 @@ class Controller:
             self._reject(job, att, str(exc), requeue=False)
             return
         failpoints.hit("after_submit")
-        self._record_submitted(job, att, handle, f"submitted to {att.platform}")
-        self.report.dispatched.append(job.id)
+        if self._record_submitted(job, att, handle, f"submitted to {att.platform}"):
+            self.report.dispatched.append(job.id)
 
     def _reject(self, job: JobRow, att: AttemptRow, message: str, requeue: bool) -> None:
         closing = self.ledger_close(att, None, time.time(), charge=False)
@@ -281,7 +397,8 @@ class Controller:
     def poll(self) -> None:
         for att in self._claimed(self.store.attempts_in([A.PENDING, A.RUNNING, A.UNKNOWN])):
             if att.state in (A.PENDING, A.RUNNING, A.UNKNOWN):
-                self._poll_one(att)
+                with self._contained(att.job_id, f"polling {att.platform}"):
+                    self._poll_one(att)
 
     def _poll_one(self, att: AttemptRow) -> None:
         now = time.time()
@@ -307,13 +424,14 @@ class Controller:
                     # A run never goes back to pending; a read between the runner's last
                     # heartbeat ("done") and its result.json can look so. Still running.
                     new = A.RUNNING
+                beat = _epoch(status.heartbeat_at)
                 with self.store.transaction() as tx:
                     if new != att.state:
                         tx.move_attempt(att.id, att.job_id, att.state, new, status.message or "status read",
-                                        unknown_since=None, heartbeat_at=status.heartbeat_at)
+                                        unknown_since=None, heartbeat_at=beat)
                         tx.move_job(att.job_id, job_state, J(new.value), status.message or "status read")
-                    elif status.heartbeat_at:
-                        tx.update_attempt(att.id, att.state, heartbeat_at=status.heartbeat_at)
+                    elif beat:
+                        tx.update_attempt(att.id, att.state, heartbeat_at=beat)
             elif status.state == RemoteState.UNKNOWN:
                 if att.state != A.UNKNOWN:
                     with self.store.transaction() as tx:
@@ -331,7 +449,7 @@ class Controller:
             elif status.state == RemoteState.EXITED:
                 with self.store.transaction() as tx:
                     tx.move_attempt(att.id, att.job_id, att.state, A.FETCHING, status.message or "run ended",
-                                    message=status.message)
+                                    message=status.message, unknown_since=None)
                     tx.move_job(att.job_id, job_state, J.FETCHING, "run ended")
                 self._finish(self.store.attempt(att.id))
         except Conflict:
@@ -372,7 +490,18 @@ class Controller:
         staging.mkdir(parents=True, exist_ok=True)
         try:
             self.app.platform(att.platform).fetch(handle, staging)
-        except (TransientError, ConfigError) as exc:
+        except (TransientError, ConfigError, PrecheckError) as exc:
+            # Not heard, or refused while looking (a revoked token): retried next tick,
+            # for as long as status reads may fail (``unknown_window``), then LOST.
+            now = time.time()
+            since = att.unknown_since or now
+            if now - since > self.settings.unknown_window:
+                self._lost(att, f"outputs could not be fetched for {int(now - since)}s: {exc}")
+                shutil.rmtree(staging, ignore_errors=True)
+                return
+            if att.unknown_since is None:
+                with self.store.transaction() as tx:
+                    tx.update_attempt(att.id, A.FETCHING, unknown_since=now)
             self.store.note(job.id, f"fetch will be retried: {exc}")
             self._problem(f"{job.short_id}: fetch from {att.platform}: {exc}")
             return
@@ -382,6 +511,9 @@ class Controller:
             return
         failpoints.hit("mid_fetch")
         result = read_result(staging / "result.json")
+        if result.problem:
+            # Refused (wrong types, over the cap, a link): never stored, never installed.
+            (staging / "result.json").unlink(missing_ok=True)
         dest = self.app.home.results / job.id / f"attempt-{att.number}"
         install_attempt(staging, dest)
         checkpoint = self._keep_checkpoint(staging / "checkpoint.tar.gz")
@@ -402,12 +534,18 @@ class Controller:
             BlobStore(self.store).put(target, digest)
         return digest
 
-    def _settle(self, job: JobRow, att: AttemptRow, result: dict | None, checkpoint: str | None,
+    def _settle(self, job: JobRow, att: AttemptRow, read: ResultRead, checkpoint: str | None,
                 artifacts: dict[str, str] | None = None) -> None:
         now = time.time()
-        if result is None:
+        if read.problem:
+            # The run's own answer is malformed: that is the job's outcome (FAILED, not
+            # retried on another platform, where it would write the same), with the reason.
+            result = {"status": "failed", "failure_class": "result", "message": read.problem}
+        elif read.doc is None:
             self._lost(att, att.message or "the run ended without writing result.json")
             return
+        else:
+            result = read.doc
         spec = self._spec(job)
         status = result.get("status")
         gpu = result.get("gpu") or {}
@@ -476,25 +614,56 @@ class Controller:
             return True
 
     def _release(self, att: AttemptRow) -> None:
+        """Free the ended attempt's remote side; on failure, again on later ticks."""
         if not att.handle:
             return
+        handle = Handle.from_json(att.handle)
         try:
-            self.app.platform(att.platform).release(Handle.from_json(att.handle))
+            self.app.platform(att.platform).release(handle)
         except OrchError as exc:
-            self._problem(f"{att.key}: release on {att.platform} failed: {exc}")
+            if att.platform in self.app.config.platforms:
+                Unreleased(self.app.home.platform_dir(att.platform)).add(handle)
+            self._problem(f"{att.key}: release on {att.platform} failed (retried next tick): {exc}")
+
+    def _retry_releases(self, name: str) -> None:
+        """Try again the releases on ``name`` that failed on earlier ticks."""
+        pending = Unreleased(self.app.home.platform_dir(name))
+        for handle in pending.handles()[:20]:
+            try:
+                self.app.platform(name).release(handle)
+            except OrchError as exc:
+                self._problem(f"{handle.key}: release on {name} failed again (retried next tick): {exc}")
+                return  # the platform is still down: the rest waits too
+            pending.remove(handle.key)
 
     # ------------------------------------------------------------------ platforms
     def platform_cleanup(self) -> None:
         active = {a.key for a in self.store.attempts_in(ACTIVE_ATTEMPT_STATES)}
         for name in self.app.config.names:
+            with self._contained_platform(name, "retrying failed releases"):
+                self._retry_releases(name)
             # Untouched this tick: nothing of ours to clean, unless the platform asks to be
             # swept every tick (Colab: a runtime left by a crashed tick costs money).
             if not self.app.in_use(name) and not self.app.reconcile_every_tick(name):
                 continue
-            try:
+            with self._contained_platform(name, "clean-up"):
                 self.app.platform(name).reconcile(active)
-            except OrchError as exc:
-                self._problem(f"{name}: clean-up failed: {exc}")
+
+    @contextmanager
+    def _contained_platform(self, name: str, what: str):
+        """Like :meth:`_contained`, for a step of one platform rather than one job."""
+        try:
+            yield
+        except OrchError as exc:
+            self._problem(f"{name}: {what} failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 -- one platform's bug must not stop the tick
+            log.exception("%s: %s failed", name, what)
+            self.report.errors.append(f"platform {name}: {what} failed: {type(exc).__name__}: {exc}"[:500])
+
+
+def _epoch(value: object) -> float | None:
+    """A heartbeat time a platform reported, if it is one (a number of seconds)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 class _NoRoom(Exception):

@@ -9,6 +9,7 @@ they can act on and never match on message strings::
     ├── BundleError                code or data cannot be packaged (credential file, missing path)
     ├── NotFoundError              no job / platform matches what the user typed
     ├── StateError                 a transition the state table forbids (a bug or a race lost)
+    ├── LeaseLost                  this controller no longer holds the job: stop, touch nothing
     └── PlatformError              a remote platform said no
         ├── TransientError         back off and try the same call again later
         │   └── CredentialsError     our token is refused: wait for the user to sign in again
@@ -60,6 +61,15 @@ class UsageError(OrchError):
 
 class StateError(OrchError):
     """A state change the transition table does not allow."""
+
+
+class LeaseLost(OrchError):
+    """This controller's lease on a job ran out mid-work: another may hold it now.
+
+    Raised by ``leases.Keeper.check`` (and so by ``Launch.guard``) right before a side
+    effect; platforms must let it pass (it is no PlatformError), and the controller
+    stops working on that job without recording anything.
+    """
 
 
 class PlatformError(OrchError):

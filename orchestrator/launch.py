@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from . import bundle as bundle_mod
 from . import spec as spec_mod
@@ -48,9 +49,10 @@ def grace(app: App, spec: spec_mod.JobSpec, platform_name: str) -> float:
     return app.config.controller.grace
 
 
-def build(app: App, job: JobRow, att: AttemptRow, offer: Offer | None) -> Launch:
+def build(app: App, job: JobRow, att: AttemptRow, offer: Offer | None,
+          guard: Callable[[], None] | None = None) -> Launch:
     """The Launch of attempt ``att`` of ``job`` (``offer``: its platform's, for attempts
-    written before placement recorded the deadline).
+    written before placement recorded the deadline; ``guard``: see ``Launch.guard``).
 
     Raises:
         PrecheckError: the job's bundle is missing here and in the shared store.
@@ -66,6 +68,7 @@ def build(app: App, job: JobRow, att: AttemptRow, offer: Offer | None) -> Launch
         grace_s=grace(app, spec, att.platform), env=job.extra.get("env", {}), secrets=_secrets(app, job, spec),
         checkpoint=checkpoint,
         previous=Handle.from_json(previous[-1].handle) if previous and previous[-1].handle else None,
+        **({"guard": guard} if guard is not None else {}),
     )
 
 

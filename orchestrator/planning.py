@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 
@@ -26,6 +27,8 @@ from .platforms.base import Offer
 from .settings import PlatformSettings
 from .states import ACTIVE_ATTEMPT_STATES
 from .store import AttemptRow, JobRow, host
+
+log = logging.getLogger(__name__)
 
 
 class Planner:
@@ -69,6 +72,10 @@ class Planner:
                 offer = self.app.platform(name).offer()
             except OrchError as exc:
                 offer = Offer(platform=name, type=settings.type, available=False, reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 -- one platform's bug must not stop dispatch
+                log.exception("%s: offer() failed", name)
+                offer = Offer(platform=name, type=settings.type, available=False,
+                              reason=f"{name} could not describe itself: {type(exc).__name__}: {exc}"[:300])
             out[name] = with_settings(offer, settings, now)
         return out
 

@@ -4,19 +4,22 @@ Everything that comes from a platform is hostile until proven otherwise: an outp
 archive may hold ``../`` names, absolute names, symlinks, hard links or device
 nodes, and an attempt directory may hold symlinks in place of ``result.json``.
 Only regular files are ever written, only inside the destination, and never
-through a link.
+through a link. ``result.json`` and ``heartbeat.json`` are read through a schema
+with a size cap (:class:`ResultDoc`, :class:`Heartbeat`): a job that rewrites its
+own files gets its attempt refused with the reason, never a crashed tick.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Annotated, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 CHUNK = 1 << 20
 #: Refuse archives that expand beyond this (decompression bombs).
@@ -182,13 +185,117 @@ def copy_regular(src: Path, dest: Path) -> bool:
     return True
 
 
-def read_result(path: Path) -> dict | None:
-    """result.json as a dict, or None when missing or not valid JSON."""
+#: result.json larger than this is refused, never parsed or stored (the runner's is ~1 KB).
+MAX_RESULT_JSON_BYTES = 1 << 20
+#: heartbeat.json larger than this is ignored (the runner's is a few hundred bytes).
+MAX_HEARTBEAT_BYTES = 64 << 10
+
+_Text = Annotated[str, StringConstraints(max_length=512)]
+
+
+class GpuInfo(BaseModel):
+    """The GPU a run got, as the runner reports it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: _Text | None = None
+    count: Annotated[int, Field(ge=0, le=1024)] | None = None
+    memory_total_mb: float | None = None
+    driver: _Text | None = None
+
+
+class ResultDoc(BaseModel):
+    """result.json as the controller accepts it (written by ``kernels/runner.py``).
+
+    The fields the controller acts on have fixed types and bounded sizes; the other
+    keys the runner writes (its version, host, timings) are kept as they are, the
+    whole document being capped by :data:`MAX_RESULT_JSON_BYTES`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["succeeded", "failed", "checkpointed", "cancelled", "interrupted"]
+    exit_code: int | None = None
+    failure_class: Annotated[str, StringConstraints(max_length=32)] | None = None
+    message: Annotated[str, StringConstraints(max_length=8192)] = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    runtime_s: float | None = None
+    gpu: GpuInfo | None = None
+    checkpoint: bool | None = None
+    outputs: Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=100_000)] | None = None
+
+
+class Heartbeat(BaseModel):
+    """heartbeat.json: liveness and GPU telemetry, refreshed by the runner."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: float | None = None
+    phase: Annotated[str, StringConstraints(max_length=32)] = ""
+    gpus: Annotated[list[dict[str, float | int | str | None]], Field(max_length=64)] = []
+
+
+@dataclass(frozen=True)
+class ResultRead:
+    """What reading a fetched result.json gave: the accepted document, or why not.
+
+    ``doc`` and ``problem`` are both None when there is no result.json at all.
+    """
+
+    doc: dict | None = None
+    problem: str | None = None
+
+
+def read_result(path: Path) -> ResultRead:
+    """The fetched ``result.json`` checked against :class:`ResultDoc` and size-capped."""
+    data, problem = read_capped(path, MAX_RESULT_JSON_BYTES)
+    if problem or data is None:
+        return ResultRead(problem=problem and f"result.json refused: {problem}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = ResultDoc.model_validate_json(data)
+    except ValidationError as exc:
+        return ResultRead(problem=f"result.json refused: {first_error(exc)}")
+    return ResultRead(doc=doc.model_dump(exclude_none=True))
+
+
+def parse_heartbeat(data: bytes | None) -> Heartbeat | None:
+    """heartbeat.json bytes as a :class:`Heartbeat`, or None when unreadable (the
+    run's liveness then rests on what the platform sees, never on these bytes)."""
+    if not data or len(data) > MAX_HEARTBEAT_BYTES:
         return None
-    return doc if isinstance(doc, dict) else None
+    try:
+        return Heartbeat.model_validate_json(data)
+    except ValidationError:
+        return None
+
+
+def read_capped(path: Path, limit: int) -> tuple[bytes | None, str | None]:
+    """(the bytes of regular file ``path``, None), (None, None) when it does not exist,
+    or (None, why) when it is a link, not a regular file, or over ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, "a symlink" if os.path.islink(path) else f"unreadable ({exc.strerror})"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if st.st_size > limit:
+            return None, f"{st.st_size} bytes, over the {limit}-byte limit"
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return None, f"over the {limit}-byte limit"
+    return data, None
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, as ``field: message`` (input not echoed)."""
+    err = exc.errors(include_input=False)[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "document"
+    return f"{where}: {err.get('msg', 'invalid')}"[:300]
 
 
 def install_attempt(staging: Path, dest: Path) -> ExtractReport:

@@ -131,6 +131,9 @@ class ControllerSettings(BaseModel):
     lease_seconds: PositiveDuration = 300.0
     #: Jobs claimed at a time, so that several controllers share the work.
     claim_batch: int = Field(default=8, ge=1, le=1000)
+    #: A tick starts no new job step after this long, and is stopped a little later
+    #: (see ``controller.tick_deadline``): hung ticks never pile up under cron.
+    tick_budget: PositiveDuration = 240.0
 
 
 class TeamSettings(BaseModel):

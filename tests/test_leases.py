@@ -57,3 +57,23 @@ def test_platform_rows_are_created_once(store):
     with store.transaction() as tx:
         for name in "abc":
             leases.lock_platform(tx.conn, name)
+
+
+def test_a_keeper_renews_its_leases_while_the_work_lasts_and_check_sees_a_lost_one(store):
+    import pytest
+
+    from orchestrator.errors import LeaseLost
+
+    [job_id] = jobs(store, 1)
+    assert leases.claim(store, [job_id], "alpha", 0.3) == {job_id}
+    keeper = leases.Keeper(store, "alpha", 0.3).start()
+    try:
+        time.sleep(1.0)  # three lease lengths
+        assert leases.claim(store, [job_id], "beta", 60) == set()
+        keeper.check(job_id)
+    finally:
+        keeper.stop()
+    time.sleep(0.4)
+    assert leases.claim(store, [job_id], "beta", 60) == {job_id}
+    with pytest.raises(LeaseLost):
+        keeper.check(job_id)

@@ -12,7 +12,9 @@ and imports the library inside its commands, so that ``orch --help`` loads no
 config, store or platform (``bench/cli_startup.py`` times it).
 
 Exit codes: 0 success; 1 failure (including a job that ended FAILED/LOST/CANCELLED
-under ``--wait``); 2 bad input (job.yaml, config, usage); 130 interrupted.
+under ``--wait``, and a tick in which a job's step failed); 2 bad input (job.yaml,
+config, usage); 130 interrupted. Log records (orch's and its libraries') go to
+``$ORCH_HOME/logs/orch.log`` only (``logs.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class OrchGroup(click.Group):
     """A click group that turns library errors into one clean line."""
 
     def invoke(self, ctx: click.Context):
+        _log_to_file()
         try:
             return super().invoke(ctx)
         except OrchError as exc:
@@ -53,6 +56,17 @@ class OrchGroup(click.Group):
                 f"[bold red]Error:[/] internal error: {type(exc).__name__}: {untrusted(str(exc))} "
                 "(run again with ORCH_DEBUG=1 for the traceback, and please report it)", highlight=False)
             ctx.exit(1)
+
+
+def _log_to_file() -> None:
+    """Library log records go to ``$ORCH_HOME/logs/orch.log``, never to the terminal."""
+    from ..home import Home
+    from ..logs import setup
+
+    try:
+        setup(Home.discover().root)
+    except Exception:  # noqa: BLE001 -- logging must never stop a command
+        pass
 
 
 @click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

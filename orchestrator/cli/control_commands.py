@@ -159,6 +159,8 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
 
     Safe to run from cron and by hand at the same time, and from several machines
     sharing one PostgreSQL queue: each tick works only on jobs it has claimed.
+    A job whose step fails unexpectedly is named on stderr and the tick goes on with
+    the others; the exit code is then 1 (0 when nothing went wrong beyond warnings).
 
     \b
     Example:
@@ -167,17 +169,26 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
     """
     from .. import controller
 
-    with transfer_bars(not (quiet or as_json)):
-        report = controller.Controller(app).tick()
+    ctl = controller.Controller(app)
+    try:
+        with transfer_bars(not (quiet or as_json)), \
+                controller.tick_deadline(controller.hard_stop_after(app.config.controller.tick_budget)):
+            report = ctl.tick()
+    except controller.TickOverrun as exc:
+        report = ctl.report
+        report.errors.append(str(exc))
     if as_json:
         print_json(report.to_json())
-        return
-    for p in report.problems:
-        err_console.print(f"[yellow]warning:[/] {untrusted(p)}")
-    if quiet:
-        return
-    console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "
-                  f"{len(report.requeued)} requeued ({report.seconds:.2f}s)")
+    else:
+        for p in report.problems:
+            err_console.print(f"[yellow]warning:[/] {untrusted(p)}")
+        for e in report.errors:
+            err_console.print(f"[bold red]error:[/] {untrusted(e)}")
+        if not quiet:
+            console.print(f"tick: {len(report.dispatched)} dispatched, {len(report.finished)} finished, "
+                          f"{len(report.requeued)} requeued ({report.seconds:.2f}s)")
+    if report.errors:
+        raise click.exceptions.Exit(1)
 
 
 def register(main: click.Group) -> None:

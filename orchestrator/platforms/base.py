@@ -21,7 +21,7 @@ import importlib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
 
 from ..errors import ConfigError
 from ..quota import Budget, QuotaReading
@@ -116,6 +116,10 @@ class Launch:
         secrets: secret values resolved on this controller; held in memory only.
         checkpoint: a checkpoint archive to restore before the job starts.
         previous: the handle of the attempt whose checkpoint this continues.
+        guard: call it right before the side effect that creates the run (after any
+            long upload or wait), then check ``find(key)`` once more: it raises
+            ``errors.LeaseLost`` when this controller no longer holds the job, and
+            ``submit`` must then let that error out and start nothing.
     """
 
     key: str
@@ -131,6 +135,7 @@ class Launch:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     checkpoint: Path | None = None
     previous: "Handle | None" = None
+    guard: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     def runner_args(self) -> list[str]:
         """The runner's command-line options for this launch (paths excluded)."""

@@ -5,6 +5,11 @@ controller), in a fresh directory under ``$ORCH_HOME/platforms/<name>/attempts/<
 exactly as a remote host would run it. Liveness is the runner's ``runner.lock``
 (an flock held for the runner's life): it cannot be fooled by a recycled pid or a
 zombie, and a second runner for the same attempt refuses to start.
+
+The job runs in a session of its own (the runner's ``start_new_session``), so a
+runner killed outright leaves the job behind; whenever orch gives up on an attempt
+(LOST, cancel, release) it kills that session itself (:func:`stop_orphans`), so a
+retry never runs beside the orphan.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +29,7 @@ from kernels.runner import CANCEL_MARKER
 
 from ..errors import TransientError
 from ..gpus import reported_type
-from ..results import copy_regular, keep_capped_file
+from ..results import MAX_HEARTBEAT_BYTES, copy_regular, keep_capped_file, parse_heartbeat, read_capped, read_result
 from .base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from ..settings import PlatformSettings
 
@@ -118,6 +124,7 @@ class LocalPlatform(PlatformBase):
                *launch.runner_args(), "--env-stdin", "--detach"]
         if launch.checkpoint:
             cmd += ["--checkpoint", str(launch.checkpoint)]
+        launch.guard()  # still this controller's job? (a second runner would refuse anyway: runner.lock)
         try:
             proc = subprocess.run(cmd, input=json.dumps(launch.runner_env()), capture_output=True, text=True,
                                   timeout=60, start_new_session=True, env=clean_env())
@@ -134,21 +141,21 @@ class LocalPlatform(PlatformBase):
     def poll(self, handle: Handle) -> RemoteStatus:
         d = Path(handle.data["dir"])
         result = d / "result.json"
-        if result.is_file():
-            try:
-                code = json.loads(result.read_text()).get("exit_code")
-            except (OSError, ValueError):
-                code = None
-            return RemoteStatus(RemoteState.EXITED, exit_code=code)
-        beat = _read_json(d / "heartbeat.json")
+        if os.path.lexists(result):
+            return RemoteStatus(RemoteState.EXITED, exit_code=(read_result(result).doc or {}).get("exit_code"))
+        beat = parse_heartbeat(read_capped(d / "heartbeat.json", MAX_HEARTBEAT_BYTES)[0])
         if _lock_held(d):
-            state = RemoteState.RUNNING if beat.get("phase") in ("running", "packing") else RemoteState.PENDING
-            return RemoteStatus(state, heartbeat_at=beat.get("time"), telemetry={"gpus": beat.get("gpus", [])})
-        if result.is_file():  # finished between the two checks
+            phase = beat.phase if beat else ""
+            state = RemoteState.RUNNING if phase in ("running", "packing") else RemoteState.PENDING
+            return RemoteStatus(state, heartbeat_at=beat.time if beat else None,
+                                telemetry={"gpus": beat.gpus if beat else []})
+        if os.path.lexists(result):  # finished between the two checks
             return RemoteStatus(RemoteState.EXITED)
         if not d.exists():
             return RemoteStatus(RemoteState.LOST, "the attempt directory is gone")
-        return RemoteStatus(RemoteState.LOST, "the runner process died without writing result.json")
+        killed = stop_orphans(d)
+        return RemoteStatus(RemoteState.LOST, "the runner process died without writing result.json"
+                            + ("; its job's processes were killed" if killed else ""))
 
     def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
         d = Path(handle.data["dir"])
@@ -172,16 +179,21 @@ class LocalPlatform(PlatformBase):
         SIGKILL) and still writes result.json."""
         d = Path(handle.data["dir"])
         pid = _read_json(d / "runner.pid.json").get("pid")
-        if pid and _lock_held(d):
+        if isinstance(pid, int) and pid > 1 and _lock_held(d):
             (d / CANCEL_MARKER).touch()  # so the runner reports "cancelled", not "interrupted"
             try:
-                os.kill(int(pid), signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        else:
+            stop_orphans(d)
 
     def release(self, handle: Handle) -> None:
+        """Remove the attempt directory, once no runner holds it; a job its dead runner
+        left behind is killed first."""
         d = Path(handle.data["dir"])
         if d.is_dir() and not _lock_held(d):
+            stop_orphans(d)
             shutil.rmtree(d, ignore_errors=True)
 
     def _started(self, d: Path) -> bool:
@@ -204,8 +216,61 @@ def _lock_held(d: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
+    data, _ = read_capped(path, MAX_HEARTBEAT_BYTES)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(data or b"")
+    except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def stop_orphans(d: Path, grace_s: float = 2.0) -> bool:
+    """Kill the job session a dead runner left in attempt dir ``d``: SIGTERM, then
+    SIGKILL after ``grace_s``. Returns whether there was one.
+
+    The session id comes from the runner's ``runner.pid.json``; it is killed only when
+    one of its processes still carries this attempt's ``ORCH_OUTPUT_DIR`` (Linux
+    ``/proc``), so a recycled id never hits a stranger. Without ``/proc`` (macOS) the
+    group is trusted as recorded.
+    """
+    pgid = _read_json(d / "runner.pid.json").get("job_pgid")
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
+        return False
+    if not _is_our_group(pgid, d):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return True
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _is_our_group(pgid, d):
+            time.sleep(0.05)
+        if not _is_our_group(pgid, d):
+            return True
+    return True
+
+
+def _is_our_group(pgid: int, d: Path) -> bool:
+    """Whether process group ``pgid`` is alive and belongs to attempt ``d``."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    marker = f"ORCH_OUTPUT_DIR={d}{os.sep}".encode()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] == "Z" or int(fields[2]) != pgid:
+                continue
+            if marker in (entry / "environ").read_bytes():
+                return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False

@@ -309,7 +309,8 @@ class ColabPlatform(SSHPlatform):
         # tunnel: its sshd key is pinned now and checked on every later connection.
         endpoint = dataclasses.replace(self.session_endpoint(name), pin_first_contact=True)
         extra = {"session": name, "endpoint": session.endpoint, "controller": self.controller}
-        return self._tunnel(name, lambda: self.link(endpoint).call(lambda conn: self.start(conn, launch, extra)))
+        return self._tunnel(name, lambda: self.call(None, lambda conn: self.start(conn, launch, extra),
+                                                    starting=True, endpoint=endpoint))
 
     def _tunnel(self, name: str, fn):
         """``fn()``; when the tunnel is refused (401/404: an expired runtime-proxy token
@@ -341,10 +342,7 @@ class ColabPlatform(SSHPlatform):
                 return None
             return Handle(key, {"dir": workdir, "root": self.root(conn), "pid": status.pid, "session": name})
 
-        try:
-            return self.link(endpoint).call(look)
-        except PrecheckError as exc:  # looking, not starting: see SSHPlatform.call
-            raise TransientError(str(exc), self.name) from exc
+        return self.call(None, look, endpoint=endpoint)  # looking, not starting: see SSHPlatform.call
 
     def poll(self, handle: Handle) -> RemoteStatus:
         if not self.owns(handle):

@@ -300,6 +300,11 @@ class KagglePlatform(PlatformBase):
             "dataset_sources": sources, "kernel_sources": kernel_sources,
         })
         try:
+            # A dataset wait can outlast a lease: still this controller's job, and not pushed
+            # meanwhile by another tick? Only then push (issue 12 point 3).
+            launch.guard()
+            if self._exists(ref) is not None:
+                return self._handle(launch.key, ref, adopted=True)
             version = self._push(folder, ref, timeout, self.settings.accelerator if wants_gpu else None)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -50,6 +50,9 @@ from .proxy import EOFProxyCommand
 #: Key types orch accepts for logging in (Colab's ``colab ssh`` rejects RSA outright).
 ACCEPTED_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 
+#: The most output a remote command may send back (orch's commands print a few lines).
+MAX_ANSWER_BYTES = 4 << 20
+
 
 # --------------------------------------------------------------------------- settings
 
@@ -187,7 +190,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SSHException) and "timeout" in str(exc).lower():
         return f"timed out ({exc})"
     if isinstance(exc, EOFError):
-        return "connection closed"
+        return f"connection closed ({exc})" if str(exc) else "connection closed"
     if isinstance(exc, NoValidConnectionsError):
         return f"cannot connect ({exc.strerror or exc})"
     if isinstance(exc, ProxyCommandFailure):
@@ -319,8 +322,10 @@ class Connection(SFTPFiles):
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None, what: str = "") -> Completed:
         """Run ``command`` (already quoted: use :func:`sh`) and collect its output.
 
-        Raises TransientError when it cannot start or does not finish within
-        ``timeout`` (default ``Timeouts.command``). A non-zero exit is not an error.
+        Raises TransientError when it cannot start, does not finish within
+        ``timeout`` (default ``Timeouts.command``), or ends without an exit status
+        (the session was cut): a :class:`Completed` is always the host's own answer.
+        A non-zero exit is not an error.
         """
         timeout = timeout or self.endpoint.timeouts.command
         slack = self.endpoint.timeouts.channel
@@ -344,6 +349,8 @@ class Connection(SFTPFiles):
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         while True:
+            if len(out) + len(err) > MAX_ANSWER_BYTES:
+                raise SSHException(f"the command's answer is over {MAX_ANSWER_BYTES} bytes; not read")
             while chan.recv_ready():
                 out += chan.recv(65536)
             while chan.recv_stderr_ready():
@@ -358,7 +365,13 @@ class Connection(SFTPFiles):
             if remaining <= 0:
                 raise socket.timeout()
             select.select([chan], [], [], min(remaining, 0.5))
+        # paramiko marks the status "ready" with -1 when the channel closes without one
+        # (an "exit-status" is unsigned, so -1 never comes from the host): the session was
+        # cut (sshd killed, tunnel dropped) or the command died by a signal. Whatever
+        # output came is partial, so it is not an answer: the caller must ask again.
         rc = chan.recv_exit_status() if chan.exit_status_ready() else -1
+        if rc == -1:
+            raise EOFError("the channel closed without an exit status")
         return Completed(rc=rc, stdout=bytes(out), stderr=bytes(err))
 
     def probe(self, timeout: float | None = None) -> None:
@@ -452,6 +465,13 @@ def connect(endpoint: Endpoint) -> Connection:
             except Exception as exc:
                 if dog.fired:
                     raise _Aborted(f"timed out after {dog.seconds:g}s") from exc
+                transport = client.get_transport()
+                if isinstance(exc, AuthenticationException) and (transport is None or not transport.is_active()):
+                    # paramiko reports a connection cut during auth as an auth failure
+                    # ("transport shut down or saw EOF"): not a refusal, a dropped link.
+                    raise EOFError("the connection closed during authentication") from exc
+                if isinstance(exc, AuthenticationException) and str(exc) == "Authentication timeout.":
+                    raise socket.timeout() from exc  # the server did not answer: not a refusal
                 raise
         client.get_transport().set_keepalive(int(max(1, t.keepalive)))
     except BaseException:

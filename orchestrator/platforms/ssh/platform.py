@@ -37,7 +37,7 @@ from . import runs
 from .link import RECONNECT, Link
 from ...bundle import sha256_file
 from ...partfile import PartFile
-from ...results import keep_capped, over_cap
+from ...results import MAX_HEARTBEAT_BYTES, keep_capped, over_cap, parse_heartbeat
 from .connection import Connection, Endpoint, Timeouts, connect, pinned_keys
 
 #: Files whose age and size one status read reports.
@@ -184,17 +184,23 @@ class SSHPlatform(PlatformBase):
         """Close every connection this platform holds (also done on garbage collection)."""
         _close_links(self._links)
 
-    def call(self, handle: Handle | None, fn: Callable[[Connection], Any]) -> Any:
-        """``fn(connection)`` for a run already out there (status, logs, fetch, cancel).
+    def call(self, handle: Handle | None, fn: Callable[[Connection], Any], *, starting: bool = False,
+             endpoint: Endpoint | None = None) -> Any:
+        """``fn(connection)``: every remote operation of this platform goes through here.
 
         A refusal while looking at a run (host key changed, key no longer authorised)
         is not the job's fault: it becomes a TransientError, so the attempt goes
         UNKNOWN (and LOST after the controller's window) instead of failing, while the
-        message still says what to fix. Only ``submit`` fails fast on a PrecheckError.
+        message still says what to fix. Only a submit (``starting``) fails fast on a
+        PrecheckError, and only one the host really gave (a dropped channel is a
+        TransientError by then, see ``Connection.run``). ``endpoint`` overrides
+        ``self.endpoint(handle)`` (Colab's first contact with a new runtime).
         """
         try:
-            return self.link(self.endpoint(handle)).call(fn)
+            return self.link(endpoint or self.endpoint(handle)).call(fn)
         except PrecheckError as exc:
+            if starting:
+                raise
             raise TransientError(str(exc), self.name) from exc
 
     def root(self, conn: Connection) -> str:
@@ -252,7 +258,7 @@ class SSHPlatform(PlatformBase):
         return f"{self.root(conn)}/attempts/{key}"
 
     def submit(self, launch: Launch) -> Handle:
-        return self.link(self.endpoint()).call(lambda conn: self.start(conn, launch, {}))
+        return self.call(None, lambda conn: self.start(conn, launch, {}), starting=True)
 
     def start(self, conn: Connection, launch: Launch, extra: dict[str, Any]) -> Handle:
         """Upload what the run needs (skipping what the host has) and start it detached.
@@ -285,6 +291,9 @@ class SSHPlatform(PlatformBase):
         for local, remote, digest in uploads:
             self.upload(conn, local, remote, digest)
         env = json.dumps(launch.runner_env()).encode()
+        # Uploads may have taken long: still this controller's job? (No re-check of the
+        # directory is needed: start_detached adopts a run already there, atomically.)
+        launch.guard()
         pid = runs.start_detached(conn, workdir, argv, stdin=env, discard_stdout=True)
         return Handle(launch.key, {**data, "pid": pid})
 
@@ -323,6 +332,7 @@ class SSHPlatform(PlatformBase):
                 message = f"the runner exited {st.rc} without result.json: {tail.decode('utf-8', 'replace').strip()[-300:]}"
             return RemoteStatus(RemoteState.EXITED, message, exit_code=st.rc)
         if not st.alive:
+            runs.kill_detached(conn, workdir, grace_s=1)  # the job may outlive its runner: never beside a retry
             return RemoteStatus(RemoteState.LOST, "the runner is gone without an exit code (host rebooted or process killed)")
         timeout = self.settings.heartbeat_timeout
         age = st.age("heartbeat.json")
@@ -335,10 +345,10 @@ class SSHPlatform(PlatformBase):
         if age > timeout:
             runs.kill_detached(conn, workdir, grace_s=1)  # never let a silent run finish behind a retry
             return RemoteStatus(RemoteState.LOST, f"no heartbeat for {age:.0f}s (limit {timeout:.0f}s)")
-        beat = _json(conn.read_from(f"{workdir}/heartbeat.json", 0, 65536))
-        state = RemoteState.RUNNING if beat.get("phase") in ("running", "packing") else RemoteState.PENDING
-        return RemoteStatus(state, beat.get("phase", ""), heartbeat_at=time.time() - age,
-                            telemetry={"gpus": beat.get("gpus", [])})
+        beat = parse_heartbeat(conn.read_from(f"{workdir}/heartbeat.json", 0, MAX_HEARTBEAT_BYTES))
+        phase = beat.phase if beat else ""
+        state = RemoteState.RUNNING if phase in ("running", "packing") else RemoteState.PENDING
+        return RemoteStatus(state, phase, heartbeat_at=time.time() - age, telemetry={"gpus": beat.gpus if beat else []})
 
     def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
         """The job log from ``offset``: one status read plus one SFTP read, up to 1 MiB."""
@@ -396,14 +406,6 @@ class SSHPlatform(PlatformBase):
                 conn.remove(workdir)
 
             self.call(handle, clean)
-
-
-def _json(data: bytes) -> dict:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _whole_utf8(data: bytes) -> bytes:

@@ -73,7 +73,7 @@ members() {
 """
 
 _STATUS = _SESSION_FN + r"""
-cd -- "$1" 2>/dev/null || { echo "exists 0"; exit 0; }
+cd -- "$1" 2>/dev/null || { echo "exists 0"; echo end; exit 0; }
 shift
 echo "exists 1"
 echo "now $(date +%s)"
@@ -83,17 +83,34 @@ if [ -f pid ]; then
 fi
 [ -f rc ] && echo "rc $(cat rc)"
 for f in "$@"; do [ -e "$f" ] && echo "file $(stat -c '%Y %s' -- "$f") $f"; done
+echo end
 exit 0
 """
 
 _KILL = _SESSION_FN + r"""
-cd -- "$1" 2>/dev/null || exit 0
+d=$1
+cd -- "$d" 2>/dev/null || exit 0
 [ -f pid ] || exit 0
 [ "$3" = cancel ] && : > cancel-requested  # kernels/runner.py CANCEL_MARKER: "cancelled", not "interrupted"
 sid=$(cat pid); limit=$(($2 * 10))
 kill -TERM "-$sid" 2>/dev/null  # no "--": dash's kill refuses it
 i=0; while [ -n "$(members)" ] && [ $i -lt $limit ]; do sleep 0.1; i=$((i+1)); done
 for p in $(members); do kill -KILL "$p" 2>/dev/null; done
+# The job runs in a session of its own (the runner's start_new_session): a runner that
+# was killed outright leaves it behind. Its members that carry this attempt's output
+# dir are killed too (a recycled session id never matches that).
+job=$(sed -n 's/.*"job_pgid": *\([0-9][0-9]*\).*/\1/p' runner.pid.json 2>/dev/null)
+[ -n "$job" ] || exit 0
+sid=$job
+ours() {
+  for p in $(members); do
+    tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qF "ORCH_OUTPUT_DIR=$d/" && echo "$p"
+  done
+}
+for sig in TERM KILL; do
+  for p in $(ours); do kill -$sig "$p" 2>/dev/null; done
+  i=0; while [ -n "$(ours)" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+done
 exit 0
 """
 
@@ -120,32 +137,59 @@ def start_detached(conn: Connection, workdir: str, argv: Sequence[str], *, stdin
 
 
 def detached_status(conn: Connection, workdir: str, files: Sequence[str] = ()) -> DetachedStatus:
-    """One round trip: is the run alive, has it written ``rc``, how old are ``files``."""
+    """One round trip: is the run alive, has it written ``rc``, how old are ``files``.
+
+    Raises TransientError when the answer is not one the status script writes (cut
+    short, or garbage from the host's shell): an unreadable answer is never "gone".
+    """
     result = conn.run(sh(_STATUS, workdir, *files), what="reading the run's status")
+    return parse_status(result.out, conn.endpoint.label, conn.endpoint.name)
+
+
+def parse_status(text: str, label: str = "host", platform: str | None = None) -> DetachedStatus:
+    """The status script's output as a :class:`DetachedStatus` (see ``_STATUS``).
+
+    Lines other than the script's own are ignored (a login banner); a missing ``end``
+    line or a malformed value raises TransientError naming the line.
+    """
     values: dict[str, str] = {}
     found: dict[str, tuple[float, int]] = {}
-    for line in result.out.splitlines():
+    complete = False
+    for line in text.splitlines()[:1000]:
         key, _, rest = line.partition(" ")
-        if key == "file":
-            mtime, size, name = rest.split(" ", 2)
-            found[name] = (float(mtime), int(size))
-        else:
-            values[key] = rest.strip()
-    if values.get("exists") != "1":
+        try:
+            if key == "file":
+                mtime, size, name = rest.split(" ", 2)
+                found[name] = (float(mtime), int(size))
+            elif key == "end":
+                complete = True
+            elif key in ("exists", "now", "pid", "alive", "rc"):
+                values[key] = rest.strip()
+        except ValueError:
+            raise TransientError(f"{label}: malformed status line {line[:80]!r}", platform) from None
+    if not complete or values.get("exists") not in ("0", "1"):
+        raise TransientError(f"{label}: the status read was cut short or garbled: {text.strip()[-120:]!r}", platform)
+    if values["exists"] == "0":
         return DetachedStatus(exists=False)
-    rc = values.get("rc")
+    rc, pid = values.get("rc", ""), values.get("pid", "")
+    try:
+        now = float(values.get("now") or 0)
+    except ValueError:
+        raise TransientError(f"{label}: malformed status line 'now {values['now'][:40]}'", platform) from None
     return DetachedStatus(
         exists=True,
-        pid=int(values["pid"]) if values.get("pid", "").isdigit() else None,
+        pid=int(pid) if pid.isdigit() else None,
         alive=values.get("alive") == "1",
-        rc=int(rc) if rc and rc.lstrip("-").isdigit() else None,
-        now=float(values.get("now") or 0),
+        rc=int(rc) if rc.lstrip("-").isdigit() else None,
+        now=now,
         files=found,
     )
 
 
 def kill_detached(conn: Connection, workdir: str, grace_s: float = 10.0, cancel: bool = False) -> None:
-    """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``;
-    ``cancel`` marks it as orch's cancel first (the runner then reports "cancelled")."""
+    """SIGTERM the run's process group, SIGKILL whatever is left after ``grace_s``; then
+    kill what is left of the job's own session (an orphan of a killed runner). ``cancel``
+    marks it as orch's cancel first (the runner then reports "cancelled")."""
     grace = max(0, int(round(grace_s)))
-    conn.run(sh(_KILL, workdir, grace, "cancel" if cancel else "-"), timeout=grace + conn.endpoint.timeouts.command, what="cancelling the run")
+    conn.run(sh(_KILL, workdir, grace, "cancel" if cancel else "-"), timeout=grace + 5 + conn.endpoint.timeouts.command,
+             what="cancelling the run")

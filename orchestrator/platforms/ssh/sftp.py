@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _CHUNK = 1 << 20
 
 _SHA256 = r"""
+[ -e "$1" ] || { echo missing; exit 0; }
 if command -v sha256sum >/dev/null; then sha256sum -- "$1"
 else python3 -c 'import hashlib,sys;h=hashlib.sha256();f=open(sys.argv[1],"rb")
 for b in iter(lambda:f.read(1<<20),b""):h.update(b)
@@ -79,12 +80,17 @@ class SFTPFiles:
             raise TransientError(f"{self.endpoint.label}: cannot remove {path}: {result.err.strip()}", self.endpoint.name)
 
     def sha256(self, path: str) -> str | None:
-        """sha256 of a remote file (computed on the host), or None when it is missing."""
+        """sha256 of a remote file (computed on the host), or None when the host says it
+        is missing. Anything else that is not a digest raises TransientError: a hash
+        that could not be read is never "the file does not exist"."""
         result = self.run(sh(_SHA256, path), what=f"sha256 {path}", timeout=max(self.endpoint.timeouts.command, 300))
-        if result.rc != 0:
-            return None
         words = result.out.split()
-        return words[0] if words and len(words[0]) == 64 else None
+        if result.rc == 0 and words == ["missing"]:
+            return None
+        if result.rc == 0 and words and len(words[0]) == 64 and all(c in "0123456789abcdef" for c in words[0]):
+            return words[0]
+        raise TransientError(f"{self.endpoint.label}: cannot hash {path} (exit {result.rc}): "
+                             f"{(result.err or result.out).strip()[:200]}", self.endpoint.name)
 
     def put(self, local: Path, remote: str, sha256: str, *, progress: Callable[[int], None] | None = None) -> int:
         """Upload ``local`` to ``remote``, resuming a ``.part`` left by an earlier try.

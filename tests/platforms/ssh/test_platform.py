@@ -72,6 +72,8 @@ def test_a_fetch_cut_mid_file_resumes_on_the_next_tick_from_the_kept_staging(orc
     config(platforms={"lab": ssh_platform(proxy_command=" ".join(relay.argv), reconnect_tries=1)})
     job_id = submit(orch, ssh_job(tmp_path / "j", script=script))
     tick_until_state(orch, job_id, {"PENDING", "RUNNING"}, timeout=30)
+    # Once the run has ended, the next tick's connection is the one that fetches.
+    wait_until(lambda: list((tmp_path / "remote" / "attempts").glob("*/rc")), 30, "the run ended")
     relay.cut_after("down", 1_500_000)  # taken by the next tick's connection: half way through the fetch
     parts: list[Path] = []
     deadline = time.monotonic() + 40

@@ -114,3 +114,16 @@ def test_a_start_interrupted_before_its_pid_is_cleaned_up_and_can_be_retried(end
         assert start_detached(conn, str(workdir), ["true"]) > 0
     finally:
         conn.close()
+
+
+def test_a_status_answer_cut_short_or_garbled_is_transient_never_gone():
+    from orchestrator.errors import TransientError
+    from orchestrator.platforms.ssh.runs import parse_status
+
+    assert parse_status("exists 0\nend\n").exists is False
+    assert parse_status("Welcome!\nexists 1\nnow 100\npid 7\nalive 1\nfile 90 5 heartbeat.json\nend\n").age(
+        "heartbeat.json") == 10
+    for garbage in ("", "exists 0\n", "exists 1\nnow 100\n", "exists 1\nfile x y heartbeat.json\nend\n",
+                    "exists 1\nnow soon\nend\n", "\x00\xff\n"):
+        with pytest.raises(TransientError):
+            parse_status(garbage)
