@@ -19,7 +19,9 @@ A sandbox runs its command as a local subprocess (the unmodified runner), with e
 volume's mount point mapped onto the volume's directory here. Faults, from the real
 service's documented behaviour: ``fail(method, code)`` (UNAVAILABLE, DEADLINE_EXCEEDED,
 UNAUTHENTICATED, PERMISSION_DENIED answered instead of the call), ``stall(method)`` (the
-call is never answered), ``build_fails`` (the image build ends with a failure),
+call is never answered), ``build_fails`` (the image build ends with a failure), ``drop_create_answer`` (a
+sandbox is created but the answer is lost), ``reject_tokens`` (a revoked token),
+``billing_refused`` (a workspace whose members may not read billing),
 ``end_next`` = "timeout" or "preempt" (the next sandbox is killed by its timeout, or
 its worker is preempted, before the runner writes a result).
 """
@@ -87,9 +89,17 @@ class ModalStandIn:
         self.faults: dict[str, list[Status | str]] = {}
         self.build_fails = False
         self.end_next: str | None = None
+        self.drop_create_answer = 0               # creates that land but whose answer is lost
         self.spend = 0.0                          # this cycle's metered cost, dollars
-        self._lock = threading.Lock()
-        self._stall = asyncio.Event()
+        self.reject_tokens = False                # a revoked token: every call UNAUTHENTICATED
+        self.billing_refused = False              # a workspace that may not read billing
+
+    def reset(self) -> None:
+        """A fresh workspace (between tests): stop every sandbox, forget every object."""
+        self.stop_all()
+        keep_root = self.root
+        self.__init__(keep_root)  # type: ignore[misc]
+        shutil.rmtree(keep_root / "volumes", ignore_errors=True)
 
     # ------------------------------------------------------------------ faults
     def fail(self, method: str, code: Status, times: int = 1) -> None:
@@ -101,13 +111,13 @@ class ModalStandIn:
     async def _gate(self, method: str, stream: Any) -> None:
         self.calls.append(method)
         meta = dict(stream.metadata or {})
-        if (meta.get("x-modal-token-id"), meta.get("x-modal-token-secret")) != TOKEN:
+        if self.reject_tokens or (meta.get("x-modal-token-id"), meta.get("x-modal-token-secret")) != TOKEN:
             raise GRPCError(Status.UNAUTHENTICATED, "Token ID is malformed or invalid")
         queue = self.faults.get(method)
         if queue:
             fault = queue.pop(0)
             if fault == "stall":
-                await self._stall.wait()  # never set: the caller's deadline must end it
+                await asyncio.Event().wait()  # never set: the caller's deadline must end it
             raise GRPCError(fault, f"stand-in fault on {method}")
 
     # ------------------------------------------------------------------ volumes
@@ -221,7 +231,8 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
     """The servicer: ModalClientBase with every abstract call answered."""
 
     def nid(prefix: str) -> str:
-        return f"{prefix}-{next(s.ids):06d}"
+        """Modal's id shape: a prefix and 22 letters or digits (sandbox/_common.py checks it)."""
+        return f"{prefix}-{next(s.ids):022d}"
 
     async def ClientHello(stream):
         await stream.recv_message()
@@ -294,8 +305,9 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(target.name + ".part")
                 with open(tmp, "wb") as out:
-                    for b in f.blocks:
-                        out.write(s.blocks[b.contents_sha256])
+                    for i, b in enumerate(f.blocks):
+                        # the client leaves a block's trailing zero bytes out (blob_utils.py)
+                        out.write(s.blocks[b.contents_sha256].ljust(min(BLOCK, f.size - i * BLOCK), b"\0"))
                 os.replace(tmp, target)
         await stream.send_message(api_pb2.VolumePutFiles2Response(missing_blocks=missing))
 
@@ -357,6 +369,9 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         s.sandboxes[sb.id] = sb
         s.created.append(name)
         s._start(sb, req.definition)
+        if s.drop_create_answer:
+            s.drop_create_answer -= 1
+            raise GRPCError(Status.UNAVAILABLE, "connection reset after the sandbox was created")
         await stream.send_message(api_pb2.SandboxCreateResponse(sandbox_id=sb.id))
 
     def _sandbox(sandbox_id: str) -> Sandbox:
@@ -430,6 +445,8 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
     async def WorkspaceBillingSummary(stream):
         await stream.recv_message()
         await s._gate("WorkspaceBillingSummary", stream)
+        if s.billing_refused:
+            raise GRPCError(Status.PERMISSION_DENIED, "Billing is only visible to workspace managers")
         await stream.send_message(api_pb2.WorkspaceBillingSummaryResponse(
             metered_cost=f"{s.spend:.6f}", billed_cost="0"))
 
@@ -471,7 +488,6 @@ class RunningStandIn:
         self.port = 0
 
         async def serve() -> None:
-            standin._stall = asyncio.Event()
             self.server = Server([_handlers(standin, self.blob_url)])
             await self.server.start("127.0.0.1", 0)
             self.port = self.server._server.sockets[0].getsockname()[1]
