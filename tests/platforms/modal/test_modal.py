@@ -199,3 +199,33 @@ def test_a_refused_billing_read_falls_back_to_the_ledger(orch, modal_config, mod
     assert "WorkspaceBillingSummary" in modal_standin.calls
     doc = json.loads(orch("quota", "--json").output)[0]
     assert doc["limit"] == 30.0
+
+
+def test_live_spend_from_billing_keeps_a_job_that_would_overrun_the_credit_waiting(orch, modal_config, modal_standin,
+                                                                                    tmp_path):
+    modal_config()  # the default budget: the Starter plan's $30
+    modal_standin.spend = 29.8  # spent this month, some of it outside orch
+    job_id = submit(orch, job(tmp_path, runtime="1h"))
+    assert orch("tick").exit_code == 0
+    assert modal_standin.created == [] and "WorkspaceBillingSummary" in modal_standin.calls
+    plan = json.loads(orch("plan", "--json").output)
+    assert plan[0]["id"] == job_id and "cloud: $0.20 left this month, job needs $0.59" in plan[0]["reason"]
+
+
+def test_secrets_reach_the_job_through_the_sandbox_env_and_never_the_volume(orch, modal_config, modal_standin,
+                                                                            tmp_path, monkeypatch):
+    modal_config()
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-value-1234")
+    path = make_job(tmp_path / "sec", """\
+        name: sec
+        run: python3 -c "import os; print('token length', len(os.environ['API_TOKEN']))"
+        secrets: [API_TOKEN]
+        resources: {gpu: T4, max_runtime: 5m}
+        """)
+    job_id = submit(orch, path)
+    settled(job_id)
+    assert state(orch, job_id)["state"] == "SUCCEEDED"
+    assert "token length 17" in orch("logs", job_id).output
+    for f in modal_standin.root.rglob("*"):
+        if f.is_file():
+            assert b"s3cr3t-value-1234" not in f.read_bytes(), f
