@@ -29,9 +29,10 @@ class MissingError(Exception):
     """The named object (sandbox, volume file) does not exist on Modal."""
 
 
-class AuthRefused(CapacityError):
+class AuthRefused(TransientError):
     """Modal rejected the token: the platform is unusable until it is replaced, which
-    is never the job's outcome (the job waits or goes elsewhere)."""
+    is never the job's outcome. A read refused so is one orch could not make (UNKNOWN);
+    a submit refused so sends the job elsewhere (the platform raises CapacityError)."""
 
 
 def load_modal() -> Any:
@@ -59,9 +60,11 @@ class ModalAccount:
 
     def call(self, what: str, fn: Callable[[], T], deadline: float | None = None,
              retry: Retry | None = None) -> T:
-        """``fn()`` under a deadline, retried by orch's policy on transient errors."""
+        """``fn()`` under a deadline, retried by orch's policy on transient errors
+        (never a refused token: asking again cannot help)."""
         policy = retry or self.backoff
-        return policy.run(what, lambda: self._once(what, fn, deadline or self.deadline))
+        return policy.run(what, lambda: self._once(what, fn, deadline or self.deadline),
+                          retry_if=lambda exc: isinstance(exc, TransientError) and not isinstance(exc, AuthRefused))
 
     def _once(self, what: str, fn: Callable[[], T], deadline: float) -> T:
         box: dict[str, Any] = {}

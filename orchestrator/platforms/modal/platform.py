@@ -29,9 +29,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ...bundle import sha256_file
-from ...errors import LostError, TransientError
+from ...errors import CapacityError, ConfigError, LostError, TransientError
 from ...gpus import MODAL_DOLLARS_PER_HOUR, MODAL_DOLLARS_PER_SECOND, MODAL_FREE_CREDIT
 from ...quota import Budget, QuotaReading
+from ...partfile import PartFile
 from ...results import ARTIFACT_CAPS, LOG_TAIL, keep_capped, over_cap
 from ...settings import PlatformSettings, PositiveDuration
 from ...windows import Window
@@ -119,6 +120,10 @@ class ModalPlatform(PlatformBase):
         """Modal's GPUs and limits; no network call. A token Modal rejected lately makes
         the platform unavailable (never a job outcome) until ``AUTH_PAUSE_S`` passed."""
         refused = self._auth_refused()
+        try:
+            self.account
+        except ConfigError as exc:  # no client, or an untested one: say so, run nothing here
+            refused = str(exc)
         return Offer(
             platform=self.name, type="modal", gpus=tuple(self.settings.gpu), gpu_count=1,
             max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.timeout,
@@ -129,7 +134,7 @@ class ModalPlatform(PlatformBase):
     def check(self) -> list[str]:
         try:
             self.account
-        except Exception as exc:  # ConfigError: missing or untested client
+        except ConfigError as exc:
             return [str(exc)]
         refused = self._auth_refused()
         return [refused] if refused else []
@@ -216,6 +221,12 @@ class ModalPlatform(PlatformBase):
         return ["sh", "-c", script]
 
     def submit(self, launch: Launch) -> Handle:
+        try:
+            return self._submit(launch)
+        except AuthRefused as exc:  # the platform's problem, not the job's: go elsewhere
+            raise CapacityError(str(exc), self.name) from exc
+
+    def _submit(self, launch: Launch) -> Handle:
         found = self.find(launch.key)
         if found is not None:  # started before a crash: adopt, never start twice
             return found
@@ -345,23 +356,24 @@ class ModalPlatform(PlatformBase):
             self._download(vol, f"{base}/{name}", dest / name, sizes[name])
 
     def _download(self, vol: Any, path: str, target: Path, size: int) -> None:
-        """Stream one file to ``target`` through a ``.part`` file; a short read is an error."""
-        part = target.with_name(target.name + ".part")
+        """One file through ``<target>.part``, checked against the listed size.
 
-        def get() -> int:
-            n = 0
-            with open(part, "wb") as out:
+        Design choice: resumable per file, not per byte. The client's ``read_file``
+        always streams from the start (it exposes no offset), so a file a cut fetch
+        completed is kept and the one it was reading is fetched again whole.
+        """
+        part = PartFile(target, size=size, what=f"Modal {path}", platform=self.name)
+        if part.complete():
+            return
+
+        def get() -> None:
+            with part.open(resume=False):
                 for chunk in vol.read_file(path):
-                    n += len(chunk)
-                    if n > size:
-                        break
-                    out.write(chunk)
-            return n
-        got = self._call(f"read {path}", get, deadline=max(self.settings.call_deadline, 600.0))
-        if got != size:
-            part.unlink(missing_ok=True)
-            raise TransientError(f"Modal {path}: read {got} bytes, the volume lists {size}", self.name)
-        part.replace(target)
+                    if part.offset + len(chunk) > size:
+                        raise TransientError(f"Modal {path}: more bytes than the {size} listed", self.name)
+                    part.write(chunk)
+        self._call(f"read {path}", get, deadline=max(self.settings.call_deadline, 600.0))
+        part.commit()
 
     def cancel(self, handle: Handle) -> None:
         self._call("sandbox terminate", lambda: self._sandbox(handle).terminate())

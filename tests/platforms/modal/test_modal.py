@@ -229,3 +229,13 @@ def test_secrets_reach_the_job_through_the_sandbox_env_and_never_the_volume(orch
     for f in modal_standin.root.rglob("*"):
         if f.is_file():
             assert b"s3cr3t-value-1234" not in f.read_bytes(), f
+
+
+def test_cancel_terminates_the_sandbox(orch, modal_config, modal_standin, tmp_path):
+    modal_config()
+    job_id = submit(orch, job(tmp_path, run="sleep 60"))
+    tick_until(lambda app: app.store.attempts_of(job_id)[-1].state.value == "RUNNING", what="running")
+    result = orch("cancel", job_id)
+    assert result.exit_code == 0, result.output
+    sb, = modal_standin.sandboxes.values()
+    assert sb.result is not None and sb.proc.poll() is not None
