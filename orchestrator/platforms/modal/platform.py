@@ -45,6 +45,10 @@ DOCS = "docs/platforms/modal.md"
 MOUNT = "/orch"
 #: Modal's longest sandbox timeout.
 MAX_TIMEOUT_S = 24 * 3600
+#: How often a running sandbox commits the volume (heartbeats, the log).
+COMMIT_EVERY_S = 20
+#: A heartbeat older than this, with no sandbox to ask, means the run is gone.
+STALE_HEARTBEAT_S = 600.0
 #: How long a rejected token keeps the platform unavailable before orch asks again.
 AUTH_PAUSE_S = 900.0
 
@@ -215,9 +219,11 @@ class ModalPlatform(PlatformBase):
         if launch.checkpoint is not None:
             args += ["--checkpoint", f"{MOUNT}/ckpt/{sha256_file(launch.checkpoint)}.tar.gz"]
         # env + secrets arrive in ORCH_ENV_DOC (the sandbox's environment) and reach the
-        # runner on stdin, as on every platform; the volume is committed when it ends.
-        script = ('d="$ORCH_ENV_DOC"; unset ORCH_ENV_DOC; printf %s "$d" | ' + shlex.join(args)
-                  + f'; code=$?; sync {MOUNT} 2>/dev/null; exit $code')
+        # runner on stdin, as on every platform. `sync` on the mount point commits the
+        # volume (Modal's way from a sandbox), so heartbeats show while it runs.
+        script = (f'(while sleep {COMMIT_EVERY_S}; do sync {MOUNT} 2>/dev/null; done) & loop=$!; '
+                  'd="$ORCH_ENV_DOC"; unset ORCH_ENV_DOC; printf %s "$d" | ' + shlex.join(args)
+                  + f'; code=$?; kill $loop 2>/dev/null; sync {MOUNT} 2>/dev/null; exit $code')
         return ["sh", "-c", script]
 
     def submit(self, launch: Launch) -> Handle:
@@ -277,11 +283,17 @@ class ModalPlatform(PlatformBase):
         return f"{kind}:{res.gpu_count}" if res.gpu_count > 1 else kind
 
     def find(self, key: str) -> Handle | None:
+        """The running sandbox named ``key``; else, when the attempt left files on the
+        volume (its sandbox already ended: names are unique among *running* sandboxes
+        only), a handle without a sandbox, so the run is read, never started twice."""
         modal = self.account.modal
         try:
             sb = self._call("sandbox lookup", lambda: modal.Sandbox.from_name(
                 self.settings.app, key, environment_name=self.settings.environment))
         except MissingError:
+            _, vol = self._remote()
+            if self._exists(vol, f"attempts/{key}"):
+                return Handle(key, {"sandbox_id": None, "adopted": True, "submitted_at": time.time()})
             return None
         return Handle(key, {"sandbox_id": sb.object_id, "adopted": True, "submitted_at": time.time()})
 
@@ -311,12 +323,17 @@ class ModalPlatform(PlatformBase):
         if result is not None:
             code = _json(result).get("exit_code")
             return RemoteStatus(RemoteState.EXITED, exit_code=code if isinstance(code, int) else None)
+        beat = _json(self._read(f"{base}/heartbeat.json", 1024 * 1024) or b"")
+        at = beat.get("time") if isinstance(beat.get("time"), (int, float)) else None
+        if not handle.data.get("sandbox_id"):  # adopted from the volume: the heartbeat decides
+            if at is not None and time.time() - at < STALE_HEARTBEAT_S:
+                return RemoteStatus(RemoteState.RUNNING, heartbeat_at=at)
+            return RemoteStatus(RemoteState.LOST, "the attempt's sandbox is gone and left no result")
         code = self._call("sandbox poll", lambda: self._sandbox(handle).poll())
         if code is None:
-            beat = _json(self._read(f"{base}/heartbeat.json", 1024 * 1024) or b"")
+            # Alive. Without a committed heartbeat yet it is setting up (or not committed).
             phase = beat.get("phase")
             state = RemoteState.RUNNING if phase in ("running", "packing") else RemoteState.PENDING
-            at = beat.get("time") if isinstance(beat.get("time"), (int, float)) else None
             return RemoteStatus(state, heartbeat_at=at)
         # Ended without result.json: the runner never finished (killed by its timeout,
         # preempted, terminated). A volume commit may lag the end: read once more.
@@ -376,7 +393,8 @@ class ModalPlatform(PlatformBase):
         part.commit()
 
     def cancel(self, handle: Handle) -> None:
-        self._call("sandbox terminate", lambda: self._sandbox(handle).terminate())
+        if handle.data.get("sandbox_id"):
+            self._call("sandbox terminate", lambda: self._sandbox(handle).terminate())
 
     def release(self, handle: Handle) -> None:
         """Delete the attempt's files; shared bundles and data stay until ``orch gc``."""

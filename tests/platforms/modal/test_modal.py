@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
-from tests.conftest import make_job, orch_process, submit, tick_until
+from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
 
 TRAIN = """\
 import json, os
@@ -92,13 +92,16 @@ def test_a_create_whose_answer_is_lost_starts_no_second_sandbox(orch, modal_conf
     assert len(modal_standin.created) == 1 and len(modal_standin.sandboxes) == 1
 
 
+@pytest.mark.parametrize("ended", [False, True], ids=["still-running", "already-ended"])
 def test_a_controller_killed_mid_submit_adopts_the_sandbox_on_the_next_tick(orch, modal_config, modal_standin,
-                                                                             tmp_path):
+                                                                             tmp_path, ended):
     modal_config()
-    job_id = submit(orch, job(tmp_path, run="sleep 2; python3 train.py"))
+    job_id = submit(orch, job(tmp_path, run="python3 train.py" if ended else "sleep 2; python3 train.py"))
     crashed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"})
     assert crashed.returncode == -9, crashed.stderr
     assert len(modal_standin.created) == 1  # it ran before the controller died
+    if ended:  # names are unique among running sandboxes only: the volume tells
+        wait_until(lambda: not modal_standin.running(), what="sandbox ended")
     settled(job_id)
     assert state(orch, job_id)["state"] == "SUCCEEDED"
     assert len(modal_standin.created) == 1  # adopted by name, not started again
