@@ -159,10 +159,11 @@ class ModalStandIn:
         sb.result = _R(status=status, exception=text)
 
     def _kill(self, sb: Sandbox) -> None:
-        if sb.proc is not None and sb.proc.poll() is None:
+        """End the sandbox's whole process group, as a container's end ends everything in it."""
+        if sb.proc is not None:
             try:
                 os.killpg(sb.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
             sb.proc.wait()
 
@@ -170,6 +171,7 @@ class ModalStandIn:
         if sb.result is None and sb.proc is not None:
             code = sb.proc.poll()
             if code is not None:
+                self._kill(sb)  # what the entrypoint left behind goes with the container
                 sb.result = _R(status=_R.GENERIC_STATUS_SUCCESS if code == 0 else _R.GENERIC_STATUS_FAILURE,
                                exitcode=code)
             elif time.time() - sb.created > sb.timeout:
