@@ -242,3 +242,17 @@ def test_cancel_terminates_the_sandbox(orch, modal_config, modal_standin, tmp_pa
     assert result.exit_code == 0, result.output
     sb, = modal_standin.sandboxes.values()
     assert sb.result is not None and sb.proc.poll() is not None
+
+
+def test_a_client_outside_the_tested_range_makes_the_platform_unavailable_with_the_fix(orch, modal_config,
+                                                                                       modal_standin, tmp_path,
+                                                                                       monkeypatch):
+    import modal
+    monkeypatch.setattr(modal, "__version__", "2.1.0")
+    modal_config()
+    job_id = submit(orch, job(tmp_path))
+    assert orch("tick").exit_code == 0
+    assert state(orch, job_id)["state"] == "QUEUED" and modal_standin.calls == []
+    plan = json.loads(orch("plan", "--json").output)
+    assert "modal client 2.1.0 is outside the tested range >=1.6,<2" in plan[0]["reason"], plan[0]
+    assert "pip install 'orch[modal]'" in plan[0]["reason"]
