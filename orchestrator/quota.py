@@ -70,12 +70,16 @@ class Budget:
         if self.unit in RATED_UNITS:
             if not gpu or count <= 0:
                 return 0.0
-            rates = {**(CU_RATES if self.unit == "compute_units" else MODAL_DOLLARS_PER_HOUR), **self.rates}
-            return rates.get(gpu, max(rates.values())) * count if self.unit == "dollars" else \
-                rates.get(gpu, max(rates.values()))
+            rates = self.hourly_rates()
+            rate = rates.get(gpu, max(rates.values()))  # an unknown GPU: charged at the highest
+            return rate * count if self.unit == "dollars" else rate
         if count <= 0:
             return 0.0
         return float(count) if self.per_gpu else 1.0
+
+    def hourly_rates(self) -> dict[str, float]:
+        """compute_units / dollars: units per hour of one GPU of each type (config over defaults)."""
+        return {**(CU_RATES if self.unit == "compute_units" else MODAL_DOLLARS_PER_HOUR), **self.rates}
 
     def fmt(self, units: float) -> str:
         if self.unit == "dollars":

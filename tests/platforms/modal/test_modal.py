@@ -118,7 +118,7 @@ def test_a_one_dollar_budget_keeps_a_seven_hour_t4_job_waiting_and_plan_says_why
     assert plan[0]["id"] == job_id and plan[0]["platform"] is None
     assert "cloud: $1.00 left" in plan[0]["reason"] and "job needs $4.13" in plan[0]["reason"], plan[0]["reason"]
     quota = orch("quota")
-    assert "$" in quota.output, quota.output
+    assert "cloud: $1.00 left is about 1.7 h T4, 1.2 h L4" in quota.output, quota.output
 
 
 def test_a_stalled_read_leaves_the_attempt_unknown_and_other_jobs_moving(orch, config, modal_standin, tmp_path):
