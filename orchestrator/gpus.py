@@ -50,6 +50,15 @@ CU_RATES: dict[str, float] = {g.name: g.cu_rate for g in CATALOGUE if g.cu_rate 
 #: entries); a tier not listed has no default budget.
 COLAB_PLAN_UNITS: dict[str, float] = {"pro": 100.0, "pro+": 500.0}
 
+#: Modal's published per-second GPU prices in dollars (modal.com/pricing, read 2025-06;
+#: ``rates:`` of a modal entry's budget overrides them), and the Starter plan's monthly credit.
+MODAL_DOLLARS_PER_SECOND: dict[str, float] = {
+    "T4": 0.000164, "L4": 0.000222, "A100": 0.000583, "H100": 0.001097,
+}
+MODAL_FREE_CREDIT = 30.0
+#: The same prices per GPU hour: the default ``rates`` of a budget in dollars.
+MODAL_DOLLARS_PER_HOUR: dict[str, float] = {g: round(r * 3600, 4) for g, r in MODAL_DOLLARS_PER_SECOND.items()}
+
 #: Names a device may report, longest match first; more than orch schedules for, so
 #: that an agent on an A10G or H200 still reports something a person can read.
 _REPORTED = ("H200", "H100", "A100", "A10G", "L40", "L4", "T4", "V100", "P100", "P4", "K80")

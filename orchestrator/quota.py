@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .gpus import CU_RATES, DEFAULT_SPEEDS, MAX_MEMORY_GB, gpu_type
+from .gpus import CU_RATES, DEFAULT_SPEEDS, MAX_MEMORY_GB, MODAL_DOLLARS_PER_HOUR, gpu_type
 from .windows import INF, Window, parse_reset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .settings import BudgetSettings
     from .spec import JobSpec
 
-UNIT_NAMES = {"gpu_hours": "GPU h", "compute_units": "CU"}
+UNIT_NAMES = {"gpu_hours": "GPU h", "compute_units": "CU", "dollars": "$"}
+#: Units charged per hour at a rate per GPU type (the rest count GPU hours).
+RATED_UNITS = ("compute_units", "dollars")
 
 
 # ---------------------------------------------------------------------------- budgets
@@ -65,16 +67,23 @@ class Budget:
 
     def rate(self, gpu: str | None, count: int) -> float:
         """Units per hour of a session with ``count`` GPUs of type ``gpu``."""
-        if self.unit == "compute_units":
+        if self.unit in RATED_UNITS:
             if not gpu or count <= 0:
                 return 0.0
-            rates = {**CU_RATES, **self.rates}
-            return rates.get(gpu, max(rates.values()))
+            rates = self.hourly_rates()
+            rate = rates.get(gpu, max(rates.values()))  # an unknown GPU: charged at the highest
+            return rate * count if self.unit == "dollars" else rate
         if count <= 0:
             return 0.0
         return float(count) if self.per_gpu else 1.0
 
+    def hourly_rates(self) -> dict[str, float]:
+        """compute_units / dollars: units per hour of one GPU of each type (config over defaults)."""
+        return {**(CU_RATES if self.unit == "compute_units" else MODAL_DOLLARS_PER_HOUR), **self.rates}
+
     def fmt(self, units: float) -> str:
+        if self.unit == "dollars":
+            return f"${units:.2f}"
         return f"{units:.1f} {UNIT_NAMES.get(self.unit, self.unit)}"
 
     @classmethod
@@ -306,7 +315,7 @@ def charge_span(reserve: Mapping[str, Any], budget: Budget | None, result: Mappi
     r_start, r_end, amount = float(reserve["start"]), float(reserve["end"]), float(reserve["amount"])
     hours = (r_end - r_start) / 3600
     rate = amount / hours if hours > 0 else 0.0
-    if result and budget is not None and budget.unit == "compute_units":
+    if result and budget is not None and budget.unit in RATED_UNITS:
         gpu = gpu_type((result.get("gpu") or {}).get("name"))
         if gpu and rate > 0:
             rate = budget.rate(gpu, 1)

@@ -50,7 +50,7 @@ class BudgetSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    unit: Literal["gpu_hours", "compute_units"] = "gpu_hours"
+    unit: Literal["gpu_hours", "compute_units", "dollars"] = "gpu_hours"
     #: Units per window; None = unlimited (usage is still recorded and shown).
     limit: float | None = Field(default=None, ge=0)
     window: Literal["weekly", "monthly", "daily", "none"] = "weekly"
@@ -58,7 +58,8 @@ class BudgetSettings(BaseModel):
     #: gpu_hours only: multiply session hours by the job's GPU count (Kaggle counts
     #: session hours whatever the GPU count: its default budget sets this false).
     per_gpu: bool = True
-    #: compute_units only: units per hour for each GPU type (defaults: gpus.CU_RATES).
+    #: compute_units and dollars: units per hour for each GPU type (defaults: gpus.CU_RATES;
+    #: a modal entry's default: Modal's published prices, gpus.MODAL_DOLLARS_PER_SECOND x 3600).
     rates: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("reset")

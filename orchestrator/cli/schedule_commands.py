@@ -119,6 +119,8 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
             "window": b.window.describe(), "window_start": st.window_start if st.window_start > -quota.INF else None,
             "resets_at": st.resets_at if st.resets_at < quota.INF else None, "source": st.source,
         })
+        if b.unit == "dollars" and left is not None:  # what is left, in hours of each GPU
+            docs[-1]["hours_left"] = {g: round(left / r, 2) for g, r in b.hourly_rates().items() if r > 0}
     if as_json:
         print_json(docs)
         return
@@ -134,5 +136,9 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
         table.add_row(d["platform"], num(d["used"]), num(d["reserved"]), num(d["left"]),
                       "unlimited" if d["limit"] is None else f"{d['limit']:g} {unit}", untrusted(f"[{bar}]"), resets)
     console.print(table)
+    for d in docs:
+        if d.get("hours_left"):
+            hours = ", ".join(f"{h:.1f} h {g}" for g, h in d["hours_left"].items())
+            console.print(untrusted(f"{d['platform']}: ${d['left']:.2f} left is about {hours}"))
     console.print("[dim]times UTC; bar: # used, + reserved by running attempts, . free; "
                   "--json adds the window and where each number comes from[/]")

@@ -373,13 +373,14 @@ PLATFORM_TYPES: dict[str, str] = {
     "ssh": "orchestrator.platforms.ssh.platform:SSHPlatform",
     "colab": "orchestrator.platforms.colab.platform:ColabPlatform",
     "colab_drive": "orchestrator.platforms.colab_drive.platform:ColabDrivePlatform",
+    "modal": "orchestrator.platforms.modal.platform:ModalPlatform",
 }
 
 
 #: Earlier spellings of a type, still accepted in config.yaml.
 TYPE_ALIASES: dict[str, str] = {"colab-drive": "colab_drive"}
 
-_EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab_drive": "drive"}
+_EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab_drive": "drive", "modal": "modal"}
 
 
 def platform_class(type_name: str) -> type[PlatformBase]:

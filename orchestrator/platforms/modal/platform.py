@@ -1,0 +1,433 @@
+"""Modal as a platform: each attempt is one Modal Sandbox running the unmodified runner.
+
+What orch creates in the workspace (docs/platforms/modal.md):
+
+* the app ``app`` (default ``orch``), looked up or created once per command;
+* one volume ``volume`` (default ``orch``) holding, by content, ``runner/<sha>.py``,
+  ``bundles/<digest>/`` and ``blobs/data-<digest>.tar`` (uploaded once, shared by every
+  job with the same content, kept until ``orch gc``), ``ckpt/<sha>.tar.gz`` and one
+  ``attempts/<key>/`` per attempt (deleted by ``release``);
+* one sandbox per attempt named by the attempt key: names are unique among an app's
+  running sandboxes, so a retried submit never starts a second one, and ``find`` adopts
+  it by name after a controller crash.
+
+The job's secrets and env reach the runner through the sandbox's environment (an
+ephemeral Modal secret, held by Modal in memory for the sandbox's life), never a volume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from ...bundle import sha256_file
+from ...errors import CapacityError, ConfigError, LostError, TransientError
+from ...gpus import MODAL_DOLLARS_PER_HOUR, MODAL_DOLLARS_PER_SECOND, MODAL_FREE_CREDIT
+from ...quota import Budget, QuotaReading
+from ...partfile import PartFile
+from ...results import ARTIFACT_CAPS, LOG_TAIL, keep_capped, over_cap
+from ...settings import PlatformSettings, PositiveDuration
+from ...windows import Window
+from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
+from .client import AuthRefused, MissingError, ModalAccount
+
+log = logging.getLogger(__name__)
+
+DOCS = "docs/platforms/modal.md"
+MOUNT = "/orch"
+#: Modal's longest sandbox timeout.
+MAX_TIMEOUT_S = 24 * 3600
+#: How often a running sandbox commits the volume (heartbeats, the log).
+COMMIT_EVERY_S = 20
+#: A heartbeat older than this, with no sandbox to ask, means the run is gone.
+STALE_HEARTBEAT_S = 600.0
+#: How long a rejected token keeps the platform unavailable before orch asks again.
+AUTH_PAUSE_S = 900.0
+
+
+class ModalSettings(PlatformSettings):
+    """``type: modal`` in config.yaml. Credentials are the client's own, never written here."""
+
+    type: Literal["modal"] = "modal"
+    #: GPU types offered, in preference order (Modal names one per sandbox).
+    gpu: list[str] = Field(default_factory=lambda: ["T4"])
+    app: str = "orch"
+    volume: str = "orch"
+    #: Modal environment; unset = the workspace's default.
+    environment: str | None = None
+    #: Cap on a sandbox's timeout (Modal allows 24 h at most).
+    timeout: PositiveDuration = float(MAX_TIMEOUT_S)
+    max_concurrent: int = 2
+    #: Longest one call to Modal may take before it counts as unanswered.
+    call_deadline: PositiveDuration = 60.0
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _dollars(cls, value: Any) -> Any:
+        """``budget: 10`` is ten dollars a month, reset with Modal's billing cycle."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"unit": "dollars", "limit": value, "window": "monthly", "reset": "1 00:00"}
+        return value
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpus(cls, value: list[str]) -> list[str]:
+        unknown = [g for g in value if g not in MODAL_DOLLARS_PER_SECOND]
+        if unknown:
+            raise ValueError(f"unknown GPU {', '.join(unknown)}; expected some of {', '.join(MODAL_DOLLARS_PER_SECOND)}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if value > MAX_TIMEOUT_S:
+            raise ValueError("must be at most 24h (Modal's longest sandbox timeout)")
+        return value
+
+
+class ModalPlatform(PlatformBase):
+    """Runs attempts as Modal Sandboxes (see the module docstring)."""
+
+    settings_model = ModalSettings
+    settings: ModalSettings
+
+    def __init__(self, name: str, settings: ModalSettings, home: Any):
+        super().__init__(name, settings, home)
+        self.root: Path = home.platform_dir(name)
+        self._account: ModalAccount | None = None
+        self._app: Any = None
+        self._volume: Any = None
+
+    # ------------------------------------------------------------------ describe
+    @classmethod
+    def default_budget(cls, settings: PlatformSettings) -> Budget:
+        """The Starter plan's monthly credit, in dollars, at Modal's published GPU prices;
+        it refills with the billing cycle (the 1st, 00:00 UTC)."""
+        return Budget(unit="dollars", limit=MODAL_FREE_CREDIT, window=Window("monthly", day=1),
+                      rates=dict(MODAL_DOLLARS_PER_HOUR), source="default for modal (Starter credit)")
+
+    @property
+    def account(self) -> ModalAccount:
+        if self._account is None:
+            self._account = ModalAccount(self.name, deadline=self.settings.call_deadline)
+        return self._account
+
+    def offer(self) -> Offer:
+        """Modal's GPUs and limits; no network call. A token Modal rejected lately makes
+        the platform unavailable (never a job outcome) until ``AUTH_PAUSE_S`` passed."""
+        refused = self._auth_refused()
+        try:
+            self.account
+        except ConfigError as exc:  # no client, or an untested one: say so, run nothing here
+            refused = str(exc)
+        return Offer(
+            platform=self.name, type="modal", gpus=tuple(self.settings.gpu), gpu_count=1,
+            max_concurrent=self.settings.max_concurrent, session_seconds=self.settings.timeout,
+            internet=True, tier="starter", available=refused is None,
+            reason=refused or "", available_at=None,
+        )
+
+    def check(self) -> list[str]:
+        try:
+            self.account
+        except ConfigError as exc:
+            return [str(exc)]
+        refused = self._auth_refused()
+        return [refused] if refused else []
+
+    def quota(self) -> QuotaReading | None:
+        """This billing cycle's spend from the workspace's billing summary; None when the
+        workspace does not allow it (the ledger is used instead) or Modal cannot be heard."""
+        modal = self.account.modal
+        try:
+            summary = self.account.call("billing summary",
+                                        lambda: modal.Workspace.from_context().billing.summary(),
+                                        retry=self.account.backoff.replace(attempts=1))
+            used = float(summary.metered_cost)
+        except Exception as exc:  # a refused or unheard read never excludes Modal
+            log.info("%s: billing read failed: %s", self.name, exc)
+            return None
+        if not 0 <= used < 1e7:
+            return None
+        now = datetime.now(timezone.utc)
+        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        resets = month.replace(year=month.year + 1, month=1) if month.month == 12 else month.replace(month=month.month + 1)
+        limit = self.settings.budget.limit if self.settings.budget else MODAL_FREE_CREDIT
+        return QuotaReading(unit="dollars", used=used, limit=limit, resets_at=resets, source="modal billing")
+
+    # ------------------------------------------------------------------ remote objects
+    def _remote(self) -> tuple[Any, Any]:
+        """(app, volume), looked up (or created) once per command."""
+        modal = self.account.modal
+        env = self.settings.environment
+        if self._app is None:
+            self._app = self._call("app lookup", lambda: modal.App.lookup(
+                self.settings.app, create_if_missing=True, environment_name=env))
+        if self._volume is None:
+            vol = modal.Volume.from_name(self.settings.volume, create_if_missing=True, environment_name=env,
+                                         version=2)
+            self._call("volume lookup", lambda: vol.hydrate())
+            self._volume = vol
+        return self._app, self._volume
+
+    def _call(self, what: str, fn: Any, **kw: Any) -> Any:
+        try:
+            value = self.account.call(what, fn, **kw)
+        except AuthRefused as exc:
+            self._note_auth(str(exc))
+            raise
+        self._clear_auth()
+        return value
+
+    def _exists(self, vol: Any, path: str) -> bool:
+        try:
+            return bool(self._call(f"list {path}", lambda: vol.listdir(path)))
+        except MissingError:
+            return False
+
+    def _upload(self, vol: Any, files: dict[str, Path]) -> list[str]:
+        """Put each ``remote path: local file`` not already there (content-named paths)."""
+        todo = {r: p for r, p in files.items() if not self._exists(vol, r)}
+        if todo:
+            def put() -> None:
+                with vol.batch_upload(force=True) as batch:
+                    for remote, local in todo.items():
+                        batch.put_file(str(local), remote)
+            self._call("volume upload", put, deadline=max(self.settings.call_deadline, 600.0))
+        return sorted(todo)
+
+    # ------------------------------------------------------------------ submit
+    def _image(self, launch: Launch) -> Any:
+        """Debian slim plus the job's pip requirements; Modal caches an image by its
+        definition, so an unchanged setup is not rebuilt."""
+        image = self.account.modal.Image.debian_slim(python_version="3.11")
+        reqs = list(launch.spec.setup.requirements)
+        return image.pip_install(*reqs) if reqs else image
+
+    def _command(self, launch: Launch, runner: str) -> list[str]:
+        bundle = f"{MOUNT}/bundles/{launch.bundle.digest}"
+        args = ["python3", f"{MOUNT}/{runner}", "--attempt-dir", f"{MOUNT}/attempts/{launch.key}", "--bundle", bundle,
+                "--data-path", f"{MOUNT}/blobs", "--cache-dir", "/tmp/orch-cache", *launch.runner_args(), "--env-stdin"]
+        if launch.checkpoint is not None:
+            args += ["--checkpoint", f"{MOUNT}/ckpt/{sha256_file(launch.checkpoint)}.tar.gz"]
+        # env + secrets arrive in ORCH_ENV_DOC (the sandbox's environment) and reach the
+        # runner on stdin, as on every platform. `sync` on the mount point commits the
+        # volume (Modal's way from a sandbox), so heartbeats show while it runs.
+        script = (f'(while sleep {COMMIT_EVERY_S}; do sync {MOUNT} 2>/dev/null; done) & loop=$!; '
+                  'd="$ORCH_ENV_DOC"; unset ORCH_ENV_DOC; printf %s "$d" | ' + shlex.join(args)
+                  + f'; code=$?; kill $loop 2>/dev/null; sync {MOUNT} 2>/dev/null; exit $code')
+        return ["sh", "-c", script]
+
+    def submit(self, launch: Launch) -> Handle:
+        try:
+            return self._submit(launch)
+        except AuthRefused as exc:  # the platform's problem, not the job's: go elsewhere
+            raise CapacityError(str(exc), self.name) from exc
+
+    def _submit(self, launch: Launch) -> Handle:
+        found = self.find(launch.key)
+        if found is not None:  # started before a crash: adopt, never start twice
+            return found
+        modal = self.account.modal
+        app, vol = self._remote()
+        runner = f"runner/{sha256_file(runner_path())}.py"
+        files = {runner: runner_path(),
+                 f"bundles/{launch.bundle.digest}/manifest.json": launch.bundle.manifest_path,
+                 f"bundles/{launch.bundle.digest}/{launch.bundle.code_archive.name}": launch.bundle.code_archive}
+        for blob in launch.bundle.datasets:
+            files[f"blobs/{blob.filename}"] = blob.archive
+        if launch.checkpoint is not None:
+            files[f"ckpt/{sha256_file(launch.checkpoint)}.tar.gz"] = launch.checkpoint
+        uploaded = self._upload(vol, files)
+        gpu = self._gpu(launch)
+        timeout = int(min(self.settings.timeout, launch.max_runtime_s + 2 * launch.grace_s + 300))
+        doc = json.dumps(launch.runner_env())
+        image = self._image(launch)
+
+        def create() -> Any:
+            return modal.Sandbox.create(
+                *self._command(launch, runner), app=app, name=launch.key, image=image, gpu=gpu, timeout=timeout,
+                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})],
+                tags={"orch-job": launch.job_id, "orch-attempt": str(launch.attempt)})
+        try:
+            sb = self._call("sandbox create", create, deadline=max(self.settings.call_deadline, 300.0),
+                            retry=self.account.backoff.replace(attempts=1))
+        except TransientError:
+            # The create may have landed before the answer was lost: adopt it if so.
+            found = self.find(launch.key)
+            if found is not None:
+                return found
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "AlreadyExistsError" or "already exists" in str(exc):
+                found = self.find(launch.key)
+                if found is not None:
+                    return found
+            raise
+        return Handle(launch.key, {"sandbox_id": sb.object_id, "gpu": gpu, "uploaded": uploaded,
+                                   "submitted_at": time.time()})
+
+    def _gpu(self, launch: Launch) -> str | None:
+        res = launch.spec.resources
+        if not res.wants_gpu:
+            return None
+        kind = next((g for g in res.gpu if g in self.settings.gpu), self.settings.gpu[0])
+        return f"{kind}:{res.gpu_count}" if res.gpu_count > 1 else kind
+
+    def find(self, key: str) -> Handle | None:
+        """The running sandbox named ``key``; else, when the attempt left files on the
+        volume (its sandbox already ended: names are unique among *running* sandboxes
+        only), a handle without a sandbox, so the run is read, never started twice."""
+        modal = self.account.modal
+        try:
+            sb = self._call("sandbox lookup", lambda: modal.Sandbox.from_name(
+                self.settings.app, key, environment_name=self.settings.environment))
+        except MissingError:
+            _, vol = self._remote()
+            if self._exists(vol, f"attempts/{key}"):
+                return Handle(key, {"sandbox_id": None, "adopted": True, "submitted_at": time.time()})
+            return None
+        return Handle(key, {"sandbox_id": sb.object_id, "adopted": True, "submitted_at": time.time()})
+
+    # ------------------------------------------------------------------ watch
+    def _sandbox(self, handle: Handle) -> Any:
+        modal = self.account.modal
+        return modal.Sandbox.from_id(str(handle.data["sandbox_id"]))
+
+    def _read(self, path: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
+        _, vol = self._remote()
+
+        def read() -> bytes:
+            out = bytearray()
+            for chunk in vol.read_file(path):
+                out += chunk
+                if len(out) > limit:
+                    raise LostError(f"{path} on the Modal volume is larger than {limit} bytes", self.name)
+            return bytes(out)
+        try:
+            return self._call(f"read {path}", read)
+        except MissingError:
+            return None
+
+    def poll(self, handle: Handle) -> RemoteStatus:
+        base = f"attempts/{handle.key}"
+        result = self._read(f"{base}/result.json", 1024 * 1024)
+        if result is not None:
+            code = _json(result).get("exit_code")
+            return RemoteStatus(RemoteState.EXITED, exit_code=code if isinstance(code, int) else None)
+        beat = _json(self._read(f"{base}/heartbeat.json", 1024 * 1024) or b"")
+        at = beat.get("time") if isinstance(beat.get("time"), (int, float)) else None
+        if not handle.data.get("sandbox_id"):  # adopted from the volume: the heartbeat decides
+            if at is not None and time.time() - at < STALE_HEARTBEAT_S:
+                return RemoteStatus(RemoteState.RUNNING, heartbeat_at=at)
+            return RemoteStatus(RemoteState.LOST, "the attempt's sandbox is gone and left no result")
+        code = self._call("sandbox poll", lambda: self._sandbox(handle).poll())
+        if code is None:
+            # Alive. Without a committed heartbeat yet it is setting up (or not committed).
+            phase = beat.get("phase")
+            state = RemoteState.RUNNING if phase in ("running", "packing") else RemoteState.PENDING
+            return RemoteStatus(state, heartbeat_at=at)
+        # Ended without result.json: the runner never finished (killed by its timeout,
+        # preempted, terminated). A volume commit may lag the end: read once more.
+        if self._read(f"{base}/result.json", 1024 * 1024) is not None:
+            return self.poll(handle)
+        why = {124: "Modal ended the sandbox at its timeout", 137: "the sandbox was terminated or preempted"}.get(
+            code, f"the sandbox exited ({code}) before the runner wrote result.json")
+        return RemoteStatus(RemoteState.LOST, f"{why}, without a result")
+
+    def logs(self, handle: Handle, offset: int = 0) -> LogChunk:
+        """The runner's ``job.log`` on the volume from byte ``offset`` (resumable)."""
+        base = f"attempts/{handle.key}"
+        data = self._read(f"{base}/job.log") or b""
+        done = self._read(f"{base}/result.json", 1024 * 1024) is not None
+        tail = data[offset:]
+        return LogChunk(tail.decode("utf-8", "replace"), offset + len(tail), complete=done)
+
+    def fetch(self, handle: Handle, dest: Path) -> None:
+        """The attempt's artefacts, each checked against the size the volume lists;
+        one over its cap is noted (``job.log``: its tail kept), never downloaded whole."""
+        _, vol = self._remote()
+        base = f"attempts/{handle.key}"
+        try:
+            entries = self._call(f"list {base}", lambda: vol.listdir(base))
+        except MissingError:
+            raise LostError(f"the attempt's files are gone from the Modal volume ({base})", self.name) from None
+        sizes = {Path(e.path).name: int(e.size) for e in entries}
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ARTIFACTS:
+            if name not in sizes:
+                continue
+            if over_cap(name, sizes[name]) is not None:
+                data = self._read(f"{base}/{name}", limit=ARTIFACT_CAPS.get(name, sizes[name]) + LOG_TAIL) \
+                    if name == "job.log" else b""
+                keep_capped(dest, name, sizes[name], lambda off, n: (data or b"")[max(0, off):max(0, off) + n])
+                continue
+            self._download(vol, f"{base}/{name}", dest / name, sizes[name])
+
+    def _download(self, vol: Any, path: str, target: Path, size: int) -> None:
+        """One file through ``<target>.part``, checked against the listed size.
+
+        Design choice: resumable per file, not per byte. The client's ``read_file``
+        always streams from the start (it exposes no offset), so a file a cut fetch
+        completed is kept and the one it was reading is fetched again whole.
+        """
+        part = PartFile(target, size=size, what=f"Modal {path}", platform=self.name)
+        if part.complete():
+            return
+
+        def get() -> None:
+            with part.open(resume=False):
+                for chunk in vol.read_file(path):
+                    if part.offset + len(chunk) > size:
+                        raise TransientError(f"Modal {path}: more bytes than the {size} listed", self.name)
+                    part.write(chunk)
+        self._call(f"read {path}", get, deadline=max(self.settings.call_deadline, 600.0))
+        part.commit()
+
+    def cancel(self, handle: Handle) -> None:
+        if handle.data.get("sandbox_id"):
+            self._call("sandbox terminate", lambda: self._sandbox(handle).terminate())
+
+    def release(self, handle: Handle) -> None:
+        """Delete the attempt's files; shared bundles and data stay until ``orch gc``."""
+        _, vol = self._remote()
+        try:
+            self._call("volume remove", lambda: vol.remove_file(f"attempts/{handle.key}", recursive=True))
+        except MissingError:
+            pass
+
+    # ------------------------------------------------------------------ a refused token
+    def _auth_file(self) -> Path:
+        return self.root / "auth-refused.json"
+
+    def _note_auth(self, message: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.root, delete=False) as f:
+            json.dump({"at": time.time(), "message": message}, f)
+        Path(f.name).replace(self._auth_file())
+
+    def _clear_auth(self) -> None:
+        self._auth_file().unlink(missing_ok=True)
+
+    def _auth_refused(self) -> str | None:
+        doc = _json(self._auth_file().read_bytes()) if self._auth_file().is_file() else {}
+        at = doc.get("at")
+        if not isinstance(at, (int, float)) or time.time() - at > AUTH_PAUSE_S:
+            return None
+        return str(doc.get("message") or "Modal rejected the token")[:300]
+
+
+def _json(data: bytes) -> dict:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
