@@ -544,9 +544,15 @@ class Store:
             return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def meta_set(self, key: str, value: str) -> None:
+        """Set one key, atomically: an upsert, since two controllers may write the same key
+        at once (update-then-insert raced into a duplicate key on PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        stmt = upsert(meta).values(key=key, value=value)
         with self._write() as conn:
-            if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
-                conn.execute(insert(meta).values(key=key, value=value))
+            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": value}))
 
     def counts(self) -> dict[str, int]:
         with self.read() as conn:
