@@ -157,13 +157,8 @@ class Drive:
         time.sleep(delay)
 
     def call(self, make):
-        failures = 0
-        while True:
-            try:
-                return make().execute(num_retries=0)
-            except Exception as exc:  # noqa: BLE001 - _backoff re-raises what it cannot retry
-                failures += 1
-                self._backoff(exc, failures)
+        """One request, retried with backoff (see ``create`` for requests that make a file)."""
+        return self.create(make)
 
     def list(self, q, order_by="createdTime"):
         out, token = [], None
