@@ -185,7 +185,8 @@ class SlurmCluster:
                 self.client("scontrol", "update", f"nodename={NODE}", "state=resume")
             return state == "idle"
 
-        self._wait(idle, f"node {NODE} did not become idle", timeout)
+        self._wait(idle, f"node {NODE} did not become idle ({self.client('sinfo', '-h', '-o', '%T %E').stdout.strip()})",
+                   timeout)
 
     def jobs(self) -> list[tuple[str, str, str]]:
         """(id, name, state) of every job slurmctld knows, ended ones included."""

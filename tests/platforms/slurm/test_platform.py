@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from tests.conftest import submit
-from tests.platforms.conftest import DONE, outputs, ssh_job, tick_until_state
+import time
+
+from tests.conftest import orch_process, submit, wait_until
+from tests.emulators.slurm import NODE
+from tests.platforms.conftest import DONE, job_state, outputs, ssh_job, tick_until_state
 
 
 def test_a_job_runs_through_sbatch_on_the_cluster_and_its_outputs_come_back(orch, config, slurm_platform, cluster, tmp_path):
@@ -12,5 +15,119 @@ def test_a_job_runs_through_sbatch_on_the_cluster_and_its_outputs_come_back(orch
     job = tick_until_state(orch, job_id, DONE, timeout=60)
     assert job["state"] == "SUCCEEDED", job["message"]
     assert outputs(orch, job_id, tmp_path / "out")["digest.txt"]
-    names = [name for _, name, _ in cluster.jobs()]
-    assert len([n for n in names if n.startswith("orch-")]) == 1, names
+    assert [state for _, _, state in _slurm_jobs(cluster, job_id)] == ["COMPLETED"]
+
+
+# A job on the cluster's one (fake) GPU, with a script that records each run in `ledger`.
+GPU_JOB = "  gpu: T4\n"
+
+
+def _counting_script(ledger, seconds: float = 0.0) -> str:
+    return ("import os, pathlib, time\n"
+            f"with open({str(ledger)!r}, 'a') as f: f.write(os.environ['ORCH_ATTEMPT'] + '\\n')\n"
+            f"time.sleep({seconds})\n"
+            "pathlib.Path(os.environ['ORCH_OUTPUT_DIR'], 'done.txt').write_text('ok')\n")
+
+
+def _hold_the_gpu(cluster) -> str:
+    """Another user's job holding the only GPU (submitted straight to Slurm)."""
+    result = cluster.client("sbatch", "--parsable", "--job-name=someone-else", "--gres=gpu:t4:1",
+                            "--output=/dev/null", "--wrap", "sleep 300")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    wait_until(lambda: cluster.client("squeue", "-h", "-j", job_id, "-o", "%T").stdout.strip() == "RUNNING", 20)
+    return job_id
+
+
+def _slurm_jobs(cluster, job_id: str) -> list[tuple[str, str, str]]:
+    """(id, name, state) of the Slurm jobs of orch job ``job_id`` (named by attempt key)."""
+    return [j for j in cluster.jobs() if j[1].startswith(f"orch-o{job_id[:12]}-")]
+
+
+def test_a_job_pending_on_resources_shows_the_reason_in_status_and_plan_then_runs(orch, config, slurm_platform,
+                                                                                   cluster, tmp_path):
+    blocker = _hold_the_gpu(cluster)
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs"), platforms=("hpc",),
+                                  extra=GPU_JOB))
+    job = tick_until_state(orch, job_id, {"PENDING"}, timeout=30)
+    orch("tick")  # the first read after sbatch sees the reason
+    job = job_state(orch, job_id)
+    assert job["state"] == "PENDING"
+    assert "Resources" in job["message"] and "in use" in job["message"], job["message"]
+    plan = orch("plan")
+    assert plan.exit_code == 0 and "queued on hpc" in plan.output and "Resources" in plan.output, plan.output
+
+    cluster.client("scancel", blocker)
+    job = tick_until_state(orch, job_id, DONE, timeout=60)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert (tmp_path / "runs").read_text() == "1\n"
+
+
+def test_scancel_from_outside_orch_is_lost_with_the_reason_not_cancelled(orch, config, slurm_platform, cluster,
+                                                                         tmp_path):
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs", 60),
+                                  platforms=("hpc",), extra="retries: 0\n"))
+    tick_until_state(orch, job_id, {"RUNNING"}, timeout=30)
+    [(slurm_id, _, _)] = _slurm_jobs(cluster, job_id)
+    assert cluster.client("scancel", slurm_id).returncode == 0
+    job = tick_until_state(orch, job_id, DONE, timeout=30)
+    assert job["state"] == "LOST", job
+    assert "cancelled outside orch" in job["message"], job["message"]
+
+
+def test_orch_cancel_stops_the_slurm_job_and_is_cancelled(orch, config, slurm_platform, cluster, tmp_path):
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs", 60), platforms=("hpc",)))
+    tick_until_state(orch, job_id, {"RUNNING"}, timeout=30)
+    assert orch("cancel", job_id).exit_code == 0
+    assert job_state(orch, job_id)["state"] == "CANCELLED"
+    wait_until(lambda: all(state == "CANCELLED" for _, _, state in _slurm_jobs(cluster, job_id)), 20)
+
+
+def test_a_node_set_down_is_node_fail_and_the_job_is_retried(orch, config, slurm_platform, cluster, tmp_path):
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs", 60), platforms=("hpc",)))
+    tick_until_state(orch, job_id, {"RUNNING"}, timeout=30)
+    assert cluster.client("scontrol", "update", f"nodename={NODE}", "state=down", "reason=orch-test").returncode == 0
+    job = tick_until_state(orch, job_id, {"QUEUED"}, timeout=30)
+    [attempt] = job["attempts_detail"]
+    assert attempt["state"] == "LOST" and "NODE_FAIL" in attempt["message"], attempt
+
+
+def test_slurmctld_down_mid_run_is_unknown_then_the_job_completes_once(orch, config, slurm_platform, cluster,
+                                                                       tmp_path):
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs", 4), platforms=("hpc",)))
+    tick_until_state(orch, job_id, {"RUNNING"}, timeout=30)
+    cluster.stop_controller()
+    try:
+        job = tick_until_state(orch, job_id, {"UNKNOWN"}, timeout=30)
+        assert "Slurm did not answer" in job["message"], job["message"]
+        time.sleep(5)  # the job ends meanwhile on the node; slurmd cannot tell anyone
+    finally:
+        cluster.start_controller()
+    job = tick_until_state(orch, job_id, DONE, timeout=60)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert (tmp_path / "runs").read_text() == "1\n"
+    assert len(_slurm_jobs(cluster, job_id)) == 1
+
+
+def test_a_lost_sbatch_answer_is_adopted_by_name_and_never_submitted_twice(orch, config, slurm_platform, cluster,
+                                                                           tmp_path):
+    blocker = _hold_the_gpu(cluster)  # so the job is still queued, not started, when the tick dies
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs"), platforms=("hpc",),
+                                  extra=GPU_JOB))
+    assert orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"}).returncode == -9
+    # The answer was lost before orch wrote the job id down: only Slurm knows the job.
+    for recorded in (tmp_path / "remote").glob("attempts/*/slurm.jobid"):
+        recorded.unlink()
+    assert len(_slurm_jobs(cluster, job_id)) == 1
+    orch("tick")
+    assert len(_slurm_jobs(cluster, job_id)) == 1
+    cluster.client("scancel", blocker)
+    job = tick_until_state(orch, job_id, DONE, timeout=60)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(_slurm_jobs(cluster, job_id)) == 1 and (tmp_path / "runs").read_text() == "1\n"
