@@ -131,10 +131,13 @@ def interpret(job: SlurmJob | None, *, answered: bool, error: str, has_result: b
             return RemoteStatus(RemoteState.EXITED, "cancelled")
         return RemoteStatus(RemoteState.LOST, f"{label} was cancelled outside orch (scancel by the user or an "
                                               "administrator); not an `orch cancel`, so it is retried")
+    if job.state == "TIMEOUT" and not has_rc:
+        # The runner stops itself before the limit (its deadline, or the session end of a
+        # checkpointing chain); Slurm's SIGTERM makes it write "cancelled", which is not
+        # what happened. The chain goes on from its last fetched checkpoint.
+        return RemoteStatus(RemoteState.LOST, f"{label} hit its Slurm time limit before the runner stopped itself")
     if job.state in ENDED:
         if has_result:
             return RemoteStatus(RemoteState.EXITED, "")
-        if job.state == "TIMEOUT":
-            return RemoteStatus(RemoteState.LOST, f"{label} hit its Slurm time limit before the runner wrote result.json")
         return RemoteStatus(RemoteState.EXITED, f"{label} ended {job.state} (exit {job.exit_code}) without result.json")
     return RemoteStatus(RemoteState.UNKNOWN, f"{label} is in a state orch does not know: {job.state}")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from pathlib import Path
 
-from tests.conftest import orch_process, submit, wait_until
+from tests.conftest import make_job, orch_process, submit, wait_until
 from tests.emulators.slurm import NODE
-from tests.platforms.conftest import DONE, job_state, outputs, ssh_job, tick_until_state
+from tests.platforms.conftest import DONE, fetched, job_state, outputs, ssh_job, tick_until_state
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_a_job_runs_through_sbatch_on_the_cluster_and_its_outputs_come_back(orch, config, slurm_platform, cluster, tmp_path):
@@ -131,3 +136,32 @@ def test_a_lost_sbatch_answer_is_adopted_by_name_and_never_submitted_twice(orch,
     job = tick_until_state(orch, job_id, DONE, timeout=60)
     assert job["state"] == "SUCCEEDED", job["message"]
     assert len(_slurm_jobs(cluster, job_id)) == 1 and (tmp_path / "runs").read_text() == "1\n"
+
+
+CHAIN_JOB = """\
+name: chain
+run: python train.py
+checkpoint: ckpt
+grace: 1s
+platforms: [hpc]
+env:
+  STEPS: "15"
+  STEP_SECONDS: "0.02"
+  STEPS_PER_SESSION: "10"   # the first segment idles after 10 steps until its time is up
+resources:
+  max_runtime: 2m
+"""
+
+
+def test_a_job_longer_than_the_time_limit_runs_as_a_chain_of_slurm_jobs(orch, config, slurm_platform, cluster,
+                                                                         tmp_path):
+    config(platforms={"hpc": slurm_platform(time_limit="12s", min_segment="3s")})
+    code = tmp_path / "job"
+    shutil.copytree(REPO / "jobs" / "chain-demo", code)
+    job_id = submit(orch, make_job(code, CHAIN_JOB))
+    job = tick_until_state(orch, job_id, DONE, timeout=90)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert [a["state"] for a in job["attempts_detail"]] == ["CHECKPOINTED", "SUCCEEDED"]
+    assert [s for _, _, s in _slurm_jobs(cluster, job_id)] == ["COMPLETED", "COMPLETED"]
+    model = json.loads((fetched(orch, job_id, tmp_path / "out") / "outputs" / "model.json").read_text())
+    assert [(s["from"], s["to"]) for s in model["segments"]] == [(0, 10), (10, 15)]
