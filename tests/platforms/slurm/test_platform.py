@@ -21,6 +21,18 @@ def test_a_job_runs_through_sbatch_on_the_cluster_and_its_outputs_come_back(orch
     assert job["state"] == "SUCCEEDED", job["message"]
     assert outputs(orch, job_id, tmp_path / "out")["digest.txt"]
     assert [state for _, _, state in _slurm_jobs(cluster, job_id)] == ["COMPLETED"]
+    assert "job demo sees" in orch("logs", job_id).output
+    listing = orch("platforms")
+    assert listing.exit_code == 0 and "hpc" in listing.output, listing.output
+
+
+def test_a_job_sbatch_refuses_goes_back_to_the_queue_with_sbatch_s_words(orch, config, slurm_platform, tmp_path):
+    config(platforms={"hpc": slurm_platform(gres={"T4": "gpu:a100:1"})})  # the cluster has no a100
+    job_id = submit(orch, ssh_job(tmp_path / "j", platforms=("hpc",), extra=GPU_JOB))
+    orch("tick")
+    job = job_state(orch, job_id)
+    assert job["state"] == "QUEUED", job
+    assert "sbatch refused the job" in job["message"], job["message"]
 
 
 # A job on the cluster's one (fake) GPU, with a script that records each run in `ledger`.
