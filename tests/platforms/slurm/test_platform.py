@@ -177,3 +177,20 @@ def test_a_job_longer_than_the_time_limit_runs_as_a_chain_of_slurm_jobs(orch, co
     assert [s for _, _, s in _slurm_jobs(cluster, job_id)] == ["COMPLETED", "COMPLETED"]
     model = json.loads((fetched(orch, job_id, tmp_path / "out") / "outputs" / "model.json").read_text())
     assert [(s["from"], s["to"]) for s in model["segments"]] == [(0, 10), (10, 15)]
+
+
+def test_with_slurmctld_down_nothing_is_submitted_until_squeue_answers_then_once(orch, config, slurm_platform,
+                                                                                 cluster, tmp_path):
+    config(platforms={"hpc": slurm_platform()})
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs"), platforms=("hpc",)))
+    cluster.stop_controller()
+    try:
+        orch("tick")
+        job = job_state(orch, job_id)
+        assert job["state"] == "SUBMITTING" and "cannot list Slurm jobs" in job["message"], job
+        assert not list((tmp_path / "remote").glob("attempts/*/job.sbatch"))  # sbatch never ran
+    finally:
+        cluster.start_controller()
+    job = tick_until_state(orch, job_id, DONE, timeout=60)
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert len(_slurm_jobs(cluster, job_id)) == 1 and (tmp_path / "runs").read_text() == "1\n"
