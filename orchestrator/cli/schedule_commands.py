@@ -29,7 +29,8 @@ def plan(app: App, as_json: bool) -> None:
 
     The same placement `orch tick` makes (capability, availability, session length,
     quota headroom in every window an attempt would touch, failover back-off, speed);
-    nothing is changed.
+    nothing is changed. Jobs already placed but waiting in a platform's own queue (a
+    Slurm cluster's PENDING) are listed with the platform's reason.
 
     \b
     Example:
