@@ -94,7 +94,9 @@ def pending_words(reason: str) -> str:
     """A pending reason as a sentence: ``Resources`` -> "the resources it asks for ... are in use"."""
     head = reason.split(",")[0].split("(")[0].strip()
     words = REASONS.get(head)
-    return f"queued on the cluster ({reason}): {words}" if words else f"queued on the cluster ({reason or 'no reason given'})"
+    if not reason:
+        return "queued on the cluster (not looked at by its scheduler yet)"
+    return f"queued on the cluster ({reason}): {words}" if words else f"queued on the cluster ({reason})"
 
 
 def interpret(job: SlurmJob | None, *, answered: bool, error: str, has_result: bool, has_rc: bool,

@@ -67,11 +67,15 @@ def test_a_job_pending_on_resources_shows_the_reason_in_status_and_plan_then_run
     config(platforms={"hpc": slurm_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs"), platforms=("hpc",),
                                   extra=GPU_JOB))
-    job = tick_until_state(orch, job_id, {"PENDING"}, timeout=30)
-    orch("tick")  # the first read after sbatch sees the reason
+    tick_until_state(orch, job_id, {"PENDING"}, timeout=30)
+
+    def reason_shown():  # slurmctld gives a reason once its scheduler has looked at the job
+        orch("tick")
+        return "Resources" in job_state(orch, job_id)["message"]
+
+    wait_until(reason_shown, 20, interval=0.5)
     job = job_state(orch, job_id)
-    assert job["state"] == "PENDING"
-    assert "Resources" in job["message"] and "in use" in job["message"], job["message"]
+    assert job["state"] == "PENDING" and "in use" in job["message"], job["message"]
     plan = orch("plan")
     assert plan.exit_code == 0 and "queued on hpc" in plan.output and "Resources" in plan.output, plan.output
 
