@@ -427,9 +427,15 @@ class Controller:
                 beat = _epoch(status.heartbeat_at)
                 with self.store.transaction() as tx:
                     if new != att.state:
+                        waited = {"message": ""} if att.state == A.PENDING and att.message else {}  # reason gone
                         tx.move_attempt(att.id, att.job_id, att.state, new, status.message or "status read",
-                                        unknown_since=None, heartbeat_at=beat)
-                        tx.move_job(att.job_id, job_state, J(new.value), status.message or "status read")
+                                        unknown_since=None, heartbeat_at=beat, **waited)
+                        tx.move_job(att.job_id, job_state, J(new.value), status.message or "status read", **waited)
+                    elif new == A.PENDING and status.message and status.message != att.message:
+                        # Why a run still waits can change (a cluster's Priority -> Resources):
+                        # `orch status` and `orch plan` show the latest reason.
+                        tx.update_attempt(att.id, att.state, message=status.message)
+                        tx.update_job(att.job_id, job_state, message=status.message)
                     elif beat:
                         tx.update_attempt(att.id, att.state, heartbeat_at=beat)
             elif status.state == RemoteState.UNKNOWN:

@@ -29,7 +29,8 @@ def plan(app: App, as_json: bool) -> None:
 
     The same placement `orch tick` makes (capability, availability, session length,
     quota headroom in every window an attempt would touch, failover back-off, speed);
-    nothing is changed.
+    nothing is changed. Jobs already placed but waiting in a platform's own queue (a
+    Slurm cluster's PENDING) are listed with the platform's reason.
 
     \b
     Example:
@@ -61,6 +62,13 @@ def plan(app: App, as_json: bool) -> None:
             doc.update(reason=waits.get(job.id, "not placeable"))
         doc["verdicts"] = dict(d.verdicts) if d is not None else {}
         rows.append(doc)
+    from ..states import AttemptState
+
+    for att in app.store.attempts_in([AttemptState.PENDING]):  # placed, waiting in a platform's own queue
+        if att.message:
+            job = app.store.job(att.job_id)
+            rows.append({"id": job.id, "name": job.name, "priority": job.priority, "platform": None,
+                         "queued_on": att.platform, "reason": att.message, "until": None, "verdicts": {}})
     if as_json:
         print_json(rows)
         return
@@ -71,7 +79,9 @@ def plan(app: App, as_json: bool) -> None:
     for col in ("ID", "NAME", "PRI", "WOULD", "WHY"):
         table.add_column(col, overflow="fold" if col == "WHY" else "ellipsis", no_wrap=col != "WHY")
     for r in rows:
-        if r["platform"]:
+        if r.get("queued_on"):
+            would = f"[yellow]queued on {untrusted(r['queued_on'])}[/]"
+        elif r["platform"]:
             would = f"[green]run on {untrusted(r['platform'])}[/]"
         elif r["until"]:
             would = f"[yellow]wait[/] until {windows.format_when(r['until'], now)}"

@@ -54,9 +54,9 @@ def trust(app, name: str, expected: str | None, yes: bool) -> None:
     from ..platforms.ssh.connection import connect, pinned_keys, scan_host_key
 
     platform = app.platform(name)
-    if type(platform) is not SSHPlatform:
+    if not isinstance(platform, SSHPlatform) or platform.settings.type not in ("ssh", "slurm"):
         raise ConfigError(f"platform '{name}' is of type {platform.settings.type}; `orch ssh trust` pins keys of "
-                          "`type: ssh` platforms (Colab runtimes are pinned automatically)")
+                          "`type: ssh` and `type: slurm` platforms (Colab runtimes are pinned automatically)")
     endpoint = platform.endpoint()
     key = scan_host_key(endpoint)
     shown = fingerprint(key)

@@ -374,13 +374,14 @@ PLATFORM_TYPES: dict[str, str] = {
     "colab": "orchestrator.platforms.colab.platform:ColabPlatform",
     "colab_drive": "orchestrator.platforms.colab_drive.platform:ColabDrivePlatform",
     "modal": "orchestrator.platforms.modal.platform:ModalPlatform",
+    "slurm": "orchestrator.platforms.slurm.platform:SlurmPlatform",
 }
 
 
 #: Earlier spellings of a type, still accepted in config.yaml.
 TYPE_ALIASES: dict[str, str] = {"colab-drive": "colab_drive"}
 
-_EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab_drive": "drive", "modal": "modal"}
+_EXTRAS = {"kaggle": "kaggle", "ssh": "ssh", "colab": "ssh", "colab_drive": "drive", "modal": "modal", "slurm": "ssh"}
 
 
 def platform_class(type_name: str) -> type[PlatformBase]:

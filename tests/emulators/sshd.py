@@ -101,6 +101,8 @@ class SSHD:
     user: str = field(default_factory=getpass.getuser)
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
+    #: Environment every session gets (``SetEnv``), e.g. SLURM_CONF for a test cluster.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def host_key_name(self) -> str:
@@ -125,10 +127,11 @@ class SSHD:
             return ""
 
     @classmethod
-    def start(cls, workdir: Path, host_key_pem: str | None = None) -> "SSHD":
+    def start(cls, workdir: Path, host_key_pem: str | None = None, env: dict[str, str] | None = None) -> "SSHD":
         """Generate keys and a config under ``workdir`` and start sshd on a free port.
 
-        ``host_key_pem`` (an OpenSSH private key) replaces the generated host key.
+        ``host_key_pem`` (an OpenSSH private key) replaces the generated host key;
+        ``env`` is set in every session.
         """
         if not os.access(SSHD_BIN, os.X_OK):
             raise SSHDUnavailable(f"{SSHD_BIN} not found: install openssh-server (apt-get install -y openssh-server)")
@@ -146,7 +149,7 @@ class SSHD:
         (workdir / "authorized_keys").write_text(client_key.public + "\n")
         last_log = ""
         for _ in range(5):  # a free port can be taken between probe and bind
-            server = cls(workdir=workdir, port=free_port(), host_key=host_key, client_key=client_key)
+            server = cls(workdir=workdir, port=free_port(), host_key=host_key, client_key=client_key, env=dict(env or {}))
             server._launch()
             if wait_for_banner(server.port, deadline_s=10.0):
                 return server
@@ -176,6 +179,7 @@ class SSHD:
                     "MaxStartups 200",
                     "MaxSessions 100",
                     "LogLevel INFO",
+                    *(f"SetEnv {k}={v}" for k, v in self.env.items()),
                     "",
                 ]
             )

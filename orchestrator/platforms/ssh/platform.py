@@ -271,6 +271,19 @@ class SSHPlatform(PlatformBase):
         status = runs.detached_status(conn, workdir)
         if status.exists and status.pid is not None:
             return Handle(launch.key, {**data, "pid": status.pid})
+        argv = self.stage(conn, launch, workdir)
+        env = json.dumps(launch.runner_env()).encode()
+        # Uploads may have taken long: still this controller's job? (No re-check of the
+        # directory is needed: start_detached adopts a run already there, atomically.)
+        launch.guard()
+        pid = runs.start_detached(conn, workdir, argv, stdin=env, discard_stdout=True)
+        return Handle(launch.key, {**data, "pid": pid})
+
+    def stage(self, conn: Connection, launch: Launch, workdir: str) -> list[str]:
+        """Upload what the run needs (runner, bundle, datasets, checkpoint) by content,
+        skipping what the host has; returns the runner's command line (``--env-stdin``
+        last). The ``slurm`` platform puts the same command in its batch script."""
+        root = self.root(conn)
         conn.makedirs(f"{root}/blobs", private=root)
         runner = runner_path()
         runner_sha = sha256_file(runner)
@@ -290,12 +303,7 @@ class SSHPlatform(PlatformBase):
             argv += ["--checkpoint", remote_ckpt]
         for local, remote, digest in uploads:
             self.upload(conn, local, remote, digest)
-        env = json.dumps(launch.runner_env()).encode()
-        # Uploads may have taken long: still this controller's job? (No re-check of the
-        # directory is needed: start_detached adopts a run already there, atomically.)
-        launch.guard()
-        pid = runs.start_detached(conn, workdir, argv, stdin=env, discard_stdout=True)
-        return Handle(launch.key, {**data, "pid": pid})
+        return argv
 
     def upload(self, conn: Connection, local: Path, remote: str, digest: str) -> int:
         """Send ``local`` unless the host already has it under its content address."""

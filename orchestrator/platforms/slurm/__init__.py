@@ -1,0 +1,1 @@
+"""Slurm clusters, reached through their login node over SSH (see platform.py)."""
