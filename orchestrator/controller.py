@@ -128,6 +128,7 @@ class Controller:
         return job_spec(job)
 
     def _problem(self, text: str) -> None:
+        log.warning("%s", text)  # logs/orch.log has every one; a quiet tick repeats one hourly
         self.report.problems.append(text)
 
     @contextmanager

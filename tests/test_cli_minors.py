@@ -123,3 +123,25 @@ def test_a_cancelled_jobs_partial_outputs_can_be_fetched(orch, orch_home, tmp_pa
     done = make_job(tmp_path / "done", "name: done\nrun: 'true'\n")
     other = submit(orch, done)
     assert orch("fetch", other, "--partial").exit_code == 1  # only for a cancelled job: one line
+
+
+def test_a_quiet_tick_repeats_the_same_warning_at_most_once_an_hour(orch_home):
+    """Cron mails every line: `orch tick --quiet` says a standing problem (a platform
+    without a token) once an hour, not every five minutes; a new problem at once."""
+    import time
+
+    from orchestrator.app import App
+    from orchestrator.cli.control_commands import REPEAT_WARNINGS_S, _not_said_lately
+
+    app = App.open()
+    token = "gdrive: clean-up failed: no Google Drive token; run: orch auth drive gdrive"
+    assert _not_said_lately(app, [token]) == [token]
+    assert _not_said_lately(app, [token]) == []
+    assert _not_said_lately(app, [token, "lab: host key changed"]) == ["lab: host key changed"]
+    said = orch_home / "logs" / "warned.json"
+    aged = {k: time.time() - REPEAT_WARNINGS_S - 1 for k in json.loads(said.read_text())}
+    said.write_text(json.dumps(aged))
+    assert _not_said_lately(app, [token]) == [token]  # an hour on: said again
+    said.write_text("not json")
+    assert _not_said_lately(app, [token]) == [token]  # a spoilt memory never silences anything
+    app.close()

@@ -161,6 +161,7 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
     sharing one PostgreSQL queue: each tick works only on jobs it has claimed.
     A job whose step fails unexpectedly is named on stderr and the tick goes on with
     the others; the exit code is then 1 (0 when nothing went wrong beyond warnings).
+    With --quiet (cron) the same warning is printed at most once an hour.
 
     \b
     Example:
@@ -180,7 +181,7 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
     if as_json:
         print_json(report.to_json())
     else:
-        for p in report.problems:
+        for p in _not_said_lately(app, report.problems) if quiet else report.problems:
             err_console.print(f"[yellow]warning:[/] {untrusted(p)}")
         for e in report.errors:
             err_console.print(f"[bold red]error:[/] {untrusted(e)}")
@@ -189,6 +190,41 @@ def tick(app: App, quiet: bool, as_json: bool) -> None:
                           f"{len(report.requeued)} requeued ({report.seconds:.2f}s)")
     if report.errors:
         raise click.exceptions.Exit(1)
+
+
+#: How often `orch tick --quiet` (cron) repeats the same warning: a platform without a
+#: token says so every tick otherwise, and cron mails every line.
+REPEAT_WARNINGS_S = 3600.0
+
+
+def _not_said_lately(app: App, problems: list[str]) -> list[str]:
+    """The warnings not printed by a quiet tick within the last REPEAT_WARNINGS_S (each is
+    still in the tick's --json report and in logs/orch.log); remembered in the home."""
+    import hashlib
+    import json
+    import time
+
+    path = app.home.root / "logs" / "warned.json"
+    now = time.time()
+    try:
+        said = {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        said = {}
+    said = {k: t for k, t in said.items() if now - t < REPEAT_WARNINGS_S}
+    fresh = []
+    for p in problems:
+        key = hashlib.sha256(p.encode()).hexdigest()[:16]
+        if key not in said:
+            said[key] = now
+            fresh.append(p)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(said))
+        tmp.replace(path)
+    except OSError:
+        return problems  # cannot remember: say everything rather than nothing
+    return fresh
 
 
 def register(main: click.Group) -> None:

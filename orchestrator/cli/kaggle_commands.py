@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ..durations import format_duration, parse_duration
-from ..errors import NotFoundError, OrchError
+from ..errors import OrchError, UsageError
 from ..states import ACTIVE_ATTEMPT_STATES, AttemptState
 from .common import console, err_console, json_option, pass_app, print_json, untrusted
 
@@ -78,8 +78,13 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     names = [n for n, s in app.config.platforms.items() if s.type in GC_TYPES and (only is None or n == only)]
     if only is not None and not names:
-        raise NotFoundError(f"no Kaggle or colab_drive platform named '{only}'; "
-                            f"configured: {', '.join(app.config.names)}")
+        cleanable = [n for n, s in app.config.platforms.items() if s.type in GC_TYPES]
+        if only in app.config.platforms:
+            what = (f"platform '{only}' is type {app.config.platforms[only].type}: orch gc cleans up what orch "
+                    f"leaves in a Kaggle or Google Drive account, and there is nothing of that kind on it")
+        else:
+            what = f"no platform named '{only}'"
+        raise UsageError(f"--platform {only}: {what} (platforms orch gc can clean: {', '.join(cleanable) or 'none'})")
     rows: list[dict] = []
     failures = 0
     for name in names:
