@@ -378,7 +378,9 @@ def test_a_big_checkpoint_chain_beats_kaggles_own_session_kill_segment_after_seg
     app = finished(job_id, timeout=600)
     assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
     attempts = app.store.attempts_of(job_id)
-    assert len(attempts) >= 3 and [a.state.value for a in attempts[:-1]] == ["CHECKPOINTED"] * (len(attempts) - 1)
+    # At least one segment stopped short of Kaggle's own kill with its checkpoint packed, and
+    # the next resumed from it (how many segments depends on how fast this machine steps).
+    assert len(attempts) >= 2 and [a.state.value for a in attempts[:-1]] == ["CHECKPOINTED"] * (len(attempts) - 1)
     for number in range(1, len(attempts)):
         run = kaggle.runs(kernel_ref(job_id, number))[0]
         assert "exceeded the maximum execution time" not in (run.failure_message or ""), number

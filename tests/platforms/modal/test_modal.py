@@ -86,7 +86,9 @@ def attempt(job_id: str) -> dict:
 def test_a_create_whose_answer_is_lost_starts_no_second_sandbox(orch, modal_config, modal_standin, tmp_path):
     modal_config()
     modal_standin.drop_create_answer = 1  # the client retries; the name is taken by then
-    job_id = submit(orch, job(tmp_path))
+    # A real sandbox boots for seconds, so the client's retry finds it running; the stand-in
+    # starts at once, so the job runs a little longer than the retry takes to arrive.
+    job_id = submit(orch, job(tmp_path, run="sleep 3; python3 train.py"))
     settled(job_id)
     assert state(orch, job_id)["state"] == "SUCCEEDED"
     assert len(modal_standin.created) == 1 and len(modal_standin.sandboxes) == 1
