@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -9,9 +10,11 @@ import click
 
 from .. import sweep as sweep_mod
 from ..durations import format_duration
-from ..errors import NotFoundError, OrchError, UsageError
+from ..errors import NotFoundError, UsageError
 from .common import (ago, console, err_console, json_option, pass_app, print_json, strip_controls, styled_state,
                      untrusted)
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
@@ -104,8 +107,17 @@ def settle(app: App, job_ids: list[str] | None = None, local_only: bool = False)
                 and not (local_only and (kinds[a.platform] != "local" or (a.host and a.host != host())))]
         if atts:
             Controller(app).settle([a.job_id for a in atts])
-    except OrchError:
-        pass
+    except Exception:  # noqa: BLE001 -- showing the queue must never fail on a poll
+        log.warning("settling %s before showing it failed", job_ids or "the queue", exc_info=True)
+
+
+#: How often `logs -f` polls a job on a remote platform itself (a local one: every read).
+REMOTE_POLL_S = 15.0
+
+
+def _is_local(app: App, row: JobRow) -> bool:
+    settings = app.config.platforms.get(row.platform or "")
+    return settings is None or settings.type == "local"
 
 
 def _status_ref(app: App, ref: str, as_json: bool) -> None:
@@ -350,9 +362,13 @@ def logs(app: App, job: str, follow: bool, interval: float, attempt: int | None,
     if attempt is not None and not any(a.number == attempt for a in app.store.attempts_of(row.id)):
         raise NotFoundError(f"job {row.short_id} has no attempt {attempt}; `orch status {row.short_id}` lists its attempts")
     tail = LogTail(app, row.id, attempt)
+    polled = float("-inf")
     while True:
-        if follow:  # see the job end (and its last lines) without waiting for a tick
+        # See the job end (and its last lines) without waiting for a tick; a remote platform's
+        # API is polled at most every REMOTE_POLL_S (Kaggle answers 429 to a poll every 2 s).
+        if follow and time.monotonic() - polled >= (interval if _is_local(app, row) else REMOTE_POLL_S):
             settle(app, [row.id])
+            polled = time.monotonic()
         row = app.store.job(row.id)
         done = row.state.terminal
         piece = tail.read(strict=not follow)
