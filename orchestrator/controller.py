@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from . import launch as launch_mod
 from . import spec as spec_mod
 from .app import App
 from .blobstore import BlobStore, share_artifacts
+from .deadline import Overrun, hard_deadline
 from .errors import (
     CapacityError, ConfigError, CredentialsError, LeaseLost, LostError, OrchError, PrecheckError, SpecError,
     TransientError,
@@ -72,14 +71,9 @@ class TickReport:
 # ---------------------------------------------------------------------------- tick
 
 
-class TickOverrun(BaseException):
-    """The tick ran past its hard deadline (see :func:`tick_deadline`).
-
-    A BaseException on purpose, like rq's ``ShutDownImminentException``: it must get
-    past every ``except Exception`` on the way out (a job step's containment, a
-    platform's error mapping), so that the tick really stops. What it interrupts is
-    finished by the next tick, exactly as after a killed tick.
-    """
+class TickOverrun(Overrun):
+    """The tick ran past its hard deadline (see :func:`tick_deadline`). What it
+    interrupts is finished by the next tick, exactly as after a killed tick."""
 
 
 def hard_stop_after(budget: float) -> float:
@@ -87,26 +81,11 @@ def hard_stop_after(budget: float) -> float:
     return budget + min(60.0, budget / 2)
 
 
-@contextmanager
 def tick_deadline(seconds: float):
-    """Raise :class:`TickOverrun` in this (main) thread once ``seconds`` have passed,
-    whatever it is blocked in (a remote call with no timeout of its own). A no-op off
-    the main thread, where signals cannot be delivered."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def fire(signum, frame):
-        raise TickOverrun(f"the tick was stopped after {seconds:g}s, over its budget (controller.tick_budget); "
-                          "what it was doing is finished by the next tick")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    """Raise :class:`TickOverrun` once ``seconds`` have passed, whatever the tick is
+    blocked in (a remote call with no timeout of its own)."""
+    return hard_deadline(seconds, f"the tick was stopped after {seconds:g}s, over its budget "
+                         "(controller.tick_budget); what it was doing is finished by the next tick", TickOverrun)
 
 
 class Controller:

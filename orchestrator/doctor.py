@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .durations import format_duration
 from .errors import OrchError
+from .planning import PlatformOverrun, answer_deadline
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App
@@ -127,10 +128,11 @@ def _platforms(app: App, now: float) -> list[Check]:
     out = []
     for name in app.config.names:
         try:
-            platform = app.platform(name)
-            problems = platform.check()
-            reading = platform.quota() if app.settings(name).type == "kaggle" and not problems else None
-        except OrchError as exc:
+            with answer_deadline(app, name):
+                platform = app.platform(name)
+                problems = platform.check()
+                reading = platform.quota() if app.settings(name).type == "kaggle" and not problems else None
+        except (OrchError, PlatformOverrun) as exc:
             problems, reading = [str(exc)], None
         if problems:
             out.extend(Check(f"platform {name}", FAIL, p, _first_fix(p)) for p in problems)

@@ -20,6 +20,7 @@ import time
 
 from . import quota, scheduler, trust, windows
 from .app import App
+from .deadline import Overrun, hard_deadline
 from .errors import OrchError, SpecError
 from .gpus import gpu_type
 from .launch import job_spec, remaining
@@ -29,6 +30,18 @@ from .states import ACTIVE_ATTEMPT_STATES
 from .store import AttemptRow, JobRow, host
 
 log = logging.getLogger(__name__)
+
+
+class PlatformOverrun(Overrun):
+    """One platform did not describe itself within ``controller.answer_deadline``."""
+
+
+def answer_deadline(app: App, name: str):
+    """A hard stop for platform ``name`` describing itself (its offer, checks, quota):
+    raises :class:`PlatformOverrun`, which the caller turns into "unavailable for now"."""
+    seconds = app.config.controller.answer_deadline
+    return hard_deadline(seconds, f"{name} did not answer within {seconds:g}s (controller.answer_deadline); "
+                         "it is left out for now and asked again next time", PlatformOverrun)
 
 
 class Planner:
@@ -69,7 +82,10 @@ class Planner:
         now = time.time()
         for name, settings in self.app.config.platforms.items():
             try:
-                offer = self.app.platform(name).offer()
+                with answer_deadline(self.app, name):
+                    offer = self.app.platform(name).offer()
+            except PlatformOverrun as exc:
+                offer = Offer(platform=name, type=settings.type, available=False, reason=str(exc))
             except OrchError as exc:
                 offer = Offer(platform=name, type=settings.type, available=False, reason=str(exc))
             except Exception as exc:  # noqa: BLE001 -- one platform's bug must not stop dispatch
@@ -161,8 +177,9 @@ class Planner:
             if now - doc.get("at", 0) < ttl:
                 return quota.reading_from_json(doc.get("reading"))
         try:
-            reading = self.app.platform(name).quota()
-        except OrchError as exc:  # an unclear read never excludes a platform
+            with answer_deadline(self.app, name):
+                reading = self.app.platform(name).quota()
+        except (OrchError, PlatformOverrun) as exc:  # an unclear read never excludes a platform
             self.problems.append(f"{name}: quota read failed: {exc}")
             reading = None
         self.store.meta_set(key, json.dumps({"at": now, "reading": quota.reading_to_json(reading)}))

@@ -135,6 +135,10 @@ class ControllerSettings(BaseModel):
     #: A tick starts no new job step after this long, and is stopped a little later
     #: (see ``controller.tick_deadline``): hung ticks never pile up under cron.
     tick_budget: PositiveDuration = 240.0
+    #: How long one platform may take to describe itself (its offer, checks and quota)
+    #: before it is shown unavailable for now: one stalled remote never holds up
+    #: `orch platforms`, `orch plan` or the placing of jobs elsewhere.
+    answer_deadline: PositiveDuration = 60.0
 
 
 class TeamSettings(BaseModel):

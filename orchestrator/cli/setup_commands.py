@@ -43,10 +43,11 @@ def platforms(app: App, as_json: bool) -> None:
         problems: list[str] = []
         quota = None
         try:
-            p = app.platform(name)
-            problems = p.check()
-            quota = p.quota()
-        except OrchError as exc:
+            with planning.answer_deadline(app, name):
+                p = app.platform(name)
+                problems = p.check()
+                quota = p.quota()
+        except (OrchError, planning.PlatformOverrun) as exc:
             problems = [str(exc)]
         docs.append({
             "name": name, "type": offer.type, "gpus": list(offer.gpus), "gpu_memory_gb": offer.gpu_memory_gb,

@@ -97,6 +97,7 @@ def settle(app: App, job_ids: list[str] | None = None, local_only: bool = False)
     ``local`` platforms (a cheap read of a file); never another host's. Best effort: a
     failure here leaves the reading to the next tick."""
     from ..controller import Controller
+    from ..planning import PlatformOverrun, answer_deadline
     from ..states import ACTIVE_ATTEMPT_STATES
     from ..store import host
 
@@ -106,8 +107,9 @@ def settle(app: App, job_ids: list[str] | None = None, local_only: bool = False)
                 if (job_ids is None or a.job_id in job_ids) and a.platform in kinds
                 and not (local_only and (kinds[a.platform] != "local" or (a.host and a.host != host())))]
         if atts:
-            Controller(app).settle([a.job_id for a in atts])
-    except Exception:  # noqa: BLE001 -- showing the queue must never fail on a poll
+            with answer_deadline(app, ", ".join(sorted({a.platform for a in atts}))):
+                Controller(app).settle([a.job_id for a in atts])
+    except (Exception, PlatformOverrun):  # noqa: BLE001 -- showing the queue must never fail on a poll
         log.warning("settling %s before showing it failed", job_ids or "the queue", exc_info=True)
 
 

@@ -180,8 +180,13 @@ def _wait(app: App, job_id: str, interval: float, quiet: bool) -> tuple[JobRow, 
 
     try:
         while True:
-            with transfer_bars(not quiet, spinner_paused if ctl_status else None):
-                controller.Controller(app).tick()
+            try:
+                with transfer_bars(not quiet, spinner_paused if ctl_status else None), \
+                        controller.tick_deadline(controller.hard_stop_after(app.config.controller.tick_budget)):
+                    controller.Controller(app).tick()
+            except controller.TickOverrun as exc:  # a stalled remote: say so, and tick again
+                if not quiet:
+                    err_console.print(f"[yellow]warning:[/] {untrusted(str(exc))}")
             job = app.store.job(job_id)
             if not quiet:
                 text = tail.read().text
