@@ -151,9 +151,24 @@ class Controller:
             self.keeper.stop()
             leases.release(self.store, self.owner)
             self.report.seconds = time.time() - started
-        notify.deliver(self.app, self.owner, self.report.problems)
+        notify.deliver(self.app, self.owner, self.report.problems, refused=self._refused_logins())
         self.store.meta_set(LAST_TICK, f"{time.time():.3f}")  # what `orch doctor` shows
         return self.report
+
+    def _refused_logins(self) -> dict[str, str]:
+        """platform -> the refusal of orch's key or token this tick ran into (notified)."""
+        out = {}
+        for name in self.app.config.platforms:
+            if not self.app.in_use(name):
+                continue
+            try:
+                refused = self.app.platform(name).refused_login()
+            except Exception:  # noqa: BLE001 -- a best-effort look, never a failed tick
+                log.warning("%s: refused_login() failed", name, exc_info=True)
+                continue
+            if refused:
+                out[name] = refused
+        return out
 
     def settle(self, job_ids: list[str]) -> None:
         """Poll just these jobs' running attempts (fetching those that ended): how `orch logs

@@ -51,11 +51,13 @@ class Delivery:
 
 
 def deliver(app: App, owner: str, problems: list[str] | None = None, now: float | None = None,
-            budget_s: float = TICK_BUDGET_S, retry: Retry = SEND_RETRY) -> Delivery:
-    """Send what is due; failures are recorded in the delivery log and ``problems``."""
+            budget_s: float = TICK_BUDGET_S, retry: Retry = SEND_RETRY,
+            refused: dict[str, str] | None = None) -> Delivery:
+    """Send what is due; failures are recorded in the delivery log and ``problems``.
+    ``refused``: platform -> a refusal of orch's credentials the tick ran into."""
     done = Delivery()
     try:
-        _deliver(app, owner, done, time.time() if now is None else now, budget_s, retry)
+        _deliver(app, owner, done, time.time() if now is None else now, budget_s, retry, refused or {})
     except Exception as exc:  # noqa: BLE001 - a notification problem never fails a tick
         log.warning("notifications: %s", exc)
         if problems is not None:
@@ -65,13 +67,14 @@ def deliver(app: App, owner: str, problems: list[str] | None = None, now: float 
     return done
 
 
-def _deliver(app: App, owner: str, done: Delivery, now: float, budget_s: float, retry: Retry) -> None:
+def _deliver(app: App, owner: str, done: Delivery, now: float, budget_s: float, retry: Retry,
+             refused: dict[str, str]) -> None:
     settings: NotifySettings = app.config.notify
     store = app.store
     if settings.channels:
         from . import watch
 
-        watch.check(app, settings, now)
+        watch.check(app, settings, now, refused)
     chans = {name: channels_mod.build(name, s) for name, s in settings.channels.items()}
     secrets = _channel_secrets(settings)
     down: set[str] = set()

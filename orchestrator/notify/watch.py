@@ -20,7 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import NotifySettings
 
 
-def check(app: App, settings: NotifySettings, now: float) -> None:
+def check(app: App, settings: NotifySettings, now: float, refused: dict[str, str] | None = None) -> None:
+    """Queue the watched events due now; ``refused``: platform -> a refusal of orch's
+    credentials the tick ran into (a revoked Kaggle key, a Drive token Google refused)."""
     wanted = {t for ch in settings.channels.values()
               for t in ("quota.low", "job.waiting", "login.expiring") if ch.wants(t)}
     if "quota.low" in wanted:
@@ -29,6 +31,7 @@ def check(app: App, settings: NotifySettings, now: float) -> None:
         _waiting(app, settings, now)
     if "login.expiring" in wanted:
         _logins(app, settings, now)
+        _refused(app, refused or {}, now)
 
 
 def _id(*parts: object) -> str:
@@ -84,3 +87,14 @@ def _logins(app: App, settings: NotifySettings, now: float) -> None:
             "platform": item.platform, "what": item.what, "expires_at": iso(item.expires_at),
             "expired": item.expires_at <= now, "fix": item.fix}},
             event_id=_id("login.expiring", item.platform, item.what, int(item.expires_at)), now=now))
+
+
+def _refused(app: App, refused: dict[str, str], now: float) -> None:
+    """A credential the platform refused mid-tick: the login is dead now, whatever its
+    date said. Once a day per platform while it lasts (the id carries the UTC date)."""
+    day = iso(now)[:10]
+    for platform, message in refused.items():
+        _queue(app, new_event("login.expiring", {"login": {
+            "platform": platform, "what": "credentials (refused by the platform)", "expires_at": iso(now),
+            "expired": True, "fix": message[:500]}},
+            event_id=_id("login.refused", platform, day), now=now))

@@ -249,6 +249,12 @@ class Platform(Protocol):
         while ``offer`` was read; ``orch submit`` prints them. Never touches the network."""
         ...
 
+    def refused_login(self) -> str | None:
+        """The platform's refusal of orch's key or token seen by this command (its message,
+        with the fix), or None. The controller asks at the end of a tick, and a refusal
+        becomes a ``login.expiring`` event. Never touches the network."""
+        ...
+
     def submit(self, launch: Launch) -> Handle:
         """Start ``launch``. Idempotent on ``launch.key``: a second call for a key that
         already started returns the first run's handle and starts nothing.
@@ -337,6 +343,9 @@ class PlatformBase:
 
     def submit_warnings(self) -> list[str]:
         return []
+
+    def refused_login(self) -> str | None:
+        return None
 
     def submit(self, launch: Launch) -> Handle:
         raise NotImplementedError(f"{type(self).__name__}.submit")

@@ -146,6 +146,7 @@ class ColabDrivePlatform(PlatformBase):
         try:
             return self.mailbox()
         except PrecheckError as exc:
+            self._sign_in_problem = str(exc)
             raise CredentialsError(str(exc), self.name) from exc
 
     # ---- capabilities
@@ -188,6 +189,10 @@ class ColabDrivePlatform(PlatformBase):
     def submit_warnings(self) -> list[str]:
         """The token problem ``offer`` ran into: jobs queued now wait for ``orch auth drive``."""
         return [self._sign_in_problem] if self._sign_in_problem else []
+
+    def refused_login(self) -> str | None:
+        """Google refused the token (or there is none) in this command."""
+        return self._sign_in_problem or None
 
     def _no_agent_reason(self) -> str:
         return (f"no agent has sent a heartbeat to Drive folder '{self.settings.folder}' in the last "

@@ -226,6 +226,10 @@ class KagglePlatform(PlatformBase):
             reason=f"no Kaggle credentials found; {CREDENTIALS_FIX}" if missing else (self.account.auth_failure or ""),
         )
 
+    def refused_login(self) -> str | None:
+        """Kaggle answered 401 to a call of this command."""
+        return self.account.auth_failure
+
     def _cached_quota(self, ttl: float = 60.0) -> QuotaReading | None:
         """One quota read a minute at most, one try each."""
         now = self.clock()

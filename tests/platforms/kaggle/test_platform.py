@@ -15,7 +15,7 @@ from orchestrator.store import attempt_key
 from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
 from tests.emulators.kaggle import BLOB_PUT, OUTPUT_FILE
 from tests.emulators.kaggle_runs import can_mount_small_disk
-from tests.platforms.kaggle.conftest import USERNAME
+from tests.platforms.kaggle.conftest import KEY, USERNAME
 from tests.platforms.kaggle.helpers import kernel_folder
 
 TRAIN = """\
@@ -510,3 +510,23 @@ def test_outputs_bigger_than_kaggles_working_space_fail_the_job_once_with_the_sp
     assert orch("fetch", job_id, "-o", str(out)).exit_code == 0
     assert json.loads((out / "result.json").read_text())["failure_class"] == "space"
     assert not list(out.rglob("*.partial"))
+
+
+def test_a_key_kaggle_refuses_mid_tick_is_told_once_a_day_as_an_expired_login(kaggle, config, orch, tmp_path):
+    events = tmp_path / "events.jsonl"
+    receiver = tmp_path / "on-event.sh"
+    receiver.write_text(f"#!/bin/sh\ncat >> {events}\necho >> {events}\n")
+    receiver.chmod(0o755)
+    config("platforms:\n  kaggle: {type: kaggle, retry_base: 0.05s, dataset_poll: 0.05s}\n"
+           f"notify:\n  channels:\n    me: {{type: command, command: [{receiver}], events: [login.expiring]}}\n")
+    job_id = submit(orch, job(tmp_path, run="python3 train.py; sleep 2"))
+    tick_until(lambda app: app.store.job(job_id).state.value in ("PENDING", "RUNNING"), timeout=30, interval=0.1)
+    assert not events.exists()  # a working key: nothing to tell
+    kaggle.key = "rotated-key-2222"  # revoked on kaggle.com while the run goes on
+    for _ in range(3):
+        assert orch("tick").exit_code == 0
+    told = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    assert len(told) == 1, told  # every tick sees it; it is told once (a day)
+    login = told[0]["login"]
+    assert told[0]["type"] == "login.expiring" and login["platform"] == "kaggle" and login["expired"] is True
+    assert "401" in login["fix"] and KEY not in json.dumps(told[0])
