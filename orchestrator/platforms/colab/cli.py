@@ -182,6 +182,9 @@ class ColabCLI:
         self.timeout_s = timeout_s
         self.new_timeout_s = new_timeout_s
         self._version: tuple[int, int, int] | None = None
+        #: The last "not logged in / login expired" this object ran into (cleared by a
+        #: call that worked): the platform's ``refused_login``.
+        self.refused: str | None = None
 
     def path(self) -> str | None:
         """The absolute path of the executable, or None when it is not installed."""
@@ -232,11 +235,13 @@ class ColabCLI:
 
     def _check(self, result: subprocess.CompletedProcess[str], what: str) -> None:
         if result.returncode == 0 and "No valid default credentials" not in (result.stderr or ""):
+            self.refused = None
             return
         said = meaningful(result.stderr, result.stdout) or f"exit {result.returncode}"
         cls = classify(result.stderr, result.stdout)
         if cls is PrecheckError:
             said += f"; not logged in, or the login expired: {LOGIN_HINT}"
+            self.refused = f"{self.platform}: `colab {what}` failed: {said}"
         raise cls(f"{self.platform}: `colab {what}` failed: {said}", self.platform)
 
     def version(self) -> tuple[int, int, int] | None:

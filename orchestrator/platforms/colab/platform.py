@@ -192,6 +192,10 @@ class ColabPlatform(SSHPlatform):
                             source=f"colab usage (burning {usage.rate_per_hour:g}/h)")
 
     # ------------------------------------------------------------------ lifecycle
+    def refused_login(self) -> str | None:
+        """The ``colab`` CLI said it is not logged in (or its login expired) in this command."""
+        return self.cli.refused
+
     def _gate(self) -> None:
         """Refuse what Colab's terms forbid: SSH without a positive compute-unit balance."""
         if self.settings.tier == "free":

@@ -169,3 +169,14 @@ def test_a_nameless_runtime_can_be_adopted_by_endpoint_and_stopped(cli, colab):
     cli.adopt("orch-o1", rt.endpoint)
     cli.stop("orch-o1")
     assert colab.live() == []
+
+
+def test_a_refused_login_is_remembered_for_the_tick_until_a_call_works(cli, colab):
+    log_in(colab.home, expired=True)
+    colab.refresh_ok = False
+    with pytest.raises(PrecheckError):
+        cli.usage()
+    assert cli.refused and "log in once" in cli.refused  # what login.expiring tells
+    colab.refresh_ok = True
+    cli.usage()
+    assert cli.refused is None
