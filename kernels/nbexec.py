@@ -23,7 +23,8 @@ What it does:
 2. executes every cell top to bottom in a fresh kernel, each cell under a timeout that
    never runs past ``$ORCH_DEADLINE``;
 3. writes the executed notebook, with its outputs, to ``$ORCH_OUTPUT_DIR/<name>.ipynb``
-   (also when a cell fails or the job is stopped: as far as it got), its images to
+   (also when a cell fails or the job is stopped: as far as it got), with the job's
+   secrets masked in every output as the runner masks them in ``job.log``, its images to
    ``$ORCH_OUTPUT_DIR/<name>_images/``, and ``metrics.json`` from scrapbook-style
    ``glue`` outputs;
 4. when a cell fails, writes what failed (cell number, its source line, the exception)
@@ -50,10 +51,13 @@ DEADLINE_MARGIN = 5.0
 EXECUTORS = ("nbclient", "papermill", "nbconvert")
 SCRAP_MIME = "application/scrapbook.scrap.json+json"
 IMAGE_MIMES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}
+BINARY_MIMES = frozenset(m for m, ext in IMAGE_MIMES.items() if ext != "svg")
 MAX_TEXT = 300
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: papermill puts a banner cell at the top of a failed notebook; it is not the user's.
 PAPERMILL_BANNER = "papermill-error-cell-tag"
+#: How often the notebook papermill or nbconvert is writing is read back into the outputs.
+SAVE_EVERY = 2.0
 
 
 def clean(text: str, limit: int = MAX_TEXT) -> str:
@@ -177,6 +181,41 @@ def read_metrics(out_dir: str) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+# ---------------------------------------------------------------------------- secrets
+
+
+def secret_masker():
+    """A function that masks the job's secrets (and their encodings) in a string, or
+    None when the job has none. The runner names them in ``$ORCH_SECRET_NAMES`` and
+    its own ``MaskingTee`` (which masks ``job.log``) does the work, found through
+    ``$ORCH_RUNNER`` (else ``runner.py`` beside this file): one set of encodings for
+    the log and the executed notebook."""
+    names = [n for n in os.environ.get("ORCH_SECRET_NAMES", "").split(",") if n]
+    values = [os.environ[n] for n in names if os.environ.get(n)]
+    if not values:
+        return None
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+    spec = importlib.util.spec_from_file_location("orch_runner", os.environ.get("ORCH_RUNNER") or here)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    tee = runner.MaskingTee(None, None, values)
+    return lambda text: tee.mask(text.encode("utf-8", "surrogatepass")).decode("utf-8", "replace")
+
+
+def masked(doc, mask):
+    """A copy of ``doc`` (a notebook, a failure) with ``mask`` applied to every string
+    except binary image data (base64, which a secret's encodings could match by chance)."""
+    if isinstance(doc, str):
+        return mask(doc)
+    if isinstance(doc, list):
+        return [masked(v, mask) for v in doc]
+    if isinstance(doc, dict):
+        return {k: v if k in BINARY_MIMES else masked(v, mask) for k, v in doc.items()}
+    return doc
+
+
 def write_json(path: str, doc) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -222,8 +261,9 @@ def install_nbclient(target: str) -> bool:
 class Execution:
     """One run of the notebook; ``nb`` always holds the outputs as far as they got."""
 
-    def __init__(self, nb: dict, out_path: str, cwd: str, deadline: float, cell_timeout: float | None) -> None:
-        self.nb, self.out_path, self.cwd = nb, out_path, cwd
+    def __init__(self, nb: dict, out_path: str, cwd: str, deadline: float, cell_timeout: float | None,
+                 mask=None) -> None:
+        self.nb, self.out_path, self.cwd, self.mask = nb, out_path, cwd, mask
         self.deadline, self.cell_timeout = deadline, cell_timeout
         self.timed_out: dict | None = None
         self.stopped = False
@@ -234,8 +274,12 @@ class Execution:
         limit = min(left, self.cell_timeout) if self.cell_timeout else left
         return max(1, int(limit))
 
+    def masked(self) -> dict:
+        """The notebook as it may leave the host: secrets masked in every output."""
+        return masked(self.nb, self.mask) if self.mask else self.nb
+
     def save(self) -> None:
-        write_json(self.out_path, self.nb)
+        write_json(self.out_path, self.masked())
 
     def on_term(self, *_) -> None:
         """SIGTERM (deadline, session end, cancel): interrupt the running cell; the kernel
@@ -282,27 +326,46 @@ class Execution:
             self.timed_out = {"cell": current["index"] + 1, "dead": clean(exc)}
 
     def _papermill(self) -> None:
-        self._subprocess([sys.executable, "-m", "papermill", "--cwd", self.cwd, "--log-output", "-k", "python3",
-                          "--execution-timeout", str(self.timeout()), self.out_path, self.out_path])
+        self._subprocess(lambda path: [sys.executable, "-m", "papermill", "--cwd", self.cwd, "--log-output",
+                                       "-k", "python3", "--execution-timeout", str(self.timeout()), path, path])
 
     def _nbconvert(self) -> None:
-        self._subprocess(["jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-                          "--ExecutePreprocessor.timeout=%d" % self.timeout(), self.out_path])
+        self._subprocess(lambda path: [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                                       "--ExecutePreprocessor.timeout=%d" % self.timeout(), path])
 
-    def _subprocess(self, cmd: list) -> None:
-        """papermill and nbconvert read and write ``out_path`` themselves."""
+    def _subprocess(self, command) -> None:
+        """papermill and nbconvert read and write a notebook themselves: a private copy,
+        outside the outputs, which is read back (and saved masked) every few seconds."""
+        import shutil
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="nbexec-")
+        work = os.path.join(scratch, os.path.basename(self.out_path))
+        write_json(work, self.nb)
         self.save()
-        proc = subprocess.Popen(cmd, cwd=self.cwd)
+        proc = subprocess.Popen(command(work), cwd=self.cwd)
         self.kernel_pid = None
         signal.signal(signal.SIGTERM, lambda *_: (setattr(self, "stopped", True), proc.send_signal(signal.SIGTERM)))
-        code = proc.wait()
         try:
-            with open(self.out_path, encoding="utf-8") as f:
-                self.nb = json.load(f)
-        except (OSError, ValueError):
-            pass
+            while True:
+                try:
+                    code = proc.wait(timeout=SAVE_EVERY)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._read_back(work)
+            self._read_back(work)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if code != 0 and first_error(self.nb) is None:
             self.timed_out = {"cell": None, "exit": code}
+
+    def _read_back(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                self.nb = json.load(f)
+        except (OSError, ValueError):  # not written yet, or being written
+            return
+        self.save()
 
 
 class Stopped(Exception):
@@ -339,11 +402,13 @@ def main(argv=None) -> int:
     out_path = os.path.join(out_dir, stem + ".ipynb")
     failure_file = os.environ.get("ORCH_FAILURE_FILE")
     deadline = float(os.environ.get("ORCH_DEADLINE") or time.time() + 86400)
+    mask = secret_masker()
 
     def fail(failure: dict, message: str) -> int:
         print("[nbexec] " + message, flush=True)
         if failure_file:
-            write_json(failure_file, {"message": message, "notebook": args.notebook, **failure})
+            doc = {"message": message, "notebook": args.notebook, **failure}
+            write_json(failure_file, masked(doc, mask) if mask else doc)
         return 1
 
     with open(args.notebook, encoding="utf-8") as f:
@@ -358,17 +423,18 @@ def main(argv=None) -> int:
     if executor is None and not args.executor and not args.no_install:
         if install_nbclient(os.path.join(os.path.dirname(cwd), "nbdeps")):
             executor = find_executor("nbclient")
+    run = Execution(nb, out_path, cwd, deadline, args.cell_timeout, mask)
     if executor is None:
-        write_json(out_path, nb)
+        run.save()
         return fail({"ename": "NoExecutor", "evalue": ""},
                     "no notebook executor on this host (papermill, nbclient+ipykernel or jupyter nbconvert); "
                     "add nbclient and ipykernel to the job's setup:")
     print("[nbexec] executing %s with %s" % (args.notebook, executor), flush=True)
-    run = Execution(nb, out_path, cwd, deadline, args.cell_timeout)
     signal.signal(signal.SIGTERM, run.on_term)
     try:
         run.run(executor)
     finally:
+        run.nb = run.masked()  # what follows (images, scraps, the failure) reads the masked notebook
         run.save()
         images = extract_images(run.nb, os.path.join(out_dir, stem + "_images"))
         recorded = scraps(run.nb)

@@ -279,3 +279,38 @@ def test_every_executor_gives_the_same_failure_and_the_partial_notebook(executor
     cells = [c for c in cells_of(tmp_path / "out" / "bad.ipynb") if "papermill-error-cell-tag" not in c["metadata"].get("tags", [])]
     assert text_of(cells[2]) == "n 7\n"
     assert cells[3]["outputs"][-1]["ename"] == "JSONDecodeError" and not cells[4]["outputs"]
+
+
+SECRET = "nb-s3cr3t-Value-71d0"
+
+
+def test_secrets_a_notebook_prints_are_masked_in_the_executed_notebook_and_its_failure(
+        orch, config, orch_home, tmp_path, monkeypatch):
+    import base64
+
+    from tests.test_secrets import all_bytes_under
+
+    config("platforms:\n  local: {type: local}\n")
+    monkeypatch.setenv("NB_TOKEN", SECRET)
+    write_notebook(tmp_path / "job" / "leak.ipynb", [
+        code("import base64, os\nTOKEN = os.environ['NB_TOKEN']\nprint('token is', TOKEN)\nTOKEN"),
+        code("print(base64.b64encode(TOKEN.encode()).decode(), TOKEN.encode().hex())\n"
+             "from IPython.display import HTML, display\ndisplay(HTML('<b>' + TOKEN + '</b>'))"),
+        code("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"),
+        code("raise ValueError('bad token ' + TOKEN)"),
+    ])
+    job_id = submit(orch, make_job(tmp_path / "job", "run: leak.ipynb\nsecrets: [NB_TOKEN]\n"))
+    app = finished(job_id)
+    job = app.store.job(job_id)
+    assert job.state.value == "FAILED"
+    assert job.message == "leak.ipynb cell 4, line 1 `raise ValueError('bad token ' + TOKEN)`: ValueError: bad token ***"
+    out = fetch(orch, job_id, tmp_path / "out")
+    cells = cells_of(out / "outputs" / "leak.ipynb")
+    assert text_of(cells[0]) == "token is ***\n'***'"
+    assert text_of(cells[1]).startswith("***") and " ***\n" in text_of(cells[1])  # as in job.log: base64, hex
+    assert cells[1]["outputs"][1]["data"]["text/html"] == "<b>***</b>"
+    assert (out / "outputs" / "leak_images" / "cell3_1.png").read_bytes()[:4] == b"\x89PNG", "images are untouched"
+    assert cells[3]["outputs"][0]["evalue"] == "bad token ***"
+    forms = [SECRET, base64.b64encode(SECRET.encode()).decode(), SECRET.encode().hex()]
+    everything = all_bytes_under(orch_home) + all_bytes_under(out)  # attempt dirs, outputs, result.json, the log
+    assert not [f for f in forms if f.encode() in everything]
