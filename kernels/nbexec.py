@@ -1,9 +1,9 @@
 """Run one Jupyter notebook as a job, with papermill's semantics, using what the host has.
 
 orch ships this file in the bundle as ``.orch/nbexec.py`` when a job's ``run:`` names a
-notebook, and runs it with the job's Python. Like ``runner.py`` it is stdlib-only
+notebook, and runs it with the runner's Python (``$ORCH_PYTHON``). Like ``runner.py`` it is stdlib-only
 (Python >= 3.9): the executor it drives is found on the host, in this order:
-nbclient, papermill, ``jupyter nbconvert --execute``. When none is present and the job
+nbclient, papermill, ``nbconvert --execute``. When none is present and the job
 may use the internet, it installs ``nbclient`` + ``ipykernel`` with ``pip --target``
 next to the job (the host's Python is never modified).
 
@@ -35,12 +35,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
+import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 INJECTED_TAG = "injected-parameters"
@@ -194,8 +198,6 @@ def secret_masker():
     values = [os.environ[n] for n in names if os.environ.get(n)]
     if not values:
         return None
-    import importlib.util
-
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
     spec = importlib.util.spec_from_file_location("orch_runner", os.environ.get("ORCH_RUNNER") or here)
     runner = importlib.util.module_from_spec(spec)
@@ -230,13 +232,10 @@ def write_json(path: str, doc) -> None:
 def find_executor(prefer: str | None) -> str | None:
     """The first of nbclient, papermill, nbconvert this Python can use (only ``prefer``
     when given)."""
-    import importlib.util
-    import shutil
-
     have = {
         "papermill": importlib.util.find_spec("papermill") is not None,
         "nbclient": importlib.util.find_spec("nbclient") is not None and importlib.util.find_spec("ipykernel") is not None,
-        "nbconvert": shutil.which("jupyter") is not None and importlib.util.find_spec("nbconvert") is not None,
+        "nbconvert": importlib.util.find_spec("nbconvert") is not None,
     }
     if prefer:
         return prefer if have.get(prefer) else None
@@ -246,7 +245,6 @@ def find_executor(prefer: str | None) -> str | None:
 def install_nbclient(target: str) -> bool:
     """``pip install --target`` nbclient + ipykernel next to the job, then use them."""
     print("[nbexec] no notebook executor on this host; installing nbclient and ipykernel", flush=True)
-    import importlib
 
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                            "--no-input", "--target", target, "nbclient", "ipykernel"])
@@ -256,6 +254,19 @@ def install_nbclient(target: str) -> bool:
     importlib.invalidate_caches()
     os.environ["PYTHONPATH"] = os.pathsep.join([target] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return True
+
+
+def pin_kernel(folder: str) -> None:
+    """Make the ``python3`` kernel this interpreter: a kernelspec in ``folder``, first
+    on ``$JUPYTER_PATH``, so that a ``python3`` kernelspec the host installed for another
+    Python (``ipykernel install`` writes its absolute path) does not run the cells there,
+    away from the job's ``setup:`` packages. Every executor reads it."""
+    spec_dir = os.path.join(folder, "kernels", "python3")
+    os.makedirs(spec_dir, exist_ok=True)
+    write_json(os.path.join(spec_dir, "kernel.json"), {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True}})
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([folder] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
 
 
 class Execution:
@@ -336,9 +347,6 @@ class Execution:
     def _subprocess(self, command) -> None:
         """papermill and nbconvert read and write a notebook themselves: a private copy,
         outside the outputs, which is read back (and saved masked) every few seconds."""
-        import shutil
-        import tempfile
-
         scratch = tempfile.mkdtemp(prefix="nbexec-")
         work = os.path.join(scratch, os.path.basename(self.out_path))
         write_json(work, self.nb)
@@ -427,9 +435,12 @@ def main(argv=None) -> int:
     if executor is None:
         run.save()
         return fail({"ename": "NoExecutor", "evalue": ""},
-                    "no notebook executor on this host (papermill, nbclient+ipykernel or jupyter nbconvert); "
+                    "no notebook executor on this host (papermill, nbclient+ipykernel or nbconvert); "
                     "add nbclient and ipykernel to the job's setup:")
-    print("[nbexec] executing %s with %s" % (args.notebook, executor), flush=True)
+    print("[nbexec] executing %s with %s (%s)" % (args.notebook, executor, sys.executable), flush=True)
+    kernel_dir = tempfile.mkdtemp(prefix="nbexec-kernel-")
+    if importlib.util.find_spec("ipykernel") is not None:  # else papermill/nbconvert use the host's kernelspec
+        pin_kernel(kernel_dir)
     signal.signal(signal.SIGTERM, run.on_term)
     try:
         run.run(executor)
@@ -441,6 +452,7 @@ def main(argv=None) -> int:
         if recorded:
             write_json(os.path.join(out_dir, "metrics.json"), {**read_metrics(out_dir), **recorded})
         print("[nbexec] executed notebook: %s (%d images)" % (os.path.basename(out_path), len(images)), flush=True)
+        shutil.rmtree(kernel_dir, ignore_errors=True)
     if run.timed_out:  # before first_error: a timed-out cell also shows the interrupt it got
         cell = run.timed_out.get("cell")
         source = source_of(run.nb["cells"][cell - 1]).splitlines() if cell else []

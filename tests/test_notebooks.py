@@ -314,3 +314,44 @@ def test_secrets_a_notebook_prints_are_masked_in_the_executed_notebook_and_its_f
     forms = [SECRET, base64.b64encode(SECRET.encode()).decode(), SECRET.encode().hex()]
     everything = all_bytes_under(orch_home) + all_bytes_under(out)  # attempt dirs, outputs, result.json, the log
     assert not [f for f in forms if f.encode() in everything]
+
+
+def notebook_bundle(tmp: Path, yaml: str, cells: list[dict]):
+    """A bundle of one notebook job, with the executor orch adds (as ``orch submit`` builds it)."""
+    from orchestrator import bundle
+
+    write_notebook(tmp / "code" / "nb.ipynb", cells)
+    (tmp / "code" / "job.yaml").write_text(yaml)
+    loaded = spec.load(tmp / "code" / "job.yaml")
+    return bundle.build(loaded, tmp / "bundles", bundle.DatasetCache(tmp / "blobs", tmp / "index"),
+                        extra_files=notebooks.bundle_files(loaded))
+
+
+def test_the_executor_and_its_kernel_run_with_the_runners_python_not_the_first_python3_on_path(tmp_path):
+    from tests.test_runner import run_runner
+
+    # A host with two Pythons: the runner's, reachable only as .../real/interp (no python3 beside it),
+    # and a broken python3 first on PATH, whose kernelspec is also the host's python3 kernel.
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "interp").symlink_to(os.path.realpath(sys.executable))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "python3").write_text("#!/bin/sh\necho \"the other python3: $*\" >&2\nexit 97\n")
+    (other / "python3").chmod(0o755)
+    (tmp_path / "jupyter" / "kernels" / "python3").mkdir(parents=True)
+    (tmp_path / "jupyter" / "kernels" / "python3" / "kernel.json").write_text(json.dumps(
+        {"argv": [str(other / "python3"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "other", "language": "python"}))
+    bun = notebook_bundle(tmp_path, "run: nb.ipynb\n", [code("import sys\nprint(sys.executable)")])
+    env = {"PATH": f"{other}{os.pathsep}{os.environ['PATH']}", "JUPYTER_PATH": str(tmp_path / "jupyter")}
+    proc, result = run_runner(tmp_path, bun, "--max-runtime", "120", env=env, python=str(real / "interp"), timeout=150)
+    assert result, proc.stdout + proc.stderr
+    log = (tmp_path / "attempt" / "job.log").read_text()
+    assert result["status"] == "succeeded", log
+    assert f"with nbclient ({real / 'interp'})" in log and "the other python3" not in log
+    import tarfile
+
+    with tarfile.open(tmp_path / "attempt" / "outputs.tar.gz") as tar:
+        executed = json.load(tar.extractfile("nb.ipynb"))
+    assert text_of(executed["cells"][0]) == f"{real / 'interp'}\n", "the cells ran in the runner's Python too"
