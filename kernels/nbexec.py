@@ -242,18 +242,18 @@ def find_executor(prefer: str | None) -> str | None:
     return next((name for name in EXECUTORS if have[name]), None)
 
 
-def install_nbclient(target: str) -> bool:
-    """``pip install --target`` nbclient + ipykernel next to the job, then use them."""
+def install_nbclient(target: str) -> str | None:
+    """``pip install --target`` nbclient + ipykernel next to the job, then use them;
+    returns why that failed, or None."""
     print("[nbexec] no notebook executor on this host; installing nbclient and ipykernel", flush=True)
-
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                            "--no-input", "--target", target, "nbclient", "ipykernel"])
     if done.returncode != 0:
-        return False
+        return "pip install nbclient ipykernel exited with %d" % done.returncode
     sys.path.insert(0, target)
     importlib.invalidate_caches()
     os.environ["PYTHONPATH"] = os.pathsep.join([target] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    return True
+    return None if find_executor("nbclient") else "pip installed nbclient and ipykernel, but they do not import"
 
 
 def pin_kernel(folder: str) -> None:
@@ -346,9 +346,10 @@ class Execution:
 
     def _subprocess(self, command) -> None:
         """papermill and nbconvert read and write a notebook themselves: a private copy,
-        outside the outputs, which is read back (and saved masked) every few seconds."""
-        scratch = tempfile.mkdtemp(prefix="nbexec-")
-        work = os.path.join(scratch, os.path.basename(self.out_path))
+        not in the outputs, read back (and saved masked) every few seconds. It lies in the
+        working directory, where nbconvert runs the kernel, as a hidden file, which no
+        ``outputs:`` glob matches."""
+        work = os.path.join(self.cwd, ".%s.orch-run.ipynb" % os.path.splitext(os.path.basename(self.out_path))[0])
         write_json(work, self.nb)
         self.save()
         proc = subprocess.Popen(command(work), cwd=self.cwd)
@@ -363,7 +364,10 @@ class Execution:
                     self._read_back(work)
             self._read_back(work)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                os.unlink(work)
+            except OSError:
+                pass
         if code != 0 and first_error(self.nb) is None:
             self.timed_out = {"cell": None, "exit": code}
 
@@ -427,16 +431,17 @@ def main(argv=None) -> int:
         print("[nbexec] parameters injected as cell %d: %s" % (at + 1, ", ".join("%s=%r" % kv for kv in params.items())),
               flush=True)
 
-    executor = find_executor(args.executor)
+    executor, problem = find_executor(args.executor), None
     if executor is None and not args.executor and not args.no_install:
-        if install_nbclient(os.path.join(os.path.dirname(cwd), "nbdeps")):
-            executor = find_executor("nbclient")
+        problem = install_nbclient(os.path.join(os.path.dirname(cwd), "nbdeps"))
+        executor = None if problem else "nbclient"
     run = Execution(nb, out_path, cwd, deadline, args.cell_timeout, mask)
     if executor is None:
         run.save()
-        return fail({"ename": "NoExecutor", "evalue": ""},
-                    "no notebook executor on this host (papermill, nbclient+ipykernel or nbconvert); "
-                    "add nbclient and ipykernel to the job's setup:")
+        wanted = args.executor or "papermill, nbclient+ipykernel or nbconvert"
+        return fail({"ename": "NoExecutor", "evalue": problem or ""},
+                    "no notebook executor for %s (%s)%s; add nbclient and ipykernel to the job's setup:"
+                    % (sys.executable, wanted, "; " + problem if problem else ""))
     print("[nbexec] executing %s with %s (%s)" % (args.notebook, executor, sys.executable), flush=True)
     kernel_dir = tempfile.mkdtemp(prefix="nbexec-kernel-")
     if importlib.util.find_spec("ipykernel") is not None:  # else papermill/nbconvert use the host's kernelspec

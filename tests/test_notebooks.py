@@ -355,3 +355,117 @@ def test_the_executor_and_its_kernel_run_with_the_runners_python_not_the_first_p
     with tarfile.open(tmp_path / "attempt" / "outputs.tar.gz") as tar:
         executed = json.load(tar.extractfile("nb.ipynb"))
     assert text_of(executed["cells"][0]) == f"{real / 'interp'}\n", "the cells ran in the runner's Python too"
+
+
+#: A pip stand-in for a host with no notebook executor: it records its argv, then
+#: "installs" into --target by linking what this machine's site-packages hold there (the
+#: layout ``pip install --target`` gives), since tests do not download packages.
+FAKE_PIP = """\
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_PIP_LOG"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if os.environ.get("FAKE_PIP_EXIT"):
+    sys.exit(int(os.environ["FAKE_PIP_EXIT"]))
+target = args[args.index("--target") + 1]
+os.makedirs(target, exist_ok=True)
+for site in json.loads(os.environ["FAKE_PIP_FROM"]):
+    for name in os.listdir(site):
+        if not os.path.exists(os.path.join(target, name)):
+            os.symlink(os.path.join(site, name), os.path.join(target, name))
+"""
+
+
+@pytest.fixture
+def bare_python(tmp_path):
+    """A venv with neither nbclient nor pip, and the pip stand-in on its PYTHONPATH: (python, env)."""
+    import site
+    import venv
+
+    venv.create(tmp_path / "venv", with_pip=False, symlinks=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    (tmp_path / "fakepip" / "pip").mkdir(parents=True)
+    (tmp_path / "fakepip" / "pip" / "__init__.py").write_text("")
+    (tmp_path / "fakepip" / "pip" / "__main__.py").write_text(FAKE_PIP)
+    missing = subprocess.run([str(python), "-c", "import nbclient"], capture_output=True)
+    assert missing.returncode != 0, "the venv must not see this machine's nbclient"
+    return str(python), {"PYTHONPATH": str(tmp_path / "fakepip"), "FAKE_PIP_LOG": str(tmp_path / "pip.log"),
+                         "FAKE_PIP_FROM": json.dumps(site.getsitepackages())}
+
+
+def pip_calls(tmp_path: Path) -> list[list[str]]:
+    log = tmp_path / "pip.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_with_no_executor_and_internet_nbexec_pip_installs_nbclient_next_to_the_job_and_runs(tmp_path, bare_python):
+    from tests.test_runner import run_runner
+
+    python, env = bare_python
+    bun = notebook_bundle(tmp_path, "run: nb.ipynb X=2\n", [
+        code("X = 1", "parameters"), code("import ipykernel\nprint(X * 21, ipykernel.__file__)")])
+    proc, result = run_runner(tmp_path, bun, "--max-runtime", "120", env=env, python=python, timeout=150)
+    log = (tmp_path / "attempt" / "job.log").read_text()
+    assert result["status"] == "succeeded", log
+    assert "no notebook executor on this host; installing nbclient and ipykernel" in log
+    [argv] = pip_calls(tmp_path)
+    target = Path(argv[argv.index("--target") + 1])
+    assert argv == ["install", "--quiet", "--disable-pip-version-check", "--no-input", "--target", str(target),
+                    "nbclient", "ipykernel"]
+    assert target.name == "nbdeps" and target.is_dir()
+    code_dir = next((tmp_path / "attempt").rglob(".orch")).parent
+    assert target.parent == code_dir.parent, "next to the job's code, not in it (nor in the outputs)"
+    import tarfile
+
+    with tarfile.open(tmp_path / "attempt" / "outputs.tar.gz") as tar:
+        assert tar.getnames() == ["nb.ipynb"]
+        cells = json.load(tar.extractfile("nb.ipynb"))["cells"]
+    assert text_of(cells[2]) == f"42 {target / 'ipykernel' / '__init__.py'}\n", "the kernel imports what pip put there"
+
+
+@pytest.mark.parametrize("internet, pip_exit, expected", [
+    (False, None, "no notebook executor for {python} (papermill, nbclient+ipykernel or nbconvert); add nbclient"),
+    (True, "3", "no notebook executor for {python} (papermill, nbclient+ipykernel or nbconvert); "
+                "pip install nbclient ipykernel exited with 3; add nbclient"),
+])
+def test_with_no_executor_nbexec_installs_only_with_internet_and_a_failed_install_is_one_line(
+        tmp_path, bare_python, internet, pip_exit, expected):
+    from tests.test_runner import run_runner
+
+    python, env = bare_python
+    bun = notebook_bundle(tmp_path, f"run: nb.ipynb\ninternet: {str(internet).lower()}\n", [code("print(1)")])
+    proc, result = run_runner(tmp_path, bun, "--max-runtime", "60", env={**env, "FAKE_PIP_EXIT": pip_exit or ""},
+                              python=python)
+    assert result["status"] == "failed" and result["failure_class"] == "user"
+    assert result["message"].startswith(expected.format(python=python)), result["message"]
+    assert result["failure"]["ename"] == "NoExecutor"
+    assert len(pip_calls(tmp_path)) == (1 if internet else 0)
+
+
+def test_the_nbconvert_executor_runs_the_notebook_in_the_working_directory_and_a_failure_names_the_executor(tmp_path):
+    pytest.importorskip("nbconvert", reason="pip install nbconvert to test the nbconvert executor")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "rows.txt").write_text("a\nb\nc\n")
+    nb = write_notebook(tmp_path / "code" / "nb.ipynb", [
+        code("N = 1", "parameters"), code("print(N, len(open('rows.txt').read().split()))")])
+    write_notebook(tmp_path / "code" / "bad.ipynb", [code("print('ran')"), code("1 / 0"), code("print('not run')")])
+
+    def nbexec(notebook: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "N": "5", "ORCH_OUTPUT_DIR": str(tmp_path / "out"),
+               "ORCH_FAILURE_FILE": str(tmp_path / "failure.json")}
+        return subprocess.run([sys.executable, str(notebooks.executor_script()), notebook, "--param", "N",
+                               "--executor", "nbconvert"], cwd=nb.parent, env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    done = nbexec("nb.ipynb")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "executing nb.ipynb with nbconvert" in done.stdout
+    assert text_of(cells_of(tmp_path / "out" / "nb.ipynb")[2]) == "5 3\n", "parameters injected, cwd is the code"
+    done = nbexec("bad.ipynb")
+    assert done.returncode == 1
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    # nbconvert writes nothing when a cell fails: the notebook comes back as submitted, and no cell is named.
+    assert failure["message"] == "bad.ipynb: the executor exited with code 1"
+    assert [c["outputs"] for c in cells_of(tmp_path / "out" / "bad.ipynb")] == [[], [], [], []]  # N injected
+    assert sorted(p.name for p in (tmp_path / "code").iterdir()) == ["bad.ipynb", "nb.ipynb", "rows.txt"], \
+        "its private copy is gone"
