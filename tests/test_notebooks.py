@@ -80,6 +80,9 @@ def test_a_failing_cell_fails_the_job_with_the_cell_its_line_and_the_exception_a
     assert job.message == message
     status = json.loads(orch("status", job_id, "--json").output)
     assert status["message"] == message
+    shown = orch("status", job_id).output  # the state line and the attempt's row (wrapped at 80 columns here)
+    assert " ".join(shown.split()).count(message) >= 2, shown
+    assert "bad.ipynb cell 2, l" in orch("status").output  # the list's NOTE column starts with it
     out = fetch(orch, job_id, tmp_path / "out")
     result = json.loads((out / "result.json").read_text())
     assert result["message"] == message and result["failure_class"] == "user"
