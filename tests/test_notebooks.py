@@ -37,6 +37,15 @@ def finished(job_id: str, timeout: float = 120):
     return tick_until(lambda app: app.store.job(job_id).state.terminal, timeout=timeout, interval=0.2)
 
 
+def run_notebook(orch, tmp_path: Path, cells: list[dict], yaml: str, timeout: float = 120):
+    """Write ``cells`` as the notebook ``yaml``'s ``run:`` names, submit, tick to the end: (job id, app, job)."""
+    run = next(line for line in yaml.splitlines() if line.startswith("run: "))
+    write_notebook(tmp_path / "job" / run.split()[1], cells)
+    job_id = submit(orch, make_job(tmp_path / "job", yaml))
+    app = finished(job_id, timeout=timeout)
+    return job_id, app, app.store.job(job_id)
+
+
 def fetch(orch, job_id: str, dest: Path) -> Path:
     result = orch("fetch", job_id, "-o", str(dest))
     assert result.exit_code == 0, result.output
@@ -67,14 +76,11 @@ def test_a_parameterised_notebook_runs_on_local_and_the_executed_notebook_comes_
 def test_a_failing_cell_fails_the_job_with_the_cell_its_line_and_the_exception_and_the_partial_notebook_comes_back(
         orch, config, tmp_path):
     config("platforms:\n  local: {type: local}\n")
-    write_notebook(tmp_path / "job" / "bad.ipynb", [
+    job_id, app, job = run_notebook(orch, tmp_path, [
         code("x = 1\nprint('before')"),
         code("y = 2\nz = y / (x - 1)\nprint('never')"),
         code("print('not run')"),
-    ])
-    job_id = submit(orch, make_job(tmp_path / "job", "run: bad.ipynb\n"))
-    app = finished(job_id)
-    job = app.store.job(job_id)
+    ], "run: bad.ipynb\n")
     assert job.state.value == "FAILED"
     message = "bad.ipynb cell 2, line 2 `z = y / (x - 1)`: ZeroDivisionError: division by zero"
     assert job.message == message
@@ -97,14 +103,12 @@ def test_a_failing_cell_fails_the_job_with_the_cell_its_line_and_the_exception_a
 
 def test_shell_escapes_and_magics_run_and_images_come_back_as_files(orch, config, tmp_path):
     config("platforms:\n  local: {type: local}\n")
-    write_notebook(tmp_path / "job" / "magic.ipynb", [
+    job_id, app, job = run_notebook(orch, tmp_path, [
         code("!echo from-the-shell\n!pip --version > pip.txt\n%env MAGIC=yes\nimport os\nprint(os.environ['MAGIC'])"),
         code("%%time\ntotal = sum(range(1000))"),
         code("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"),
-    ])
-    job_id = submit(orch, make_job(tmp_path / "job", "run: magic.ipynb\noutputs: [pip.txt]\n"))
-    app = finished(job_id)
-    assert app.store.job(job_id).state.value == "SUCCEEDED", app.store.job(job_id).message
+    ], "run: magic.ipynb\noutputs: [pip.txt]\n")
+    assert job.state.value == "SUCCEEDED", job.message
     out = fetch(orch, job_id, tmp_path / "out")
     cells = cells_of(out / "outputs" / "magic.ipynb")
     assert "from-the-shell" in text_of(cells[0]) and "yes" in text_of(cells[0])
@@ -116,10 +120,8 @@ def test_shell_escapes_and_magics_run_and_images_come_back_as_files(orch, config
 
 def test_a_cell_past_its_timeout_fails_the_job_naming_the_cell(orch, config, tmp_path):
     config("platforms:\n  local: {type: local}\n")
-    write_notebook(tmp_path / "job" / "slow.ipynb", [code("print('quick')"), code("import time\ntime.sleep(60)")])
-    job_id = submit(orch, make_job(tmp_path / "job", "run: slow.ipynb --cell-timeout 3s\n"))
-    app = finished(job_id)
-    job = app.store.job(job_id)
+    _, _, job = run_notebook(orch, tmp_path, [code("print('quick')"), code("import time\ntime.sleep(60)")],
+                             "run: slow.ipynb --cell-timeout 3s\n")
     assert job.state.value == "FAILED"
     assert job.message == "slow.ipynb cell 2 `import time`: timed out after 3s"
 
@@ -173,11 +175,8 @@ RESUMABLE = [
 
 def test_a_notebook_that_saves_and_resumes_its_state_runs_as_a_checkpoint_chain(orch, config, tmp_path):
     config("platforms:\n  local: {type: local, session_hours: 0.003, min_segment: 3s}\n")  # 10.8 s sessions
-    write_notebook(tmp_path / "job" / "resume.ipynb", RESUMABLE)
-    job_id = submit(orch, make_job(tmp_path / "job", "run: resume.ipynb\ncheckpoint: ckpt\ngrace: 2s\n"
-                                                       "resources: {max_runtime: 3m}\n"))
-    app = finished(job_id, timeout=180)
-    job = app.store.job(job_id)
+    job_id, app, job = run_notebook(orch, tmp_path, RESUMABLE, "run: resume.ipynb\ncheckpoint: ckpt\ngrace: 2s\n"
+                                    "resources: {max_runtime: 3m}\n", timeout=180)
     assert job.state.value == "SUCCEEDED", job.message
     states = [a.state.value for a in app.store.attempts_of(job_id)]
     assert states[-1] == "SUCCEEDED" and "CHECKPOINTED" in states
@@ -295,16 +294,13 @@ def test_secrets_a_notebook_prints_are_masked_in_the_executed_notebook_and_its_f
 
     config("platforms:\n  local: {type: local}\n")
     monkeypatch.setenv("NB_TOKEN", SECRET)
-    write_notebook(tmp_path / "job" / "leak.ipynb", [
+    job_id, app, job = run_notebook(orch, tmp_path, [
         code("import base64, os\nTOKEN = os.environ['NB_TOKEN']\nprint('token is', TOKEN)\nTOKEN"),
         code("print(base64.b64encode(TOKEN.encode()).decode(), TOKEN.encode().hex())\n"
              "from IPython.display import HTML, display\ndisplay(HTML('<b>' + TOKEN + '</b>'))"),
         code("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"),
         code("raise ValueError('bad token ' + TOKEN)"),
-    ])
-    job_id = submit(orch, make_job(tmp_path / "job", "run: leak.ipynb\nsecrets: [NB_TOKEN]\n"))
-    app = finished(job_id)
-    job = app.store.job(job_id)
+    ], "run: leak.ipynb\nsecrets: [NB_TOKEN]\n")
     assert job.state.value == "FAILED"
     assert job.message == "leak.ipynb cell 4, line 1 `raise ValueError('bad token ' + TOKEN)`: ValueError: bad token ***"
     out = fetch(orch, job_id, tmp_path / "out")
