@@ -198,8 +198,10 @@ def secret_masker():
     values = [os.environ[n] for n in names if os.environ.get(n)]
     if not values:
         return None
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
-    spec = importlib.util.spec_from_file_location("orch_runner", os.environ.get("ORCH_RUNNER") or here)
+    path = os.environ.get("ORCH_RUNNER") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+    if not os.path.isfile(path):  # never run unmasked
+        raise FileNotFoundError("cannot mask the job's secrets in the notebook: no runner.py at %s" % path)
+    spec = importlib.util.spec_from_file_location("orch_runner", path)
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     tee = runner.MaskingTee(None, None, values)
@@ -414,7 +416,7 @@ def main(argv=None) -> int:
     out_path = os.path.join(out_dir, stem + ".ipynb")
     failure_file = os.environ.get("ORCH_FAILURE_FILE")
     deadline = float(os.environ.get("ORCH_DEADLINE") or time.time() + 86400)
-    mask = secret_masker()
+    mask = None
 
     def fail(failure: dict, message: str) -> int:
         print("[nbexec] " + message, flush=True)
@@ -423,6 +425,10 @@ def main(argv=None) -> int:
             write_json(failure_file, masked(doc, mask) if mask else doc)
         return 1
 
+    try:
+        mask = secret_masker()
+    except FileNotFoundError as exc:
+        return fail({"ename": "NoMasking", "evalue": ""}, str(exc))
     with open(args.notebook, encoding="utf-8") as f:
         nb = json.load(f)
     params = {name: typed(os.environ[name]) for name in args.param if name in os.environ}

@@ -468,3 +468,28 @@ def test_the_nbconvert_executor_runs_the_notebook_in_the_working_directory_and_a
     assert [c["outputs"] for c in cells_of(tmp_path / "out" / "bad.ipynb")] == [[], [], [], []]  # N injected
     assert sorted(p.name for p in (tmp_path / "code").iterdir()) == ["bad.ipynb", "nb.ipynb", "rows.txt"], \
         "its private copy is gone"
+
+
+@pytest.mark.parametrize("executor", ["papermill", "nbconvert"])
+def test_executors_that_write_the_notebook_themselves_bring_it_back_masked(executor, tmp_path):
+    pytest.importorskip(executor, reason=f"pip install {executor} to test the {executor} executor")
+    nb = write_notebook(tmp_path / "code" / "leak.ipynb", [code("import os\nprint('token', os.environ['NB_TOKEN'])")])
+    env = {**os.environ, "NB_TOKEN": SECRET, "ORCH_SECRET_NAMES": "NB_TOKEN", "ORCH_OUTPUT_DIR": str(tmp_path / "out")}
+    done = subprocess.run([sys.executable, str(notebooks.executor_script()), nb.name, "--executor", executor],
+                          cwd=nb.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    executed = (tmp_path / "out" / "leak.ipynb").read_text()
+    assert SECRET not in executed and text_of(json.loads(executed)["cells"][0]) == "token ***\n"
+    assert [p.name for p in nb.parent.iterdir()] == ["leak.ipynb"], "the unmasked working copy is gone"
+
+
+def test_with_secrets_and_no_runner_to_mask_them_nbexec_runs_nothing(tmp_path):
+    nb = write_notebook(tmp_path / "leak.ipynb", [code("print('ran')")])
+    env = {**os.environ, "NB_TOKEN": SECRET, "ORCH_SECRET_NAMES": "NB_TOKEN", "ORCH_RUNNER": str(tmp_path / "gone.py"),
+           "ORCH_OUTPUT_DIR": str(tmp_path / "out"), "ORCH_FAILURE_FILE": str(tmp_path / "failure.json")}
+    done = subprocess.run([sys.executable, str(notebooks.executor_script()), nb.name], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert json.loads((tmp_path / "failure.json").read_text())["message"] == \
+        f"cannot mask the job's secrets in the notebook: no runner.py at {tmp_path / 'gone.py'}"
+    assert not (tmp_path / "out" / "leak.ipynb").exists()
