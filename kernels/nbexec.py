@@ -1,9 +1,9 @@
 """Run one Jupyter notebook as a job, with papermill's semantics, using what the host has.
 
 orch ships this file in the bundle as ``.orch/nbexec.py`` when a job's ``run:`` names a
-notebook, and runs it with the job's Python. Like ``runner.py`` it is stdlib-only
+notebook, and runs it with the runner's Python (``$ORCH_PYTHON``). Like ``runner.py`` it is stdlib-only
 (Python >= 3.9): the executor it drives is found on the host, in this order:
-nbclient, papermill, ``jupyter nbconvert --execute``. When none is present and the job
+nbclient, papermill, ``nbconvert --execute``. When none is present and the job
 may use the internet, it installs ``nbclient`` + ``ipykernel`` with ``pip --target``
 next to the job (the host's Python is never modified).
 
@@ -23,7 +23,8 @@ What it does:
 2. executes every cell top to bottom in a fresh kernel, each cell under a timeout that
    never runs past ``$ORCH_DEADLINE``;
 3. writes the executed notebook, with its outputs, to ``$ORCH_OUTPUT_DIR/<name>.ipynb``
-   (also when a cell fails or the job is stopped: as far as it got), its images to
+   (also when a cell fails or the job is stopped: as far as it got), with the job's
+   secrets masked in every output as the runner masks them in ``job.log``, its images to
    ``$ORCH_OUTPUT_DIR/<name>_images/``, and ``metrics.json`` from scrapbook-style
    ``glue`` outputs;
 4. when a cell fails, writes what failed (cell number, its source line, the exception)
@@ -34,12 +35,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
+import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 INJECTED_TAG = "injected-parameters"
@@ -50,10 +55,13 @@ DEADLINE_MARGIN = 5.0
 EXECUTORS = ("nbclient", "papermill", "nbconvert")
 SCRAP_MIME = "application/scrapbook.scrap.json+json"
 IMAGE_MIMES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}
+BINARY_MIMES = frozenset(m for m, ext in IMAGE_MIMES.items() if ext != "svg")
 MAX_TEXT = 300
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: papermill puts a banner cell at the top of a failed notebook; it is not the user's.
 PAPERMILL_BANNER = "papermill-error-cell-tag"
+#: How often the notebook papermill or nbconvert is writing is read back into the outputs.
+SAVE_EVERY = 2.0
 
 
 def clean(text: str, limit: int = MAX_TEXT) -> str:
@@ -177,6 +185,41 @@ def read_metrics(out_dir: str) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+# ---------------------------------------------------------------------------- secrets
+
+
+def secret_masker():
+    """A function that masks the job's secrets (and their encodings) in a string, or
+    None when the job has none. The runner names them in ``$ORCH_SECRET_NAMES`` and
+    its own ``MaskingTee`` (which masks ``job.log``) does the work, found through
+    ``$ORCH_RUNNER`` (else ``runner.py`` beside this file): one set of encodings for
+    the log and the executed notebook."""
+    names = [n for n in os.environ.get("ORCH_SECRET_NAMES", "").split(",") if n]
+    values = [os.environ[n] for n in names if os.environ.get(n)]
+    if not values:
+        return None
+    path = os.environ.get("ORCH_RUNNER") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+    if not os.path.isfile(path):  # never run unmasked
+        raise FileNotFoundError("cannot mask the job's secrets in the notebook: no runner.py at %s" % path)
+    spec = importlib.util.spec_from_file_location("orch_runner", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    tee = runner.MaskingTee(None, None, values)
+    return lambda text: tee.mask(text.encode("utf-8", "surrogatepass")).decode("utf-8", "replace")
+
+
+def masked(doc, mask):
+    """A copy of ``doc`` (a notebook, a failure) with ``mask`` applied to every string
+    except binary image data (base64, which a secret's encodings could match by chance)."""
+    if isinstance(doc, str):
+        return mask(doc)
+    if isinstance(doc, list):
+        return [masked(v, mask) for v in doc]
+    if isinstance(doc, dict):
+        return {k: v if k in BINARY_MIMES else masked(v, mask) for k, v in doc.items()}
+    return doc
+
+
 def write_json(path: str, doc) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -191,39 +234,49 @@ def write_json(path: str, doc) -> None:
 def find_executor(prefer: str | None) -> str | None:
     """The first of nbclient, papermill, nbconvert this Python can use (only ``prefer``
     when given)."""
-    import importlib.util
-    import shutil
-
     have = {
         "papermill": importlib.util.find_spec("papermill") is not None,
         "nbclient": importlib.util.find_spec("nbclient") is not None and importlib.util.find_spec("ipykernel") is not None,
-        "nbconvert": shutil.which("jupyter") is not None and importlib.util.find_spec("nbconvert") is not None,
+        "nbconvert": importlib.util.find_spec("nbconvert") is not None,
     }
     if prefer:
         return prefer if have.get(prefer) else None
     return next((name for name in EXECUTORS if have[name]), None)
 
 
-def install_nbclient(target: str) -> bool:
-    """``pip install --target`` nbclient + ipykernel next to the job, then use them."""
+def install_nbclient(target: str) -> str | None:
+    """``pip install --target`` nbclient + ipykernel next to the job, then use them;
+    returns why that failed, or None."""
     print("[nbexec] no notebook executor on this host; installing nbclient and ipykernel", flush=True)
-    import importlib
-
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                            "--no-input", "--target", target, "nbclient", "ipykernel"])
     if done.returncode != 0:
-        return False
+        return "pip install nbclient ipykernel exited with %d" % done.returncode
     sys.path.insert(0, target)
     importlib.invalidate_caches()
     os.environ["PYTHONPATH"] = os.pathsep.join([target] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    return True
+    return None if find_executor("nbclient") else "pip installed nbclient and ipykernel, but they do not import"
+
+
+def pin_kernel(folder: str) -> None:
+    """Make the ``python3`` kernel this interpreter: a kernelspec in ``folder``, first
+    on ``$JUPYTER_PATH``, so that a ``python3`` kernelspec the host installed for another
+    Python (``ipykernel install`` writes its absolute path) does not run the cells there,
+    away from the job's ``setup:`` packages. Every executor reads it."""
+    spec_dir = os.path.join(folder, "kernels", "python3")
+    os.makedirs(spec_dir, exist_ok=True)
+    write_json(os.path.join(spec_dir, "kernel.json"), {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True}})
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([folder] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
 
 
 class Execution:
     """One run of the notebook; ``nb`` always holds the outputs as far as they got."""
 
-    def __init__(self, nb: dict, out_path: str, cwd: str, deadline: float, cell_timeout: float | None) -> None:
-        self.nb, self.out_path, self.cwd = nb, out_path, cwd
+    def __init__(self, nb: dict, out_path: str, cwd: str, deadline: float, cell_timeout: float | None,
+                 mask=None) -> None:
+        self.nb, self.out_path, self.cwd, self.mask = nb, out_path, cwd, mask
         self.deadline, self.cell_timeout = deadline, cell_timeout
         self.timed_out: dict | None = None
         self.stopped = False
@@ -234,8 +287,12 @@ class Execution:
         limit = min(left, self.cell_timeout) if self.cell_timeout else left
         return max(1, int(limit))
 
+    def masked(self) -> dict:
+        """The notebook as it may leave the host: secrets masked in every output."""
+        return masked(self.nb, self.mask) if self.mask else self.nb
+
     def save(self) -> None:
-        write_json(self.out_path, self.nb)
+        write_json(self.out_path, self.masked())
 
     def on_term(self, *_) -> None:
         """SIGTERM (deadline, session end, cancel): interrupt the running cell; the kernel
@@ -282,27 +339,47 @@ class Execution:
             self.timed_out = {"cell": current["index"] + 1, "dead": clean(exc)}
 
     def _papermill(self) -> None:
-        self._subprocess([sys.executable, "-m", "papermill", "--cwd", self.cwd, "--log-output", "-k", "python3",
-                          "--execution-timeout", str(self.timeout()), self.out_path, self.out_path])
+        self._subprocess(lambda path: [sys.executable, "-m", "papermill", "--cwd", self.cwd, "--log-output",
+                                       "-k", "python3", "--execution-timeout", str(self.timeout()), path, path])
 
     def _nbconvert(self) -> None:
-        self._subprocess(["jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-                          "--ExecutePreprocessor.timeout=%d" % self.timeout(), self.out_path])
+        self._subprocess(lambda path: [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                                       "--ExecutePreprocessor.timeout=%d" % self.timeout(), path])
 
-    def _subprocess(self, cmd: list) -> None:
-        """papermill and nbconvert read and write ``out_path`` themselves."""
+    def _subprocess(self, command) -> None:
+        """papermill and nbconvert read and write a notebook themselves: a private copy,
+        not in the outputs, read back (and saved masked) every few seconds. It lies in the
+        working directory, where nbconvert runs the kernel, as a hidden file, which no
+        ``outputs:`` glob matches."""
+        work = os.path.join(self.cwd, ".%s.orch-run.ipynb" % os.path.splitext(os.path.basename(self.out_path))[0])
+        write_json(work, self.nb)
         self.save()
-        proc = subprocess.Popen(cmd, cwd=self.cwd)
+        proc = subprocess.Popen(command(work), cwd=self.cwd)
         self.kernel_pid = None
         signal.signal(signal.SIGTERM, lambda *_: (setattr(self, "stopped", True), proc.send_signal(signal.SIGTERM)))
-        code = proc.wait()
         try:
-            with open(self.out_path, encoding="utf-8") as f:
-                self.nb = json.load(f)
-        except (OSError, ValueError):
-            pass
+            while True:
+                try:
+                    code = proc.wait(timeout=SAVE_EVERY)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._read_back(work)
+            self._read_back(work)
+        finally:
+            try:
+                os.unlink(work)
+            except OSError:
+                pass
         if code != 0 and first_error(self.nb) is None:
             self.timed_out = {"cell": None, "exit": code}
+
+    def _read_back(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                self.nb = json.load(f)
+        except (OSError, ValueError):  # not written yet, or being written
+            return
+        self.save()
 
 
 class Stopped(Exception):
@@ -339,13 +416,19 @@ def main(argv=None) -> int:
     out_path = os.path.join(out_dir, stem + ".ipynb")
     failure_file = os.environ.get("ORCH_FAILURE_FILE")
     deadline = float(os.environ.get("ORCH_DEADLINE") or time.time() + 86400)
+    mask = None
 
     def fail(failure: dict, message: str) -> int:
         print("[nbexec] " + message, flush=True)
         if failure_file:
-            write_json(failure_file, {"message": message, "notebook": args.notebook, **failure})
+            doc = {"message": message, "notebook": args.notebook, **failure}
+            write_json(failure_file, masked(doc, mask) if mask else doc)
         return 1
 
+    try:
+        mask = secret_masker()
+    except FileNotFoundError as exc:
+        return fail({"ename": "NoMasking", "evalue": ""}, str(exc))
     with open(args.notebook, encoding="utf-8") as f:
         nb = json.load(f)
     params = {name: typed(os.environ[name]) for name in args.param if name in os.environ}
@@ -354,27 +437,33 @@ def main(argv=None) -> int:
         print("[nbexec] parameters injected as cell %d: %s" % (at + 1, ", ".join("%s=%r" % kv for kv in params.items())),
               flush=True)
 
-    executor = find_executor(args.executor)
+    executor, problem = find_executor(args.executor), None
     if executor is None and not args.executor and not args.no_install:
-        if install_nbclient(os.path.join(os.path.dirname(cwd), "nbdeps")):
-            executor = find_executor("nbclient")
+        problem = install_nbclient(os.path.join(os.path.dirname(cwd), "nbdeps"))
+        executor = None if problem else "nbclient"
+    run = Execution(nb, out_path, cwd, deadline, args.cell_timeout, mask)
     if executor is None:
-        write_json(out_path, nb)
-        return fail({"ename": "NoExecutor", "evalue": ""},
-                    "no notebook executor on this host (papermill, nbclient+ipykernel or jupyter nbconvert); "
-                    "add nbclient and ipykernel to the job's setup:")
-    print("[nbexec] executing %s with %s" % (args.notebook, executor), flush=True)
-    run = Execution(nb, out_path, cwd, deadline, args.cell_timeout)
+        run.save()
+        wanted = args.executor or "papermill, nbclient+ipykernel or nbconvert"
+        return fail({"ename": "NoExecutor", "evalue": problem or ""},
+                    "no notebook executor for %s (%s)%s; add nbclient and ipykernel to the job's setup:"
+                    % (sys.executable, wanted, "; " + problem if problem else ""))
+    print("[nbexec] executing %s with %s (%s)" % (args.notebook, executor, sys.executable), flush=True)
+    kernel_dir = tempfile.mkdtemp(prefix="nbexec-kernel-")
+    if importlib.util.find_spec("ipykernel") is not None:  # else papermill/nbconvert use the host's kernelspec
+        pin_kernel(kernel_dir)
     signal.signal(signal.SIGTERM, run.on_term)
     try:
         run.run(executor)
     finally:
+        run.nb = run.masked()  # what follows (images, scraps, the failure) reads the masked notebook
         run.save()
         images = extract_images(run.nb, os.path.join(out_dir, stem + "_images"))
         recorded = scraps(run.nb)
         if recorded:
             write_json(os.path.join(out_dir, "metrics.json"), {**read_metrics(out_dir), **recorded})
         print("[nbexec] executed notebook: %s (%d images)" % (os.path.basename(out_path), len(images)), flush=True)
+        shutil.rmtree(kernel_dir, ignore_errors=True)
     if run.timed_out:  # before first_error: a timed-out cell also shows the interrupt it got
         cell = run.timed_out.get("cell")
         source = source_of(run.nb["cells"][cell - 1]).splitlines() if cell else []

@@ -325,7 +325,8 @@ class MaskingTee:
         self.keep = max([len(s) for s in self.secrets] + [1]) - 1
         self.carry = b""
 
-    def _mask(self, data: bytes) -> bytes:
+    def mask(self, data: bytes) -> bytes:
+        """``data`` with every secret form replaced (nbexec masks executed notebooks with it)."""
         for s in self.secrets:
             data = data.replace(s, b"***")
         return data
@@ -343,7 +344,7 @@ class MaskingTee:
                 self.echo = None
 
     def write(self, chunk: bytes) -> None:
-        data = self._mask(self.carry + chunk)
+        data = self.mask(self.carry + chunk)
         if self.keep and len(data) > self.keep:
             self.carry, data = data[-self.keep:], data[:-self.keep]
         elif self.keep:
@@ -351,7 +352,7 @@ class MaskingTee:
         self._emit(data)
 
     def close(self) -> None:
-        self._emit(self._mask(self.carry))
+        self._emit(self.mask(self.carry))
         self.carry = b""
 
     def note(self, text: str) -> None:
@@ -763,6 +764,10 @@ class Runner:
             "ORCH_DEADLINE": str(int(self.stop_at)),
             "ORCH_CODE_DIR": self.code_dir,
             "ORCH_FAILURE_FILE": self.path("failure.json"),
+            # For nbexec: our interpreter, and the secrets' names, masked with our MaskingTee.
+            "ORCH_PYTHON": sys.executable,
+            "ORCH_RUNNER": os.path.abspath(__file__),
+            "ORCH_SECRET_NAMES": ",".join(sorted(self.secrets)),
             "PYTHONUNBUFFERED": "1",
         })
         python_bin = os.path.dirname(sys.executable)

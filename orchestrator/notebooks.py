@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Where the executor lands in the bundle, relative to the job's working directory.
 EXECUTOR = ".orch/nbexec.py"
+#: The executor runs with the runner's own interpreter (``$ORCH_PYTHON``), not whichever
+#: ``python3`` comes first on the host's PATH: on a host with two Pythons only the
+#: runner's is known to be the one the job's ``setup:`` was installed for.
+PYTHON = '"${ORCH_PYTHON:-python3}"'
 #: A notebook larger than this is refused at submit (it travels and is parsed as JSON).
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
 #: Platform types whose images ship a notebook executor (papermill / nbclient).
@@ -65,7 +69,7 @@ def notebook_of(spec: JobSpec) -> str | None:
         words = shlex.split(spec.run)
     except ValueError:
         return None
-    return words[2] if len(words) > 2 and words[:2] == ["python3", EXECUTOR] else None
+    return words[2] if len(words) > 2 and words[:2] == [shlex.split(PYTHON)[0], EXECUTOR] else None
 
 
 def read_notebook(path: Path, what: str) -> dict:
@@ -139,7 +143,7 @@ def resolve(spec: JobSpec) -> JobSpec:
     both = sorted(set(params) & set(spec.env))
     if both:
         raise SpecError(f"{where}: '{both[0]}' is both a notebook parameter and in env:; keep it in one of them")
-    cmd = ["python3", EXECUTOR, path.relative_to(code).as_posix()]
+    cmd = [EXECUTOR, path.relative_to(code).as_posix()]
     for name in names:
         cmd += ["--param", name]
     if cell_timeout:
@@ -149,7 +153,7 @@ def resolve(spec: JobSpec) -> JobSpec:
     if not spec.internet:
         cmd.append("--no-install")
     env = {**spec.env, **{k: str(v) for k, v in params.items()}}
-    out = spec.model_copy(update={"run": shlex.join(cmd), "env": env})
+    out = spec.model_copy(update={"run": f"{PYTHON} {shlex.join(cmd)}", "env": env})
     out._source, out._lines = spec._source, spec._lines
     return out
 
@@ -188,7 +192,7 @@ def check_executor(spec: JobSpec, offers: list[Offer]) -> None:
             return
         missing.append(offer.platform)
     raise SpecError(f"{spec.where('internet')}: internet: false and no notebook executor where this job may run "
-                    f"({', '.join(missing) or 'no platform'}: none of papermill, nbclient+ipykernel, jupyter nbconvert); "
+                    f"({', '.join(missing) or 'no platform'}: none of papermill, nbclient+ipykernel, nbconvert); "
                     "run `pip install 'orch[notebooks]'` here, or add nbclient and ipykernel to setup:")
 
 

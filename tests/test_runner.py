@@ -31,9 +31,9 @@ def make_bundle(tmp: Path, yaml: str, files: dict[str, str] | None = None) -> b.
 
 
 def run_runner(tmp: Path, bun: b.Bundle, *extra: str, env: dict | None = None, stdin: dict | None = None,
-               timeout: float = 60) -> tuple[subprocess.CompletedProcess, dict]:
+               timeout: float = 60, python: str = sys.executable) -> tuple[subprocess.CompletedProcess, dict]:
     attempt = tmp / "attempt"
-    cmd = [sys.executable, str(runner_path()), "--attempt-dir", str(attempt), "--bundle", str(bun.directory),
+    cmd = [python, str(runner_path()), "--attempt-dir", str(attempt), "--bundle", str(bun.directory),
            "--data-path", str(tmp / "blobs"), "--cache-dir", str(tmp / "cache"), "--job-id", "j" * 32,
            "--job-name", "t", "--attempt", "1", *extra]
     if stdin is not None:
