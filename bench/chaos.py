@@ -154,9 +154,11 @@ def score(home: Path, ids: list[str], ledger: Path, chaos_log: list[str], ticks:
     app = App.open(Home.discover())
     try:
         succeeded = lost = failed = spurious = intact = 0
+        where: Counter = Counter()
         for job_id in ids:
             job = app.store.job(job_id)
             succeeded += job.state.value == "SUCCEEDED"
+            where[job.platform or "-"] += job.state.value == "SUCCEEDED"
             lost += job.state.value == "LOST"
             failed += job.state.value == "FAILED"
             for att in app.store.attempts_of(job_id):
@@ -169,7 +171,7 @@ def score(home: Path, ids: list[str], ledger: Path, chaos_log: list[str], ticks:
         app.close()
     return {"jobs": len(ids), "succeeded": succeeded, "lost": lost, "failed": failed, "executed_twice": len(twice),
             "spurious_lost": spurious, "outputs_intact": intact, "ticks": ticks, "ticks_killed": kills,
-            "runners_killed": len(chaos_log), "tunnel_cuts": cuts}
+            "runners_killed": len(chaos_log), "tunnel_cuts": cuts, "succeeded_on": dict(sorted(where.items()))}
 
 
 def main() -> int:
@@ -186,6 +188,7 @@ def main() -> int:
     from tests.emulators.sshd import SSHD
 
     totals: Counter = Counter()
+    totals_on: Counter = Counter()
     clean = 0
     with scratch_home() as base:
         sshd = SSHD.start(base / "sshd")
@@ -205,7 +208,8 @@ def main() -> int:
                 os.environ["ORCH_HOME"] = str(root / "home")
                 os.environ["ORCH_HEARTBEAT_SECONDS"] = "0.5"
                 result = one_run(root, args, random.Random(args.seed + n), sshd, kaggle)
-                totals.update(result)
+                totals.update({k: v for k, v in result.items() if k != "succeeded_on"})
+                totals_on.update(result["succeeded_on"])
                 ok = result["lost"] == result["failed"] == result["executed_twice"] == result["spurious_lost"] == 0
                 clean += ok
                 print(json.dumps({"run": n, **result, "clean": ok}), flush=True)
@@ -221,7 +225,7 @@ def main() -> int:
             if kaggle is not None:
                 kaggle.close()
             sshd.stop()
-    print(json.dumps({"runs": args.runs, "clean_runs": clean, **dict(totals)}))
+    print(json.dumps({"runs": args.runs, "clean_runs": clean, **dict(totals), "succeeded_on": dict(totals_on)}))
     return 0 if clean == args.runs else 1
 
 
