@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kernels.els import ProductError, create_sample_els, price_els, price_els_batch, price_els_greeks
-from kernels.els.batch import Batch
+from kernels.els.batch import Batch, march_batch_cpu
+from kernels.els.fdm import march_cpu
 from kernels.els.greeks import BUMPS, bump_set, vol_ladder
 from kernels.els.scheme import build_scheme
 from tests.kernels.support import standard_product
@@ -19,16 +21,25 @@ BOOK = [
 ]
 
 
+@pytest.mark.parametrize("solver", ["pcr-batch", "blocks"])
 @pytest.mark.parametrize("grid", [(40, 40, 80), (48, 36, 120)])
-def test_a_batch_prices_every_product_as_a_single_pricing_does(grid):
-    batch = price_els_batch(BOOK, *grid, device="cpu")
+def test_a_batch_prices_every_product_as_a_single_pricing_does(grid, solver):
+    batch = price_els_batch(BOOK, *grid, device="cpu", solver=solver)
     assert len(batch) == len(BOOK)
     for product, r in zip(BOOK, batch):
         one = price_els(product, *grid, device="cpu")
-        assert (r.n1, r.n2, r.nt, r.solver, r.device) == (*grid, "pcr-batch", "cpu")
+        assert (r.n1, r.n2, r.nt, r.solver, r.device) == (*grid, solver, "cpu")
         assert r.price == pytest.approx(one.price, rel=1e-10)
         assert r.delta == pytest.approx(one.delta, rel=1e-8)
         assert r.gamma == pytest.approx(one.gamma, rel=1e-7)
+
+
+def test_the_numpy_batch_march_equals_the_thomas_march_of_each_product():
+    schemes = [build_scheme(p, 36, 44, 100) for p in BOOK]
+    U = march_batch_cpu(Batch.from_schemes(schemes))
+    for b, s in enumerate(schemes):
+        ref = march_cpu(s, "thomas")
+        assert np.abs(U[b] - ref).max() < 1e-12 * np.abs(ref).max()
 
 
 def test_batch_events_sit_at_each_products_own_steps():
@@ -38,9 +49,11 @@ def test_batch_events_sit_at_each_products_own_steps():
     assert bt.U.shape == (4, 21, 2, 21) and bt.cx.shape[0] == 4 and bt.U.flags.c_contiguous
 
 
-def test_an_empty_batch_is_a_clear_error():
+def test_an_empty_batch_or_an_unknown_solver_is_a_clear_error():
     with pytest.raises(ProductError, match="batch: no products"):
         price_els_batch([], 20, 20, 40, device="cpu")
+    with pytest.raises(ValueError, match="expected pcr-batch or one of blocks"):
+        price_els_batch(BOOK, 20, 20, 40, device="cpu", solver="cuda")
 
 
 def test_bumped_greeks_are_central_differences_of_single_pricings():
