@@ -50,6 +50,15 @@ def test_els_pricer_job_writes_results_and_a_plot(tmp_path):
     assert (tmp_path / "els_pricer.png").stat().st_size > 1000
 
 
+def test_els_pricer_job_compares_with_the_cpu_on_request(tmp_path):
+    # On a GPU this is the default; here it runs cpu against cpu, which exercises the same plot.
+    run = run_job_command(["python", "jobs/els-pricer/price.py", "--grids", "30x30x60", "--compare-cpu", "yes"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["cpu_results"][0]["n1"] == 30 and results["results"][0]["speedup_vs_cpu"] > 0
+    assert "x speed-up" in run.stdout and (tmp_path / "els_pricer.png").stat().st_size > 1000
+
+
 def test_els_pricer_job_still_writes_results_without_matplotlib(tmp_path):
     fake = tmp_path / "fake"
     (fake / "matplotlib").mkdir(parents=True)
