@@ -20,10 +20,11 @@ Design (issue 18; docs/kernels.md has the measurements and the alternatives):
 The block functions are ``__host__ __device__`` and written as phases separated by
 ``OSM_SYNC()``, each phase a loop ``OSM_FOR(k, n)`` over independent work items. On the device a
 thread takes items ``threadIdx.x, + blockDim.x, ...`` and ``OSM_SYNC`` is ``__syncthreads``; on the
-host (tests/kernels/test_cuda_source.py) one caller runs each phase's loop in order, which is a
-legal schedule because no item of a phase reads what another item of it writes. So the very source
-cupy compiles is checked against numpy where no GPU exists; only the ``__global__`` wrappers and
-the launch code below need a GPU to test.
+host one caller runs each phase's loop in order, which is a legal schedule because no item of a
+phase reads what another item of it writes. tests/kernels/test_cuda_source.py compiles the very
+source cupy compiles as plain C++ (the CUDA keywords shimmed away) and runs the launch plan of
+:func:`step_launches` on it, block by block, against numpy; only cupy's launch and graph calls
+need a GPU to test.
 
 Layout: ``U[((b * (n1 + 1) + i) * 2 + g) * (n2 + 1) + j]``, the numpy ``U[b, i, g, j]`` of
 :class:`kernels.els.batch.Batch`.
@@ -32,6 +33,7 @@ Layout: ``U[((b * (n1 + 1) + i) * 2 + g) * (n2 + 1) + j]``, the numpy ``U[b, i, 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +42,7 @@ from kernels.els.batch import Batch
 from kernels.els.product import ProductError
 from kernels.els.scheme import Scheme
 
-__all__ = ["CUDA_SOURCE", "SHARED_BYTES", "SOLVER", "launch_shape", "march_gpu", "march_gpu_batch"]
+__all__ = ["CUDA_SOURCE", "SHARED_BYTES", "SOLVER", "Launch", "launch_shape", "march_gpu", "march_gpu_batch", "step_launches"]
 
 SOLVER = "cuda-pcr"
 SHARED_BYTES = 48 * 1024  #: dynamic shared memory a block may use without an opt-in, on every CUDA GPU
@@ -242,12 +244,12 @@ def launch_shape(n1: int, n2: int) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(device_id: int) -> tuple[Any, Any]:
-    """Compile (NVRTC, cached by cupy on disk too) and return the two sweep kernels."""
+def _kernels(device_id: int) -> dict[str, Any]:
+    """Compile (NVRTC, cached by cupy on disk too) and return the two sweep kernels by name."""
     import cupy as cp
 
     module = cp.RawModule(code=CUDA_SOURCE, options=("--std=c++14",))
-    return module.get_function("osm_x_tiles"), module.get_function("osm_y_rows")
+    return {name: module.get_function(name) for name in ("osm_x_tiles", "osm_y_rows")}
 
 
 def _capture(stream: Any, steps: int, launch: Any) -> Any:
@@ -266,6 +268,43 @@ def _capture(stream: Any, steps: int, launch: Any) -> Any:
     return graph
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of a time step: which kernel, its grid, block, arguments and shared bytes."""
+
+    kernel: str
+    grid: tuple[int, int]
+    block: tuple[int]
+    args: tuple[Any, ...]
+    shared_bytes: int
+
+
+def step_launches(bt: Batch, xp: Any) -> tuple[Any, tuple[Launch, Launch]]:
+    """Upload ``bt`` with ``xp`` (cupy, or numpy for the host build) and plan one time step's launches.
+
+    Returns:
+        ``(U, launches)``: ``U`` is the array that holds the result after every step; running the
+        two launches ``nt`` times in order marches the batch. The tests run the very same plan on
+        the host build of :data:`CUDA_SOURCE`, so the arguments, grids and shared-memory sizes are
+        checked without a GPU.
+    """
+    shape = launch_shape(bt.n1, bt.n2)
+    U = xp.array(bt.U)  # a copy: the march overwrites it
+    Us = xp.empty_like(U)
+    cx, cy, wx, wy, ki_rows, ki_cols, ev_row, ev_col, ev_val = (
+        xp.asarray(v) for v in (bt.cx, bt.cy, bt.wx, bt.wy, bt.ki_rows, bt.ki_cols, bt.ev_row, bt.ev_col, bt.ev_val)
+    )
+    step = xp.zeros(1, dtype=np.int32)
+    i32 = np.int32
+    n1, n2, B = i32(bt.n1), i32(bt.n2), i32(bt.size)
+    Lx, Ly, tile = i32(bt.cx.shape[1]), i32(bt.cy.shape[1]), i32(shape["tile"])
+    x = Launch("osm_x_tiles", (shape["x_blocks"], bt.size), (shape["x_threads"],),
+               (U, Us, cx, wx, wy, n1, n2, Lx, tile, step), shape["x_bytes"])
+    y = Launch("osm_y_rows", (shape["y_blocks"], bt.size), (shape["y_threads"],),
+               (Us, U, cy, wx, wy, n1, n2, Ly, ki_rows, ki_cols, ev_row, ev_col, ev_val, step, B), shape["y_bytes"])
+    return U, (x, y)
+
+
 def march_gpu_batch(batch: Batch, graphs: bool = True) -> np.ndarray:
     """March every scheme of ``batch`` on the current CUDA device; returns ``U`` on the host.
 
@@ -277,26 +316,14 @@ def march_gpu_batch(batch: Batch, graphs: bool = True) -> np.ndarray:
     import cupy as cp
 
     bt = batch
-    shape = launch_shape(bt.n1, bt.n2)
-    x_sweep, y_sweep = _kernels(cp.cuda.Device().id)
+    kernels = _kernels(cp.cuda.Device().id)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        U = cp.asarray(bt.U)
-        Us = cp.empty_like(U)
-        cx, cy, wx, wy, ki_rows, ki_cols, ev_row, ev_col, ev_val = (
-            cp.asarray(v) for v in (bt.cx, bt.cy, bt.wx, bt.wy, bt.ki_rows, bt.ki_cols, bt.ev_row, bt.ev_col, bt.ev_val)
-        )
-        step = cp.zeros(1, dtype=cp.int32)
-        i32 = np.int32
-        n1, n2, B = i32(bt.n1), i32(bt.n2), i32(bt.size)
-        Lx, Ly, tile = i32(bt.cx.shape[1]), i32(bt.cy.shape[1]), i32(shape["tile"])
-        x_grid, y_grid = (shape["x_blocks"], bt.size), (shape["y_blocks"], bt.size)
-        x_args = (U, Us, cx, wx, wy, n1, n2, Lx, tile, step)
-        y_args = (Us, U, cy, wx, wy, n1, n2, Ly, ki_rows, ki_cols, ev_row, ev_col, ev_val, step, B)
+        U, launches = step_launches(bt, cp)
 
         def one_step() -> None:
-            x_sweep(x_grid, (shape["x_threads"],), x_args, shared_mem=shape["x_bytes"])
-            y_sweep(y_grid, (shape["y_threads"],), y_args, shared_mem=shape["y_bytes"])
+            for ln in launches:
+                kernels[ln.kernel](ln.grid, ln.block, ln.args, shared_mem=ln.shared_bytes)
 
         chunk = min(GRAPH_STEPS, bt.nt)
         full, rest = divmod(bt.nt, chunk)

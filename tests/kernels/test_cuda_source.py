@@ -1,16 +1,20 @@
 """The CUDA source, checked without a GPU: it compiles for the GPUs orch targets, and the very same
-block functions, compiled for the host by nvcc, march a batch of schemes to the numpy result.
+source, compiled as plain C++ with a few shims, marches a batch of schemes to the numpy result when
+driven by the launch plan the GPU code uses (kernels.els.cuda.step_launches).
 
-The host build runs each ``OSM_FOR`` phase of a block in order and ``OSM_SYNC`` is a no-op (see
-kernels/els/cuda.py), so what this checks is the block's maths, its shared-memory indexing, the
-PCR levels, the boundary, autocall and knock-in handling and the device-side step counter.
-What it cannot check: the ``__global__`` wrappers' block indices and the cupy launch and graph
-code; tests/kernels/test_gpu.py covers those on a machine with a GPU.
+The shims make the CUDA keywords empty, give ``blockIdx`` a host variable and ``extern __shared__``
+a host array; outside ``__CUDA_ARCH__`` the source's ``OSM_FOR`` runs each phase of a block in
+order and ``OSM_SYNC`` is a no-op (see kernels/els/cuda.py). So this checks the kernels' maths,
+shared-memory indexing, PCR levels, boundaries, autocall and knock-in, the device-side step counter,
+the ``__global__`` wrappers' block indices and the launch plan's arguments, grids and shared sizes.
+What it cannot check: NVRTC inside cupy, thread-level races, and the graph capture;
+tests/kernels/test_gpu.py covers those on a machine with a GPU.
 """
 
 from __future__ import annotations
 
 import ctypes
+import shutil
 import subprocess
 
 import numpy as np
@@ -18,32 +22,24 @@ import pytest
 
 from kernels.els import create_sample_els
 from kernels.els.batch import Batch, march_batch_cpu
-from kernels.els.cuda import CUDA_SOURCE, launch_shape
+from kernels.els.cuda import CUDA_SOURCE, launch_shape, step_launches
 from kernels.els.fdm import march_cpu
 from kernels.els.product import ProductError
 from kernels.els.scheme import NK, build_scheme, read_out
 from tests.kernels.support import requires_nvcc, standard_product
 
-pytestmark = requires_nvcc
+SHARED_DOUBLES = 1 << 13  # 64 KB, more than any block may use (48 KB)
 
-HARNESS = r"""
-#include "osm.cu"
-// What the blocks of osm_x_tiles / osm_y_rows do, one block after another.
-extern "C" void host_x_sweep(const double* U, double* Us, const double* cx, const double* wx, const double* wy,
-                             int n1, int n2, int Lx, int tile, int B, int* step, double* sh)
-{
-    for (int b = 0; b < B; ++b)
-        for (int t0 = 0; t0 < 2 * (n2 + 1); t0 += tile)
-            osm_x_block(U, Us, cx, wx, wy, n1, n2, Lx, tile, b, t0, step, sh);
-}
-extern "C" void host_y_sweep(const double* Us, double* U, const double* cy, const double* wx, const double* wy,
-                             int n1, int n2, int Ly, const int* ki_rows, const int* ki_cols, const int* ev_row,
-                             const int* ev_col, const double* ev_val, const int* step, int B, double* sh)
-{
-    for (int b = 0; b < B; ++b)
-        for (int i = 0; i <= n1; ++i)
-            osm_y_block(Us, U, cy, wx, wy, n1, n2, Ly, ki_rows, ki_cols, ev_row, ev_col, ev_val, step, B, b, i, sh);
-}
+HOST_SHIMS = f"""
+// Host shims: the CUDA keywords the source uses, for a plain C++ compiler.
+#define __host__
+#define __device__
+#define __global__
+#define __shared__
+struct osm_dim3 {{ unsigned x, y, z; }};
+static osm_dim3 blockIdx;
+double sh[{SHARED_DOUBLES}];  // what `extern __shared__ double sh[]` names on the host
+extern "C" void osm_set_block(unsigned x, unsigned y) {{ blockIdx.x = x; blockIdx.y = y; }}
 """
 
 
@@ -52,6 +48,7 @@ def nvcc(*args: str, cwd) -> None:
     assert run.returncode == 0, run.stderr
 
 
+@requires_nvcc
 @pytest.mark.parametrize("arch", ["sm_60", "sm_75", "sm_90"])  # P100, T4 (Kaggle, Colab), H100/H200
 def test_cuda_source_compiles(tmp_path, arch):
     assert "#include" not in CUDA_SOURCE  # NVRTC, which cupy uses, has no host headers
@@ -66,37 +63,39 @@ def test_cuda_source_compiles(tmp_path, arch):
 
 @pytest.fixture(scope="module")
 def host_kernels(tmp_path_factory):
-    """The CUDA block functions compiled for the host into a shared library."""
+    """The CUDA source compiled as C++ for the host into a shared library."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) on PATH")
     d = tmp_path_factory.mktemp("osm")
-    (d / "osm.cu").write_text(CUDA_SOURCE)
-    (d / "harness.cu").write_text(HARNESS)
-    nvcc("-shared", "-Xcompiler", "-fPIC", "-std=c++14", "-o", "libosm.so", "harness.cu", cwd=d)
-    lib = ctypes.CDLL(str(d / "libosm.so"))
-    dp, ip, i = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int32), ctypes.c_int
-    lib.host_x_sweep.argtypes = [dp] * 5 + [i] * 5 + [ip, dp]
-    lib.host_y_sweep.argtypes = [dp] * 5 + [i] * 3 + [ip] * 4 + [dp, ip, i, dp]
-    return lib
+    (d / "osm.cpp").write_text(HOST_SHIMS + CUDA_SOURCE)
+    run = subprocess.run([cxx, "-std=c++14", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", "libosm.so", "osm.cpp"],
+                         cwd=d, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return ctypes.CDLL(str(d / "libosm.so"))
+
+
+def c_arg(a):
+    """A launch argument as ctypes passes it: arrays by pointer, numpy scalars by value."""
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data)
+    return ctypes.c_int(int(a)) if isinstance(a, np.int32) else ctypes.c_double(float(a))
 
 
 def march_with_cuda_source(lib, bt: Batch) -> np.ndarray:
-    """kernels.els.cuda.march_gpu_batch's time loop, with each launch run on the host."""
-    def p(a):
-        ctype = ctypes.c_int32 if a.dtype == np.int32 else ctypes.c_double
-        return a.ctypes.data_as(ctypes.POINTER(ctype))
-
-    shape = launch_shape(bt.n1, bt.n2)
-    U = bt.U.copy()
-    Us = np.empty_like(U)
-    step = np.zeros(1, dtype=np.int32)
-    sh = np.empty(max(shape["x_bytes"], shape["y_bytes"]) // 8)
-    Lx, Ly = bt.cx.shape[1], bt.cy.shape[1]
+    """kernels.els.cuda.march_gpu_batch's time loop, each launch's blocks run one after another."""
+    U, launches = step_launches(bt, np)
+    for ln in launches:
+        assert ln.shared_bytes <= 48 * 1024 and ln.block[0] % 32 == 0
+    plan = [(getattr(lib, ln.kernel), ln.grid, [c_arg(a) for a in ln.args]) for ln in launches]
     for _ in range(bt.nt):
-        lib.host_x_sweep(p(U), p(Us), p(bt.cx), p(bt.wx), p(bt.wy), bt.n1, bt.n2, Lx, shape["tile"], bt.size, p(step), p(sh))
-        lib.host_y_sweep(
-            p(Us), p(U), p(bt.cy), p(bt.wx), p(bt.wy), bt.n1, bt.n2, Ly,
-            p(bt.ki_rows), p(bt.ki_cols), p(bt.ev_row), p(bt.ev_col), p(bt.ev_val), p(step), bt.size, p(sh),
-        )
-    assert step[0] == bt.nt
+        for kernel, (gx, gy), args in plan:
+            for by in range(gy):
+                for bx in range(gx):
+                    lib.osm_set_block(bx, by)
+                    kernel(*args)
+    step = launches[0].args[-1]
+    assert step[0] == bt.nt  # the device-side step counter advanced once per step
     return U
 
 
