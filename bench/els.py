@@ -44,6 +44,7 @@ TARGETS_H100 = {(200, 200, 1080): 0.020}
 TARGETS_H200 = {(100, 100, 200): 0.002, (200, 200, 1080): 0.010, (400, 400, 2000): 0.040}  # issue 18
 TARGET_BATCH_H200 = 0.001  # seconds per pricing, 64 pricings at 200x200x1080
 GPU_REPEATS = 5  # at least, after one warm-up
+TILES = (1, 2, 4, 8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +233,9 @@ def gpu_cells(p: ELSProduct, grid: tuple[int, int, int], repeats: int) -> dict[s
     for name, graphs in (("gpu_loop_graphs", True), ("gpu_loop_direct", False)):
         b, m, _ = timed(lambda: march_gpu(s, graphs=graphs), repeats)
         out[name] = {"best_s": b, "median_s": m, "per_step_us": b / nt * 1e6}
+    for tile in TILES:  # x-lines per block of the x-sweep: the default is chosen by these figures
+        b, _, _ = timed(lambda: march_gpu(s, tile=tile), repeats)
+        out.setdefault("gpu_loop_us_per_step_by_tile", {})[str(tile)] = b / nt * 1e6
     out["h200_target_s"] = TARGETS_H200.get(grid)
     return out
 
@@ -290,7 +294,9 @@ def print_row(row: dict[str, Any], solvers: list[str], gpu_ok: bool) -> None:
     print(line, flush=True)
     if gpu_ok:
         gg, gd = row["gpu_loop_graphs"], row["gpu_loop_direct"]
-        print(f"{'':<14}GPU time loop: {gg['per_step_us']:.1f} us/step with CUDA graphs, {gd['per_step_us']:.1f} us/step direct", flush=True)
+        tiles = ", ".join(f"{t}: {us:.1f}" for t, us in row["gpu_loop_us_per_step_by_tile"].items())
+        print(f"{'':<14}GPU time loop: {gg['per_step_us']:.1f} us/step with CUDA graphs, {gd['per_step_us']:.1f} us/step direct;"
+              f" us/step by x-tile {tiles}", flush=True)
     for solver in solvers[1:]:
         r = row[f"cpu_{solver}"]
         print(f"{'':<14}{fmt_s(r['best_s']) + ' / ' + fmt_s(r['median_s']):>24}  (solver {solver})", flush=True)
@@ -325,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         print("200x200x1000 time by 1080/1000. 'seed algo here' = that pricer's algorithm re-implemented and run here.")
         if TARGETS_H100:
             print(f"H100 target: 200x200x1080 <= {fmt_s(TARGETS_H100[(200, 200, 1080)])} (GPU column, when run on one).")
+        targets = ", ".join(f"{'x'.join(map(str, g))} <= {fmt_s(t)}" for g, t in TARGETS_H200.items())
+        print(f"H200 targets (issue 18): {targets}; a batch of 64 at 200x200x1080 <= {fmt_s(TARGET_BATCH_H200)} per pricing.")
     return 0
 
 

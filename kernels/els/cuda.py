@@ -218,15 +218,19 @@ extern "C" __global__ void osm_y_rows(const double* __restrict__ Us, double* __r
 """
 
 
-def launch_shape(n1: int, n2: int) -> dict[str, int]:
+def launch_shape(n1: int, n2: int, tile: int = MAX_TILE) -> dict[str, int]:
     """Tile width, blocks per product, threads and shared bytes of both kernels for one grid size.
+
+    Args:
+        tile: the most x-lines per block (fewer where they would not fit in shared memory);
+            bench/els.py times 1, 2 and 4 to choose the default.
 
     Raises:
         ProductError: a line does not fit in a block's shared memory (``n2 > 1537``).
     """
-    tile = min(MAX_TILE, SHARED_BYTES // (16 * (n1 - 1)))
+    tile = min(int(tile), SHARED_BYTES // (16 * (n1 - 1)))
     y_bytes = 32 * (n2 - 1)
-    if tile < 1 or y_bytes > SHARED_BYTES:
+    if tile < 1 or y_bytes > SHARED_BYTES:  # (a tile argument < 1 lands here too)
         raise ProductError(
             f"grid {n1} x {n2}: the GPU path stages a line in {SHARED_BYTES // 1024} KB of shared memory, "
             f"so n1 and n2 must be <= {SHARED_BYTES // 32 + 1}; use device=cpu or a smaller grid"
@@ -279,7 +283,7 @@ class Launch:
     shared_bytes: int
 
 
-def step_launches(bt: Batch, xp: Any) -> tuple[Any, tuple[Launch, Launch]]:
+def step_launches(bt: Batch, xp: Any, tile: int = MAX_TILE) -> tuple[Any, tuple[Launch, Launch]]:
     """Upload ``bt`` with ``xp`` (cupy, or numpy for the host build) and plan one time step's launches.
 
     Returns:
@@ -288,7 +292,7 @@ def step_launches(bt: Batch, xp: Any) -> tuple[Any, tuple[Launch, Launch]]:
         the host build of :data:`CUDA_SOURCE`, so the arguments, grids and shared-memory sizes are
         checked without a GPU.
     """
-    shape = launch_shape(bt.n1, bt.n2)
+    shape = launch_shape(bt.n1, bt.n2, tile)
     U = xp.array(bt.U)  # a copy: the march overwrites it
     Us = xp.empty_like(U)
     cx, cy, wx, wy, ki_rows, ki_cols, ev_row, ev_col, ev_val = (
@@ -305,7 +309,7 @@ def step_launches(bt: Batch, xp: Any) -> tuple[Any, tuple[Launch, Launch]]:
     return U, (x, y)
 
 
-def march_gpu_batch(batch: Batch, graphs: bool = True) -> np.ndarray:
+def march_gpu_batch(batch: Batch, graphs: bool = True, tile: int = MAX_TILE) -> np.ndarray:
     """March every scheme of ``batch`` on the current CUDA device; returns ``U`` on the host.
 
     Everything is uploaded once and only the final grids come back. Per step there are two
@@ -319,7 +323,7 @@ def march_gpu_batch(batch: Batch, graphs: bool = True) -> np.ndarray:
     kernels = _kernels(cp.cuda.Device().id)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        U, launches = step_launches(bt, cp)
+        U, launches = step_launches(bt, cp, tile)
 
         def one_step() -> None:
             for ln in launches:
@@ -345,6 +349,6 @@ def march_gpu_batch(batch: Batch, graphs: bool = True) -> np.ndarray:
     return out
 
 
-def march_gpu(s: Scheme, graphs: bool = True) -> np.ndarray:
+def march_gpu(s: Scheme, graphs: bool = True, tile: int = MAX_TILE) -> np.ndarray:
     """March one scheme on the GPU (a batch of one); returns the final ``U``, ``s.shape``."""
-    return march_gpu_batch(Batch.from_schemes([s]), graphs=graphs)[0]
+    return march_gpu_batch(Batch.from_schemes([s]), graphs=graphs, tile=tile)[0]

@@ -82,9 +82,9 @@ def c_arg(a):
     return ctypes.c_int(int(a)) if isinstance(a, np.int32) else ctypes.c_double(float(a))
 
 
-def march_with_cuda_source(lib, bt: Batch) -> np.ndarray:
+def march_with_cuda_source(lib, bt: Batch, tile: int = 4) -> np.ndarray:
     """kernels.els.cuda.march_gpu_batch's time loop, each launch's blocks run one after another."""
-    U, launches = step_launches(bt, np)
+    U, launches = step_launches(bt, np, tile)
     for ln in launches:
         assert ln.shared_bytes <= 48 * 1024 and ln.block[0] % 32 == 0
     plan = [(getattr(lib, ln.kernel), ln.grid, [c_arg(a) for a in ln.args]) for ln in launches]
@@ -127,6 +127,14 @@ def test_cuda_block_functions_reproduce_the_cpu_march(host_kernels, products, gr
         assert np.abs(gpu_algo[b] - cpu).max() / scale < 1e-12
         assert np.abs(gpu_algo[b] - numpy_batch[b]).max() / scale < 1e-12
         assert read_out(s, gpu_algo[b, :, NK, :])[0] == pytest.approx(read_out(s, cpu[:, NK, :])[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 8])  # the widths bench/els.py times, and one that leaves ragged tiles
+def test_every_x_tile_width_gives_the_same_march(host_kernels, tile):
+    schemes = [build_scheme(p, 30, 26, 50) for p in PRODUCTS[:2]]
+    bt = Batch.from_schemes(schemes)
+    ref = march_batch_cpu(bt)
+    assert np.abs(march_with_cuda_source(host_kernels, bt, tile) - ref).max() < 1e-12 * np.abs(ref).max()
 
 
 def test_launch_shape_keeps_lines_in_48_kb_of_shared_memory():
