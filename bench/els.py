@@ -3,9 +3,11 @@
     python bench/els.py                      # the issue's four grids; seed re-implementation on the first three
     python bench/els.py --baseline-all       # also run the seed algorithm at 200x200x1080 (minutes)
     python bench/els.py --solvers blocks,dense,thomas --json
+    python bench/els.py --gpu-grids 400x400x2000 --batch 64   # on a GPU: also a GPU-only grid and a batch
 
 Columns: our best and median wall time per pricing (``price_els``: set-up, time loop and read-out),
-the GPU's when one is present, the public pricer's *published* CPU time
+the GPU's (best and median of at least 5 after a warm-up; every call ends with the result on the
+host, so it is synchronised) and the CPU/GPU ratio on the same machine, the public pricer's *published* CPU time
 (minhoo-main/FDM_CUDA_PYTHON ``PERFORMANCE_TEST_RESULTS.md``: 0.70 s, 3.70 s, 8.0 s, and 78.26 s
 at 200x200x1000) and the same algorithm re-implemented here and timed in this process, each
 with its ratio to ours. The seed's price is shown too: it drops the cross term, halves the
@@ -29,7 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.els import ELSProduct, create_sample_els, price_els  # noqa: E402
+from kernels.els import ELSProduct, create_sample_els, price_els, price_els_batch  # noqa: E402
+from kernels.els.greeks import vol_ladder  # noqa: E402
+from kernels.els.scheme import build_scheme  # noqa: E402
 from kernels.xp import cpu_model, gpu_status  # noqa: E402
 
 GRIDS = [(40, 40, 80), (80, 80, 150), (100, 100, 200), (200, 200, 1080)]
@@ -37,6 +41,10 @@ PUBLISHED_CPU = {(40, 40, 80): 0.70, (80, 80, 150): 3.70, (100, 100, 200): 8.0}
 PUBLISHED_200 = 78.26  # seconds at 200x200x1000 (not 1080)
 TARGETS_CPU = {(100, 100, 200): 0.040, (200, 200, 1080): 1.5}
 TARGETS_H100 = {(200, 200, 1080): 0.020}
+TARGETS_H200 = {(100, 100, 200): 0.002, (200, 200, 1080): 0.010, (400, 400, 2000): 0.040}  # issue 18
+TARGET_BATCH_H200 = 0.001  # seconds per pricing, 64 pricings at 200x200x1080
+GPU_REPEATS = 5  # at least, after one warm-up
+TILES = (1, 2, 4, 8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,8 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row[f"cpu_{solver}"] = {"best_s": best, "median_s": med, "price": r.price}
         ours = row[f"cpu_{solvers[0]}"]["best_s"]
         if gpu_ok:
-            best, med, r = timed(lambda: price_els(p, n1, n2, nt, device="gpu"), repeats)
-            row["gpu"] = {"best_s": best, "median_s": med, "price": r.price, "device": r.device_name}
+            row.update(gpu_cells(p, grid, max(repeats, GPU_REPEATS)))
+            row["gpu_ratio"] = ours / row["gpu"]["best_s"]
         pub = PUBLISHED_CPU.get(grid)
         row["published_cpu_s"] = pub
         row["published_ratio"] = pub / ours if pub else None
@@ -193,16 +201,77 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
         if not args.json:
             print_row(row, solvers, gpu_ok)
+    gpu_rows, batch = [], None
+    if gpu_ok:
+        for grid in args.gpu_grids:
+            row = {"grid": "x".join(map(str, grid)), **gpu_cells(p, grid, GPU_REPEATS)}
+            gpu_rows.append(row)
+            if not args.json:
+                print_gpu_row(row)
+        if args.batch:
+            batch = gpu_batch(p, args.batch, rows)
+            if not args.json:
+                print_batch(batch)
     return {
         "machine": {"cpu": cpu_model(), "logical_cores": __import__("os").cpu_count(), "numpy": np.__version__},
         "gpu": None if not gpu_ok else rows[0].get("gpu", {}).get("device"),
         "gpu_absent_reason": None if gpu_ok else gpu_reason,
         "rows": rows,
+        "gpu_rows": gpu_rows,
+        "batch": batch,
     }
 
 
+def gpu_cells(p: ELSProduct, grid: tuple[int, int, int], repeats: int) -> dict[str, Any]:
+    """GPU timings for one grid: ``price_els`` end to end, and its time loop with and without CUDA graphs."""
+    from kernels.els.cuda import march_gpu
+
+    n1, n2, nt = grid
+    best, med, r = timed(lambda: price_els(p, n1, n2, nt, device="gpu"), repeats)
+    s = build_scheme(p, n1, n2, nt)
+    out = {"gpu": {"best_s": best, "median_s": med, "price": r.price, "device": r.device_name}}
+    for name, graphs in (("gpu_loop_graphs", True), ("gpu_loop_direct", False)):
+        b, m, _ = timed(lambda: march_gpu(s, graphs=graphs), repeats)
+        out[name] = {"best_s": b, "median_s": m, "per_step_us": b / nt * 1e6}
+    for tile in TILES:  # x-lines per block of the x-sweep: the default is chosen by these figures
+        b, _, _ = timed(lambda: march_gpu(s, tile=tile), repeats)
+        out.setdefault("gpu_loop_us_per_step_by_tile", {})[str(tile)] = b / nt * 1e6
+    out["h200_target_s"] = TARGETS_H200.get(grid)
+    return out
+
+
+def gpu_batch(p: ELSProduct, size: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``size`` pricings (a vega ladder) at 200x200x1080 in one batch; the CPU figure is one single pricing."""
+    grid = (200, 200, 1080)
+    books = vol_ladder(p, size)
+    best, med, r = timed(lambda: price_els_batch(books, *grid, device="gpu"), GPU_REPEATS)
+    cpu = next((row["cpu_blocks"]["best_s"] for row in rows if row["grid"] == "200x200x1080" and "cpu_blocks" in row), None)
+    return {
+        "grid": "200x200x1080", "size": size, "best_s": best, "median_s": med,
+        "per_pricing_best_s": best / size, "per_pricing_median_s": med / size, "device": r[0].device_name,
+        "cpu_single_best_s": cpu, "ratio": cpu / (best / size) if cpu else None, "h200_target_s": TARGET_BATCH_H200,
+    }
+
+
+def print_gpu_row(row: dict[str, Any]) -> None:
+    g, gg, gd = row["gpu"], row["gpu_loop_graphs"], row["gpu_loop_direct"]
+    print(
+        f"{row['grid']:<14}GPU only: {fmt_s(g['best_s'])} / {fmt_s(g['median_s'])}; time loop {gg['per_step_us']:.1f} us/step"
+        f" with graphs, {gd['per_step_us']:.1f} without", flush=True,
+    )
+
+
+def print_batch(b: dict[str, Any]) -> None:
+    print(
+        f"batch of {b['size']} at {b['grid']} on {b['device']}: {fmt_s(b['best_s'])} best / {fmt_s(b['median_s'])} median,"
+        f" {b['per_pricing_best_s'] * 1e3:.3f} ms per pricing (target <= {b['h200_target_s'] * 1e3:.0f} ms on an H200)"
+        + (f"; CPU single pricing {fmt_s(b['cpu_single_best_s'])}, ratio {fmt_x(b['ratio'])}" if b["ratio"] else ""),
+        flush=True,
+    )
+
+
 HEADER = (
-    f"{'grid':<14}{'ours (best / median)':>24}{'GPU (best)':>12}{'published CPU':>15}{'ratio':>8}"
+    f"{'grid':<14}{'ours (best / median)':>24}{'GPU (best / median)':>24}{'CPU/GPU':>9}{'published CPU':>15}{'ratio':>8}"
     f"{'seed algo here':>16}{'ratio':>8}{'price ours':>12}{'price seed':>12}"
 )
 
@@ -214,7 +283,8 @@ def print_row(row: dict[str, Any], solvers: list[str], gpu_ok: bool) -> None:
     ratio = row["published_ratio"] or row.get("published_ratio_scaled")
     line = (
         f"{row['grid']:<14}{fmt_s(main['best_s']) + ' / ' + fmt_s(main['median_s']):>24}"
-        f"{fmt_s(row['gpu']['best_s']) if gpu_ok else '—':>12}{pub:>15}{fmt_x(ratio):>8}"
+        f"{fmt_s(row['gpu']['best_s']) + ' / ' + fmt_s(row['gpu']['median_s']) if gpu_ok else '—':>24}"
+        f"{fmt_x(row.get('gpu_ratio')):>9}{pub:>15}{fmt_x(ratio):>8}"
         f"{fmt_s(seed['seconds']) if seed else 'skipped':>16}{fmt_x(row.get('seed_here_ratio')):>8}"
         f"{main['price']:>12.4f}{seed['price'] if seed else float('nan'):>12.4f}"
     )
@@ -222,6 +292,11 @@ def print_row(row: dict[str, Any], solvers: list[str], gpu_ok: bool) -> None:
     if target:
         line += f"   target <= {fmt_s(target)}: {'met' if main['best_s'] <= target else 'MISSED'}"
     print(line, flush=True)
+    if gpu_ok:
+        gg, gd = row["gpu_loop_graphs"], row["gpu_loop_direct"]
+        tiles = ", ".join(f"{t}: {us:.1f}" for t, us in row["gpu_loop_us_per_step_by_tile"].items())
+        print(f"{'':<14}GPU time loop: {gg['per_step_us']:.1f} us/step with CUDA graphs, {gd['per_step_us']:.1f} us/step direct;"
+              f" us/step by x-tile {tiles}", flush=True)
     for solver in solvers[1:]:
         r = row[f"cpu_{solver}"]
         print(f"{'':<14}{fmt_s(r['best_s']) + ' / ' + fmt_s(r['median_s']):>24}  (solver {solver})", flush=True)
@@ -238,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solvers", default="blocks", help="CPU solvers to time, first is the headline (blocks,dense,thomas)")
     ap.add_argument("--baseline-max-cells", type=float, default=3e6, help="run the seed algorithm up to N1*N2*NT cells")
     ap.add_argument("--baseline-all", action="store_true", help="run the seed algorithm on every grid (slow)")
+    ap.add_argument("--gpu-grids", type=parse_grids, default=[], help="N1xN2xNT,... timed on the GPU only (e.g. 400x400x2000)")
+    ap.add_argument("--batch", type=int, default=0, metavar="N", help="on a GPU, also time N pricings at 200x200x1080 in one batch")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
     if not args.json:
@@ -254,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         print("200x200x1000 time by 1080/1000. 'seed algo here' = that pricer's algorithm re-implemented and run here.")
         if TARGETS_H100:
             print(f"H100 target: 200x200x1080 <= {fmt_s(TARGETS_H100[(200, 200, 1080)])} (GPU column, when run on one).")
+        targets = ", ".join(f"{'x'.join(map(str, g))} <= {fmt_s(t)}" for g, t in TARGETS_H200.items())
+        print(f"H200 targets (issue 18): {targets}; a batch of 64 at 200x200x1080 <= {fmt_s(TARGET_BATCH_H200)} per pricing.")
     return 0
 
 

@@ -12,9 +12,9 @@ CPU solvers (``solver=``):
   the cross term and boundaries.
 * ``"dense"``: the same with one block, i.e. a product with the full inverse (2x the flops at
   200 x 200; kept for comparison in ``bench/els.py``).
-* ``"thomas"``: the same batched, pre-factored Thomas recurrence the CUDA kernel runs, vectorised
-  over lines. Slower (a Python loop over rows) but it is the algorithm the GPU executes, which
-  makes it the reference for the GPU's results.
+* ``"thomas"``: the batched, pre-factored Thomas recurrence, vectorised over lines. Slower (a
+  Python loop over rows); it is the exact reference the GPU's PCR results
+  (:mod:`kernels.els.cuda`) are checked against.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class ELSResult:
         n1, n2, nt: the grid and number of time steps used.
         seconds: wall time of the whole call (scheme set-up, time loop, read-out).
         device: ``"cpu"`` or ``"gpu"``; ``device_name`` says which one.
-        solver: ``"blocks"``/``"dense"``/``"thomas"`` on the CPU, ``"cuda-thomas"`` on the GPU.
+        solver: ``"blocks"``/``"dense"``/``"thomas"`` on the CPU, ``"cuda-pcr"`` on the GPU
+            (``"pcr-batch"`` for a CPU batch, see :mod:`kernels.els.batch`).
     """
 
     price: float
@@ -199,10 +200,10 @@ def price_els(
     dev = resolve_device(device)
     s = build_scheme(product, n1, n2, nt)
     if dev == "gpu":
-        from kernels.els.cuda import march_gpu
+        from kernels.els.cuda import SOLVER, march_gpu
 
         U = march_gpu(s)
-        used = "cuda-thomas"
+        used = SOLVER
     else:
         U = march_cpu(s, solver)
         used = solver

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["ELSProduct", "ProductError", "create_sample_els", "load_product", "observation_steps"]
+__all__ = ["ELSProduct", "ProductError", "create_sample_els", "load_product", "load_products", "observation_steps"]
 
 
 class ProductError(ValueError):
@@ -203,21 +203,44 @@ def create_sample_els() -> ELSProduct:
     )
 
 
-def load_product(path: str | Path) -> ELSProduct:
-    """Load a product from a YAML file whose keys are :class:`ELSProduct` fields.
-
-    Raises:
-        ProductError: the file is missing, is not YAML, or a field is wrong; the message names the file.
-    """
+def _read_yaml(path: str | Path) -> tuple[Path, Any]:
+    """Parse a YAML file, turning every failure into one ProductError that names the file."""
     import yaml
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return p, yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ProductError(f"{p}: cannot read product file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise ProductError(f"{p}: not valid YAML{line}") from None
+
+
+def load_product(path: str | Path) -> ELSProduct:
+    """Load a product from a YAML file whose keys are :class:`ELSProduct` fields.
+
+    Raises:
+        ProductError: the file is missing, is not YAML, or a field is wrong; the message names the file.
+    """
+    p, data = _read_yaml(path)
     return ELSProduct.from_dict(data, source=str(p))
+
+
+MAX_BATCH = 4096  #: products one batch file may hold (a cap on untrusted input, far above any real book)
+
+
+def load_products(path: str | Path) -> list[ELSProduct]:
+    """Load a YAML *list* of products (each a mapping of :class:`ELSProduct` fields) for a batch.
+
+    Raises:
+        ProductError: not a non-empty list (of at most :data:`MAX_BATCH`), or a bad entry; the
+            message names the file and the entry (``FILE: [3]: rho: ...``).
+    """
+    p, data = _read_yaml(path)
+    if not isinstance(data, list) or not data:
+        raise ProductError(f"{p}: expected a non-empty YAML list of products (one mapping of product fields per entry)")
+    if len(data) > MAX_BATCH:
+        raise ProductError(f"{p}: {len(data)} products; a batch file holds at most {MAX_BATCH}, split it")
+    return [ELSProduct.from_dict(d, source=f"{p}: [{k}]") for k, d in enumerate(data)]

@@ -7,10 +7,9 @@ per-step work is a solve with many right-hand sides:
     forward:   d_0 = r_0 * inv_0,     d_i = (r_i - a_i * d_{i-1}) * inv_i
     backward:  x_{n-1} = d_{n-1},     x_i = d_i - cp_i * x_{i+1}
 
-with ``inv_i = 1 / (b_i - a_i * cp_{i-1})`` and ``cp_i = c_i * inv_i``. The CUDA kernel in
-:mod:`kernels.els.cuda` runs exactly this recurrence, one thread per line; :func:`solve_lines`
-is its vectorised CPU twin (one numpy operation per row, all lines at once) and serves as the
-reference the GPU path is checked against.
+with ``inv_i = 1 / (b_i - a_i * cp_{i-1})`` and ``cp_i = c_i * inv_i``. :func:`solve_lines` runs
+it vectorised over lines (one numpy operation per row, all lines at once) and serves as the
+reference the GPU path (parallel cyclic reduction, :mod:`kernels.els.pcr`) is checked against.
 
 On the CPU the time loop does not run this recurrence (it would cost ~4n numpy calls per
 sweep); it applies block inverses built from these same factors with BLAS, see

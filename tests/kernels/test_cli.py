@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 import kernels.xp
 from kernels.els import create_sample_els
 from kernels.els.__main__ import main
+
+yaml = pytest.importorskip("yaml")  # the GPU check machine has only cupy, numpy and pytest
 
 
 def test_json_output_has_price_greeks_grid_and_device(capsys):
@@ -58,3 +59,38 @@ def test_module_runs_as_a_script():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("product  sample")
+
+
+def test_batch_file_prices_each_product(capsys, tmp_path):
+    p = create_sample_els()
+    path = tmp_path / "book.yaml"
+    path.write_text(yaml.safe_dump([p.to_dict(), p.replace(rho=0.2).to_dict()]))
+    assert main(["--n", "30", "--nt", "60", "--device", "cpu", "--batch", str(path), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["batch"] == str(path) and len(r["results"]) == 2
+    assert r["results"][0]["price"] != r["results"][1]["price"]
+    assert main(["--n", "30", "--nt", "60", "--device", "cpu", "--batch", str(path)]) == 0
+    assert "batch    " + str(path) + ": 2 products" in capsys.readouterr().out
+
+
+def test_bad_batch_entry_names_the_file_and_the_entry(capsys, tmp_path):
+    path = tmp_path / "book.yaml"
+    path.write_text(yaml.safe_dump([create_sample_els().to_dict(), {"maturity": 3}]))
+    assert main(["--batch", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: [1]: missing field") and err.count("\n") == 1
+    path.write_text("maturity: 3\n")
+    assert main(["--batch", str(path)]) == 1
+    assert "expected a non-empty YAML list of products" in capsys.readouterr().err
+
+
+def test_greeks_full_adds_bumped_sensitivities(capsys):
+    assert main(["--n", "30", "--nt", "60", "--device", "cpu", "--greeks", "full", "--json"]) == 0
+    g = json.loads(capsys.readouterr().out)["greeks"]
+    assert g["pricings"] == 9 and len(g["vega"]) == 2 and "rate_rho" in g and "correlation" in g
+
+
+def test_batch_does_not_combine_with_product_or_greeks():
+    with pytest.raises(SystemExit) as exc:
+        main(["--batch", "a.yaml", "--greeks", "full"])
+    assert exc.value.code == 2

@@ -5,10 +5,13 @@ Timings are never asserted; bench/els.py reports them.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from kernels.els import create_sample_els, mc_price_els, price_els
+from kernels.els import create_sample_els, mc_price_els, price_els, price_els_batch
+from kernels.els.greeks import vol_ladder
 from kernels.els.fdm import march_cpu
 from kernels.els.scheme import build_scheme
 from tests.kernels.support import requires_gpu, standard_product
@@ -35,13 +38,21 @@ def test_xp_is_cupy_when_a_gpu_is_present(monkeypatch):
     assert get_xp() is np
 
 
-@pytest.mark.parametrize("product, grid", CASES)
-def test_gpu_grid_equals_the_cpu_grid_within_1e_10(product, grid):
+@functools.lru_cache(maxsize=None)
+def thomas_grid(case: int) -> np.ndarray:
+    """The CPU reference grid of CASES[case] (the Thomas march takes seconds at 200 x 200 x 1080; do it once)."""
+    product, grid = CASES[case]
+    return march_cpu(build_scheme(product, *grid), "thomas")
+
+
+@pytest.mark.parametrize("graphs", [True, False])  # CUDA graph replay, and the direct launches it falls back to
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_gpu_grid_equals_the_cpu_grid_within_1e_10(case, graphs):
     from kernels.els.cuda import march_gpu
 
-    s = build_scheme(product, *grid)
-    gpu = march_gpu(s)
-    cpu = march_cpu(s, "thomas")
+    product, grid = CASES[case]
+    gpu = march_gpu(build_scheme(product, *grid), graphs=graphs)
+    cpu = thomas_grid(case)
     assert np.abs(gpu - cpu).max() / np.abs(cpu).max() < 1e-10
 
 
@@ -49,10 +60,32 @@ def test_gpu_grid_equals_the_cpu_grid_within_1e_10(product, grid):
 def test_gpu_price_and_greeks_equal_the_cpu_within_1e_10(product, grid):
     gpu = price_els(product, *grid, device="gpu")
     cpu = price_els(product, *grid, device="cpu")
-    assert gpu.device == "gpu" and gpu.solver == "cuda-thomas" and gpu.device_name.startswith("gpu: ")
+    assert gpu.device == "gpu" and gpu.solver == "cuda-pcr" and gpu.device_name.startswith("gpu: ")
     assert gpu.price == pytest.approx(cpu.price, rel=1e-10)
     assert gpu.delta == pytest.approx(cpu.delta, rel=1e-8)
     assert gpu.gamma == pytest.approx(cpu.gamma, rel=1e-7)
+
+
+def test_gpu_batch_equals_the_numpy_batch_and_single_pricings():
+    from kernels.els.batch import Batch, march_batch_cpu
+    from kernels.els.cuda import march_gpu_batch
+
+    products = [p for p, _ in CASES] + [standard_product().replace(rho=-0.3, vols=(0.2, 0.4))]
+    schemes = [build_scheme(p, 60, 52, 150) for p in products]
+    bt = Batch.from_schemes(schemes)
+    gpu, cpu = march_gpu_batch(bt), march_batch_cpu(bt)
+    assert np.abs(gpu - cpu).max() / np.abs(cpu).max() < 1e-10
+    singles = price_els_batch(products, 60, 52, 150, device="gpu")
+    for p, r in zip(products, singles):
+        assert r.solver == "cuda-pcr"
+        assert r.price == pytest.approx(price_els(p, 60, 52, 150, device="cpu").price, rel=1e-10)
+
+
+def test_gpu_batch_of_64_at_200x200x1080_prices_like_the_cpu():
+    products = vol_ladder(create_sample_els(), 64)
+    gpu = price_els_batch(products, 200, 200, 1080, device="gpu")
+    for k in (0, 17, 63):
+        assert gpu[k].price == pytest.approx(price_els(products[k], 200, 200, 1080, device="cpu").price, rel=1e-10)
 
 
 def test_gpu_monte_carlo_agrees_with_the_cpu_within_standard_errors():

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+yaml = pytest.importorskip("yaml")  # the GPU check machine has only cupy, numpy and pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = ROOT / "jobs"
@@ -47,6 +48,15 @@ def test_els_pricer_job_writes_results_and_a_plot(tmp_path):
     assert [(r["n1"], r["nt"]) for r in results["results"]] == [(40, 80), (60, 120)]
     assert all(90 < r["price"] < 100 and r["device"] == "cpu" for r in results["results"])
     assert (tmp_path / "els_pricer.png").stat().st_size > 1000
+
+
+def test_els_pricer_job_compares_with_the_cpu_on_request(tmp_path):
+    # On a GPU this is the default; here it runs cpu against cpu, which exercises the same plot.
+    run = run_job_command(["python", "jobs/els-pricer/price.py", "--grids", "30x30x60", "--compare-cpu", "yes"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["cpu_results"][0]["n1"] == 30 and results["results"][0]["speedup_vs_cpu"] > 0
+    assert "x speed-up" in run.stdout and (tmp_path / "els_pricer.png").stat().st_size > 1000
 
 
 def test_els_pricer_job_still_writes_results_without_matplotlib(tmp_path):

@@ -63,3 +63,25 @@ def test_block_solver_splits_into_blocks_of_about_28_rows():
     f, _ = random_dominant(199, 9)
     assert len(BlockSolver(f).blocks) == 7
     assert len(BlockSolver(f, 1_000).blocks) == 1
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 9, 99, 199, 399])
+def test_pcr_agrees_with_thomas_on_every_line(n):
+    from kernels.els.pcr import levels, pcr_coefficients, solve_last
+
+    f, m = random_dominant(n, n + 7)
+    coef = pcr_coefficients(f)
+    assert coef.shape == (levels(n), 3, n) and 2 ** levels(n) >= n
+    rhs = np.random.default_rng(3).random((n, 6))
+    x = solve_last(coef, rhs.T).T
+    assert np.abs(x - solve_lines(f, rhs)).max() < 1e-14 * np.abs(x).max() * n
+    assert np.allclose(m @ x, rhs, rtol=0, atol=1e-13)
+
+
+def test_pcr_coefficients_reaching_outside_the_line_are_exactly_zero():
+    from kernels.els.pcr import pcr_coefficients
+
+    coef = pcr_coefficients(random_dominant(13, 4)[0])
+    for k in range(coef.shape[0]):
+        s = 1 << k
+        assert not coef[k, 1, :s].any() and not coef[k, 2, 13 - s :].any()
