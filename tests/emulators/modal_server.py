@@ -12,8 +12,8 @@ What it implements (everything else answers UNIMPLEMENTED and is recorded in
 ``unimplemented``, so a test sees at once when the client grows a new call):
 client hello, app get-or-create, image get-or-create + build stream, ephemeral
 secrets, volume get-or-create / put (blocks) / get / list / remove, V1 sandbox
-create / get-task-id / wait / terminate / get-from-name / list, and the workspace
-billing summary.
+create / get-task-id / wait / terminate / get-from-name / list / tags-get, and the
+workspace billing summary.
 
 A sandbox runs its command as a local subprocess (the unmodified runner), with each
 volume's mount point mapped onto the volume's directory here. Faults, from the real
@@ -426,6 +426,33 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
                 await stream.send_message(api_pb2.SandboxGetFromNameResponse(sandbox_id=sb.id))
                 return
         raise GRPCError(Status.NOT_FOUND, f"Sandbox with name '{req.sandbox_name}' not found")
+
+    async def SandboxList(stream, method: str = "SandboxList"):
+        """Running sandboxes, newest first, ``before_timestamp`` paging (sandbox/_sandbox.py ``_list``)."""
+        req = await stream.recv_message()
+        await s._gate(method, stream)
+        want = {t.tag_name: t.tag_value for t in req.tags}
+        found = [sb for sb in (s.sandboxes.values() if req.include_finished else s.running())
+                 if (not req.app_id or sb.app_id == req.app_id)
+                 and all(sb.tags.get(k) == v for k, v in want.items())
+                 and (not req.before_timestamp or sb.created < req.before_timestamp)]
+        found.sort(key=lambda sb: -sb.created)
+        infos = [api_pb2.SandboxInfo(id=sb.id, created_at=sb.created, app_id=sb.app_id, name=sb.name,
+                                     tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()],
+                                     task_info=api_pb2.TaskInfo(id=f"ta-{sb.id}", sandbox_id=sb.id))
+                 for sb in found[:20]]
+        await stream.send_message(api_pb2.SandboxListResponse(sandboxes=infos))
+
+    async def SandboxListV2(stream):
+        """The client's default listing (``sandbox_v2``): V1 and V2 sandboxes alike."""
+        await SandboxList(stream, "SandboxListV2")
+
+    async def SandboxTagsGet(stream):
+        req = await stream.recv_message()
+        await s._gate("SandboxTagsGet", stream)
+        sb = _sandbox(req.sandbox_id)
+        await stream.send_message(api_pb2.SandboxTagsGetResponse(
+            tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()]))
 
     async def AuthTokenGet(stream):
         await stream.recv_message()

@@ -9,7 +9,9 @@ What orch creates in the workspace (docs/platforms/modal.md):
   ``attempts/<key>/`` per attempt (deleted by ``release``);
 * one sandbox per attempt named by the attempt key: names are unique among an app's
   running sandboxes, so a retried submit never starts a second one, and ``find`` adopts
-  it by name after a controller crash.
+  it by name after a controller crash. Each is tagged with this orch home's controller
+  id and its key, and noted in ``sandboxes.json`` before it is created, so ``reconcile``
+  terminates the ones no active attempt owns (an orphan of a crashed tick).
 
 The job's secrets and env reach the runner through the sandbox's environment (an
 ephemeral Modal secret, held by Modal in memory for the sandbox's life), never a volume.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shlex
 import tempfile
 import time
@@ -26,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock
 from pydantic import Field, field_validator
 
 from ...bundle import sha256_file
@@ -68,6 +72,9 @@ class ModalSettings(PlatformSettings):
     max_concurrent: int = 2
     #: Longest one call to Modal may take before it counts as unanswered.
     call_deadline: PositiveDuration = 60.0
+    #: A sandbox younger than this is never taken for an orphan: another tick may have
+    #: written its attempt after this one read the active attempts.
+    orphan_grace: PositiveDuration = 120.0
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -98,6 +105,9 @@ class ModalPlatform(PlatformBase):
 
     settings_model = ModalSettings
     settings: ModalSettings
+    #: Swept every tick while ``sandboxes.json`` lists any: an orphaned sandbox bills by
+    #: the second. With none listed ``reconcile`` makes no call.
+    reconcile_every_tick = True
 
     def __init__(self, name: str, settings: ModalSettings, home: Any):
         super().__init__(name, settings, home)
@@ -251,12 +261,15 @@ class ModalPlatform(PlatformBase):
         timeout = int(min(self.settings.timeout, launch.max_runtime_s + 2 * launch.grace_s + 300))
         doc = json.dumps(launch.runner_env())
         image = self._image(launch)
+        created = round(time.time(), 3)  # the tag and sandboxes.json hold the same number
+        self._sandboxes(add={launch.key: created})  # intent first: reconcile sweeps it if orphaned
+        tags = {"orch-job": launch.job_id, "orch-attempt": str(launch.attempt), "orch-key": launch.key,
+                "orch-controller": self.controller_id, "orch-created": f"{created:.3f}"}
 
         def create() -> Any:
             return modal.Sandbox.create(
                 *self._command(launch, runner), app=app, name=launch.key, image=image, gpu=gpu, timeout=timeout,
-                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})],
-                tags={"orch-job": launch.job_id, "orch-attempt": str(launch.attempt)})
+                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})], tags=tags)
         try:
             sb = self._call("sandbox create", create, deadline=max(self.settings.call_deadline, 300.0),
                             retry=self.account.backoff.replace(attempts=1))
@@ -403,6 +416,68 @@ class ModalPlatform(PlatformBase):
             self._call("volume remove", lambda: vol.remove_file(f"attempts/{handle.key}", recursive=True))
         except MissingError:
             pass
+
+    # ------------------------------------------------------------------ orphans
+    @property
+    def controller_id(self) -> str:
+        """This orch home's identity in the app's sandbox tags (made once, kept here)."""
+        path = self.root / "controller-id"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(6) + "\n")
+        return path.read_text().strip()
+
+    def _sandboxes(self, add: dict[str, float] | None = None, keep: Any = None) -> dict[str, float]:
+        """``sandboxes.json``: {attempt key: create time} of sandboxes this home created
+        that may still run. ``add`` notes one; ``keep(key, created)`` filters the rest."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "sandboxes.json"
+        with FileLock(str(self.root / "sandboxes.lock")):
+            doc = _json(path.read_bytes()) if path.is_file() else {}
+            noted = {k: float(v) for k, v in doc.items() if isinstance(v, (int, float))}
+            if add is None and keep is None:
+                return noted
+            noted.update(add or {})
+            if keep is not None:
+                noted = {k: t for k, t in noted.items() if keep(k, t)}
+            tmp = path.with_name("sandboxes.json.tmp")
+            tmp.write_text(json.dumps(noted))
+            tmp.replace(path)
+            return noted
+
+    def reconcile(self, active_keys: set[str]) -> None:
+        """Terminate this home's sandboxes that no active attempt owns: a controller that
+        crashed after the create, then the attempt was cancelled, retried elsewhere or
+        released. Only sandboxes tagged with this home's controller id are touched (other
+        homes may share the app), none younger than ``orphan_grace``.
+
+        Design choice: a sweep costs one listing, so it runs only while ``sandboxes.json``
+        notes a sandbox (it is written before every create); a failed listing raises, so
+        nothing is read into "nothing is running".
+        """
+        if not self._sandboxes():
+            return
+        modal = self.account.modal
+        app, _ = self._remote()
+        now, grace = time.time(), self.settings.orphan_grace
+        mine = {"orch-controller": self.controller_id}
+        running = self._call("sandbox list", lambda: [
+            (sb, sb.get_tags()) for sb in modal.Sandbox.list(app_id=app.app_id, tags=mine)])
+        ended: set[str] = set()
+        for sb, tags in running:
+            key = tags.get("orch-key", "")
+            try:
+                created = float(tags.get("orch-created", "0"))
+            except ValueError:
+                created = 0.0
+            if key in active_keys or now - created < grace:
+                continue
+            log.warning("%s: terminating sandbox %s (attempt %s): no active attempt owns it",
+                        self.name, sb.object_id, key[:80])
+            self._call("sandbox terminate", sb.terminate)
+            ended.add(key)
+        # Swept: what stays noted is what may still be live (active, or too young to judge).
+        self._sandboxes(keep=lambda k, t: k not in ended and (k in active_keys or now - t < grace))
 
     # ------------------------------------------------------------------ a refused token
     def _auth_file(self) -> Path:

@@ -1,0 +1,64 @@
+"""What orch leaves on Modal and cleans up: orphaned sandboxes (``reconcile``) and the
+volume's shared files (``orch gc``), with the unmodified client against the stand-in."""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import orch_process, submit, tick_until
+from tests.platforms.modal.test_modal import job, settled, state
+
+
+def test_a_sandbox_whose_attempt_was_cancelled_after_a_crash_is_terminated_on_a_later_tick(
+        orch, modal_config, modal_standin, tmp_path, orch_home):
+    modal_config(orphan_grace="1s")
+    job_id = submit(orch, job(tmp_path, run="sleep 120"))
+    crashed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"})
+    assert crashed.returncode == -9, crashed.stderr
+    sb, = modal_standin.sandboxes.values()
+    assert sb.tags["orch-key"] == sb.name and sb.tags["orch-controller"]
+    result = orch("cancel", job_id)  # the attempt ends in the store; its sandbox runs on
+    assert result.exit_code == 0, result.output
+    assert modal_standin.running() == [sb]
+    tick_until(lambda app: not modal_standin.running(), timeout=30,
+               what=f"orphan terminated {modal_standin.calls[-30:]} {list((orch_home / 'platforms').rglob('*'))}")
+    assert "SandboxListV2" in modal_standin.calls and sb.proc.poll() is not None
+    assert state(orch, job_id)["state"] == "CANCELLED"
+    # swept: with nothing left to watch, a tick makes no call to Modal
+    calls = len(modal_standin.calls)
+    assert orch("tick").exit_code == 0
+    assert len(modal_standin.calls) == calls, modal_standin.calls[calls:]
+
+
+def test_the_sweep_leaves_live_attempts_young_sandboxes_and_other_homes_alone(orch, modal_config, modal_standin,
+                                                                              tmp_path):
+    import modal
+    modal_config(orphan_grace="1s")
+    job_id = submit(orch, job(tmp_path, run="sleep 4; python3 train.py"))
+    tick_until(lambda app: app.store.attempts_of(job_id)[-1].state.value == "RUNNING", what="running")
+    app = modal.App.lookup("orch")
+    other = modal.Sandbox.create("sleep", "60", app=app, name="another-home", gpu="T4",
+                                 tags={"orch-controller": "not-this-home", "orch-key": "x", "orch-created": "0"})
+    settled(job_id)
+    assert state(orch, job_id)["state"] == "SUCCEEDED"
+    assert "SandboxListV2" in modal_standin.calls
+    mine = [sb for sb in modal_standin.sandboxes.values() if sb.name != "another-home"]
+    assert all(sb.result is not None and sb.result.status == sb.result.GENERIC_STATUS_SUCCESS for sb in mine)
+    assert [sb.id for sb in modal_standin.running()] == [other.object_id]
+    other.terminate()
+
+
+def test_a_failed_listing_terminates_nothing_and_is_retried(orch, modal_config, modal_standin, tmp_path):
+    from grpclib.const import Status
+    modal_config(orphan_grace="1s")
+    job_id = submit(orch, job(tmp_path, run="sleep 120"))
+    assert orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"}).returncode == -9
+    assert orch("cancel", job_id).exit_code == 0
+    modal_standin.fail("SandboxListV2", Status.UNAVAILABLE, times=20)
+    time.sleep(1.5)  # past the grace: only the failed listing keeps it alive
+    result = orch("tick")
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert len(modal_standin.running()) == 1 and "SandboxListV2" in modal_standin.calls
+    assert "sandbox list failed" in result.output or "clean-up" in result.output, result.output
+    modal_standin.faults.clear()
+    tick_until(lambda app: not modal_standin.running(), timeout=30, what="orphan terminated")
