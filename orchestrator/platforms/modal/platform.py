@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import shlex
 import tempfile
 import time
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +35,7 @@ from filelock import FileLock
 from pydantic import Field, field_validator
 
 from ...bundle import sha256_file
-from ...errors import CapacityError, ConfigError, LostError, TransientError
+from ...errors import CapacityError, ConfigError, LostError, PrecheckError, TransientError
 from ...gpus import MODAL_DOLLARS_PER_HOUR, MODAL_DOLLARS_PER_SECOND, MODAL_FREE_CREDIT
 from ...quota import Budget, QuotaReading
 from ...partfile import PartFile
@@ -55,6 +57,16 @@ COMMIT_EVERY_S = 20
 STALE_HEARTBEAT_S = 600.0
 #: How long a rejected token keeps the platform unavailable before orch asks again.
 AUTH_PAUSE_S = 900.0
+#: What ``orch gc`` may delete on the volume: orch's own paths, by kind; nothing else.
+OWNED = {
+    "runner": re.compile(r"runner/[0-9a-f]{64}\.py"),
+    "bundle": re.compile(r"bundles/[0-9a-f]{8,64}"),
+    "data": re.compile(r"blobs/data-[0-9a-f]{8,64}\.tar"),
+    "checkpoint": re.compile(r"ckpt/[0-9a-f]{64}\.tar\.gz"),
+    "attempt": re.compile(r"attempts/[A-Za-z0-9][A-Za-z0-9._-]{0,127}"),
+}
+#: Volume entries ``orch gc`` reads at most (a listing is untrusted).
+MAX_LISTED = 200_000
 
 
 class ModalSettings(PlatformSettings):
@@ -285,8 +297,9 @@ class ModalPlatform(PlatformBase):
                 if found is not None:
                     return found
             raise
+        # "datasets": the volume paths this run reads; `orch gc` keeps them while it is active.
         return Handle(launch.key, {"sandbox_id": sb.object_id, "gpu": gpu, "uploaded": uploaded,
-                                   "submitted_at": time.time()})
+                                   "datasets": sorted({_top(r) for r in files}), "submitted_at": time.time()})
 
     def _gpu(self, launch: Launch) -> str | None:
         res = launch.spec.resources
@@ -417,6 +430,48 @@ class ModalPlatform(PlatformBase):
         except MissingError:
             pass
 
+    # ------------------------------------------------------------------ clean-up (orch gc)
+    def garbage(self, older_than_s: float, keep: set[str] = frozenset(),
+                last_used: Mapping[str, float] | None = None) -> list[tuple[str, str, datetime | None]]:
+        """orch's files on the volume that nothing used for ``older_than_s``: (kind, ref,
+        last use). A file's last use is the later of its upload (the volume's mtime) and
+        the last time an attempt read it (``last_used``, from the state store: the
+        ``datasets`` of each attempt's handle, now for an active one). The directories of
+        attempts in ``keep`` are never listed; nothing outside ``OWNED`` ever is.
+
+        Design choice: one recursive listing of the volume, grouped by top-level item, so
+        a bundle directory counts from its newest file.
+        """
+        _, vol = self._remote()
+        entries = self._call("volume list", lambda: _capped(vol.iterdir("/", recursive=True), MAX_LISTED),
+                             deadline=max(self.settings.call_deadline, 300.0))
+        newest: dict[str, float] = {}
+        for e in entries:
+            ref = _top(str(e.path).lstrip("/"))
+            if _kind(ref) is not None:
+                newest[ref] = max(newest.get(ref, 0.0), float(e.mtime or 0))
+        used = dict(last_used or {})
+        now = time.time()
+        out: list[tuple[str, str, datetime | None]] = []
+        for ref, mtime in sorted(newest.items()):
+            kind = _kind(ref)
+            if kind == "attempt" and ref.split("/", 1)[1] in keep:
+                continue
+            when = max(mtime, used.get(ref, 0.0))
+            if now - when >= older_than_s:
+                out.append((str(kind), ref, datetime.fromtimestamp(when, timezone.utc) if when else None))
+        return out
+
+    def delete(self, kind: str, ref: str) -> None:
+        """Delete one thing ``garbage`` listed; refuses any path orch does not own."""
+        if _kind(ref) != kind:
+            raise PrecheckError(f"refusing to delete {kind} {ref}: not a path orch owns on the volume", self.name)
+        _, vol = self._remote()
+        try:
+            self._call(f"volume remove {ref}", lambda: vol.remove_file(ref, recursive=True))
+        except MissingError:
+            pass  # already gone (another gc)
+
     # ------------------------------------------------------------------ orphans
     @property
     def controller_id(self) -> str:
@@ -498,6 +553,24 @@ class ModalPlatform(PlatformBase):
         if not isinstance(at, (int, float)) or time.time() - at > AUTH_PAUSE_S:
             return None
         return str(doc.get("message") or "Modal rejected the token")[:300]
+
+
+def _top(path: str) -> str:
+    """The item a volume path belongs to: ``bundles/<digest>/x`` -> ``bundles/<digest>``."""
+    return "/".join(path.split("/")[:2])
+
+
+def _kind(ref: str) -> str | None:
+    return next((kind for kind, shape in OWNED.items() if shape.fullmatch(ref)), None)
+
+
+def _capped(items: Any, limit: int) -> list:
+    out = []
+    for item in items:
+        if len(out) >= limit:
+            raise TransientError(f"the Modal volume lists more than {limit} entries; clean it with `modal volume rm`")
+        out.append(item)
+    return out
 
 
 def _json(data: bytes) -> dict:

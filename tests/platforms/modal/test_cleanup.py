@@ -3,6 +3,7 @@ volume's shared files (``orch gc``), with the unmodified client against the stan
 
 from __future__ import annotations
 
+import json
 import time
 
 from tests.conftest import orch_process, submit, tick_until
@@ -62,3 +63,46 @@ def test_a_failed_listing_terminates_nothing_and_is_retried(orch, modal_config, 
     assert "sandbox list failed" in result.output or "clean-up" in result.output, result.output
     modal_standin.faults.clear()
     tick_until(lambda app: not modal_standin.running(), timeout=30, what="orphan terminated")
+
+
+def volume_root(modal_standin):
+    return modal_standin.volume_dir(modal_standin.volumes["orch"])
+
+
+def test_gc_deletes_volume_files_no_live_job_reads_and_nothing_else(orch, modal_config, modal_standin, tmp_path):
+    modal_config()
+    first = submit(orch, job(tmp_path, "one"))
+    settled(first)
+    root = volume_root(modal_standin)
+    old_bundle, = (p.name for p in (root / "bundles").iterdir())
+    (root / "notes").mkdir()
+    (root / "notes" / "mine.txt").write_text("not orch's")
+    (root / "bundles" / "Not-A-Digest").mkdir()
+    time.sleep(1.5)
+    second = submit(orch, job(tmp_path, "two", run="sleep 6; python3 train.py"))  # same data, new code
+    tick_until(lambda app: app.store.attempts_of(second)[-1].state.value == "RUNNING", what="running")
+    listed = json.loads(orch("gc", "--older-than", "1s", "--json").output)
+    refs = {r["ref"]: r["kind"] for r in listed}
+    assert refs == {f"bundles/{old_bundle}": "bundle"}, listed  # the data and the runner: `two` reads them
+    result = orch("gc", "--older-than", "1s", "--yes")
+    assert result.exit_code == 0 and "deleted" in result.output, result.output
+    assert not (root / "bundles" / old_bundle).exists() and (root / "blobs").iterdir()
+    settled(second)
+    assert state(orch, second)["state"] == "SUCCEEDED"
+    time.sleep(1.5)
+    result = orch("gc", "--older-than", "1s", "--yes", "--json")
+    kinds = sorted(r["kind"] for r in json.loads(result.output))
+    assert kinds == ["bundle", "data", "runner"], result.output
+    assert (root / "notes" / "mine.txt").exists() and (root / "bundles" / "Not-A-Digest").exists()
+    third = submit(orch, job(tmp_path, "three"))  # everything it needs goes up again
+    settled(third)
+    assert state(orch, third)["state"] == "SUCCEEDED"
+
+
+def test_gc_on_a_modal_platform_that_cannot_be_heard_says_so_in_one_line(orch, modal_config, modal_standin):
+    from grpclib.const import Status
+    modal_config()
+    modal_standin.fail("VolumeGetOrCreate", Status.UNAVAILABLE, times=50)
+    result = orch("gc")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Modal" in result.output and len(result.output.strip().splitlines()) == 1, result.output
