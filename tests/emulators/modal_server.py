@@ -23,7 +23,9 @@ call is never answered), ``build_fails`` (the image build ends with a failure), 
 sandbox is created but the answer is lost), ``reject_tokens`` (a revoked token),
 ``billing_refused`` (a workspace whose members may not read billing),
 ``end_next`` = "timeout" or "preempt" (the next sandbox is killed by its timeout, or
-its worker is preempted, before the runner writes a result).
+its worker is preempted, before the runner writes a result), ``cut[suffix] = n`` (the
+next n block downloads of a volume path ending so drop mid-block), ``corrupt[suffix] =
+n`` (they arrive whole with a byte flipped). ``served`` counts the bytes sent per path.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ class ModalStandIn:
         self.spend = 0.0                          # this cycle's metered cost, dollars
         self.reject_tokens = False                # a revoked token: every call UNAUTHENTICATED
         self.billing_refused = False              # a workspace that may not read billing
+        self.cut: dict[str, int] = {}             # path suffix -> block downloads to cut mid-way
+        self.corrupt: dict[str, int] = {}         # path suffix -> block downloads sent with a byte flipped
+        self.served: dict[str, int] = {}          # volume path -> block bytes sent in full
 
     def reset(self) -> None:
         """A fresh workspace (between tests): stop every sandbox, forget every object."""
@@ -226,7 +231,24 @@ class _BlockServer(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self._fault(self.standin.cut, path):
+            # The link drops mid-block: half the bytes, then the connection closes.
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if data and self._fault(self.standin.corrupt, path):
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         self.wfile.write(data)
+        self.standin.served[path] = self.standin.served.get(path, 0) + len(data)
+
+    @staticmethod
+    def _fault(armed: dict[str, int], path: str) -> bool:
+        for suffix, left in armed.items():
+            if left > 0 and path.endswith(suffix):
+                armed[suffix] = left - 1
+                return True
+        return False
 
 
 def _handlers(s: ModalStandIn, blob_url: str) -> Any:

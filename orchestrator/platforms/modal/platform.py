@@ -65,6 +65,8 @@ OWNED = {
     "checkpoint": re.compile(r"ckpt/[0-9a-f]{64}\.tar\.gz"),
     "attempt": re.compile(r"attempts/[A-Za-z0-9][A-Za-z0-9._-]{0,127}"),
 }
+#: The artefacts' sha256 (``sha256sum`` lines), written by the sandbox after the runner.
+SUMS = "sha256sums"
 #: Volume entries ``orch gc`` reads at most (a listing is untrusted).
 MAX_LISTED = 200_000
 
@@ -243,9 +245,13 @@ class ModalPlatform(PlatformBase):
         # env + secrets arrive in ORCH_ENV_DOC (the sandbox's environment) and reach the
         # runner on stdin, as on every platform. `sync` on the mount point commits the
         # volume (Modal's way from a sandbox), so heartbeats show while it runs.
+        # Before the last commit, the artefacts' sha256 go to SUMS: fetch checks every byte.
+        here = shlex.quote(f"{MOUNT}/attempts/{launch.key}")
+        sums = (f'(cd {here} && for f in {" ".join(ARTIFACTS)}; do [ -f "$f" ] && sha256sum "$f"; done '
+                f'> {SUMS}.tmp; mv {SUMS}.tmp {SUMS}) 2>/dev/null')
         script = (f'(while sleep {COMMIT_EVERY_S}; do sync {MOUNT} 2>/dev/null; done) & loop=$!; '
                   'd="$ORCH_ENV_DOC"; unset ORCH_ENV_DOC; printf %s "$d" | ' + shlex.join(args)
-                  + f'; code=$?; kill $loop 2>/dev/null; sync {MOUNT} 2>/dev/null; exit $code')
+                  + f'; code=$?; kill $loop 2>/dev/null; {sums}; sync {MOUNT} 2>/dev/null; exit $code')
         return ["sh", "-c", script]
 
     def submit(self, launch: Launch) -> Handle:
@@ -346,11 +352,15 @@ class ModalPlatform(PlatformBase):
     def poll(self, handle: Handle) -> RemoteStatus:
         base = f"attempts/{handle.key}"
         result = self._read(f"{base}/result.json", 1024 * 1024)
-        if result is not None:
-            code = _json(result).get("exit_code")
-            return RemoteStatus(RemoteState.EXITED, exit_code=code if isinstance(code, int) else None)
         beat = _json(self._read(f"{base}/heartbeat.json", 1024 * 1024) or b"")
         at = beat.get("time") if isinstance(beat.get("time"), (int, float)) else None
+        if result is not None:
+            if handle.data.get("sandbox_id") and not self._exists(self._remote()[1], f"{base}/{SUMS}") \
+                    and self._call("sandbox poll", lambda: self._sandbox(handle).poll()) is None:
+                # The runner is done; the sandbox is still writing the checksums and committing.
+                return RemoteStatus(RemoteState.RUNNING, heartbeat_at=at)
+            code = _json(result).get("exit_code")
+            return RemoteStatus(RemoteState.EXITED, exit_code=code if isinstance(code, int) else None)
         if not handle.data.get("sandbox_id"):  # adopted from the volume: the heartbeat decides
             if at is not None and time.time() - at < STALE_HEARTBEAT_S:
                 return RemoteStatus(RemoteState.RUNNING, heartbeat_at=at)
@@ -387,6 +397,7 @@ class ModalPlatform(PlatformBase):
         except MissingError:
             raise LostError(f"the attempt's files are gone from the Modal volume ({base})", self.name) from None
         sizes = {Path(e.path).name: int(e.size) for e in entries}
+        sums = self._sums(handle, base, listed=SUMS in sizes)
         dest.mkdir(parents=True, exist_ok=True)
         for name in ARTIFACTS:
             if name not in sizes:
@@ -396,16 +407,35 @@ class ModalPlatform(PlatformBase):
                     if name == "job.log" else b""
                 keep_capped(dest, name, sizes[name], lambda off, n: (data or b"")[max(0, off):max(0, off) + n])
                 continue
-            self._download(vol, f"{base}/{name}", dest / name, sizes[name])
+            self._download(vol, f"{base}/{name}", dest / name, sizes[name], sums.get(name))
 
-    def _download(self, vol: Any, path: str, target: Path, size: int) -> None:
-        """One file through ``<target>.part``, checked against the listed size.
+    def _sums(self, handle: Handle, base: str, listed: bool) -> dict[str, str]:
+        """{artefact: sha256} from the sandbox's ``sha256sums``. Not there while the sandbox
+        still runs: the volume has not seen its last commit, so wait (TransientError).
+        Not there once it ended (killed mid-write, an older orch): sizes alone are checked."""
+        data = self._read(f"{base}/{SUMS}", 64 * 1024) if listed else None
+        if data is None:
+            if handle.data.get("sandbox_id") and self._call("sandbox poll", lambda: self._sandbox(handle).poll()) is None:
+                raise TransientError(f"{base}: the sandbox has not committed its checksums yet", self.name)
+            log.info("%s: %s has no %s; checking sizes only", self.name, base, SUMS)
+            return {}
+        sums = {}
+        for line in data.decode("utf-8", "replace").splitlines():
+            digest, _, name = line.partition("  ")
+            if name in ARTIFACTS and re.fullmatch(r"[0-9a-f]{64}", digest):
+                sums[name] = digest
+        return sums
+
+    def _download(self, vol: Any, path: str, target: Path, size: int, sha256: str | None = None) -> None:
+        """One file through ``<target>.part``, checked against the listed size and the
+        sandbox's sha256 (a mismatch removes the part: the next tick fetches it again).
 
         Design choice: resumable per file, not per byte. The client's ``read_file``
-        always streams from the start (it exposes no offset), so a file a cut fetch
-        completed is kept and the one it was reading is fetched again whole.
+        always streams from the start (``VolumeGetFile2`` has ``start``/``len``, but no
+        public call of modal 1.6 passes them), so a file a cut fetch completed is kept
+        and the one it was reading is fetched again whole.
         """
-        part = PartFile(target, size=size, what=f"Modal {path}", platform=self.name)
+        part = PartFile(target, size=size, sha256=sha256, what=f"Modal {path}", platform=self.name)
         if part.complete():
             return
 
