@@ -85,6 +85,7 @@ class ModalStandIn:
         self.blocks: dict[bytes, bytes] = {}      # sha256 -> content
         self.downloads: dict[str, tuple[str, str, int, int]] = {}
         self.sandboxes: dict[str, Sandbox] = {}
+        self.resources: dict[str, Any] = {}       # sandbox id -> the Resources it asked for (gpu, cpu, memory)
         self.created: list[str] = []              # sandbox names, in creation order
         self.calls: list[str] = []
         self.unimplemented: list[str] = []
@@ -138,7 +139,7 @@ class ModalStandIn:
         return self.volume_dir(volume_id) / rel
 
     # ------------------------------------------------------------------ sandboxes
-    def _start(self, sb: Sandbox, definition: Any) -> None:
+    def _start(self, sb: Sandbox, definition: Any, inline_env: dict[str, str]) -> None:
         args = list(definition.entrypoint_args)
         for mount in definition.volume_mounts:
             mp = mount.mount_path.rstrip("/")
@@ -147,6 +148,7 @@ class ModalStandIn:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         for sid in definition.secret_ids:
             env.update(self.secrets.get(sid, {}))
+        env.update(inline_env)
         env["ORCH_HEARTBEAT_SECONDS"] = "1"
         if args and args[0] in ("python", "python3"):
             args[0] = sys.executable
@@ -382,21 +384,38 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
             raise GRPCError(Status.NOT_FOUND, f"No such file: {req.path}")
         await stream.send_message(empty_pb2.Empty())
 
-    async def SandboxCreate(stream):
-        req = await stream.recv_message()
-        await s._gate("SandboxCreate", stream)
+    def _create(req: Any, sandbox_id: str, env: dict[str, str] | None = None) -> Sandbox:
+        """One sandbox from a V1 or V2 create request (names are unique among running ones)."""
         name = req.definition.name
         if name and any(sb.name == name and sb.app_id == req.app_id for sb in s.running()):
             raise GRPCError(Status.ALREADY_EXISTS, f"Sandbox with name '{name}' already exists in app")
-        sb = Sandbox(id=nid("sb"), name=name, app_id=req.app_id, tags={t.tag_name: t.tag_value for t in req.tags},
+        sb = Sandbox(id=sandbox_id, name=name, app_id=req.app_id, tags={t.tag_name: t.tag_value for t in req.tags},
                      timeout=float(req.definition.timeout_secs or 300))
         s.sandboxes[sb.id] = sb
         s.created.append(name)
-        s._start(sb, req.definition)
+        s.resources[sb.id] = req.definition.resources
+        s._start(sb, req.definition, env or {})
         if s.drop_create_answer:
             s.drop_create_answer -= 1
             raise GRPCError(Status.UNAVAILABLE, "connection reset after the sandbox was created")
+        return sb
+
+    async def SandboxCreate(stream):
+        req = await stream.recv_message()
+        await s._gate("SandboxCreate", stream)
+        sb = _create(req, nid("sb"))
         await stream.send_message(api_pb2.SandboxCreateResponse(sandbox_id=sb.id))
+
+    async def SandboxCreateV2(stream):
+        """The client's create for a sandbox without a GPU (``sandbox_v2``, on by default in
+        1.6): ephemeral secrets come inline as ``secret_sources``; ids are not V1-shaped."""
+        req = await stream.recv_message()
+        await s._gate("SandboxCreateV2", stream)
+        env: dict[str, str] = {}
+        for source in req.secret_sources:
+            env.update(s.secrets.get(source.secret_id, {}) if source.secret_id else dict(source.env.contents))
+        sb = _create(req, f"sb-{next(s.ids):024d}", env)  # 24 digits: not V1's 22
+        await stream.send_message(api_pb2.SandboxCreateV2Response(sandbox_id=sb.id, task_id=f"ta-{sb.id}V"))
 
     def _sandbox(sandbox_id: str) -> Sandbox:
         sb = s.sandboxes.get(sandbox_id)
@@ -414,9 +433,9 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         else:
             await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_id=f"ta-{sb.id}"))
 
-    async def SandboxWait(stream):
+    async def SandboxWait(stream, method: str = "SandboxWait"):
         req = await stream.recv_message()
-        await s._gate("SandboxWait", stream)
+        await s._gate(method, stream)
         sb = _sandbox(req.sandbox_id)
         deadline = time.monotonic() + float(req.timeout or 0)
         while s._result(sb) is None and time.monotonic() < deadline:
@@ -425,29 +444,33 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         await stream.send_message(api_pb2.SandboxWaitResponse(result=result) if result is not None
                                   else api_pb2.SandboxWaitResponse())
 
-    async def SandboxTerminate(stream):
+    async def SandboxWaitV2(stream):
+        await SandboxWait(stream, "SandboxWaitV2")
+
+    async def SandboxTerminate(stream, method: str = "SandboxTerminate"):
         req = await stream.recv_message()
-        await s._gate("SandboxTerminate", stream)
+        await s._gate(method, stream)
         sb = _sandbox(req.sandbox_id)
         if s._result(sb) is None:
             s._kill(sb)
             sb.result = _R(status=_R.GENERIC_STATUS_TERMINATED)
         await stream.send_message(api_pb2.SandboxTerminateResponse())
 
-    async def SandboxGetFromNameV2(stream):
-        await stream.recv_message()
-        await s._gate("SandboxGetFromNameV2", stream)
-        raise GRPCError(Status.NOT_FOUND, "No V2 sandboxes in this stand-in")
+    async def SandboxTerminateV2(stream):
+        await SandboxTerminate(stream, "SandboxTerminateV2")
 
-    async def SandboxGetFromName(stream):
+    async def SandboxGetFromName(stream, method: str = "SandboxGetFromName", v2: bool = False):
         req = await stream.recv_message()
-        await s._gate("SandboxGetFromName", stream)
+        await s._gate(method, stream)
         app_id = s.apps.get(req.app_name)
         for sb in s.running():
-            if sb.app_id == app_id and sb.name == req.sandbox_name:
+            if sb.app_id == app_id and sb.name == req.sandbox_name and _v2(sb.id) == v2:
                 await stream.send_message(api_pb2.SandboxGetFromNameResponse(sandbox_id=sb.id))
                 return
         raise GRPCError(Status.NOT_FOUND, f"Sandbox with name '{req.sandbox_name}' not found")
+
+    async def SandboxGetFromNameV2(stream):
+        await SandboxGetFromName(stream, "SandboxGetFromNameV2", v2=True)
 
     async def SandboxList(stream, method: str = "SandboxList"):
         """Running sandboxes, newest first, ``before_timestamp`` paging (sandbox/_sandbox.py ``_list``)."""
@@ -469,12 +492,15 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         """The client's default listing (``sandbox_v2``): V1 and V2 sandboxes alike."""
         await SandboxList(stream, "SandboxListV2")
 
-    async def SandboxTagsGet(stream):
+    async def SandboxTagsGet(stream, method: str = "SandboxTagsGet"):
         req = await stream.recv_message()
-        await s._gate("SandboxTagsGet", stream)
+        await s._gate(method, stream)
         sb = _sandbox(req.sandbox_id)
         await stream.send_message(api_pb2.SandboxTagsGetResponse(
             tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()]))
+
+    async def SandboxTagsGetV2(stream):
+        await SandboxTagsGet(stream, "SandboxTagsGetV2")
 
     async def AuthTokenGet(stream):
         await stream.recv_message()
@@ -517,6 +543,11 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
     cls = type("StandInServicer", (api_grpc.ModalClientBase,), {
         name: (lambda fn: (lambda self, stream: fn(stream)))(fn) for name, fn in methods.items()})
     return cls()
+
+
+def _v2(sandbox_id: str) -> bool:
+    """Whether the id is one SandboxCreateV2 gave (V1 ids have 22 characters after ``sb-``)."""
+    return len(sandbox_id) != len("sb-") + 22
 
 
 def _jwt(exp: float) -> str:

@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...bundle import sha256_file
 from ...errors import CapacityError, ConfigError, LostError, PrecheckError, TransientError
-from ...gpus import MODAL_DOLLARS_PER_HOUR, MODAL_DOLLARS_PER_SECOND, MODAL_FREE_CREDIT
+from ...gpus import (CPU_RATE, MODAL_DOLLARS_PER_CORE_SECOND, MODAL_DOLLARS_PER_GIB_SECOND, MODAL_DOLLARS_PER_HOUR,
+                     MODAL_DOLLARS_PER_SECOND, MODAL_FREE_CREDIT)
 from ...quota import Budget, QuotaReading
 from ...partfile import PartFile
 from ...results import ARTIFACT_CAPS, LOG_TAIL, keep_capped, over_cap
@@ -89,6 +90,23 @@ class ModalSettings(PlatformSettings):
     #: A sandbox younger than this is never taken for an orphan: another tick may have
     #: written its attempt after this one read the active attempts.
     orphan_grace: PositiveDuration = 120.0
+    #: A job without a GPU gets a sandbox of this many cores and MiB, request = limit, so
+    #: its bill per hour is known (``cpu_rate``).
+    cpu: float = Field(default=1.0, ge=0.125, le=64)
+    memory: int = Field(default=2048, ge=128, le=256 * 1024)
+
+    @property
+    def cpu_rate(self) -> float:
+        """Dollars per hour of a sandbox without a GPU, at Modal's CPU and memory prices."""
+        return round((self.cpu * MODAL_DOLLARS_PER_CORE_SECOND + self.memory / 1024 * MODAL_DOLLARS_PER_GIB_SECOND)
+                     * 3600, 6)
+
+    @model_validator(mode="after")
+    def _cpu_priced(self) -> "ModalSettings":
+        """A dollars budget prices a CPU-only sandbox too (``rates: {CPU: ...}`` overrides)."""
+        if self.budget is not None and self.budget.unit == "dollars" and CPU_RATE not in self.budget.rates:
+            self.budget = self.budget.model_copy(update={"rates": {**self.budget.rates, CPU_RATE: self.cpu_rate}})
+        return self
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -135,8 +153,9 @@ class ModalPlatform(PlatformBase):
     def default_budget(cls, settings: PlatformSettings) -> Budget:
         """The Starter plan's monthly credit, in dollars, at Modal's published GPU prices;
         it refills with the billing cycle (the 1st, 00:00 UTC)."""
+        cpu = settings.cpu_rate if isinstance(settings, ModalSettings) else ModalSettings().cpu_rate
         return Budget(unit="dollars", limit=MODAL_FREE_CREDIT, window=Window("monthly", day=1),
-                      rates=dict(MODAL_DOLLARS_PER_HOUR), source="default for modal (Starter credit)")
+                      rates={**MODAL_DOLLARS_PER_HOUR, CPU_RATE: cpu}, source="default for modal (Starter credit)")
 
     @property
     def account(self) -> ModalAccount:
@@ -287,7 +306,8 @@ class ModalPlatform(PlatformBase):
         def create() -> Any:
             return modal.Sandbox.create(
                 *self._command(launch, runner), app=app, name=launch.key, image=image, gpu=gpu, timeout=timeout,
-                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})], tags=tags)
+                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})], tags=tags,
+                **self._size(gpu))
         try:
             sb = self._call("sandbox create", create, deadline=max(self.settings.call_deadline, 300.0),
                             retry=self.account.backoff.replace(attempts=1))
@@ -306,6 +326,14 @@ class ModalPlatform(PlatformBase):
         # "datasets": the volume paths this run reads; `orch gc` keeps them while it is active.
         return Handle(launch.key, {"sandbox_id": sb.object_id, "gpu": gpu, "uploaded": uploaded,
                                    "datasets": sorted({_top(r) for r in files}), "submitted_at": time.time()})
+
+    def _size(self, gpu: str | None) -> dict[str, Any]:
+        """A sandbox without a GPU: ``cpu``/``memory`` as request and limit, so it costs
+        ``cpu_rate`` an hour at most. A GPU sandbox keeps Modal's defaults."""
+        if gpu is not None:
+            return {}
+        s = self.settings
+        return {"cpu": (s.cpu, s.cpu), "memory": (s.memory, s.memory)}
 
     def _gpu(self, launch: Launch) -> str | None:
         res = launch.spec.resources

@@ -258,3 +258,30 @@ def test_a_client_outside_the_tested_range_makes_the_platform_unavailable_with_t
     plan = json.loads(orch("plan", "--json").output)
     assert "modal client 2.1.0 is outside the tested range >=1.6,<2" in plan[0]["reason"], plan[0]
     assert "pip install 'orch[modal]'" in plan[0]["reason"]
+
+
+def test_a_job_without_a_gpu_gets_a_cpu_sandbox_priced_at_modals_cpu_and_memory_rate(orch, modal_config,
+                                                                                      modal_standin, tmp_path):
+    modal_config(budget=1, cpu=2, memory=4096)  # 2 cores + 4 GiB: $0.1263 an hour
+    cpu_job = lambda name, runtime: make_job(tmp_path / name, f"""\
+        name: {name}
+        run: python3 -c "print('no gpu here')"
+        resources: {{gpu: none, max_runtime: {runtime}}}
+        """)
+    too_long = submit(orch, cpu_job("long", "10h"))  # $1.26: more than the budget
+    assert orch("tick").exit_code == 0
+    assert modal_standin.created == []
+    plan = json.loads(orch("plan", "--json").output)
+    assert "cloud: $1.00 left" in plan[0]["reason"] and "job needs $1.26" in plan[0]["reason"], plan[0]["reason"]
+    assert orch("cancel", too_long).exit_code == 0
+    job_id = submit(orch, cpu_job("short", "5h"))  # $0.63
+    settled(job_id)
+    assert state(orch, job_id)["state"] == "SUCCEEDED", orch("logs", job_id).output
+    assert "no gpu here" in orch("logs", job_id).output
+    sb, = modal_standin.sandboxes.values()
+    res = modal_standin.resources[sb.id]
+    assert not res.HasField("gpu_config") or not res.gpu_config.count, res
+    assert (res.milli_cpu, res.milli_cpu_max, res.memory_mb, res.memory_mb_max) == (2000, 2000, 4096, 4096)
+    assert "SandboxCreateV2" in modal_standin.calls  # the client's path for a sandbox without a GPU
+    quota = orch("quota")
+    assert "h CPU" in quota.output, quota.output
