@@ -444,9 +444,6 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         await stream.send_message(api_pb2.SandboxWaitResponse(result=result) if result is not None
                                   else api_pb2.SandboxWaitResponse())
 
-    async def SandboxWaitV2(stream):
-        await SandboxWait(stream, "SandboxWaitV2")
-
     async def SandboxTerminate(stream, method: str = "SandboxTerminate"):
         req = await stream.recv_message()
         await s._gate(method, stream)
@@ -455,9 +452,6 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
             s._kill(sb)
             sb.result = _R(status=_R.GENERIC_STATUS_TERMINATED)
         await stream.send_message(api_pb2.SandboxTerminateResponse())
-
-    async def SandboxTerminateV2(stream):
-        await SandboxTerminate(stream, "SandboxTerminateV2")
 
     async def SandboxGetFromName(stream, method: str = "SandboxGetFromName", v2: bool = False):
         req = await stream.recv_message()
@@ -469,9 +463,6 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
                 return
         raise GRPCError(Status.NOT_FOUND, f"Sandbox with name '{req.sandbox_name}' not found")
 
-    async def SandboxGetFromNameV2(stream):
-        await SandboxGetFromName(stream, "SandboxGetFromNameV2", v2=True)
-
     async def SandboxList(stream, method: str = "SandboxList"):
         """Running sandboxes, newest first, ``before_timestamp`` paging (sandbox/_sandbox.py ``_list``)."""
         req = await stream.recv_message()
@@ -482,25 +473,27 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
                  and all(sb.tags.get(k) == v for k, v in want.items())
                  and (not req.before_timestamp or sb.created < req.before_timestamp)]
         found.sort(key=lambda sb: -sb.created)
-        infos = [api_pb2.SandboxInfo(id=sb.id, created_at=sb.created, app_id=sb.app_id, name=sb.name,
-                                     tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()],
+        infos = [api_pb2.SandboxInfo(id=sb.id, created_at=sb.created, app_id=sb.app_id, name=sb.name, tags=_tags(sb),
                                      task_info=api_pb2.TaskInfo(id=f"ta-{sb.id}", sandbox_id=sb.id))
                  for sb in found[:20]]
         await stream.send_message(api_pb2.SandboxListResponse(sandboxes=infos))
-
-    async def SandboxListV2(stream):
-        """The client's default listing (``sandbox_v2``): V1 and V2 sandboxes alike."""
-        await SandboxList(stream, "SandboxListV2")
 
     async def SandboxTagsGet(stream, method: str = "SandboxTagsGet"):
         req = await stream.recv_message()
         await s._gate(method, stream)
         sb = _sandbox(req.sandbox_id)
-        await stream.send_message(api_pb2.SandboxTagsGetResponse(
-            tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()]))
+        await stream.send_message(api_pb2.SandboxTagsGetResponse(tags=_tags(sb)))
 
-    async def SandboxTagsGetV2(stream):
-        await SandboxTagsGet(stream, "SandboxTagsGetV2")
+    def v2(handler, **kw):
+        """The V2 twin of a V1 call (the client's ``sandbox_v2`` path): same answer, its own name."""
+        async def call(stream):
+            await handler(stream, handler.__name__ + "V2", **kw)
+        return call
+
+    # SandboxListV2 lists V1 and V2 sandboxes alike; by name, each version finds its own.
+    SandboxWaitV2, SandboxTerminateV2, SandboxListV2, SandboxTagsGetV2 = (
+        v2(SandboxWait), v2(SandboxTerminate), v2(SandboxList), v2(SandboxTagsGet))
+    SandboxGetFromNameV2 = v2(SandboxGetFromName, v2=True)
 
     async def AuthTokenGet(stream):
         await stream.recv_message()
@@ -543,6 +536,10 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
     cls = type("StandInServicer", (api_grpc.ModalClientBase,), {
         name: (lambda fn: (lambda self, stream: fn(stream)))(fn) for name, fn in methods.items()})
     return cls()
+
+
+def _tags(sb: Sandbox) -> list:
+    return [api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()]
 
 
 def _v2(sandbox_id: str) -> bool:
