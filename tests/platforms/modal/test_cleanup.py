@@ -6,14 +6,21 @@ from __future__ import annotations
 import json
 import time
 
-from tests.conftest import orch_process, submit, tick_until
+import pytest
+
+from tests.conftest import make_job, orch_process, submit, tick_until
 from tests.platforms.modal.test_modal import job, settled, state
 
 
+@pytest.mark.parametrize("gpu", ["T4", "none"])  # a V1 sandbox, and a V2 one (no GPU)
 def test_a_sandbox_whose_attempt_was_cancelled_after_a_crash_is_terminated_on_a_later_tick(
-        orch, modal_config, modal_standin, tmp_path, orch_home):
+        orch, modal_config, modal_standin, tmp_path, orch_home, gpu):
     modal_config(orphan_grace="1s")
-    job_id = submit(orch, job(tmp_path, run="sleep 120"))
+    job_id = submit(orch, make_job(tmp_path / "idle", f"""\
+        name: idle
+        run: sleep 120
+        resources: {{gpu: {gpu}, max_runtime: 10m}}
+        """))
     crashed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"})
     assert crashed.returncode == -9, crashed.stderr
     sb, = modal_standin.sandboxes.values()

@@ -217,15 +217,16 @@ def test_live_spend_from_billing_keeps_a_job_that_would_overrun_the_credit_waiti
     assert plan[0]["id"] == job_id and "cloud: $0.20 left this month, job needs $0.59" in plan[0]["reason"]
 
 
+@pytest.mark.parametrize("gpu", ["T4", "none"])  # V1 and V2 sandboxes carry secrets differently
 def test_secrets_reach_the_job_through_the_sandbox_env_and_never_the_volume(orch, modal_config, modal_standin,
-                                                                            tmp_path, monkeypatch):
+                                                                            tmp_path, monkeypatch, gpu):
     modal_config()
     monkeypatch.setenv("API_TOKEN", "s3cr3t-value-1234")
-    path = make_job(tmp_path / "sec", """\
+    path = make_job(tmp_path / "sec", f"""\
         name: sec
         run: python3 -c "import os; print('token length', len(os.environ['API_TOKEN']))"
         secrets: [API_TOKEN]
-        resources: {gpu: T4, max_runtime: 5m}
+        resources: {{gpu: {gpu}, max_runtime: 5m}}
         """)
     job_id = submit(orch, path)
     settled(job_id)
