@@ -65,8 +65,10 @@ OWNED = {
 }
 #: The artefacts' sha256 (``sha256sum`` lines), written by the sandbox after the runner.
 SUMS = "sha256sums"
-#: Volume entries ``orch gc`` reads at most (a listing is untrusted).
+#: Volume entries ``orch gc`` reads at most, and running sandboxes a sweep reads at most
+#: (a listing is untrusted).
 MAX_LISTED = 200_000
+MAX_SANDBOXES = 1000
 
 
 class ModalPlatform(PlatformBase):
@@ -512,7 +514,8 @@ class ModalPlatform(PlatformBase):
         now, grace = time.time(), self.settings.orphan_grace
         mine = {"orch-controller": self.controller_id}
         running = self._call("sandbox list", lambda: [
-            (sb, sb.get_tags()) for sb in modal.Sandbox.list(app_id=app.app_id, tags=mine)])
+            (sb, sb.get_tags()) for sb in _capped(modal.Sandbox.list(app_id=app.app_id, tags=mine), MAX_SANDBOXES)],
+            deadline=max(self.settings.call_deadline, 300.0))
         ended: set[str] = set()
         for sb, tags in running:
             key = tags.get("orch-key", "")
@@ -560,10 +563,11 @@ def _kind(ref: str) -> str | None:
 
 
 def _capped(items: Any, limit: int) -> list:
+    """A listing read into a list, refused (not cut short) past ``limit`` items."""
     out = []
     for item in items:
         if len(out) >= limit:
-            raise TransientError(f"the Modal volume lists more than {limit} entries; clean it with `modal volume rm`")
+            raise TransientError(f"Modal lists more than {limit} items; orch reads at most that many")
         out.append(item)
     return out
 
