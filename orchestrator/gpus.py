@@ -58,6 +58,12 @@ MODAL_DOLLARS_PER_SECOND: dict[str, float] = {
 MODAL_FREE_CREDIT = 30.0
 #: The same prices per GPU hour: the default ``rates`` of a budget in dollars.
 MODAL_DOLLARS_PER_HOUR: dict[str, float] = {g: round(r * 3600, 4) for g, r in MODAL_DOLLARS_PER_SECOND.items()}
+#: Modal's CPU and memory prices (modal.com/pricing, read 2025-06; not checked against
+#: the live page since): what a sandbox without a GPU is billed, per core and per GiB.
+MODAL_DOLLARS_PER_CORE_SECOND = 0.0000131
+MODAL_DOLLARS_PER_GIB_SECOND = 0.00000222
+#: The ``rates`` key of a session without a GPU (a dollars budget).
+CPU_RATE = "CPU"
 
 #: Names a device may report, longest match first; more than orch schedules for, so
 #: that an agent on an A10G or H200 still reports something a person can read.

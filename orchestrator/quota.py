@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .gpus import CU_RATES, DEFAULT_SPEEDS, MAX_MEMORY_GB, MODAL_DOLLARS_PER_HOUR, gpu_type
+from .gpus import CPU_RATE, CU_RATES, DEFAULT_SPEEDS, MAX_MEMORY_GB, MODAL_DOLLARS_PER_HOUR, gpu_type
 from .windows import INF, Window, parse_reset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,8 +68,8 @@ class Budget:
     def rate(self, gpu: str | None, count: int) -> float:
         """Units per hour of a session with ``count`` GPUs of type ``gpu``."""
         if self.unit in RATED_UNITS:
-            if not gpu or count <= 0:
-                return 0.0
+            if not gpu or count <= 0:  # no GPU: dollars may rate the CPU (Modal's rates["CPU"])
+                return self.rates.get(CPU_RATE, 0.0) if self.unit == "dollars" else 0.0
             rates = self.hourly_rates()
             rate = rates.get(gpu, max(rates.values()))  # an unknown GPU: charged at the highest
             return rate * count if self.unit == "dollars" else rate

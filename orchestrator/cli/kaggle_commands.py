@@ -1,12 +1,13 @@
-"""``orch gc``: list, and with ``--yes`` delete, what orch created in a Kaggle account
-or a Colab-through-Drive folder.
+"""``orch gc``: list, and with ``--yes`` delete, what orch created in a Kaggle account,
+a Colab-through-Drive folder or a Modal volume.
 
 Kaggle: only kernels and datasets whose names have orch's own shapes
 (``orch-<attempt key>``, ``orch-data|code|ckpt-<hash>``), owned by the configured
 account, are considered; the kernel of an attempt that is still active, or whose
 checkpoint a queued job will read, is always kept. Drive: only the blobs (code,
 datasets, checkpoints) and agent folders orch made in its folder, none newer than a
-live run. Nothing else is ever touched.
+live run. Modal: only orch's own paths on its volume (runner, bundles, data, checkpoints,
+attempt directories), none an active attempt reads. Nothing else is ever touched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .common import console, err_console, json_option, pass_app, print_json, unt
 
 
 #: Platform types ``orch gc`` cleans (each has ``garbage`` and ``delete``).
-GC_TYPES = ("kaggle", "colab_drive")
+GC_TYPES = ("kaggle", "colab_drive", "modal")
 
 
 def register(main: click.Group) -> None:
@@ -56,15 +57,16 @@ def _usage(app: Any, platform: str) -> tuple[set[str], dict[str, float]]:
 @click.option("--older-than", "older_than", default="7d", show_default=True, metavar="DURATION",
               help="Only what no attempt used for this long (e.g. 7d, 36h).")
 @click.option("--yes", "-y", is_flag=True, help="Delete what is listed (without it, only list).")
-@click.option("--platform", "only", metavar="NAME", help="Only this configured Kaggle or colab_drive platform.")
+@click.option("--platform", "only", metavar="NAME", help="Only this configured Kaggle, colab_drive or modal platform.")
 @json_option
 @pass_app
 def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) -> None:
-    """List (and with --yes delete) old kernels, datasets and Drive files orch created.
+    """List (and with --yes delete) old kernels, datasets, Drive and Modal files orch created.
 
     Kaggle keeps every kernel and private dataset orch pushed; they count against
     your private dataset quota. In a colab_drive folder, code archives, datasets,
-    checkpoints and the folders of long-gone agents stay until removed. Your own
+    checkpoints and the folders of long-gone agents stay until removed; on a Modal
+    volume, bundles, datasets and checkpoints do (storage is billed). Your own
     notebooks, datasets and files are never touched.
 
     \b
@@ -81,7 +83,8 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
         cleanable = [n for n, s in app.config.platforms.items() if s.type in GC_TYPES]
         if only in app.config.platforms:
             what = (f"platform '{only}' is type {app.config.platforms[only].type}: orch gc cleans up what orch "
-                    f"leaves in a Kaggle or Google Drive account, and there is nothing of that kind on it")
+                    f"leaves in a Kaggle or Google Drive account or a Modal volume, and there is nothing of that "
+                    f"kind on it")
         else:
             what = f"no platform named '{only}'"
         raise UsageError(f"--platform {only}: {what} (platforms orch gc can clean: {', '.join(cleanable) or 'none'})")
@@ -106,7 +109,7 @@ def gc(app: Any, older_than: str, yes: bool, only: str | None, as_json: bool) ->
     if as_json:
         print_json(rows)
     elif not names:
-        console.print("no Kaggle or colab_drive platform is configured; nothing to clean")
+        console.print("no Kaggle, colab_drive or modal platform is configured; nothing to clean")
     elif not rows:
         console.print(f"nothing orch created on {', '.join(names)} is older than {format_duration(seconds)}")
     else:

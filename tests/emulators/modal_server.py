@@ -12,8 +12,8 @@ What it implements (everything else answers UNIMPLEMENTED and is recorded in
 ``unimplemented``, so a test sees at once when the client grows a new call):
 client hello, app get-or-create, image get-or-create + build stream, ephemeral
 secrets, volume get-or-create / put (blocks) / get / list / remove, V1 sandbox
-create / get-task-id / wait / terminate / get-from-name / list, and the workspace
-billing summary.
+create / get-task-id / wait / terminate / get-from-name / list / tags-get, and the
+workspace billing summary.
 
 A sandbox runs its command as a local subprocess (the unmodified runner), with each
 volume's mount point mapped onto the volume's directory here. Faults, from the real
@@ -23,7 +23,9 @@ call is never answered), ``build_fails`` (the image build ends with a failure), 
 sandbox is created but the answer is lost), ``reject_tokens`` (a revoked token),
 ``billing_refused`` (a workspace whose members may not read billing),
 ``end_next`` = "timeout" or "preempt" (the next sandbox is killed by its timeout, or
-its worker is preempted, before the runner writes a result).
+its worker is preempted, before the runner writes a result), ``cut[suffix] = n`` (the
+next n block downloads of a volume path ending so drop mid-block), ``corrupt[suffix] =
+n`` (they arrive whole with a byte flipped). ``served`` counts the bytes sent per path.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class ModalStandIn:
         self.blocks: dict[bytes, bytes] = {}      # sha256 -> content
         self.downloads: dict[str, tuple[str, str, int, int]] = {}
         self.sandboxes: dict[str, Sandbox] = {}
+        self.resources: dict[str, Any] = {}       # sandbox id -> the Resources it asked for (gpu, cpu, memory)
         self.created: list[str] = []              # sandbox names, in creation order
         self.calls: list[str] = []
         self.unimplemented: list[str] = []
@@ -93,6 +96,9 @@ class ModalStandIn:
         self.spend = 0.0                          # this cycle's metered cost, dollars
         self.reject_tokens = False                # a revoked token: every call UNAUTHENTICATED
         self.billing_refused = False              # a workspace that may not read billing
+        self.cut: dict[str, int] = {}             # path suffix -> block downloads to cut mid-way
+        self.corrupt: dict[str, int] = {}         # path suffix -> block downloads sent with a byte flipped
+        self.served: dict[str, int] = {}          # volume path -> block bytes sent in full
 
     def reset(self) -> None:
         """A fresh workspace (between tests): stop every sandbox, forget every object."""
@@ -133,7 +139,7 @@ class ModalStandIn:
         return self.volume_dir(volume_id) / rel
 
     # ------------------------------------------------------------------ sandboxes
-    def _start(self, sb: Sandbox, definition: Any) -> None:
+    def _start(self, sb: Sandbox, definition: Any, inline_env: dict[str, str]) -> None:
         args = list(definition.entrypoint_args)
         for mount in definition.volume_mounts:
             mp = mount.mount_path.rstrip("/")
@@ -142,6 +148,7 @@ class ModalStandIn:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         for sid in definition.secret_ids:
             env.update(self.secrets.get(sid, {}))
+        env.update(inline_env)
         env["ORCH_HEARTBEAT_SECONDS"] = "1"
         if args and args[0] in ("python", "python3"):
             args[0] = sys.executable
@@ -226,7 +233,24 @@ class _BlockServer(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self._fault(self.standin.cut, path):
+            # The link drops mid-block: half the bytes, then the connection closes.
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if data and self._fault(self.standin.corrupt, path):
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         self.wfile.write(data)
+        self.standin.served[path] = self.standin.served.get(path, 0) + len(data)
+
+    @staticmethod
+    def _fault(armed: dict[str, int], path: str) -> bool:
+        for suffix, left in armed.items():
+            if left > 0 and path.endswith(suffix):
+                armed[suffix] = left - 1
+                return True
+        return False
 
 
 def _handlers(s: ModalStandIn, blob_url: str) -> Any:
@@ -360,21 +384,38 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
             raise GRPCError(Status.NOT_FOUND, f"No such file: {req.path}")
         await stream.send_message(empty_pb2.Empty())
 
-    async def SandboxCreate(stream):
-        req = await stream.recv_message()
-        await s._gate("SandboxCreate", stream)
+    def _create(req: Any, sandbox_id: str, env: dict[str, str] | None = None) -> Sandbox:
+        """One sandbox from a V1 or V2 create request (names are unique among running ones)."""
         name = req.definition.name
         if name and any(sb.name == name and sb.app_id == req.app_id for sb in s.running()):
             raise GRPCError(Status.ALREADY_EXISTS, f"Sandbox with name '{name}' already exists in app")
-        sb = Sandbox(id=nid("sb"), name=name, app_id=req.app_id, tags={t.tag_name: t.tag_value for t in req.tags},
+        sb = Sandbox(id=sandbox_id, name=name, app_id=req.app_id, tags={t.tag_name: t.tag_value for t in req.tags},
                      timeout=float(req.definition.timeout_secs or 300))
         s.sandboxes[sb.id] = sb
         s.created.append(name)
-        s._start(sb, req.definition)
+        s.resources[sb.id] = req.definition.resources
+        s._start(sb, req.definition, env or {})
         if s.drop_create_answer:
             s.drop_create_answer -= 1
             raise GRPCError(Status.UNAVAILABLE, "connection reset after the sandbox was created")
+        return sb
+
+    async def SandboxCreate(stream):
+        req = await stream.recv_message()
+        await s._gate("SandboxCreate", stream)
+        sb = _create(req, nid("sb"))
         await stream.send_message(api_pb2.SandboxCreateResponse(sandbox_id=sb.id))
+
+    async def SandboxCreateV2(stream):
+        """The client's create for a sandbox without a GPU (``sandbox_v2``, on by default in
+        1.6): ephemeral secrets come inline as ``secret_sources``; ids are not V1-shaped."""
+        req = await stream.recv_message()
+        await s._gate("SandboxCreateV2", stream)
+        env: dict[str, str] = {}
+        for source in req.secret_sources:
+            env.update(s.secrets.get(source.secret_id, {}) if source.secret_id else dict(source.env.contents))
+        sb = _create(req, f"sb-{next(s.ids):024d}", env)  # 24 digits: not V1's 22
+        await stream.send_message(api_pb2.SandboxCreateV2Response(sandbox_id=sb.id, task_id=f"ta-{sb.id}V"))
 
     def _sandbox(sandbox_id: str) -> Sandbox:
         sb = s.sandboxes.get(sandbox_id)
@@ -392,9 +433,9 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         else:
             await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_id=f"ta-{sb.id}"))
 
-    async def SandboxWait(stream):
+    async def SandboxWait(stream, method: str = "SandboxWait"):
         req = await stream.recv_message()
-        await s._gate("SandboxWait", stream)
+        await s._gate(method, stream)
         sb = _sandbox(req.sandbox_id)
         deadline = time.monotonic() + float(req.timeout or 0)
         while s._result(sb) is None and time.monotonic() < deadline:
@@ -403,29 +444,56 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
         await stream.send_message(api_pb2.SandboxWaitResponse(result=result) if result is not None
                                   else api_pb2.SandboxWaitResponse())
 
-    async def SandboxTerminate(stream):
+    async def SandboxTerminate(stream, method: str = "SandboxTerminate"):
         req = await stream.recv_message()
-        await s._gate("SandboxTerminate", stream)
+        await s._gate(method, stream)
         sb = _sandbox(req.sandbox_id)
         if s._result(sb) is None:
             s._kill(sb)
             sb.result = _R(status=_R.GENERIC_STATUS_TERMINATED)
         await stream.send_message(api_pb2.SandboxTerminateResponse())
 
-    async def SandboxGetFromNameV2(stream):
-        await stream.recv_message()
-        await s._gate("SandboxGetFromNameV2", stream)
-        raise GRPCError(Status.NOT_FOUND, "No V2 sandboxes in this stand-in")
-
-    async def SandboxGetFromName(stream):
+    async def SandboxGetFromName(stream, method: str = "SandboxGetFromName", v2: bool = False):
         req = await stream.recv_message()
-        await s._gate("SandboxGetFromName", stream)
+        await s._gate(method, stream)
         app_id = s.apps.get(req.app_name)
         for sb in s.running():
-            if sb.app_id == app_id and sb.name == req.sandbox_name:
+            if sb.app_id == app_id and sb.name == req.sandbox_name and _v2(sb.id) == v2:
                 await stream.send_message(api_pb2.SandboxGetFromNameResponse(sandbox_id=sb.id))
                 return
         raise GRPCError(Status.NOT_FOUND, f"Sandbox with name '{req.sandbox_name}' not found")
+
+    async def SandboxList(stream, method: str = "SandboxList"):
+        """Running sandboxes, newest first, ``before_timestamp`` paging (sandbox/_sandbox.py ``_list``)."""
+        req = await stream.recv_message()
+        await s._gate(method, stream)
+        want = {t.tag_name: t.tag_value for t in req.tags}
+        found = [sb for sb in (s.sandboxes.values() if req.include_finished else s.running())
+                 if (not req.app_id or sb.app_id == req.app_id)
+                 and all(sb.tags.get(k) == v for k, v in want.items())
+                 and (not req.before_timestamp or sb.created < req.before_timestamp)]
+        found.sort(key=lambda sb: -sb.created)
+        infos = [api_pb2.SandboxInfo(id=sb.id, created_at=sb.created, app_id=sb.app_id, name=sb.name, tags=_tags(sb),
+                                     task_info=api_pb2.TaskInfo(id=f"ta-{sb.id}", sandbox_id=sb.id))
+                 for sb in found[:20]]
+        await stream.send_message(api_pb2.SandboxListResponse(sandboxes=infos))
+
+    async def SandboxTagsGet(stream, method: str = "SandboxTagsGet"):
+        req = await stream.recv_message()
+        await s._gate(method, stream)
+        sb = _sandbox(req.sandbox_id)
+        await stream.send_message(api_pb2.SandboxTagsGetResponse(tags=_tags(sb)))
+
+    def v2(handler, **kw):
+        """The V2 twin of a V1 call (the client's ``sandbox_v2`` path): same answer, its own name."""
+        async def call(stream):
+            await handler(stream, handler.__name__ + "V2", **kw)
+        return call
+
+    # SandboxListV2 lists V1 and V2 sandboxes alike; by name, each version finds its own.
+    SandboxWaitV2, SandboxTerminateV2, SandboxListV2, SandboxTagsGetV2 = (
+        v2(SandboxWait), v2(SandboxTerminate), v2(SandboxList), v2(SandboxTagsGet))
+    SandboxGetFromNameV2 = v2(SandboxGetFromName, v2=True)
 
     async def AuthTokenGet(stream):
         await stream.recv_message()
@@ -468,6 +536,15 @@ def _handlers(s: ModalStandIn, blob_url: str) -> Any:
     cls = type("StandInServicer", (api_grpc.ModalClientBase,), {
         name: (lambda fn: (lambda self, stream: fn(stream)))(fn) for name, fn in methods.items()})
     return cls()
+
+
+def _tags(sb: Sandbox) -> list:
+    return [api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb.tags.items()]
+
+
+def _v2(sandbox_id: str) -> bool:
+    """Whether the id is one SandboxCreateV2 gave (V1 ids have 22 characters after ``sb-``)."""
+    return len(sandbox_id) != len("sb-") + 22
 
 
 def _jwt(exp: float) -> str:

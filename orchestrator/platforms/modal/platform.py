@@ -9,7 +9,9 @@ What orch creates in the workspace (docs/platforms/modal.md):
   ``attempts/<key>/`` per attempt (deleted by ``release``);
 * one sandbox per attempt named by the attempt key: names are unique among an app's
   running sandboxes, so a retried submit never starts a second one, and ``find`` adopts
-  it by name after a controller crash.
+  it by name after a controller crash. Each is tagged with this orch home's controller
+  id and its key, and noted in ``sandboxes.json`` before it is created, so ``reconcile``
+  terminates the ones no active attempt owns (an orphan of a crashed tick).
 
 The job's secrets and env reach the runner through the sandbox's environment (an
 ephemeral Modal secret, held by Modal in memory for the sandbox's life), never a volume.
@@ -19,78 +21,54 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import shlex
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator
+from filelock import FileLock
 
 from ...bundle import sha256_file
-from ...errors import CapacityError, ConfigError, LostError, TransientError
-from ...gpus import MODAL_DOLLARS_PER_HOUR, MODAL_DOLLARS_PER_SECOND, MODAL_FREE_CREDIT
+from ...errors import CapacityError, ConfigError, LostError, PrecheckError, TransientError
+from ...gpus import CPU_RATE, MODAL_DOLLARS_PER_HOUR, MODAL_FREE_CREDIT
 from ...quota import Budget, QuotaReading
 from ...partfile import PartFile
 from ...results import ARTIFACT_CAPS, LOG_TAIL, keep_capped, over_cap
-from ...settings import PlatformSettings, PositiveDuration
+from ...settings import PlatformSettings
 from ...windows import Window
 from ..base import ARTIFACTS, Handle, Launch, LogChunk, Offer, PlatformBase, RemoteState, RemoteStatus, runner_path
 from .client import AuthRefused, MissingError, ModalAccount
+from .settings import ModalSettings
 
 log = logging.getLogger(__name__)
 
 DOCS = "docs/platforms/modal.md"
 MOUNT = "/orch"
-#: Modal's longest sandbox timeout.
-MAX_TIMEOUT_S = 24 * 3600
 #: How often a running sandbox commits the volume (heartbeats, the log).
 COMMIT_EVERY_S = 20
 #: A heartbeat older than this, with no sandbox to ask, means the run is gone.
 STALE_HEARTBEAT_S = 600.0
 #: How long a rejected token keeps the platform unavailable before orch asks again.
 AUTH_PAUSE_S = 900.0
-
-
-class ModalSettings(PlatformSettings):
-    """``type: modal`` in config.yaml. Credentials are the client's own, never written here."""
-
-    type: Literal["modal"] = "modal"
-    #: GPU types offered, in preference order (Modal names one per sandbox).
-    gpu: list[str] = Field(default_factory=lambda: ["T4"])
-    app: str = "orch"
-    volume: str = "orch"
-    #: Modal environment; unset = the workspace's default.
-    environment: str | None = None
-    #: Cap on a sandbox's timeout (Modal allows 24 h at most).
-    timeout: PositiveDuration = float(MAX_TIMEOUT_S)
-    max_concurrent: int = 2
-    #: Longest one call to Modal may take before it counts as unanswered.
-    call_deadline: PositiveDuration = 60.0
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _dollars(cls, value: Any) -> Any:
-        """``budget: 10`` is ten dollars a month, reset with Modal's billing cycle."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return {"unit": "dollars", "limit": value, "window": "monthly", "reset": "1 00:00"}
-        return value
-
-    @field_validator("gpu")
-    @classmethod
-    def _gpus(cls, value: list[str]) -> list[str]:
-        unknown = [g for g in value if g not in MODAL_DOLLARS_PER_SECOND]
-        if unknown:
-            raise ValueError(f"unknown GPU {', '.join(unknown)}; expected some of {', '.join(MODAL_DOLLARS_PER_SECOND)}")
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: float) -> float:
-        if value > MAX_TIMEOUT_S:
-            raise ValueError("must be at most 24h (Modal's longest sandbox timeout)")
-        return value
+#: What ``orch gc`` may delete on the volume: orch's own paths, by kind; nothing else.
+OWNED = {
+    "runner": re.compile(r"runner/[0-9a-f]{64}\.py"),
+    "bundle": re.compile(r"bundles/[0-9a-f]{8,64}"),
+    "data": re.compile(r"blobs/data-[0-9a-f]{8,64}\.tar"),
+    "checkpoint": re.compile(r"ckpt/[0-9a-f]{64}\.tar\.gz"),
+    "attempt": re.compile(r"attempts/[A-Za-z0-9][A-Za-z0-9._-]{0,127}"),
+}
+#: The artefacts' sha256 (``sha256sum`` lines), written by the sandbox after the runner.
+SUMS = "sha256sums"
+#: Volume entries ``orch gc`` reads at most, and running sandboxes a sweep reads at most
+#: (a listing is untrusted).
+MAX_LISTED = 200_000
+MAX_SANDBOXES = 1000
 
 
 class ModalPlatform(PlatformBase):
@@ -98,6 +76,9 @@ class ModalPlatform(PlatformBase):
 
     settings_model = ModalSettings
     settings: ModalSettings
+    #: Swept every tick while ``sandboxes.json`` lists any: an orphaned sandbox bills by
+    #: the second. With none listed ``reconcile`` makes no call.
+    reconcile_every_tick = True
 
     def __init__(self, name: str, settings: ModalSettings, home: Any):
         super().__init__(name, settings, home)
@@ -111,8 +92,9 @@ class ModalPlatform(PlatformBase):
     def default_budget(cls, settings: PlatformSettings) -> Budget:
         """The Starter plan's monthly credit, in dollars, at Modal's published GPU prices;
         it refills with the billing cycle (the 1st, 00:00 UTC)."""
+        cpu = settings.cpu_rate if isinstance(settings, ModalSettings) else ModalSettings().cpu_rate
         return Budget(unit="dollars", limit=MODAL_FREE_CREDIT, window=Window("monthly", day=1),
-                      rates=dict(MODAL_DOLLARS_PER_HOUR), source="default for modal (Starter credit)")
+                      rates={**MODAL_DOLLARS_PER_HOUR, CPU_RATE: cpu}, source="default for modal (Starter credit)")
 
     @property
     def account(self) -> ModalAccount:
@@ -221,9 +203,13 @@ class ModalPlatform(PlatformBase):
         # env + secrets arrive in ORCH_ENV_DOC (the sandbox's environment) and reach the
         # runner on stdin, as on every platform. `sync` on the mount point commits the
         # volume (Modal's way from a sandbox), so heartbeats show while it runs.
+        # Before the last commit, the artefacts' sha256 go to SUMS: fetch checks every byte.
+        here = shlex.quote(f"{MOUNT}/attempts/{launch.key}")
+        sums = (f'(cd {here} && for f in {" ".join(ARTIFACTS)}; do [ -f "$f" ] && sha256sum "$f"; done '
+                f'> {SUMS}.tmp; mv {SUMS}.tmp {SUMS}) 2>/dev/null')
         script = (f'(while sleep {COMMIT_EVERY_S}; do sync {MOUNT} 2>/dev/null; done) & loop=$!; '
                   'd="$ORCH_ENV_DOC"; unset ORCH_ENV_DOC; printf %s "$d" | ' + shlex.join(args)
-                  + f'; code=$?; kill $loop 2>/dev/null; sync {MOUNT} 2>/dev/null; exit $code')
+                  + f'; code=$?; kill $loop 2>/dev/null; {sums}; sync {MOUNT} 2>/dev/null; exit $code')
         return ["sh", "-c", script]
 
     def submit(self, launch: Launch) -> Handle:
@@ -251,12 +237,16 @@ class ModalPlatform(PlatformBase):
         timeout = int(min(self.settings.timeout, launch.max_runtime_s + 2 * launch.grace_s + 300))
         doc = json.dumps(launch.runner_env())
         image = self._image(launch)
+        created = round(time.time(), 3)  # the tag and sandboxes.json hold the same number
+        self._sandboxes(add={launch.key: created})  # intent first: reconcile sweeps it if orphaned
+        tags = {"orch-job": launch.job_id, "orch-attempt": str(launch.attempt), "orch-key": launch.key,
+                "orch-controller": self.controller_id, "orch-created": f"{created:.3f}"}
 
         def create() -> Any:
             return modal.Sandbox.create(
                 *self._command(launch, runner), app=app, name=launch.key, image=image, gpu=gpu, timeout=timeout,
-                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})],
-                tags={"orch-job": launch.job_id, "orch-attempt": str(launch.attempt)})
+                volumes={MOUNT: vol}, secrets=[modal.Secret.from_dict({"ORCH_ENV_DOC": doc})], tags=tags,
+                **self._size(gpu))
         try:
             sb = self._call("sandbox create", create, deadline=max(self.settings.call_deadline, 300.0),
                             retry=self.account.backoff.replace(attempts=1))
@@ -272,8 +262,17 @@ class ModalPlatform(PlatformBase):
                 if found is not None:
                     return found
             raise
+        # "datasets": the volume paths this run reads; `orch gc` keeps them while it is active.
         return Handle(launch.key, {"sandbox_id": sb.object_id, "gpu": gpu, "uploaded": uploaded,
-                                   "submitted_at": time.time()})
+                                   "datasets": sorted({_top(r) for r in files}), "submitted_at": time.time()})
+
+    def _size(self, gpu: str | None) -> dict[str, Any]:
+        """A sandbox without a GPU: ``cpu``/``memory`` as request and limit, so it costs
+        ``cpu_rate`` an hour at most. A GPU sandbox keeps Modal's defaults."""
+        if gpu is not None:
+            return {}
+        s = self.settings
+        return {"cpu": (s.cpu, s.cpu), "memory": (s.memory, s.memory)}
 
     def _gpu(self, launch: Launch) -> str | None:
         res = launch.spec.resources
@@ -320,11 +319,15 @@ class ModalPlatform(PlatformBase):
     def poll(self, handle: Handle) -> RemoteStatus:
         base = f"attempts/{handle.key}"
         result = self._read(f"{base}/result.json", 1024 * 1024)
-        if result is not None:
-            code = _json(result).get("exit_code")
-            return RemoteStatus(RemoteState.EXITED, exit_code=code if isinstance(code, int) else None)
         beat = _json(self._read(f"{base}/heartbeat.json", 1024 * 1024) or b"")
         at = beat.get("time") if isinstance(beat.get("time"), (int, float)) else None
+        if result is not None:
+            if handle.data.get("sandbox_id") and not self._exists(self._remote()[1], f"{base}/{SUMS}") \
+                    and self._call("sandbox poll", lambda: self._sandbox(handle).poll()) is None:
+                # The runner is done; the sandbox is still writing the checksums and committing.
+                return RemoteStatus(RemoteState.RUNNING, heartbeat_at=at)
+            code = _json(result).get("exit_code")
+            return RemoteStatus(RemoteState.EXITED, exit_code=code if isinstance(code, int) else None)
         if not handle.data.get("sandbox_id"):  # adopted from the volume: the heartbeat decides
             if at is not None and time.time() - at < STALE_HEARTBEAT_S:
                 return RemoteStatus(RemoteState.RUNNING, heartbeat_at=at)
@@ -361,6 +364,7 @@ class ModalPlatform(PlatformBase):
         except MissingError:
             raise LostError(f"the attempt's files are gone from the Modal volume ({base})", self.name) from None
         sizes = {Path(e.path).name: int(e.size) for e in entries}
+        sums = self._sums(handle, base, listed=SUMS in sizes)
         dest.mkdir(parents=True, exist_ok=True)
         for name in ARTIFACTS:
             if name not in sizes:
@@ -370,16 +374,35 @@ class ModalPlatform(PlatformBase):
                     if name == "job.log" else b""
                 keep_capped(dest, name, sizes[name], lambda off, n: (data or b"")[max(0, off):max(0, off) + n])
                 continue
-            self._download(vol, f"{base}/{name}", dest / name, sizes[name])
+            self._download(vol, f"{base}/{name}", dest / name, sizes[name], sums.get(name))
 
-    def _download(self, vol: Any, path: str, target: Path, size: int) -> None:
-        """One file through ``<target>.part``, checked against the listed size.
+    def _sums(self, handle: Handle, base: str, listed: bool) -> dict[str, str]:
+        """{artefact: sha256} from the sandbox's ``sha256sums``. Not there while the sandbox
+        still runs: the volume has not seen its last commit, so wait (TransientError).
+        Not there once it ended (killed mid-write, an older orch): sizes alone are checked."""
+        data = self._read(f"{base}/{SUMS}", 64 * 1024) if listed else None
+        if data is None:
+            if handle.data.get("sandbox_id") and self._call("sandbox poll", lambda: self._sandbox(handle).poll()) is None:
+                raise TransientError(f"{base}: the sandbox has not committed its checksums yet", self.name)
+            log.info("%s: %s has no %s; checking sizes only", self.name, base, SUMS)
+            return {}
+        sums = {}
+        for line in data.decode("utf-8", "replace").splitlines():
+            digest, _, name = line.partition("  ")
+            if name in ARTIFACTS and re.fullmatch(r"[0-9a-f]{64}", digest):
+                sums[name] = digest
+        return sums
+
+    def _download(self, vol: Any, path: str, target: Path, size: int, sha256: str | None = None) -> None:
+        """One file through ``<target>.part``, checked against the listed size and the
+        sandbox's sha256 (a mismatch removes the part: the next tick fetches it again).
 
         Design choice: resumable per file, not per byte. The client's ``read_file``
-        always streams from the start (it exposes no offset), so a file a cut fetch
-        completed is kept and the one it was reading is fetched again whole.
+        always streams from the start (``VolumeGetFile2`` has ``start``/``len``, but no
+        public call of modal 1.6 passes them), so a file a cut fetch completed is kept
+        and the one it was reading is fetched again whole.
         """
-        part = PartFile(target, size=size, what=f"Modal {path}", platform=self.name)
+        part = PartFile(target, size=size, sha256=sha256, what=f"Modal {path}", platform=self.name)
         if part.complete():
             return
 
@@ -404,6 +427,111 @@ class ModalPlatform(PlatformBase):
         except MissingError:
             pass
 
+    # ------------------------------------------------------------------ clean-up (orch gc)
+    def garbage(self, older_than_s: float, keep: set[str] = frozenset(),
+                last_used: Mapping[str, float] | None = None) -> list[tuple[str, str, datetime | None]]:
+        """orch's files on the volume that nothing used for ``older_than_s``: (kind, ref,
+        last use). A file's last use is the later of its upload (the volume's mtime) and
+        the last time an attempt read it (``last_used``, from the state store: the
+        ``datasets`` of each attempt's handle, now for an active one). The directories of
+        attempts in ``keep`` are never listed; nothing outside ``OWNED`` ever is.
+
+        Design choice: one recursive listing of the volume, grouped by top-level item, so
+        a bundle directory counts from its newest file.
+        """
+        _, vol = self._remote()
+        entries = self._call("volume list", lambda: _capped(vol.iterdir("/", recursive=True), MAX_LISTED),
+                             deadline=max(self.settings.call_deadline, 300.0))
+        newest: dict[str, float] = {}
+        for e in entries:
+            ref = _top(str(e.path).lstrip("/"))
+            if _kind(ref) is not None:
+                newest[ref] = max(newest.get(ref, 0.0), float(e.mtime or 0))
+        used = dict(last_used or {})
+        now = time.time()
+        out: list[tuple[str, str, datetime | None]] = []
+        for ref, mtime in sorted(newest.items()):
+            kind = _kind(ref)
+            if kind == "attempt" and ref.split("/", 1)[1] in keep:
+                continue
+            when = max(mtime, used.get(ref, 0.0))
+            if now - when >= older_than_s:
+                out.append((str(kind), ref, datetime.fromtimestamp(when, timezone.utc) if when else None))
+        return out
+
+    def delete(self, kind: str, ref: str) -> None:
+        """Delete one thing ``garbage`` listed; refuses any path orch does not own."""
+        if _kind(ref) != kind:
+            raise PrecheckError(f"refusing to delete {kind} {ref}: not a path orch owns on the volume", self.name)
+        _, vol = self._remote()
+        try:
+            self._call(f"volume remove {ref}", lambda: vol.remove_file(ref, recursive=True))
+        except MissingError:
+            pass  # already gone (another gc)
+
+    # ------------------------------------------------------------------ orphans
+    @property
+    def controller_id(self) -> str:
+        """This orch home's identity in the app's sandbox tags (made once, kept here)."""
+        path = self.root / "controller-id"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(6) + "\n")
+        return path.read_text().strip()
+
+    def _sandboxes(self, add: dict[str, float] | None = None, keep: Any = None) -> dict[str, float]:
+        """``sandboxes.json``: {attempt key: create time} of sandboxes this home created
+        that may still run. ``add`` notes one; ``keep(key, created)`` filters the rest."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "sandboxes.json"
+        with FileLock(str(self.root / "sandboxes.lock")):
+            doc = _json(path.read_bytes()) if path.is_file() else {}
+            noted = {k: float(v) for k, v in doc.items() if isinstance(v, (int, float))}
+            if add is None and keep is None:
+                return noted
+            noted.update(add or {})
+            if keep is not None:
+                noted = {k: t for k, t in noted.items() if keep(k, t)}
+            tmp = path.with_name("sandboxes.json.tmp")
+            tmp.write_text(json.dumps(noted))
+            tmp.replace(path)
+            return noted
+
+    def reconcile(self, active_keys: set[str]) -> None:
+        """Terminate this home's sandboxes that no active attempt owns: a controller that
+        crashed after the create, then the attempt was cancelled, retried elsewhere or
+        released. Only sandboxes tagged with this home's controller id are touched (other
+        homes may share the app), none younger than ``orphan_grace``.
+
+        Design choice: a sweep costs one listing, so it runs only while ``sandboxes.json``
+        notes a sandbox (it is written before every create); a failed listing raises, so
+        nothing is read into "nothing is running".
+        """
+        if not self._sandboxes():
+            return
+        modal = self.account.modal
+        app, _ = self._remote()
+        now, grace = time.time(), self.settings.orphan_grace
+        mine = {"orch-controller": self.controller_id}
+        running = self._call("sandbox list", lambda: [
+            (sb, sb.get_tags()) for sb in _capped(modal.Sandbox.list(app_id=app.app_id, tags=mine), MAX_SANDBOXES)],
+            deadline=max(self.settings.call_deadline, 300.0))
+        ended: set[str] = set()
+        for sb, tags in running:
+            key = tags.get("orch-key", "")
+            try:
+                created = float(tags.get("orch-created", "0"))
+            except ValueError:
+                created = 0.0
+            if key in active_keys or now - created < grace:
+                continue
+            log.warning("%s: terminating sandbox %s (attempt %s): no active attempt owns it",
+                        self.name, sb.object_id, key[:80])
+            self._call("sandbox terminate", sb.terminate)
+            ended.add(key)
+        # Swept: what stays noted is what may still be live (active, or too young to judge).
+        self._sandboxes(keep=lambda k, t: k not in ended and (k in active_keys or now - t < grace))
+
     # ------------------------------------------------------------------ a refused token
     def _auth_file(self) -> Path:
         return self.root / "auth-refused.json"
@@ -423,6 +551,25 @@ class ModalPlatform(PlatformBase):
         if not isinstance(at, (int, float)) or time.time() - at > AUTH_PAUSE_S:
             return None
         return str(doc.get("message") or "Modal rejected the token")[:300]
+
+
+def _top(path: str) -> str:
+    """The item a volume path belongs to: ``bundles/<digest>/x`` -> ``bundles/<digest>``."""
+    return "/".join(path.split("/")[:2])
+
+
+def _kind(ref: str) -> str | None:
+    return next((kind for kind, shape in OWNED.items() if shape.fullmatch(ref)), None)
+
+
+def _capped(items: Any, limit: int) -> list:
+    """A listing read into a list, refused (not cut short) past ``limit`` items."""
+    out = []
+    for item in items:
+        if len(out) >= limit:
+            raise TransientError(f"Modal lists more than {limit} items; orch reads at most that many")
+        out.append(item)
+    return out
 
 
 def _json(data: bytes) -> dict:

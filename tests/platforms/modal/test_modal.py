@@ -217,15 +217,16 @@ def test_live_spend_from_billing_keeps_a_job_that_would_overrun_the_credit_waiti
     assert plan[0]["id"] == job_id and "cloud: $0.20 left this month, job needs $0.59" in plan[0]["reason"]
 
 
+@pytest.mark.parametrize("gpu", ["T4", "none"])  # V1 and V2 sandboxes carry secrets differently
 def test_secrets_reach_the_job_through_the_sandbox_env_and_never_the_volume(orch, modal_config, modal_standin,
-                                                                            tmp_path, monkeypatch):
+                                                                            tmp_path, monkeypatch, gpu):
     modal_config()
     monkeypatch.setenv("API_TOKEN", "s3cr3t-value-1234")
-    path = make_job(tmp_path / "sec", """\
+    path = make_job(tmp_path / "sec", f"""\
         name: sec
         run: python3 -c "import os; print('token length', len(os.environ['API_TOKEN']))"
         secrets: [API_TOKEN]
-        resources: {gpu: T4, max_runtime: 5m}
+        resources: {{gpu: {gpu}, max_runtime: 5m}}
         """)
     job_id = submit(orch, path)
     settled(job_id)
@@ -258,3 +259,30 @@ def test_a_client_outside_the_tested_range_makes_the_platform_unavailable_with_t
     plan = json.loads(orch("plan", "--json").output)
     assert "modal client 2.1.0 is outside the tested range >=1.6,<2" in plan[0]["reason"], plan[0]
     assert "pip install 'orch[modal]'" in plan[0]["reason"]
+
+
+def test_a_job_without_a_gpu_gets_a_cpu_sandbox_priced_at_modals_cpu_and_memory_rate(orch, modal_config,
+                                                                                      modal_standin, tmp_path):
+    modal_config(budget=1, cpu=2, memory=4096)  # 2 cores + 4 GiB: $0.1263 an hour
+    cpu_job = lambda name, runtime: make_job(tmp_path / name, f"""\
+        name: {name}
+        run: python3 -c "print('no gpu here')"
+        resources: {{gpu: none, max_runtime: {runtime}}}
+        """)
+    too_long = submit(orch, cpu_job("long", "10h"))  # $1.26: more than the budget
+    assert orch("tick").exit_code == 0
+    assert modal_standin.created == []
+    plan = json.loads(orch("plan", "--json").output)
+    assert "cloud: $1.00 left" in plan[0]["reason"] and "job needs $1.26" in plan[0]["reason"], plan[0]["reason"]
+    assert orch("cancel", too_long).exit_code == 0
+    job_id = submit(orch, cpu_job("short", "5h"))  # $0.63
+    settled(job_id)
+    assert state(orch, job_id)["state"] == "SUCCEEDED", orch("logs", job_id).output
+    assert "no gpu here" in orch("logs", job_id).output
+    sb, = modal_standin.sandboxes.values()
+    res = modal_standin.resources[sb.id]
+    assert not res.HasField("gpu_config") or not res.gpu_config.count, res
+    assert (res.milli_cpu, res.milli_cpu_max, res.memory_mb, res.memory_mb_max) == (2000, 2000, 4096, 4096)
+    assert "SandboxCreateV2" in modal_standin.calls  # the client's path for a sandbox without a GPU
+    quota = orch("quota")
+    assert "h CPU" in quota.output, quota.output
