@@ -117,6 +117,10 @@ class ModalPlatform(PlatformBase):
             reason=refused or "", available_at=None,
         )
 
+    def refused_login(self) -> str | None:
+        """Modal rejected the token lately (kept for ``AUTH_PAUSE_S``)."""
+        return self._auth_refused()
+
     def check(self) -> list[str]:
         try:
             self.account

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
+from orchestrator.app import App
 from tests.conftest import make_job, orch_process, submit, tick_until, wait_until
 
 TRAIN = """\
@@ -193,6 +194,11 @@ def test_a_rejected_token_makes_the_platform_unavailable_not_the_job_failed(orch
     assert "modal token new" in attempt(job_id)["message"]
     plan = json.loads(orch("plan", "--json").output)
     assert "modal token new" in plan[0]["reason"], plan[0]
+    app = App.open()
+    try:
+        assert "modal token new" in (app.platform("cloud").refused_login() or "")  # told as login.expiring
+    finally:
+        app.close()
 
 
 def test_a_refused_billing_read_falls_back_to_the_ledger(orch, modal_config, modal_standin, tmp_path):
