@@ -54,13 +54,13 @@ def time_limit(need_s: float, grace_s: float, cap_s: float | None) -> str:
 
 
 def sbatch_argv(*, key: str, workdir: str, limit: str, partition: str | None, account: str | None,
-                qos: str | None, gres: str | None, extra: Sequence[str] = ()) -> list[str]:
+                qos: str | None, gres: str | None, mem: str | None = None, extra: Sequence[str] = ()) -> list[str]:
     """``sbatch --parsable`` for one attempt: name and comment carry the attempt key,
     no requeue (orch retries elsewhere itself, and a requeued job would run twice)."""
     argv = ["sbatch", "--parsable", f"--job-name={job_name(key)}", f"--comment=orch:{key}",
             f"--chdir={workdir}", f"--output={workdir}/slurm.out", "--open-mode=append", "--no-requeue",
             f"--time={limit}"]
-    for flag, value in (("partition", partition), ("account", account), ("qos", qos), ("gres", gres)):
+    for flag, value in (("partition", partition), ("account", account), ("qos", qos), ("gres", gres), ("mem", mem)):
         if value:
             argv.append(f"--{flag}={value}")
     return [*argv, *extra, f"{workdir}/job.sbatch"]

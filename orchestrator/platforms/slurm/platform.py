@@ -19,13 +19,17 @@ does not answer is UNKNOWN, never LOST.
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import field_validator
 
 from ...errors import CapacityError, PrecheckError, TransientError
 from ...gpus import GPU_TYPES
+from ...results import read_result
 from ...settings import PositiveDuration
 from ..base import Feature, Handle, Launch, LogChunk, Offer, RemoteState, RemoteStatus
 from ..ssh.connection import Connection
@@ -56,6 +60,15 @@ class SlurmSettings(SSHSettings):
     modules: list[str] = []
     #: Compute nodes often have no internet; say so here.
     internet: bool = True
+    #: Memory per node for each job (``--mem``, e.g. "32G"); unset = the partition's default.
+    memory: str | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", value):
+            raise ValueError(f"{value!r} is not an sbatch --mem size; write e.g. 32G or 4000M")
+        return value
 
     @field_validator("gres")
     @classmethod
@@ -100,7 +113,20 @@ for f in result.json rc orch-cancelled; do [ -e "$f" ] && echo "has $f"; done
 [ -n "$id" ] || { echo "fail no Slurm job id recorded in $d"; exit 0; }
 out=$(scontrol -o show job "$id" 2>&1) && { echo "scontrol $(echo "$out" | head -n1 | head -c 4000)"; exit 0; }
 case $out in *"Invalid job id"*) ;; *) echo "fail $(echo "$out" | flat)"; exit 0;; esac
-out=$(sacct -X -n -P -j "$id" -o JobID,State,Reason,ExitCode 2>/dev/null) && [ -n "$out" ] && echo "sacct $(echo "$out" | head -n1 | head -c 1000)"
+out=$(SLURM_TIME_FORMAT=%s sacct -X -n -P -j "$id" -o "$3" 2>/dev/null) && [ -n "$out" ] && echo "sacct $(echo "$out" | head -n1 | head -c 1000)"
+exit 0
+"""
+
+# The final reading, once the run ended: Slurm's word (accounting first: it has the
+# charged time and GPUs) and the tail of runner.out, for a run that left no result.
+_FINAL = _ONE_LINE + r"""
+d=$1; id=$2
+[ -s "$d/slurm.jobid" ] && id=$(cat "$d/slurm.jobid")
+[ -n "$id" ] || { echo "fail no Slurm job id recorded in $d"; exit 0; }
+[ -f "$d/runner.out" ] && echo "tail $(tail -c 300 "$d/runner.out" | flat)"
+out=$(SLURM_TIME_FORMAT=%s sacct -X -n -P -j "$id" -o "$3" 2>/dev/null) && [ -n "$out" ] && { echo "sacct $(echo "$out" | head -n1 | head -c 1000)"; exit 0; }
+out=$(scontrol -o show job "$id" 2>&1) && { echo "scontrol $(echo "$out" | head -n1 | head -c 4000)"; exit 0; }
+case $out in *"Invalid job id"*) echo "gone";; *) echo "fail $(echo "$out" | flat)";; esac
 exit 0
 """
 
@@ -172,7 +198,7 @@ class SlurmPlatform(SSHPlatform):
         need = launch.session_seconds or launch.max_runtime_s
         limit = batch.time_limit(need, launch.grace_s, s.time_limit)
         command = batch.sbatch_argv(key=launch.key, workdir=workdir, limit=limit, partition=s.partition,
-                                    account=s.account, qos=s.qos, gres=self.gres_for(launch))
+                                    account=s.account, qos=s.qos, gres=self.gres_for(launch), mem=s.memory)
         text = batch.script(workdir, argv, launch.env, s.modules).encode()
         result = _lines(conn.run(sh(_SUBMIT, workdir, *command), stdin=text, what="submitting with sbatch").out)
         answer = result.get("out", "")[:400]
@@ -207,7 +233,8 @@ class SlurmPlatform(SSHPlatform):
     # ------------------------------------------------------------------ watch
     def read_status(self, conn: Connection, handle: Handle) -> RemoteStatus:
         workdir = handle.data["dir"]
-        seen = _lines(conn.run(sh(_STATUS, workdir, handle.data.get("job_id", "")), what="reading the job's state").out)
+        seen = _lines(conn.run(sh(_STATUS, workdir, handle.data.get("job_id", ""), jobstate.SACCT_FORMAT),
+                               what="reading the job's state").out)
         if seen.get("exists") != "1":
             return RemoteStatus(RemoteState.LOST, f"the attempt directory {workdir} is gone from the cluster")
         job = None
@@ -234,6 +261,37 @@ class SlurmPlatform(SSHPlatform):
             return LogChunk(data.decode("utf-8", "replace"), offset + len(data), complete=done)
 
         return self.call(handle, read)
+
+    # ------------------------------------------------------------------ results
+    def fetch(self, handle: Handle, dest: Path) -> None:
+        """The ssh platform's fetch, then Slurm's final word on the run (``settle``)."""
+        super().fetch(handle, dest)
+        self.call(handle, lambda conn: self.settle(conn, handle, dest))
+
+    def settle(self, conn: Connection, handle: Handle, dest: Path) -> None:
+        """Write into ``dest`` what Slurm knows and the runner could not: the failure of a
+        run Slurm ended (OUT_OF_MEMORY, FAILED) as its result.json.
+
+        Raises TransientError when Slurm cannot be asked (the fetch is retried); a job
+        in no listing any more is left as it is (no result: LOST).
+        """
+        seen = _lines(conn.run(sh(_FINAL, handle.data["dir"], handle.data.get("job_id", ""), jobstate.SACCT_FORMAT),
+                               what="reading the job's final state").out)
+        if "fail" in seen:
+            raise TransientError(f"{self.name}: cannot read the job's final state: {seen['fail']}", self.name)
+        job = jobstate.parse_sacct(seen["sacct"]) if "sacct" in seen else (
+            jobstate.parse_scontrol(seen["scontrol"]) if "scontrol" in seen else None)
+        if job is None:
+            return
+        path = dest / "result.json"
+        read = read_result(path)
+        if read.problem:
+            return  # refused by the controller, with its reason
+        doc = jobstate.failed_result(job, read.doc, seen.get("tail", ""))
+        if doc is not None:
+            tmp = path.with_name("result.json.slurm")
+            tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+            tmp.replace(path)
 
     # ------------------------------------------------------------------ stop
     def cancel(self, handle: Handle) -> None:
