@@ -138,6 +138,15 @@ def tres_gpus(tres: str) -> int | None:
     return total if total is not None else (typed if seen else None)
 
 
+def billed(job: SlurmJob | None) -> dict | None:
+    """What the site's accounting charged the run: ``result.json``'s ``billed`` (the
+    ledger charges it instead of the runner's own times), or None when ``sacct`` did not
+    answer (no slurmdbd): then the runner's elapsed time is charged, as everywhere."""
+    if job is None or job.start is None or job.end is None:
+        return None
+    return {"start": job.start, "end": job.end, "gpus": job.gpus, "source": "sacct"}
+
+
 def failed_result(job: SlurmJob, result: dict | None, runner_out: str = "") -> dict | None:
     """The result.json of a run Slurm ended as the job's own failure, or None (keep the
     runner's as it is).

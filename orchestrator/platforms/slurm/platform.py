@@ -269,11 +269,13 @@ class SlurmPlatform(SSHPlatform):
         self.call(handle, lambda conn: self.settle(conn, handle, dest))
 
     def settle(self, conn: Connection, handle: Handle, dest: Path) -> None:
-        """Write into ``dest`` what Slurm knows and the runner could not: the failure of a
-        run Slurm ended (OUT_OF_MEMORY, FAILED) as its result.json.
+        """Write into ``dest``'s result.json what Slurm knows and the runner could not: the
+        failure of a run Slurm ended (OUT_OF_MEMORY, FAILED), and what the site's
+        accounting charged (``billed``, from ``sacct``; a ``billed`` the job wrote itself
+        is dropped).
 
         Raises TransientError when Slurm cannot be asked (the fetch is retried); a job
-        in no listing any more is left as it is (no result: LOST).
+        in no listing any more leaves the runner's result as it is (none: LOST).
         """
         seen = _lines(conn.run(sh(_FINAL, handle.data["dir"], handle.data.get("job_id", ""), jobstate.SACCT_FORMAT),
                                what="reading the job's final state").out)
@@ -281,14 +283,18 @@ class SlurmPlatform(SSHPlatform):
             raise TransientError(f"{self.name}: cannot read the job's final state: {seen['fail']}", self.name)
         job = jobstate.parse_sacct(seen["sacct"]) if "sacct" in seen else (
             jobstate.parse_scontrol(seen["scontrol"]) if "scontrol" in seen else None)
-        if job is None:
-            return
         path = dest / "result.json"
         read = read_result(path)
         if read.problem:
             return  # refused by the controller, with its reason
-        doc = jobstate.failed_result(job, read.doc, seen.get("tail", ""))
-        if doc is not None:
+        doc = (jobstate.failed_result(job, read.doc, seen.get("tail", "")) if job else None) or read.doc
+        if doc is None:
+            return
+        doc = {k: v for k, v in doc.items() if k != "billed"}
+        charged = jobstate.billed(job)
+        if charged:
+            doc["billed"] = charged
+        if doc != read.doc:
             tmp = path.with_name("result.json.slurm")
             tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
             tmp.replace(path)
