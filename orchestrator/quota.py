@@ -113,6 +113,18 @@ class QuotaReading:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class SiteUsage:
+    """What the site itself says this account used (a Slurm cluster's ``sshare``):
+    shown beside orch's own count by ``orch quota``, never used for placement (a
+    site's figure may be decayed for fair share, or cover other people's jobs)."""
+
+    unit: str  # "gpu_hours"
+    used: float
+    limit: float | None = None
+    source: str = ""  # e.g. "sshare, account proj-1234"
+
+
 def reservation_rate(budget: Budget, spec: "JobSpec", offer: "Offer",
                      speeds: Mapping[str, float] = DEFAULT_SPEEDS) -> tuple[str | None, int, float]:
     """(GPU type, GPU count, units per hour) reserved for ``spec`` on ``offer``.

@@ -20,6 +20,7 @@ does not answer is UNKNOWN, never LOST.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -27,19 +28,21 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from ...errors import CapacityError, PrecheckError, TransientError
+from ...errors import CapacityError, OrchError, PrecheckError, TransientError
 from ...gpus import GPU_TYPES
+from ...quota import SiteUsage
 from ...results import read_result
 from ...settings import PositiveDuration
 from ..base import Feature, Handle, Launch, LogChunk, Offer, RemoteState, RemoteStatus
 from ..ssh.connection import Connection
 from ..ssh.platform import SSHPlatform, SSHSettings
-from ..ssh.shell import sh
-from . import batch, jobstate
+from ..ssh.shell import join, sh
+from . import batch, jobstate, usage
 
 SECRETS_REFUSED = ("Slurm keeps a job's script and environment on the cluster (slurmctld's state, the shared "
                    "file system), so orch sends no secrets to a Slurm cluster; run jobs with secrets on an ssh "
                    "or local platform")
+log = logging.getLogger(__name__)
 #: sbatch answers that mean "try again soon", not "not here".
 _TRANSIENT = ("Unable to contact slurm controller", "Socket timed out", "Slurm temporarily unable",
               "Zero Bytes were transmitted")
@@ -322,6 +325,22 @@ class SlurmPlatform(SSHPlatform):
             conn.remove(workdir)
 
         self.call(handle, clean)
+
+    def site_usage(self) -> SiteUsage | None:
+        """The site's GPU hours for this user from ``sshare`` (``usage.parse_sshare``);
+        None on a site without accounting, or when the login node does not answer."""
+        account = ["-A", self.settings.account] if self.settings.account else []
+
+        def ask(conn: Connection) -> SiteUsage | None:
+            result = conn.run(join(["sshare", "-U", "-h", "-P", "-o", usage.SSHARE_FORMAT, *account]),
+                              what="asking sshare")
+            return usage.parse_sshare(result.out, self.settings.account) if result.rc == 0 else None
+
+        try:
+            return self.link(self.endpoint()).call(ask)
+        except OrchError as exc:
+            log.info("%s: no site usage from sshare: %s", self.name, exc)
+            return None
 
     def check(self) -> list[str]:
         problems = super().check()

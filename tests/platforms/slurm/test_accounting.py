@@ -8,7 +8,7 @@ import json
 import pytest
 
 from orchestrator import quota, windows
-from orchestrator.platforms.slurm import jobstate
+from orchestrator.platforms.slurm import jobstate, usage
 from tests.conftest import submit
 from tests.platforms.conftest import DONE, fetched, ssh_job, tick_until_state
 
@@ -61,7 +61,7 @@ def test_a_malformed_billed_is_ignored(billed):
     assert quota.charge_span(reserve, MONTHLY, runner, 1005.0, 5000.0).amount == pytest.approx(0.5)
 
 
-def test_without_slurmdbd_a_job_is_charged_the_runner_s_elapsed(
+def test_without_slurmdbd_a_job_is_charged_the_runner_s_elapsed_and_quota_shows_no_site_usage(
         orch, config, slurm_platform, cluster, tmp_path):
     assert "accounting storage is disabled" in cluster.client("sacct", "-X", "-n").stderr
     budget = {"unit": "gpu_hours", "limit": 100, "window": "monthly", "reset": "1 00:00"}
@@ -76,3 +76,23 @@ def test_without_slurmdbd_a_job_is_charged_the_runner_s_elapsed(
     [hpc] = [d for d in json.loads(shown.output) if d["platform"] == "hpc"]
     assert hpc["used"] == pytest.approx((result["ended_at"] - result["started_at"]) / 3600, abs=1e-6)
     assert hpc["used"] > 0
+    assert "site" not in hpc  # sshare answers nothing without slurmdbd: nothing extra, no error
+    table = orch("quota")
+    assert table.exit_code == 0 and "the site counts" not in table.output, table.output
+
+
+# `sshare -U -h -P -o Account,User,GrpTRESRaw,GrpTRESMins` on a site with slurmdbd (TRES-minutes).
+SSHARE = ("proj-1234|me|cpu=123456,mem=987654321,energy=0,node=1234,billing=123456,fs/disk=0,vmem=0,pages=0,"
+          "gres/gpu=600|gres/gpu=30000\n"
+          "other|me|cpu=60,mem=100,energy=0,node=1,billing=60,fs/disk=0,vmem=0,pages=0,gres/gpu=120|\n")
+
+
+def test_sshare_gives_the_site_s_gpu_hours_of_the_configured_account_or_all_of_the_user_s():
+    mine = usage.parse_sshare(SSHARE, "proj-1234")
+    assert (mine.unit, mine.used, mine.limit, mine.source) == ("gpu_hours", 10.0, 500.0, "sshare, account proj-1234")
+    both = usage.parse_sshare(SSHARE, None)
+    assert (both.used, both.limit, both.source) == (12.0, 500.0, "sshare, account other, proj-1234")
+    assert usage.parse_sshare(SSHARE, "nobody") is None
+    assert usage.parse_sshare("", None) is None  # a site without accounting lists nothing
+    assert usage.parse_sshare("proj|me|cpu=60,mem=100|\n", None) is None  # no GPUs accounted
+    assert usage.parse_sshare("proj|me|gres/gpu=-5|\nproj|me|gres/gpu=x|\n", None) is None
