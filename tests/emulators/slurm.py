@@ -82,7 +82,7 @@ MinJobAge=300
 SchedulerType=sched/builtin
 SelectType=select/cons_tres
 SelectTypeParameters={select}
-DefMemPerCPU=400
+DefMemPerCPU=1500
 GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
@@ -90,7 +90,7 @@ SlurmctldTimeout=10
 SlurmdTimeout=10
 MessageTimeout=5
 KillWait=3
-NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 Gres={gpu} State=UNKNOWN
+NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 Gres={gpu} State=UNKNOWN
 PartitionName=gpu Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
