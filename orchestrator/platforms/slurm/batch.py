@@ -32,7 +32,10 @@ def script(workdir: str, argv: Sequence[str], env: Mapping[str, str], modules: S
     lines = ["#!/bin/bash -l" if modules else "#!/bin/sh",
              "# orch attempt: runs kernels/runner.py unchanged (docs/platforms/slurm.md)",
              f"cd {quote(workdir)} || exit 97",
-             'echo "$SLURM_JOB_ID" > slurm.jobid.tmp && mv -f slurm.jobid.tmp slurm.jobid']
+             # An array task is named <array id>_<task id>: its bare id, for the task that
+             # holds the array's own id, would make scontrol list every task of the array.
+             'id=$SLURM_JOB_ID; [ -n "$SLURM_ARRAY_JOB_ID" ] && id="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+             'echo "$id" > slurm.jobid.tmp && mv -f slurm.jobid.tmp slurm.jobid']
     for module in modules:
         lines.append(f"module load {join(module.split())} || {{ echo {quote('module load ' + module + ' failed')} "
                      ">> runner.out; exit 98; }")

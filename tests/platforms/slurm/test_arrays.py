@@ -114,3 +114,10 @@ def test_the_array_script_runs_each_task_s_own_batch_script():
     assert "1) exec '/scratch/me/a b/ob-1/job.sbatch' ;;" in script and script.rstrip().endswith("exit 97")
     argv = batch.array_argv(name="orch-array-oa-1", count=3, workdir="/w", resources=["--time=0-00:07:00"])
     assert "--array=0-2" in argv and "--no-requeue" in argv and argv[-1] == "/w/job.sbatch"
+
+
+def test_an_array_task_records_itself_as_array_id_and_task_id():
+    # `scontrol show job <id>` of the task that holds the array's own id lists every task
+    # of the array (seen on the test cluster), so a task must never record its bare id.
+    text = batch.script("/w", ["python3", "runner.py"], {}, [])
+    assert 'id="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in text
