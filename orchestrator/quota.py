@@ -113,6 +113,18 @@ class QuotaReading:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class SiteUsage:
+    """What the site itself says this account used (a Slurm cluster's ``sshare``):
+    shown beside orch's own count by ``orch quota``, never used for placement (a
+    site's figure may be decayed for fair share, or cover other people's jobs)."""
+
+    unit: str  # "gpu_hours"
+    used: float
+    limit: float | None = None
+    source: str = ""  # e.g. "sshare, account proj-1234"
+
+
 def reservation_rate(budget: Budget, spec: "JobSpec", offer: "Offer",
                      speeds: Mapping[str, float] = DEFAULT_SPEEDS) -> tuple[str | None, int, float]:
     """(GPU type, GPU count, units per hour) reserved for ``spec`` on ``offer``.
@@ -310,7 +322,9 @@ def charge_span(reserve: Mapping[str, Any], budget: Budget | None, result: Mappi
     session, setup included) or, with no result (LOST, cancelled), from when the attempt
     started to ``ended``; ``whole`` charges the whole reservation (a run that cannot be
     stopped keeps running). The rate is the reservation's, except that compute units
-    follow the GPU the run really got.
+    follow the GPU the run really got. A platform that knows what its site charged
+    writes ``billed`` (``start``, ``end``, ``gpus``) into the result (Slurm, from
+    ``sacct``): that time, and for GPU hours that GPU count, are charged instead.
     """
     r_start, r_end, amount = float(reserve["start"]), float(reserve["end"]), float(reserve["amount"])
     hours = (r_end - r_start) / 3600
@@ -321,12 +335,31 @@ def charge_span(reserve: Mapping[str, Any], budget: Budget | None, result: Mappi
             rate = budget.rate(gpu, 1)
     if whole:
         return Span(started or r_start, max(r_end, started or r_start), rate)
+    site = _billed(result)
+    if site is not None:
+        start, end, gpus = site
+        if gpus is not None and budget is not None and budget.unit == "gpu_hours":
+            rate = budget.rate(None, gpus)
+        return Span(start, end, rate)
     start = end = None
     if result:
         start, end = result.get("started_at"), result.get("ended_at")
     if not isinstance(start, (int, float)) or not isinstance(end, (int, float)) or end < start:
         start, end = (started or r_start), ended
     return Span(float(start), float(max(start, end)), rate)
+
+
+def _billed(result: Mapping[str, Any] | None) -> tuple[float, float, int | None] | None:
+    """``result["billed"]`` as (start, end, GPUs), or None when absent or malformed."""
+    doc = (result or {}).get("billed")
+    if not isinstance(doc, Mapping):
+        return None
+    start, end, gpus = doc.get("start"), doc.get("end"), doc.get("gpus")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if not (number(start) and number(end)) or end < start:
+        return None
+    gpus = gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and 0 <= gpus <= 1024 else None
+    return float(start), float(end), gpus
 
 
 def bar(used: float, reserved: float, limit: float | None, width: int = 20) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,14 @@ import click
 
 from .. import windows
 from ..durations import format_duration
+from ..errors import OrchError
 from .common import console, json_option, pass_app, print_json, untrusted
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import App
+    from ..quota import SiteUsage
+
+log = logging.getLogger(__name__)
 
 
 def register(main: click.Group) -> None:
@@ -94,6 +99,15 @@ def plan(app: App, as_json: bool) -> None:
             console.print(f"[dim]{untrusted(name)} is unavailable: {untrusted(offer.reason)}[/]")
 
 
+def _site_usage(app: App, name: str) -> SiteUsage | None:
+    """The platform's own site usage figure, or None (an error shows nothing: it is logged)."""
+    try:
+        return app.platform(name).site_usage()
+    except OrchError as exc:
+        log.info("%s: no site usage: %s", name, exc)
+        return None
+
+
 @click.command("quota")
 @click.option("--refresh", is_flag=True, help="Read each platform's live quota now instead of the cached reading.")
 @json_option
@@ -103,6 +117,7 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
 
     Budgets come from config (`budget:` of a platform, or its type's default, e.g.
     Kaggle's 30 GPU hours a week); a live reading from the platform overrides them.
+    Where a site keeps its own count (a Slurm cluster's sshare), it is shown beside.
 
     \b
     Example:
@@ -131,6 +146,10 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
         })
         if b.unit == "dollars" and left is not None:  # what is left, in hours of each GPU
             docs[-1]["hours_left"] = {g: round(left / r, 2) for g, r in b.hourly_rates().items() if r > 0}
+        site = _site_usage(app, name)
+        if site is not None:
+            docs[-1]["site"] = {"unit": site.unit, "used": round(site.used, 6), "limit": site.limit,
+                                "source": site.source}
     if as_json:
         print_json(docs)
         return
@@ -150,5 +169,11 @@ def quota_command(app: App, refresh: bool, as_json: bool) -> None:
         if d.get("hours_left"):
             hours = ", ".join(f"{h:.1f} h {g}" for g, h in d["hours_left"].items())
             console.print(untrusted(f"{d['platform']}: ${d['left']:.2f} left is about {hours}"))
+    for d in docs:
+        if d.get("site"):
+            s = d["site"]
+            unit = quota.UNIT_NAMES.get(s["unit"], s["unit"])
+            of = f" of {s['limit']:g}" if s["limit"] is not None else ""
+            console.print(untrusted(f"{d['platform']}: the site counts {s['used']:.1f}{of} {unit} used ({s['source']})"))
     console.print("[dim]times UTC; bar: # used, + reserved by running attempts, . free; "
                   "--json adds the window and where each number comes from[/]")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
 
 from ..errors import ConfigError
-from ..quota import Budget, QuotaReading
+from ..quota import Budget, QuotaReading, SiteUsage
 from ..settings import PlatformSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +205,7 @@ class Platform(Protocol):
     """One remote (or local) place that runs attempts: every hook the controller uses.
 
     Backends subclass :class:`PlatformBase`, which supplies the defaults stated here
-    for the optional hooks (``quota``, ``check``, ``release``, ``reconcile``,
+    for the optional hooks (``quota``, ``site_usage``, ``check``, ``release``, ``reconcile``,
     ``close``, ``default_budget`` and the class facts). Every method maps its client
     library's errors onto ``errors.PlatformError`` subclasses.
     """
@@ -237,6 +237,12 @@ class Platform(Protocol):
     def quota(self) -> QuotaReading | None:
         """A live quota reading, or None when the platform exposes none (or the read
         failed: an unclear read must not exclude the platform). Default None."""
+        ...
+
+    def site_usage(self) -> SiteUsage | None:
+        """The site's own usage figure (Slurm's ``sshare``), which ``orch quota`` shows
+        beside orch's count; None when the site says nothing. Must not raise: an
+        unclear read shows nothing. Default None."""
         ...
 
     def check(self) -> list[str]:
@@ -336,6 +342,9 @@ class PlatformBase:
         raise NotImplementedError(f"{type(self).__name__}.offer")
 
     def quota(self) -> QuotaReading | None:
+        return None
+
+    def site_usage(self) -> SiteUsage | None:
         return None
 
     def check(self) -> list[str]:

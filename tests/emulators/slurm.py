@@ -1,9 +1,11 @@
 """A real one-node Slurm cluster on this machine: ``munged``, ``slurmctld`` and ``slurmd``.
 
 Not a fake: Debian's slurm-wlm 22.05 daemons run from a private directory with a
-minimal ``slurm.conf`` (one node = this machine, ``proctrack/linuxproc``,
-``task/none``, no accounting) and one fake GPU (``gres/gpu`` type t4 backed by
-``/dev/null``, AutoDetect off). Every daemon runs in the foreground as a process this
+minimal ``slurm.conf`` (one node = this machine, ``proctrack/linuxproc``, no
+accounting) and one fake GPU (``gres/gpu`` type t4 backed by ``/dev/null``,
+AutoDetect off). Where this machine's cgroup v1 memory controller can be written
+(``memory_limits``), ``task/cgroup`` with ``ConstrainRAMSpace`` enforces ``--mem``
+as a real site does (a job over it ends OUT_OF_MEMORY); elsewhere ``task/none``. Every daemon runs in the foreground as a process this
 object owns and stops by pid. Ports are free high ports of 127.0.0.1; munge uses its
 own key and socket, so nothing of the machine's own Slurm/munge is touched. Clients
 find the cluster through ``SLURM_CONF`` (the test sshd sets it in every session).
@@ -27,6 +29,26 @@ from tests.emulators.sshd import free_port
 NODE = "orchnode"
 GPU = "gpu:t4:1"
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
+_CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+_CGROUP_CONF = """\
+CgroupPlugin=cgroup/v1
+CgroupAutomount=no
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainRAMSpace=yes
+ConstrainSwapSpace=yes
+AllowedSwapSpace=0
+"""
+
+
+def cgroup_memory_writable() -> bool:
+    """Whether slurmd can make memory cgroups here (cgroup v1, as root)."""
+    probe = _CGROUP_V1_MEMORY / f"orch-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 class SlurmUnavailable(RuntimeError):
@@ -50,7 +72,7 @@ SlurmdPidFile={dir}/slurmd.pid
 SlurmctldLogFile={dir}/slurmctld.log
 SlurmdLogFile={dir}/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin={task}
 SwitchType=switch/none
 MpiDefault=none
 MailProg=/bin/true
@@ -59,8 +81,8 @@ JobRequeue=0
 MinJobAge=300
 SchedulerType=sched/builtin
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-DefMemPerCPU=100
+SelectTypeParameters={select}
+DefMemPerCPU=1500
 GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
@@ -68,7 +90,7 @@ SlurmctldTimeout=10
 SlurmdTimeout=10
 MessageTimeout=5
 KillWait=3
-NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 Gres={gpu} State=UNKNOWN
+NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 Gres={gpu} State=UNKNOWN
 PartitionName=gpu Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -79,6 +101,8 @@ class SlurmCluster:
 
     workdir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: ``--mem`` is enforced (task/cgroup); else jobs may use any memory.
+    memory_limits: bool = False
 
     @property
     def conf(self) -> Path:
@@ -102,9 +126,13 @@ class SlurmCluster:
         key = workdir / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        cluster = cls(workdir)
-        cluster.conf.write_text(_CONF.format(host=socket.gethostname().split(".")[0], ctld_port=free_port(),
-                                             d_port=free_port(), dir=workdir, node=NODE, gpu=GPU))
+        cluster = cls(workdir, memory_limits=cgroup_memory_writable())
+        if cluster.memory_limits:
+            (workdir / "cgroup.conf").write_text(_CGROUP_CONF)
+        cluster.conf.write_text(_CONF.format(
+            host=socket.gethostname().split(".")[0], ctld_port=free_port(), d_port=free_port(), dir=workdir,
+            node=NODE, gpu=GPU, task="task/cgroup" if cluster.memory_limits else "task/none",
+            select="CR_Core_Memory" if cluster.memory_limits else "CR_Core"))
         (workdir / "gres.conf").write_text(f"AutoDetect=off\nNodeName={NODE} Name=gpu Type=t4 File=/dev/null\n")
         try:
             cluster._spawn("munged", ["/usr/sbin/munged", "-F", "--force", f"--socket={workdir}/munge.sock",

@@ -8,7 +8,9 @@ Design choice: ``result.json`` is the truth for how a run ended, Slurm's state i
 truth for *why* it ended when Slurm ended it. A node failure, a preemption or a
 ``scancel`` nobody asked orch for all make the runner write a "cancelled" result
 (it was sent SIGTERM), so those states win over the file and the attempt is LOST
-(retried, anywhere), never CANCELLED: only ``orch cancel`` cancels a job.
+(retried, anywhere), never CANCELLED: only ``orch cancel`` cancels a job. A run Slurm
+ended as the job's own failure (OUT_OF_MEMORY, FAILED: a non-zero exit) is FAILED
+even when the runner was killed before it could write its result (``failed_result``).
 """
 
 from __future__ import annotations
@@ -59,14 +61,34 @@ _FIELD = re.compile(r"(?:^|\s)(JobId|JobName|JobState|Reason|ExitCode|RunTime|Co
 _CAP = 200  # the longest value kept from a Slurm answer (it is untrusted text)
 
 
+#: What ``sacct`` is asked for (``-X -n -P``, times as epoch seconds: SLURM_TIME_FORMAT=%s).
+SACCT_FORMAT = "JobID,State,Reason,ExitCode,ElapsedRaw,Start,End,AllocTRES"
+OUT_OF_MEMORY = "out of memory (Slurm OUT_OF_MEMORY)"
+#: Batch-script exit codes of its own steps (batch.script): the job never started.
+SETUP_EXITS = {97: "the attempt directory could not be entered", 98: "a `module load` failed"}
+
+
 @dataclass(frozen=True)
 class SlurmJob:
-    """One job as Slurm lists it (values capped, never trusted as markup)."""
+    """One job as Slurm lists it (values capped, never trusted as markup).
+
+    ``start``/``end`` (epoch seconds) and ``gpus`` (the AllocTRES ``gres/gpu`` count)
+    come from ``sacct`` only: they are what the site's accounting charges.
+    """
 
     job_id: str
     state: str
     reason: str = ""
     exit_code: str = ""
+    start: float | None = None
+    end: float | None = None
+    gpus: int | None = None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The batch script's exit status (``ExitCode`` is "status:signal")."""
+        head = self.exit_code.split(":")[0]
+        return int(head) if head.isdigit() else None
 
 
 def parse_scontrol(line: str) -> SlurmJob | None:
@@ -80,14 +102,76 @@ def parse_scontrol(line: str) -> SlurmJob | None:
 
 
 def parse_sacct(line: str) -> SlurmJob | None:
-    """``sacct -X -n -P -o JobID,State,Reason,ExitCode`` -> SlurmJob; the state may read
-    "CANCELLED by 1000"."""
+    """``sacct -X -n -P -o SACCT_FORMAT`` -> SlurmJob; the state may read "CANCELLED by
+    1000". A start or end that is not a time (``Unknown``, ``None``) stays None."""
     parts = line.strip().split("|")
     if len(parts) < 4 or not parts[1]:
         return None
     state = parts[1].split()[0].upper()[:_CAP]
     reason = parts[2][:_CAP]
-    return SlurmJob(parts[0][:_CAP], state, "" if reason == "None" else reason, parts[3][:_CAP])
+    extra = parts[4:8] + [""] * (8 - len(parts))
+    start, end = _epoch(extra[1]), _epoch(extra[2])
+    if start is not None and end is not None and end < start:
+        start = end = None
+    return SlurmJob(parts[0][:_CAP], state, "" if reason == "None" else reason, parts[3][:_CAP],
+                    start=start, end=end, gpus=tres_gpus(extra[3]))
+
+
+def _epoch(text: str) -> float | None:
+    text = text.strip()
+    return float(text) if text.isdigit() and 0 < len(text) <= 12 else None
+
+
+def tres_gpus(tres: str) -> int | None:
+    """The GPU count of an AllocTRES list ("cpu=8,gres/gpu:a100=2,gres/gpu=2,mem=64G"):
+    the untyped ``gres/gpu`` total, else the sum of the typed ones; None when the site
+    does not account GPUs (no ``gres/gpu`` in AccountingStorageTRES)."""
+    total, typed, seen = None, 0, False
+    for item in tres[:4000].split(","):
+        name, _, value = item.strip().partition("=")
+        if not value.isdigit() or not name.startswith("gres/gpu"):
+            continue
+        if name == "gres/gpu":
+            total = int(value)
+        elif name.startswith("gres/gpu:"):
+            typed, seen = typed + int(value), True
+    return total if total is not None else (typed if seen else None)
+
+
+def billed(job: SlurmJob | None) -> dict | None:
+    """What the site's accounting charged the run: ``result.json``'s ``billed`` (the
+    ledger charges it instead of the runner's own times), or None when ``sacct`` did not
+    answer (no slurmdbd): then the runner's elapsed time is charged, as everywhere."""
+    if job is None or job.start is None or job.end is None:
+        return None
+    return {"start": job.start, "end": job.end, "gpus": job.gpus, "source": "sacct"}
+
+
+def failed_result(job: SlurmJob, result: dict | None, runner_out: str = "") -> dict | None:
+    """The result.json of a run Slurm ended as the job's own failure, or None (keep the
+    runner's as it is).
+
+    OUT_OF_MEMORY: the runner's "failed" result gets the reason (the job was killed,
+    it only saw a signal); without a result (the runner itself was killed) one is
+    written. FAILED without a result: the batch script's exit (a ``module load`` that
+    failed, a runner that crashed). Both are FAILED attempts, never retried elsewhere:
+    the same job would fail the same way.
+    """
+    status = job.exit_status
+    if job.state == "OUT_OF_MEMORY":
+        if result is None:
+            return {"status": "failed", "exit_code": status or None, "failure_class": "oom", "message": OUT_OF_MEMORY}
+        if result.get("status") == "failed" and result.get("failure_class") != "oom":
+            said = result.get("message") or ""
+            return {**result, "failure_class": "oom", "message": f"{OUT_OF_MEMORY}: {said}" if said else OUT_OF_MEMORY}
+        return None
+    if job.state != "FAILED" or result is not None:
+        return None
+    tail = " ".join(runner_out.split())[-300:]
+    why = SETUP_EXITS.get(status or 0, "the runner ended without result.json")
+    message = f"Slurm job {job.job_id} ended FAILED (exit {job.exit_code}): {why}" + (f": {tail}" if tail else "")
+    return {"status": "failed", "exit_code": status, "failure_class": "setup" if status in SETUP_EXITS else "runner",
+            "message": message}
 
 
 def pending_words(reason: str) -> str:
@@ -141,5 +225,7 @@ def interpret(job: SlurmJob | None, *, answered: bool, error: str, has_result: b
     if job.state in ENDED:
         if has_result:
             return RemoteStatus(RemoteState.EXITED, "")
+        if job.state == "OUT_OF_MEMORY":
+            return RemoteStatus(RemoteState.EXITED, f"{label}: {OUT_OF_MEMORY}")
         return RemoteStatus(RemoteState.EXITED, f"{label} ended {job.state} (exit {job.exit_code}) without result.json")
     return RemoteStatus(RemoteState.UNKNOWN, f"{label} is in a state orch does not know: {job.state}")

@@ -79,3 +79,47 @@ def test_the_batch_script_quotes_every_word_and_carries_no_secret():
     assert "cd '/scratch/me/a b'" in text and "'$(rm -rf ~)'" in text
     assert "module load cuda/12.1 ||" in text and text.startswith("#!/bin/bash -l")
     assert '"secrets": {}' in text and '"LR": "0.1"' in text
+
+
+# Real lines of the test cluster (task/cgroup, ConstrainRAMSpace): `sbatch --mem=60M` over its limit.
+SCONTROL_OOM = ("JobId=1 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901759 Nice=0 "
+                "Account=(null) QOS=(null) JobState=OUT_OF_MEMORY Reason=OutOfMemory Dependency=(null) Requeue=0 "
+                "Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:125 RunTime=00:00:00 TimeLimit=UNLIMITED")
+SCONTROL_FAILED = ("JobId=2 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901758 Nice=0 "
+                   "Account=(null) QOS=(null) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) Requeue=0 "
+                   "Restarts=0 BatchFlag=1 Reboot=0 ExitCode=98:0 RunTime=00:00:00 TimeLimit=UNLIMITED")
+
+
+def test_out_of_memory_without_a_result_is_a_failure_with_the_reason_not_lost():
+    job = jobstate.parse_scontrol(SCONTROL_OOM)
+    status = interpret(job, answered=True, error="", has_result=False, has_rc=True, cancelled_by_orch=False)
+    assert status.state == RemoteState.EXITED and "out of memory (Slurm OUT_OF_MEMORY)" in status.message
+    doc = jobstate.failed_result(job, None)
+    assert doc == {"status": "failed", "exit_code": None, "failure_class": "oom",
+                   "message": "out of memory (Slurm OUT_OF_MEMORY)"}
+
+
+def test_out_of_memory_adds_the_reason_to_the_runner_s_failed_result_once():
+    job = jobstate.parse_scontrol(SCONTROL_OOM)
+    runner = {"status": "failed", "exit_code": -9, "failure_class": "user", "message": "job exited with code -9"}
+    doc = jobstate.failed_result(job, runner)
+    assert doc["failure_class"] == "oom" and doc["exit_code"] == -9
+    assert doc["message"] == "out of memory (Slurm OUT_OF_MEMORY): job exited with code -9"
+    assert jobstate.failed_result(job, doc) is None  # a fetch resumed after a crash changes nothing more
+    assert jobstate.failed_result(job, {"status": "succeeded"}) is None
+
+
+def test_failed_without_a_result_is_a_failure_with_the_batch_script_s_reason():
+    job = jobstate.parse_scontrol(SCONTROL_FAILED)
+    doc = jobstate.failed_result(job, None, "bash: module: command not found\n")
+    assert doc["failure_class"] == "setup" and doc["exit_code"] == 98
+    assert doc["message"] == ("Slurm job 2 ended FAILED (exit 98:0): a `module load` failed: "
+                              "bash: module: command not found")
+    crashed = jobstate.failed_result(SlurmJob("3", "FAILED", exit_code="1:0"), None, "Traceback ...")
+    assert crashed["failure_class"] == "runner" and "without result.json: Traceback" in crashed["message"]
+    assert jobstate.failed_result(SlurmJob("3", "FAILED", exit_code="1:0"), {"status": "failed"}) is None
+
+
+@pytest.mark.parametrize("state", ["PREEMPTED", "NODE_FAIL", "COMPLETED", "TIMEOUT", "CANCELLED"])
+def test_no_other_state_writes_a_result(state):
+    assert jobstate.failed_result(SlurmJob("7", state, exit_code="0:15"), None) is None

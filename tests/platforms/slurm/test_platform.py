@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 from tests.conftest import make_job, orch_process, submit, wait_until
@@ -120,13 +119,16 @@ def test_a_node_set_down_is_node_fail_and_the_job_is_retried(orch, config, slurm
 def test_slurmctld_down_mid_run_is_unknown_then_the_job_completes_once(orch, config, slurm_platform, cluster,
                                                                        tmp_path):
     config(platforms={"hpc": slurm_platform()})
-    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs", 4), platforms=("hpc",)))
+    # Long enough to outlive a status read against a stopped slurmctld (scontrol gives
+    # up after its MessageTimeout, and the attempt directory is read after Slurm).
+    job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs", 15), platforms=("hpc",)))
     tick_until_state(orch, job_id, {"RUNNING"}, timeout=30)
     cluster.stop_controller()
     try:
         job = tick_until_state(orch, job_id, {"UNKNOWN"}, timeout=30)
         assert "Slurm did not answer" in job["message"], job["message"]
-        time.sleep(5)  # the job ends meanwhile on the node; slurmd cannot tell anyone
+        # the job ends meanwhile on the node; slurmd cannot tell anyone
+        wait_until(lambda: list((tmp_path / "remote").glob("attempts/*/rc")), 40)
     finally:
         cluster.start_controller()
     job = tick_until_state(orch, job_id, DONE, timeout=60)
@@ -141,7 +143,8 @@ def test_a_lost_sbatch_answer_is_adopted_by_name_and_never_submitted_twice(orch,
     config(platforms={"hpc": slurm_platform()})
     job_id = submit(orch, ssh_job(tmp_path / "j", script=_counting_script(tmp_path / "runs"), platforms=("hpc",),
                                   extra=GPU_JOB))
-    assert orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"}).returncode == -9
+    # PYTHONPATH: this checkout's orch, whatever the current directory (`python -m`)
+    assert orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit", "PYTHONPATH": str(REPO)}).returncode == -9
     # The answer was lost before orch wrote the job id down: only Slurm knows the job.
     for recorded in (tmp_path / "remote").glob("attempts/*/slurm.jobid"):
         recorded.unlink()
