@@ -136,9 +136,11 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
 
 
 def orch_process(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `orch` as a separate process (for crash tests and concurrency)."""
+    """Run `orch` as a separate process (for crash tests and concurrency): this checkout's
+    code, whatever the installed one (a worktree's tests run the worktree)."""
+    paths = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env={**os.environ, "PYTHONPATH": paths, **(env or {})}, timeout=timeout)
 
 
 def open_app() -> App:

@@ -101,9 +101,12 @@ def plan(app: App, as_json: bool) -> None:
 
 def _site_usage(app: App, name: str) -> SiteUsage | None:
     """The platform's own site usage figure, or None (an error shows nothing: it is logged)."""
+    from ..planning import PlatformOverrun, answer_deadline
+
     try:
-        return app.platform(name).site_usage()
-    except OrchError as exc:
+        with answer_deadline(app, name):
+            return app.platform(name).site_usage()
+    except (OrchError, PlatformOverrun) as exc:
         log.info("%s: no site usage: %s", name, exc)
         return None
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from orchestrator.platforms.slurm import arrays, batch
 from tests.conftest import make_job, orch_process, submitted, wait_until
 from tests.platforms.conftest import DONE, job_state, tick_until_state
 
-REPO = Path(__file__).resolve().parents[3]
 SWEEP = """\
 name: grid
 code: .
@@ -67,8 +64,7 @@ def test_a_tick_killed_after_staging_leaves_points_that_the_next_tick_submits_on
                                                                                   cluster, tmp_path):
     config(platforms={"hpc": slurm_platform(max_concurrent=4)})
     doc = submitted(orch, make_job(tmp_path / "job", SWEEP, {"work.py": _script(tmp_path / "runs")}))
-    # PYTHONPATH: this checkout's orch, whatever the current directory (`python -m`)
-    killed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit", "PYTHONPATH": str(REPO)})
+    killed = orch_process("tick", env={"ORCH_FAILPOINTS": "after_submit"})
     assert killed.returncode == -9, killed.stderr
     assert not _arrays(cluster, doc["jobs"])  # staged only: the tick died before its end
     for job_id in doc["jobs"]:
