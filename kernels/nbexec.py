@@ -407,6 +407,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def stopped_failure(run, notebook: str) -> tuple:
+    """(failure record, one-line message) of a run that timed out, was stopped, or whose
+    kernel or executor died."""
+    cell = run.timed_out.get("cell")
+    source = source_of(run.nb["cells"][cell - 1]).splitlines() if cell else []
+    line = clean(next((s for s in source if s.strip()), ""))
+    if run.stopped:
+        what = "stopped (SIGTERM)"
+    elif run.timed_out.get("dead"):
+        what = "the kernel died: " + run.timed_out["dead"]
+    elif cell:
+        what = "timed out after %ds" % run.timeout()
+    else:
+        what = "the executor exited with code %s" % run.timed_out.get("exit")
+    where = "%s cell %d `%s`" % (notebook, cell, line) if cell else notebook
+    kind = "Timeout" if "timed out" in what else "Stopped" if run.stopped else "ExecutorFailed"
+    return ({"cell": cell, "source_line": line, "ename": kind, "evalue": what},
+            clean("%s: %s" % (where, what), 500))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cwd = os.getcwd()
@@ -465,21 +485,7 @@ def main(argv=None) -> int:
         print("[nbexec] executed notebook: %s (%d images)" % (os.path.basename(out_path), len(images)), flush=True)
         shutil.rmtree(kernel_dir, ignore_errors=True)
     if run.timed_out:  # before first_error: a timed-out cell also shows the interrupt it got
-        cell = run.timed_out.get("cell")
-        source = source_of(run.nb["cells"][cell - 1]).splitlines() if cell else []
-        line = clean(next((s for s in source if s.strip()), ""))
-        if run.stopped:
-            what = "stopped (SIGTERM)"
-        elif run.timed_out.get("dead"):
-            what = "the kernel died: " + run.timed_out["dead"]
-        elif cell:
-            what = "timed out after %ds" % run.timeout()
-        else:
-            what = "the executor exited with code %s" % run.timed_out.get("exit")
-        where = "%s cell %d `%s`" % (args.notebook, cell, line) if cell else args.notebook
-        kind = "Timeout" if "timed out" in what else "Stopped" if run.stopped else "ExecutorFailed"
-        return fail({"cell": cell, "source_line": line, "ename": kind,
-                     "evalue": what}, clean("%s: %s" % (where, what), 500))
+        return fail(*stopped_failure(run, args.notebook))
     failure = first_error(run.nb)
     if failure:
         return fail(failure, describe(failure, args.notebook))
