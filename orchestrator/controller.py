@@ -539,14 +539,12 @@ class Controller:
                 artifacts: dict[str, str] | None = None) -> None:
         now = time.time()
         if read.problem:
-            # The run's own answer is malformed: that is the job's outcome (FAILED, not
-            # retried on another platform, where it would write the same), with the reason.
-            result = {"status": "failed", "failure_class": "result", "message": read.problem}
-        elif read.doc is None:
+            self._unbelievable_result(att, read.problem, now)
+            return
+        if read.doc is None:
             self._lost(att, att.message or "the run ended without writing result.json")
             return
-        else:
-            result = read.doc
+        result = read.doc
         spec = self._spec(job)
         status = result.get("status")
         gpu = result.get("gpu") or {}
@@ -587,6 +585,27 @@ class Controller:
             return
         self.report.finished.append(job.id)
         self._release(att)
+
+    def _unbelievable_result(self, att: AttemptRow, problem: str, now: float) -> None:
+        """The run's result.json is malformed (wrong types, oversized, a link): an answer
+        orch cannot believe, which affects this attempt only. It goes UNKNOWN with the
+        reason, is fetched again on later ticks (a copy cut short heals), and is LOST
+        once that has lasted ``unknown_window``, as when the remote cannot be heard."""
+        since = (att.result or {}).get("refused_since") if isinstance(att.result, dict) else None
+        since = float(since) if isinstance(since, (int, float)) else now
+        window = self.settings.unknown_window
+        if now - since > window:
+            self._lost(att, f"{problem} (for {int(now - since)}s)")
+            return
+        why = f"{problem}; read again each tick, LOST after {window:g}s (controller.unknown_window)"
+        try:
+            with self.store.transaction() as tx:
+                tx.move_attempt(att.id, att.job_id, A.FETCHING, A.UNKNOWN, why, message=why,
+                                unknown_since=since, result={"refused_since": since})
+                tx.move_job(att.job_id, J.FETCHING, J.UNKNOWN, why, message=why)
+        except Conflict:
+            return
+        self._problem(f"{att.key}: {problem}")
 
     def ledger_close(self, att: AttemptRow, result: dict | None, now: float, charge: bool = True,
                       whole: bool = False) -> Callable:

@@ -84,7 +84,8 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _J.RUNNING: frozenset({_J.UNKNOWN, _J.FETCHING, _J.LOST, _J.QUEUED, _J.CANCELLED}),
     _J.UNKNOWN: frozenset({_J.PENDING, _J.RUNNING, _J.FETCHING, _J.LOST, _J.QUEUED, _J.CANCELLED}),
     # FETCHING -> QUEUED: a checkpointed segment, or a failure retried on `retries_on_error`.
-    _J.FETCHING: frozenset({_J.SUCCEEDED, _J.FAILED, _J.QUEUED, _J.LOST, _J.CANCELLED}),
+    # FETCHING -> UNKNOWN: the run's result.json cannot be believed (fetched again later).
+    _J.FETCHING: frozenset({_J.SUCCEEDED, _J.FAILED, _J.QUEUED, _J.LOST, _J.CANCELLED, _J.UNKNOWN}),
     _J.SUCCEEDED: frozenset(),
     # `orch retry` puts a finished-but-unsuccessful job back in the queue.
     _J.FAILED: frozenset({_J.QUEUED}),
@@ -98,7 +99,7 @@ ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
     _A.PENDING: frozenset({_A.RUNNING, _A.UNKNOWN, _A.FETCHING, _A.LOST, _A.CANCELLED}),
     _A.RUNNING: frozenset({_A.UNKNOWN, _A.FETCHING, _A.LOST, _A.CANCELLED}),
     _A.UNKNOWN: frozenset({_A.PENDING, _A.RUNNING, _A.FETCHING, _A.LOST, _A.CANCELLED}),
-    _A.FETCHING: frozenset({_A.SUCCEEDED, _A.FAILED, _A.CHECKPOINTED, _A.LOST, _A.CANCELLED}),
+    _A.FETCHING: frozenset({_A.SUCCEEDED, _A.FAILED, _A.CHECKPOINTED, _A.LOST, _A.CANCELLED, _A.UNKNOWN}),
     _A.SUCCEEDED: frozenset(),
     _A.FAILED: frozenset(),
     _A.LOST: frozenset(),
