@@ -27,7 +27,7 @@ source cupy compiles as plain C++ (the CUDA keywords shimmed away) and runs the 
 need a GPU to test.
 
 Layout: ``U[((b * (n1 + 1) + i) * 2 + g) * (n2 + 1) + j]``, the numpy ``U[b, i, g, j]`` of
-:class:`kernels.els.batch.Batch`.
+:class:`kernels.els.stacked.Batch`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.els.batch import Batch
+from kernels.els.stacked import Batch
 from kernels.els.product import ProductError
 from kernels.els.scheme import Scheme
 
