@@ -268,6 +268,8 @@ class Connection(SFTPFiles):
 
     @property
     def alive(self) -> bool:
+        if self._proxy is not None and self._proxy.broken:
+            return False  # a cut tunnel, before the transport thread notices
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
 

@@ -57,6 +57,9 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         self._lock = threading.Lock()
         self._released = False
         self._preamble: bytes | None = b""  # until the banner: a partial line; then None
+        #: The pipe to or from the proxy broke (it died or closed it): the connection
+        #: through it is dead, whatever the transport thread has noticed yet.
+        self.broken = False
 
     def send(self, content: bytes) -> int:
         if self.process.stdin.closed:
@@ -72,6 +75,7 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         except BlockingIOError:
             raise socket.timeout() from None
         except OSError as exc:
+            self.broken = True
             raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
 
     def recv(self, size: int) -> bytes:
@@ -87,7 +91,9 @@ class EOFProxyCommand(paramiko.ProxyCommand):
         try:
             data = os.read(fd, size)  # b"" at EOF: the Packetizer raises EOFError
         except OSError as exc:
+            self.broken = True
             raise ProxyCommandFailure(" ".join(self.cmd), exc.strerror or str(exc)) from exc
+        self.broken = self.broken or not data
         return self._past_preamble(data) if self._preamble is not None and data else data
 
     def _past_preamble(self, data: bytes) -> bytes:
