@@ -36,8 +36,12 @@ def hard_deadline(seconds: float, message: str, overrun: type[Overrun] = Overrun
     outer_at = start + outer_left if outer_left > 0 else None
     previous = signal.getsignal(signal.SIGALRM)
 
+    outer_fired = False
+
     def fire(signum, frame):
+        nonlocal outer_fired
         if outer_at is not None and time.monotonic() >= outer_at - 0.005 and callable(previous):
+            outer_fired = True
             previous(signum, frame)  # the enclosing deadline is due: it wins
         raise overrun(message)
 
@@ -48,5 +52,5 @@ def hard_deadline(seconds: float, message: str, overrun: type[Overrun] = Overrun
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        if outer_at is not None:
+        if outer_at is not None and not outer_fired:  # it fires once: cleanup on the way out is left alone
             signal.setitimer(signal.ITIMER_REAL, max(0.001, outer_at - time.monotonic()))
