@@ -591,7 +591,7 @@ class Controller:
         orch cannot believe, which affects this attempt only. It goes UNKNOWN with the
         reason, is fetched again on later ticks (a copy cut short heals), and is LOST
         once that has lasted ``unknown_window``, as when the remote cannot be heard."""
-        since = (att.result or {}).get("refused_since") if isinstance(att.result, dict) else None
+        since = att.result.get("refused_since") if isinstance(att.result, dict) else None
         since = float(since) if isinstance(since, (int, float)) else now
         window = self.settings.unknown_window
         if now - since > window:

@@ -30,8 +30,8 @@ def check(app: App, settings: NotifySettings, now: float, refused: dict[str, str
     if "job.waiting" in wanted:
         _waiting(app, settings, now)
     if "login.expiring" in wanted:
-        _logins(app, settings, now)
-        _refused(app, refused or {}, now)
+        told = _logins(app, settings, now)
+        _refused(app, {p: m for p, m in (refused or {}).items() if p not in told}, now)
 
 
 def _id(*parts: object) -> str:
@@ -76,9 +76,12 @@ def _waiting(app: App, settings: NotifySettings, now: float) -> None:
             event_id=_id("job.waiting", job.id, round(job.updated_at, 3)), now=now))
 
 
-def _logins(app: App, settings: NotifySettings, now: float) -> None:
+def _logins(app: App, settings: NotifySettings, now: float) -> set[str]:
+    """Queue what dies soon; returns the platforms whose login is already gone (a
+    refusal seen this tick is then the same news, not told twice)."""
     from ..logins import expiries
 
+    gone = set()
     for item in expiries(app):
         # A date that holds only for an OAuth app in Testing is the doctor's to show, not a page.
         if item.expires_at is None or item.if_testing or item.expires_at - now > settings.login_expiring * 3600:
@@ -87,6 +90,9 @@ def _logins(app: App, settings: NotifySettings, now: float) -> None:
             "platform": item.platform, "what": item.what, "expires_at": iso(item.expires_at),
             "expired": item.expires_at <= now, "fix": item.fix}},
             event_id=_id("login.expiring", item.platform, item.what, int(item.expires_at)), now=now))
+        if item.expires_at <= now:
+            gone.add(item.platform)
+    return gone
 
 
 def _refused(app: App, refused: dict[str, str], now: float) -> None:

@@ -3,6 +3,7 @@ each is sent once however many ticks see it."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from orchestrator.app import App
@@ -57,3 +58,23 @@ def test_a_finished_sweep_is_told_once_with_a_table_of_its_points(orch, config, 
     (sweep,) = [e for e in receiver.events() if e["type"] == "sweep.finished"]
     assert sweep["sweep"]["name"] == "grid" and sweep["sweep"]["counts"] == {"SUCCEEDED": 1, "FAILED": 1}
     assert sorted(p["params"]["LR"] for p in sweep["sweep"]["points"]) == ["0.1", "0.2"]
+
+
+def test_a_missing_drive_token_is_told_once_not_once_as_gone_and_again_as_refused(orch, config, tmp_path):
+    events = tmp_path / "events.jsonl"
+    receiver = tmp_path / "on-event.sh"
+    receiver.write_text(f"#!/bin/sh\ncat >> {events}\necho >> {events}\n")
+    receiver.chmod(0o755)
+    secrets = tmp_path / "client_secret.json"  # the OAuth client; no sign-in yet, so no token
+    secrets.write_text(json.dumps({"installed": {"client_id": "x", "client_secret": "y",
+                                                 "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+                                                 "token_uri": "https://oauth2.googleapis.com/token"}}))
+    config(platforms={"colab": {"type": "colab_drive", "tier": "pro", "credentials": str(secrets)}},
+           notify={"channels": {"me": {"type": "command", "command": [str(receiver)], "events": ["login.expiring"]}}})
+    queued = orch("submit", str(make_job(tmp_path / "j", "name: waits\nplatforms: [colab]\nrun: 'true'\n")))
+    assert queued.exit_code == 0 and "orch auth drive" in queued.output, queued.output  # warned at submit
+    for _ in range(2):
+        assert orch("tick").exit_code == 0
+    told = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    assert [(e["type"], e["login"]["platform"], e["login"]["expired"]) for e in told] == [
+        ("login.expiring", "colab", True)], told

@@ -8,6 +8,8 @@ without accounting list nothing, and then nothing is shown.
 
 from __future__ import annotations
 
+import math
+
 from ...quota import SiteUsage
 
 SSHARE_FORMAT = "Account,User,GrpTRESRaw,GrpTRESMins"
@@ -23,7 +25,7 @@ def _gpu_minutes(tres: str) -> float | None:
                 number = float(value)
             except ValueError:
                 return None
-            return number if number >= 0 else None
+            return number if math.isfinite(number) and number >= 0 else None
     return None
 
 

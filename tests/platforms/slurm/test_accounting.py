@@ -96,3 +96,4 @@ def test_sshare_gives_the_site_s_gpu_hours_of_the_configured_account_or_all_of_t
     assert usage.parse_sshare("", None) is None  # a site without accounting lists nothing
     assert usage.parse_sshare("proj|me|cpu=60,mem=100|\n", None) is None  # no GPUs accounted
     assert usage.parse_sshare("proj|me|gres/gpu=-5|\nproj|me|gres/gpu=x|\n", None) is None
+    assert usage.parse_sshare("proj|me|gres/gpu=inf|\nproj|me|gres/gpu=nan|\n", None) is None
